@@ -1,0 +1,93 @@
+"""The ``"cpu"`` backend: Numba kernels (and BLAS) with the reference backend's names and signatures.
+
+Every ``<op>_forward`` / ``<op>_backward`` pair of ``scratchnets.backends.OP_NAMES`` is exported
+here, with the same arguments and PyTorch semantics as ``scratchnets.reference``; caches are
+private to each backend. Each file's header says what it optimises over the reference and
+why. ``fused`` holds extra operations outside the shared op list (BN + ReLU6, BN folding).
+
+Kernels are compiled on first use for C-contiguous float32 / float64 arrays (the wrappers
+normalise their inputs) and cached on disk (``cache=True``).
+"""
+
+from .activations import (
+    hard_sigmoid_backward,
+    hard_sigmoid_forward,
+    relu6_backward,
+    relu6_forward,
+    relu_backward,
+    relu_forward,
+    sigmoid_backward,
+    sigmoid_forward,
+)
+from .batchnorm import batch_norm2d_backward, batch_norm2d_forward
+from .conv import conv2d_backward, conv2d_forward
+from .dropout import dropout_backward, dropout_forward
+from .elementwise import (
+    add_backward,
+    add_forward,
+    concat_backward,
+    concat_forward,
+    mul_backward,
+    mul_forward,
+    slice_backward,
+    slice_forward,
+)
+from .fused import batch_norm2d_relu6_backward, batch_norm2d_relu6_forward, fold_bn_into_conv
+from .linear import linear_backward, linear_forward
+from .loss import cross_entropy_backward, cross_entropy_forward
+from .pooling import (
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    global_avg_pool2d_backward,
+    global_avg_pool2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
+from .upsample import (
+    upsample_bilinear2d_backward,
+    upsample_bilinear2d_forward,
+    upsample_nearest2d_backward,
+    upsample_nearest2d_forward,
+)
+
+__all__ = [
+    "conv2d_forward",
+    "conv2d_backward",
+    "batch_norm2d_forward",
+    "batch_norm2d_backward",
+    "relu_forward",
+    "relu_backward",
+    "relu6_forward",
+    "relu6_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "hard_sigmoid_forward",
+    "hard_sigmoid_backward",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+    "global_avg_pool2d_forward",
+    "global_avg_pool2d_backward",
+    "linear_forward",
+    "linear_backward",
+    "dropout_forward",
+    "dropout_backward",
+    "upsample_nearest2d_forward",
+    "upsample_nearest2d_backward",
+    "upsample_bilinear2d_forward",
+    "upsample_bilinear2d_backward",
+    "add_forward",
+    "add_backward",
+    "mul_forward",
+    "mul_backward",
+    "concat_forward",
+    "concat_backward",
+    "slice_forward",
+    "slice_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "batch_norm2d_relu6_forward",
+    "batch_norm2d_relu6_backward",
+    "fold_bn_into_conv",
+]

@@ -1,0 +1,212 @@
+"""Batch normalisation of NCHW activations on the CPU (Numba), like ``F.batch_norm``.
+
+The math is ``scratchnets.reference.batchnorm`` (see its docstring and docs/batchnorm.md); here it
+is arranged for few passes over memory. ``x`` is viewed as (N, C, L) with L = H*W, so channel c
+is N contiguous runs of L values, and per channel (sums over the M = N*L values of a channel)::
+
+    forward, training   pass 1: mu0 = sum(x) / M
+                        pass 2: d = x - mu0; S1 = sum(d), S2 = sum(d^2)
+                                mean = mu0 + S1/M, var = (S2 - S1^2/M) / M
+                        pass 3: y = (x - mean) * (gamma / sigma) + beta      (sigma = sqrt(var+eps))
+    forward, eval       pass 3 only, with the running statistics
+    backward            pass 1: sum(dy), sum(dy * xhat)     xhat = (x - mean) / sigma, recomputed
+                        pass 2: dx = gamma/sigma * (dy - sum(dy)/M - xhat * sum(dy*xhat)/M)
+
+Pass 2 of the statistics is the corrected two-pass algorithm: centring on a first mean makes the
+variance immune to |mean| >> std (the one-pass E[x^2] - E[x]^2 cancels catastrophically there),
+and the S1 terms remove the rounding error left in that first mean. All sums accumulate in
+float64 (float32 inputs too). Reductions are parallel over channels (each thread owns whole
+channels, so there are no shared accumulators); the elementwise passes are parallel over the
+N*C planes, which balances better when C is small. The cache holds x (not the reference's
+full-size xhat), and the backward recomputes xhat on the fly: one array fewer written and read.
+
+The same kernels take a ``relu6`` flag that clamps the output to [0, 6] in the write pass and
+gates dy by 0 < y < 6 in the backward: ``fused.batch_norm2d_relu6_*`` uses it to do BN + ReLU6
+without an intermediate tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from scratchnets.reference.batchnorm import _channel_vector
+
+from ._common import check_shape, kernel_array
+
+
+@njit(parallel=True, cache=True)
+def _moments_kernel(x, mean, var):
+    """mean[c], var[c] (biased) of x (N, C, L) over axes 0 and 2, corrected two-pass."""
+    n, c, l = x.shape
+    m = n * l
+    for ch in prange(c):
+        s = 0.0
+        for i in range(n):
+            for j in range(l):
+                s += x[i, ch, j]
+        mu0 = s / m
+        s1 = 0.0
+        s2 = 0.0
+        for i in range(n):
+            for j in range(l):
+                d = x[i, ch, j] - mu0
+                s1 += d
+                s2 += d * d
+        mean[ch] = mu0 + s1 / m
+        var[ch] = max((s2 - s1 * s1 / m) / m, 0.0)
+
+
+@njit(parallel=True, cache=True)
+def _normalize_kernel(x, mean, scale, beta, relu6, y):
+    """y = (x - mean[c]) * scale[c] + beta[c], clamped to [0, 6] when relu6; x, y (N, C, L)."""
+    n, c, l = x.shape
+    for k in prange(n * c):
+        i, ch = k // c, k % c
+        mu, a, b = mean[ch], scale[ch], beta[ch]
+        for j in range(l):
+            v = (x[i, ch, j] - mu) * a + b
+            if relu6:
+                v = 0.0 if v <= 0.0 else (6.0 if v >= 6.0 else v)
+            y[i, ch, j] = v
+
+
+@njit(parallel=True, cache=True)
+def _backward_kernel(dy, x, y, mean, inv_std, scale, training, relu6, dx, dsum, dxhat_sum):
+    """dsum[c] = sum(g), dxhat_sum[c] = sum(g * xhat) and dx, with g = dy (gated by 0 < y < 6
+    when relu6; ``y`` is read only then). All arrays (N, C, L) except the (C,) vectors.
+    """
+    n, c, l = dy.shape
+    for ch in prange(c):
+        mu, r = mean[ch], inv_std[ch]
+        sg = 0.0
+        sgx = 0.0
+        for i in range(n):
+            for j in range(l):
+                g = dy[i, ch, j]
+                if relu6 and not (0.0 < y[i, ch, j] < 6.0):
+                    g = 0.0
+                sg += g
+                sgx += g * ((x[i, ch, j] - mu) * r)
+        dsum[ch] = sg
+        dxhat_sum[ch] = sgx
+    m = n * l
+    for k in prange(n * c):
+        i, ch = k // c, k % c
+        mu, r, a = mean[ch], inv_std[ch], scale[ch]
+        g_mean = dsum[ch] / m if training else 0.0  # the path through mu
+        gx_mean = dxhat_sum[ch] / m if training else 0.0  # the path through var
+        for j in range(l):
+            g = dy[i, ch, j]
+            if relu6 and not (0.0 < y[i, ch, j] < 6.0):
+                g = 0.0
+            dx[i, ch, j] = a * (g - g_mean - ((x[i, ch, j] - mu) * r) * gx_mean)
+
+
+@dataclass(frozen=True)
+class BatchNormCache:
+    """What the backward needs; the per-channel vectors are float64."""
+
+    x: np.ndarray  # (N, C, H, W), C-contiguous
+    y: np.ndarray | None  # the clamped output, kept only by the fused BN + ReLU6
+    mean: np.ndarray  # (C,) the mean used: batch mean (training) or running mean (eval)
+    inv_std: np.ndarray  # (C,) 1 / sqrt(var + eps)
+    gamma: np.ndarray | None  # (C,) float64, None without affine weight
+    training: bool
+    has_bias: bool
+
+
+def normalize(x, weight, bias, running_mean, running_var, training, momentum, eps, relu6: bool):
+    """Batch norm forward (optionally followed by ReLU6); returns ``(y, BatchNormCache)``.
+
+    Shapes as in ``batch_norm2d_forward``; running statistics are updated in place in training.
+    """
+    x = kernel_array(x, "x")
+    if x.ndim != 4:
+        raise ValueError(f"batch_norm2d expects x of shape (N, C, H, W), got shape {x.shape}")
+    n, c, h, w = x.shape
+    gamma = _channel_vector(weight, "weight", c, np.float64)
+    beta = _channel_vector(bias, "bias", c, np.float64)
+    running_mean = _channel_vector(running_mean, "running_mean", c, None, in_place=True)
+    running_var = _channel_vector(running_var, "running_var", c, None, in_place=True)
+    x3 = x.reshape(n, c, h * w)  # (N, C, L)
+
+    if training:
+        m = n * h * w
+        if m < 2:
+            raise ValueError(
+                f"batch_norm2d in training needs more than 1 value per channel, "
+                f"got N*H*W = {m} for x of shape {x.shape}"
+            )
+        mean, var = np.empty(c), np.empty(c)  # (C,) float64
+        _moments_kernel(x3, mean, var)
+        if running_mean is not None:
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+        if running_var is not None:
+            running_var[...] = (1 - momentum) * running_var + momentum * var * (m / (m - 1))
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm2d in eval mode needs running_mean and running_var")
+        mean = running_mean.astype(np.float64)  # a copy: later in-place updates don't leak in
+        var = running_var.astype(np.float64)
+
+    inv_std = 1.0 / np.sqrt(var + eps)  # (C,)
+    scale = inv_std if gamma is None else gamma * inv_std  # (C,) gamma / sigma
+    shift = np.zeros(c) if beta is None else beta
+    y3 = np.empty_like(x3)
+    _normalize_kernel(x3, mean, scale, shift, relu6, y3)
+    y = y3.reshape(x.shape)
+    cache = BatchNormCache(
+        x, y if relu6 else None, mean, inv_std, gamma, training, beta is not None
+    )
+    return y, cache
+
+
+def normalize_backward(dy, cache: BatchNormCache, relu6: bool):
+    """``(dx, dweight, dbias)`` of ``normalize``; dy is cast to the forward's dtype."""
+    n, c, h, w = cache.x.shape
+    dy = kernel_array(dy, "dy", cache.x.dtype)
+    check_shape(dy, cache.x.shape, "batch_norm2d_backward")
+    as3 = (n, c, h * w)  # (N, C, L) views for the kernel
+    scale = cache.inv_std if cache.gamma is None else cache.gamma * cache.inv_std  # (C,)
+    dx = np.empty_like(dy)
+    dsum, dxhat_sum = np.empty(c), np.empty(c)  # (C,) float64
+    gate_y = cache.y if relu6 else cache.x  # read by the kernel only when relu6
+    _backward_kernel(
+        dy.reshape(as3),
+        cache.x.reshape(as3),
+        gate_y.reshape(as3),
+        cache.mean,
+        cache.inv_std,
+        scale,
+        cache.training,
+        relu6,
+        dx.reshape(as3),
+        dsum,
+        dxhat_sum,
+    )
+    dweight = None if cache.gamma is None else dxhat_sum.astype(dy.dtype)
+    dbias = dsum.astype(dy.dtype) if cache.has_bias else None
+    return dx, dweight, dbias
+
+
+def batch_norm2d_forward(
+    x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5
+):
+    """y = weight * (x - mu) / sqrt(var + eps) + bias, per channel; like ``F.batch_norm``.
+
+    Shapes: ``x`` (N, C, H, W); ``weight``, ``bias``, ``running_mean``, ``running_var`` (C,), each
+    may be None. Training uses the batch statistics and updates the running ones IN PLACE
+    (running_var with the unbiased variance); eval uses the running ones. Returns ``(y, cache)``.
+    """
+    return normalize(x, weight, bias, running_mean, running_var, training, momentum, eps, False)
+
+
+def batch_norm2d_backward(dy, cache):
+    """``(dx, dweight, dbias)``: dbias = sum(dy), dweight = sum(dy * xhat) and
+    dx = gamma / sigma * (dy - mean(dy) - xhat * mean(dy * xhat)) in training, gamma / sigma * dy
+    in eval. dweight / dbias are None when the forward had no weight / bias.
+    """
+    return normalize_backward(dy, cache, False)

@@ -1,0 +1,218 @@
+"""Max, average and global average pooling on the CPU (Numba), like ``F.max_pool2d``,
+``F.avg_pool2d`` and ``F.adaptive_avg_pool2d(x, 1)``.
+
+What is optimised and why: the reference builds a (N, C, OH, OW, kh, kw) window view and reduces
+it (and for max pooling materialises an argmax over a padded copy); the backward scatters one
+kernel tap at a time. Here each (n, c) plane is one task of a ``prange`` loop: the kernels walk
+the output positions of their plane and read the window directly from the unpadded input,
+skipping the cells that fall in the padding (so no padded copy exists). Planes are independent,
+so the backward's scatter-add (overlapping windows add into the same pixel) never races: a pixel
+is only written by the thread that owns its plane. Max pooling caches, per output, the flat
+index h*W + w of its first maximum (int32), which makes its backward a single routed add.
+
+Argument checks and the output geometry are the reference's (``_pool_geometry``), so both
+backends accept and reject the same arguments. Tie and NaN rules are the reference's: the first
+maximum in row-major scan order wins; a NaN is the maximum and the first NaN gets the gradient.
+Sums accumulate in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from scratchnets.reference.pooling import PoolGeometry, _check_dy, _pool_geometry
+
+from ._common import kernel_array
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_kernel(x, kh, kw, sh, sw, top, left, y, argmax):
+    """y[p, a, b] = max of the window at (a*sh - top, b*sw - left) of plane x[p] (P, H, W);
+    argmax[p, a, b] = flat index h*W + w of its first maximum (first NaN if any).
+    """
+    planes, height, width = x.shape
+    _, oh, ow = y.shape
+    for p in prange(planes):
+        for a in range(oh):
+            h0 = a * sh - top
+            for b in range(ow):
+                w0 = b * sw - left
+                best = x[p, 0, 0]  # overwritten by the first real cell (best_at < 0)
+                best_at = -1
+                for i in range(max(0, -h0), min(kh, height - h0)):  # real rows only
+                    for j in range(max(0, -w0), min(kw, width - w0)):
+                        v = x[p, h0 + i, w0 + j]
+                        # take the first cell, then strictly larger values or the first NaN
+                        if best_at < 0 or (best == best and (v > best or v != v)):
+                            best = v
+                            best_at = (h0 + i) * width + (w0 + j)
+                y[p, a, b] = best
+                argmax[p, a, b] = best_at
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_backward_kernel(dy, argmax, dx):
+    """dx[p, argmax[p, o]] += dy[p, o]; dy, argmax (P, OH*OW), dx (P, H*W) zeroed."""
+    planes, outputs = dy.shape
+    for p in prange(planes):
+        for o in range(outputs):
+            dx[p, argmax[p, o]] += dy[p, o]
+
+
+@njit(parallel=True, cache=True)
+def _avg_pool_kernel(x, kh, kw, sh, sw, top, left, count_include_pad, y):
+    """y[p, a, b] = sum of the window's real cells / D; D = kh*kw or the number of real cells."""
+    planes, height, width = x.shape
+    _, oh, ow = y.shape
+    for p in prange(planes):
+        for a in range(oh):
+            h0 = a * sh - top
+            i0, i1 = max(0, -h0), min(kh, height - h0)
+            for b in range(ow):
+                w0 = b * sw - left
+                j0, j1 = max(0, -w0), min(kw, width - w0)
+                s = 0.0
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        s += x[p, h0 + i, w0 + j]
+                y[p, a, b] = s / (kh * kw if count_include_pad else (i1 - i0) * (j1 - j0))
+
+
+@njit(parallel=True, cache=True)
+def _avg_pool_backward_kernel(dy, kh, kw, sh, sw, top, left, count_include_pad, dx):
+    """dx[p, h, w] += dy[p, a, b] / D for every real cell (h, w) of window (a, b); dx zeroed."""
+    planes, height, width = dx.shape
+    _, oh, ow = dy.shape
+    for p in prange(planes):
+        for a in range(oh):
+            h0 = a * sh - top
+            i0, i1 = max(0, -h0), min(kh, height - h0)
+            for b in range(ow):
+                w0 = b * sw - left
+                j0, j1 = max(0, -w0), min(kw, width - w0)
+                share = dy[p, a, b] / (kh * kw if count_include_pad else (i1 - i0) * (j1 - j0))
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        dx[p, h0 + i, w0 + j] += share
+
+
+@njit(parallel=True, cache=True)
+def _plane_mean_kernel(x, y):
+    """y[p] = mean of the row x[p] (P, L), accumulated in float64."""
+    planes, length = x.shape
+    for p in prange(planes):
+        s = 0.0
+        for j in range(length):
+            s += x[p, j]
+        y[p] = s / length
+
+
+@njit(parallel=True, cache=True)
+def _plane_fill_kernel(dy, dx):
+    """dx[p, :] = dy[p] / L; dy (P,), dx (P, L)."""
+    planes, length = dx.shape
+    for p in prange(planes):
+        share = dy[p] / length
+        for j in range(length):
+            dx[p, j] = share
+
+
+@dataclass(frozen=True)
+class PoolCache:
+    """The geometry plus what the backward needs: the argmax (max) or the divisor rule (avg)."""
+
+    geometry: PoolGeometry
+    dtype: np.dtype
+    argmax: np.ndarray | None = None  # (N*C, OH*OW) int32, max pooling
+    count_include_pad: bool = True  # avg pooling
+
+
+def _planes(x, kernel_size, stride, padding, name):
+    """Validate like the reference; returns (x as (N*C, H, W) C-contiguous, geometry, window args)."""
+    x, g = _pool_geometry(x, kernel_size, stride, padding, name)
+    x = kernel_array(x, "x")
+    n, c, h, w = g.in_shape
+    window = (*g.kernel, *g.stride, g.pads[0], g.pads[2])  # kh, kw, sh, sw, top, left
+    return x.reshape(n * c, h, w), g, window
+
+
+def _dy_planes(dy, cache: PoolCache, name: str) -> np.ndarray:
+    """dy checked against y's shape, in the forward's dtype, as (N*C, OH, OW) C-contiguous."""
+    g = cache.geometry
+    dy = np.ascontiguousarray(_check_dy(dy, g.out_shape, cache.dtype, name))
+    return dy.reshape(-1, *g.out_hw)
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    """y[n, c, p, q] = max_{i<kh, j<kw} x[n, c, p*sh + i - ph, q*sw + j - pw] over real pixels;
+    like ``F.max_pool2d`` (floor mode). ``stride=None`` means ``kernel_size``; padding at most
+    half the kernel. Shapes: (N, C, H, W) -> (N, C, OH, OW). Returns ``(y, cache)``.
+    """
+    x3, g, window = _planes(x, kernel_size, stride, padding, "max_pool2d")
+    y = np.empty((x3.shape[0], *g.out_hw), dtype=x3.dtype)  # (N*C, OH, OW)
+    argmax = np.empty(y.shape, dtype=np.int32)
+    _max_pool_kernel(x3, *window, y, argmax)
+    cache = PoolCache(g, x3.dtype, argmax=argmax.reshape(y.shape[0], -1))
+    return y.reshape(g.out_shape), cache
+
+
+def max_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum of dy[n, c, p, q] over the windows whose first maximum is (h, w).
+    Shapes: (N, C, OH, OW) -> (N, C, H, W).
+    """
+    dy3 = _dy_planes(dy, cache, "max_pool2d_backward")
+    n, c, h, w = cache.geometry.in_shape
+    dx = np.zeros((n * c, h * w), dtype=cache.dtype)
+    _max_pool_backward_kernel(dy3.reshape(n * c, -1), cache.argmax, dx)
+    return dx.reshape(cache.geometry.in_shape)
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """y[n, c, p, q] = (1 / D) * sum_{i<kh, j<kw} xp[n, c, p*sh + i, q*sw + j], xp zero-padded;
+    D = kh*kw with ``count_include_pad``, else the number of real pixels in the window. Like
+    ``F.avg_pool2d`` (floor mode). Shapes: (N, C, H, W) -> (N, C, OH, OW). Returns ``(y, cache)``.
+    """
+    x3, g, window = _planes(x, kernel_size, stride, padding, "avg_pool2d")
+    y = np.empty((x3.shape[0], *g.out_hw), dtype=x3.dtype)  # (N*C, OH, OW)
+    _avg_pool_kernel(x3, *window, bool(count_include_pad), y)
+    cache = PoolCache(g, x3.dtype, count_include_pad=bool(count_include_pad))
+    return y.reshape(g.out_shape), cache
+
+
+def avg_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum over the windows (p, q) containing (h, w) of dy[n, c, p, q] / D.
+    Shapes: (N, C, OH, OW) -> (N, C, H, W).
+    """
+    dy3 = _dy_planes(dy, cache, "avg_pool2d_backward")
+    g = cache.geometry
+    n, c, h, w = g.in_shape
+    dx = np.zeros((n * c, h, w), dtype=cache.dtype)
+    window = (*g.kernel, *g.stride, g.pads[0], g.pads[2])
+    _avg_pool_backward_kernel(dy3, *window, cache.count_include_pad, dx)
+    return dx.reshape(g.in_shape)
+
+
+def global_avg_pool2d_forward(x):
+    """y[n, c, 0, 0] = mean_{h, w} x[n, c, h, w]; like ``F.adaptive_avg_pool2d(x, 1)``.
+    Shapes: (N, C, H, W) -> (N, C, 1, 1). Returns ``(y, cache)``.
+    """
+    x = kernel_array(x, "x")
+    if x.ndim != 4:
+        raise ValueError(f"global_avg_pool2d expects x of shape (N, C, H, W), got shape {x.shape}")
+    n, c, h, w = x.shape
+    y = np.empty(n * c, dtype=x.dtype)
+    _plane_mean_kernel(x.reshape(n * c, h * w), y)
+    return y.reshape(n, c, 1, 1), (x.shape, x.dtype)
+
+
+def global_avg_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = dy[n, c, 0, 0] / (H*W). Shapes: (N, C, 1, 1) -> (N, C, H, W)."""
+    in_shape, dtype = cache
+    n, c, h, w = in_shape
+    dy = np.ascontiguousarray(_check_dy(dy, (n, c, 1, 1), dtype, "global_avg_pool2d_backward"))
+    dx = np.empty(in_shape, dtype=dtype)
+    _plane_fill_kernel(dy.reshape(n * c), dx.reshape(n * c, h * w))
+    return dx

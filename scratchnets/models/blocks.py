@@ -1,0 +1,316 @@
+"""Building blocks shared by the models.
+
+* ``make_divisible``: the channel rounding of torchvision, timm, slim and Keras.
+* ``make_activation``: "relu" / "relu6" / None -> a layer.
+* ``ConvBNAct``: conv -> BN -> activation, named "0", "1", "2" like torchvision's
+  ``Conv2dNormActivation`` (state dict keys ``<name>.0.weight``, ``<name>.1.running_mean``).
+* ``BatchNormAct2d``: BN followed by an activation in one module, timm's layout (the BN arrays
+  sit directly under the module's name, the activation is a parameter-free child ``act``).
+* ``ResidualBlock``: y = branch(x) + shortcut(x), with the gradient split in backward.
+* ``AdaptiveAvgPool2d``: torch's adaptive average pooling for any input and output size.
+* ``Conv2dSame``: TensorFlow/Keras "SAME" padding worked out per input size.
+* ``torchvision_init`` / ``timm_efficientnet_init``: the weight initialisations of the sources.
+* ``global_pool_flatten``: (N, C, H, W) -> (N, C).
+
+BN folding: a block lists the (conv, BN) pairs that ``scratchnets.models.fuse`` may fold in its
+``bn_folds`` attribute, as dotted paths relative to the block (see ``fuse.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import functional as F
+from ..nn import AdaptiveAvgPool2d as GlobalAvgPool2d  # output_size=1 only
+from ..nn import BatchNorm2d, Conv2d, Flatten, Linear, Module, ReLU, ReLU6, Sequential, init
+from ..nn.module import DEVICE_BACKENDS
+
+#: (conv path, BN path) pairs, relative to the block that declares them
+BnFolds = tuple[tuple[str, str], ...]
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``min_value``, default the
+    divisor), going one step up when rounding down would lose more than 10 %:
+
+        v' = max(min_value, floor(v + d / 2) // d * d);  v' += d  if v' < 0.9 v
+
+    The rule of torchvision's ``_make_divisible``, timm's ``make_divisible`` and slim/Keras;
+    e.g. 32 * 0.35 = 11.2 -> 8 < 0.9 * 11.2, so 16.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+_ACTIVATIONS = {"relu": ReLU, "relu6": ReLU6}
+
+
+def make_activation(act: str | None) -> Module | None:
+    """A fresh activation layer for "relu" or "relu6"; None for no activation."""
+    if act is None:
+        return None
+    if act not in _ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {act!r}; expected one of {sorted(_ACTIVATIONS)} or None"
+        )
+    return _ACTIVATIONS[act]()
+
+
+class ConvBNAct(Sequential):
+    """conv (no bias) -> BatchNorm2d -> activation: children "0", "1" and "2" (when ``act``).
+
+    ``padding=None`` means torchvision's symmetric ``dilation * (k - 1) // 2``; any Conv2d padding
+    (int, pair, (top, bottom, left, right)) may be given instead. ``conv_type`` swaps in another
+    Conv2d class (``Conv2dSame`` for Keras-style models).
+    """
+
+    bn_folds: BnFolds = (("0", "1"),)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: str | None = "relu6",
+        *,
+        padding=None,
+        dilation: int = 1,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        conv_type: type[Conv2d] = Conv2d,
+        rng: np.random.Generator | None = None,
+    ):
+        if padding is None:
+            padding = dilation * (kernel_size - 1) // 2
+        layers = [
+            conv_type(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                groups,
+                bias=False,
+                rng=rng,
+            ),
+            BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
+        ]
+        activation = make_activation(act)
+        super().__init__(*layers, *([activation] if activation is not None else []))
+
+
+class BatchNormAct2d(BatchNorm2d):
+    """y = act(BN(x)) in one module (timm's ``BatchNormAct2d``): the state dict keys are the BN's
+    own (``weight``, ``bias``, ``running_mean``, ``running_var``, ``num_batches_tracked``), the
+    activation is the child ``act``. Backward: dx = BN^T (act^T dy)."""
+
+    def __init__(self, num_features: int, act: str = "relu6", eps: float = 1e-5, momentum=0.1):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.act = make_activation(act)
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+    def backward(self, dy):
+        return super().backward(self.act.backward(dy))
+
+
+class ResidualBlock(Module):
+    """y = branch(x) + shortcut(x) when ``use_residual``, else y = branch(x).
+
+    Subclasses register their children, then set ``branch`` and ``shortcut`` to tuples of child
+    names that run in order (an empty ``shortcut`` is the identity). Backward splits dy: it runs
+    back through both paths and adds the two input gradients,
+
+        dx = branch^T(dy) + shortcut^T(dy)      (shortcut^T(dy) = dy for the identity).
+    """
+
+    branch: tuple[str, ...] = ()
+    shortcut: tuple[str, ...] = ()
+    use_residual: bool = True
+
+    def _run(self, names: tuple[str, ...], x):
+        for name in names:
+            x = getattr(self, name)(x)
+        return x
+
+    def _run_backward(self, names: tuple[str, ...], dy):
+        for name in reversed(names):
+            dy = getattr(self, name).backward(dy)
+        return dy
+
+    def forward(self, x):
+        y = self._run(self.branch, x)
+        if self.use_residual:
+            y, _ = F.add_forward(y, self._run(self.shortcut, x), backend=self.backend)
+        self._save((), y.shape)
+        return y
+
+    def backward(self, dy):
+        self._saved(dy)
+        dx = self._run_backward(self.branch, dy)
+        if self.use_residual:
+            dx, _ = F.add_forward(dx, self._run_backward(self.shortcut, dy), backend=self.backend)
+        return dx
+
+
+def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """The (out, in) averaging matrix of torch's adaptive average pooling along one axis.
+
+    Output i averages inputs start_i <= j < end_i with start_i = floor(i * in / out) and
+    end_i = ceil((i + 1) * in / out); so A[i, j] = 1 / (end_i - start_i) there and 0 elsewhere.
+    """
+    a = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        start, end = (i * in_size) // out_size, -(-(i + 1) * in_size // out_size)
+        a[i, start:end] = 1.0 / (end - start)
+    return a
+
+
+class AdaptiveAvgPool2d(Module):
+    """``torch.nn.AdaptiveAvgPool2d(output_size)`` for any input and output size.
+
+    Pooling is separable: Y = A_h X A_w^T per (n, c) plane, with the averaging matrices of
+    ``adaptive_pool_matrix``. Each 1-D pass is a convolution with a fixed kernel that spans the
+    whole axis, so the backend's conv op does the work (forward and backward):
+
+        H pass: x (N*C, 1, H, W) * k_h (OH, 1, H, 1)  -> (N*C, OH, 1, W)  = (N*C*OH, 1, 1, W)
+        W pass: (N*C*OH, 1, 1, W) * k_w (OW, 1, 1, W) -> (N*C*OH, OW, 1, 1) = (N, C, OH, OW)
+
+    An axis whose size already equals the output size is skipped. The kernels are constants, not
+    parameters (they are not in the state dict and get no gradient).
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+        self.output_size = (int(oh), int(ow))
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+    def _kernel(self, in_size: int, out_size: int, axis: int, dtype):
+        """The conv weight of one pass: (out, 1, in, 1) for axis 2 (H), (out, 1, 1, in) for 3 (W)."""
+        shape = (out_size, 1, in_size, 1) if axis == 2 else (out_size, 1, 1, in_size)
+        w = adaptive_pool_matrix(in_size, out_size).reshape(shape).astype(dtype)
+        if self.backend in DEVICE_BACKENDS:
+            from numba import cuda
+
+            return cuda.to_device(w)
+        return w
+
+    def forward(self, x):
+        self._check_input(x, ("N", "C", "H", "W"))
+        n, c, h, w = x.shape
+        oh, ow = self.output_size
+        caches = []
+        if h != oh:  # (N*C, 1, H, W) -> (N*C, OH, 1, W)
+            k = self._kernel(h, oh, axis=2, dtype=x.dtype)
+            x, cache = F.conv2d_forward(x.reshape(n * c, 1, h, w), k, backend=self.backend)
+            caches.append(("h", cache, x.shape))
+            x = x.reshape(n, c, oh, w)
+        if w != ow:  # (N*C*OH, 1, 1, W) -> (N*C*OH, OW, 1, 1)
+            k = self._kernel(w, ow, axis=3, dtype=x.dtype)
+            x, cache = F.conv2d_forward(x.reshape(n * c * oh, 1, 1, w), k, backend=self.backend)
+            caches.append(("w", cache, x.shape))
+            x = x.reshape(n, c, oh, ow)
+        self._save(((n, c, h, w), caches), x.shape)
+        return x
+
+    def backward(self, dy):
+        (n, c, h, w), caches = self._saved(dy)
+        oh = self.output_size[0]
+        for axis, cache, conv_out_shape in reversed(caches):
+            dx, _, _ = F.conv2d_backward(dy.reshape(conv_out_shape), cache, backend=self.backend)
+            dy = dx.reshape(n, c, oh, w) if axis == "w" else dx.reshape(n, c, h, w)
+        return dy
+
+
+def tf_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding along one axis: output ceil(size / stride), total padding
+
+        total = max((ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0),
+
+    split as (total // 2, total - total // 2): the odd pixel goes at the bottom/right, unlike
+    PyTorch's symmetric padding. E.g. 3x3 stride 2 on an even size pads (0, 1), on an odd (1, 1).
+    """
+    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(Conv2d):
+    """Conv2d with TensorFlow/Keras ``padding="same"`` for every stride: the explicit
+    (top, bottom, left, right) padding is worked out from each input's H and W
+    (``tf_same_padding``). The ``padding`` argument is accepted for signature compatibility with
+    Conv2d and ignored."""
+
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride=1, padding=0, *args, **kwargs
+    ):
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0, *args, **kwargs)
+        self.padding = "same"
+
+    def forward(self, x):
+        self._check_input(x, ("N", self.in_channels, "H", "W"), match_dtype=True)
+        sizes = tuple(x.shape[2:])
+        pads = [
+            tf_same_padding(*args)
+            for args in zip(sizes, self.kernel_size, self.stride, self.dilation, strict=True)
+        ]
+        self._op_padding = (*pads[0], *pads[1])  # (top, bottom, left, right) for this input
+        return super().forward(x)
+
+
+def torchvision_init(model: Module, rng: np.random.Generator, linear_std: float | None = 0.01):
+    """torchvision's initialisation (MobileNetV2, VGG; Cadene's Xception without ``linear_std``):
+
+    conv weight ~ N(0, 2 / fan_out), fan_out = C_out * kh * kw (``kaiming_normal_(mode="fan_out")``),
+    conv bias = 0; BN weight = 1, bias = 0; linear weight ~ N(0, linear_std^2), bias = 0
+    (``linear_std=None`` keeps torch's default Linear initialisation).
+    """
+    for module in model.modules():
+        if isinstance(module, Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", rng=rng)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, Linear) and linear_std is not None:
+            init.normal_(module.weight, 0.0, linear_std, rng=rng)
+            init.zeros_(module.bias)
+
+
+def timm_efficientnet_init(model: Module, rng: np.random.Generator):
+    """timm's initialisation of its EfficientNet-family models (``_init_weight_goog``), which
+    ``mobilenetv1_100`` uses:
+
+    conv weight ~ N(0, 2 / fan_out) with fan_out = kh * kw * C_out / groups (so a 3x3 depthwise
+    conv has fan_out 9), conv bias = 0; BN weight = 1, bias = 0; linear weight ~
+    U(-1/sqrt(out_features), 1/sqrt(out_features)), bias = 0.
+    """
+    for module in model.modules():
+        if isinstance(module, Conv2d):
+            fan_out = math.prod(module.kernel_size) * module.out_channels // module.groups
+            init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out), rng=rng)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, Linear):
+            bound = 1.0 / math.sqrt(module.out_features)
+            init.uniform_(module.weight, -bound, bound, rng=rng)
+            init.zeros_(module.bias)
+
+
+def global_pool_flatten() -> Sequential:
+    """(N, C, H, W) -> (N, C): global average pooling then flatten, as timm's
+    ``SelectAdaptivePool2d`` (children ``pool`` and ``flatten``; no parameters)."""
+    return Sequential({"pool": GlobalAvgPool2d(1), "flatten": Flatten()})

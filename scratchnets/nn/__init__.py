@@ -1,0 +1,51 @@
+"""Layers with an explicit backward, named and built like ``torch.nn``.
+
+``Module`` (parameters, submodules, buffers, state dicts, train/eval, backends), ``Sequential``,
+``Identity`` and one layer per op. ``scratchnets.nn.init`` holds torch's weight initialisers.
+
+    m = Conv2d(3, 16, 3, padding=1)
+    y = m(x)             # forward, caches what backward needs
+    dx = m.backward(dy)  # returns dL/dx, adds dL/dweight to m.weight.grad
+"""
+
+from . import init
+from .layers import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    CrossEntropyLoss,
+    Dropout,
+    Flatten,
+    Hardsigmoid,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    ReLU6,
+    Sigmoid,
+    Upsample,
+)
+from .module import Identity, IncompatibleKeys, Module, Parameter, Sequential
+
+__all__ = [
+    "init",
+    "Module",
+    "Parameter",
+    "Sequential",
+    "Identity",
+    "IncompatibleKeys",
+    "Conv2d",
+    "BatchNorm2d",
+    "ReLU",
+    "ReLU6",
+    "Sigmoid",
+    "Hardsigmoid",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "Linear",
+    "Dropout",
+    "Flatten",
+    "Upsample",
+    "CrossEntropyLoss",
+]

@@ -1,0 +1,565 @@
+"""The layers: one per op, named and constructed like their ``torch.nn`` twins.
+
+Each forward checks its input, calls ``scratchnets.functional.<op>_forward(..., backend=self.backend)``
+and keeps the op's cache; each backward calls ``<op>_backward`` on that cache, adds the parameter
+gradients to ``.grad`` and returns dx. The math lives in ``scratchnets.reference`` (see each op's
+docstring); this file is only wiring, argument handling and torch's defaults.
+
+Layers with parameters take ``rng`` (a NumPy Generator used by the initialisation; default a fresh
+``default_rng()``) and ``dtype`` (float32 by default) as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .. import functional as F
+from ..arrays import to_numpy
+from . import init
+from .module import Module, Parameter, as_float_dtype
+
+__all__ = [
+    "Conv2d",
+    "BatchNorm2d",
+    "ReLU",
+    "ReLU6",
+    "Sigmoid",
+    "Hardsigmoid",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "Linear",
+    "Dropout",
+    "Flatten",
+    "Upsample",
+    "CrossEntropyLoss",
+]
+
+NCHW = ("N", "C", "H", "W")  # layout of an image batch whose channel count any value may take
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    """An int or a 2-sequence of ints as ``(h, w)``, as torch stores conv arguments."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(values) != 2 or not all(map(_is_int, values)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(values[0]), int(values[1])
+
+
+def _conv_padding(padding):
+    """Conv2d's ``padding`` as stored (torch style): a string, a pair, or our 4-tuple."""
+    if isinstance(padding, str):
+        return padding
+    if isinstance(padding, (tuple, list)) and len(padding) == 4 and all(map(_is_int, padding)):
+        return tuple(int(p) for p in padding)  # (top, bottom, left, right)
+    return _pair(padding, "padding")
+
+
+def _uniform_bias(out_features: int, weight: np.ndarray, rng) -> Parameter:
+    """torch's default bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in of the layer's weight."""
+    fan_in, _ = init.fan_in_and_fan_out(weight.shape)
+    bound = 1.0 / math.sqrt(fan_in)
+    return Parameter(init.uniform_(np.empty(out_features, weight.dtype), -bound, bound, rng=rng))
+
+
+def _default_weight(shape, dtype, rng) -> Parameter:
+    """torch's default conv/linear weight: kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in))."""
+    return Parameter(init.kaiming_uniform_(np.empty(shape, dtype), a=math.sqrt(5), rng=rng))
+
+
+def _explicit_padding(padding, kernel_size, stride, dilation):
+    """The op's padding for a Conv2d ``padding`` argument (int, pair, 4-tuple, "same", "valid").
+
+    "same" (stride 1 only, like torch) pads ``dilation * (k - 1)`` in total along each axis, half
+    before and the rest (one more when odd) after: ``(top, bottom, left, right)``.
+    """
+    if not isinstance(padding, str):
+        return padding
+    if padding == "valid":
+        return 0
+    if padding != "same":
+        raise ValueError(f"padding must be 'same', 'valid', an int or a tuple, got {padding!r}")
+    if stride != (1, 1):
+        raise ValueError(f"padding='same' needs stride 1 (like torch), got stride={stride}")
+    totals = [d * (k - 1) for k, d in zip(kernel_size, dilation, strict=True)]
+    (top, bottom), (left, right) = ((t // 2, t - t // 2) for t in totals)
+    return top, bottom, left, right
+
+
+class Conv2d(Module):
+    """2-D convolution (cross-correlation), ``torch.nn.Conv2d``.
+
+    y[n, o, p, q] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * xpad[n, c, p*sh + i*dh, q*sw + j*dw]
+
+    Shapes: x (N, C_in, H, W), weight (C_out, C_in / groups, kh, kw), bias (C_out,),
+    y (N, C_out, OH, OW). ``padding``: int, (ph, pw), (top, bottom, left, right), "valid" or
+    "same" (stride 1). Depthwise: ``groups == in_channels``. See ``reference.conv2d_forward``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        rng: np.random.Generator | None = None,
+        dtype=np.float32,
+    ):
+        super().__init__()
+        if min(in_channels, out_channels, groups) < 1:
+            raise ValueError(
+                f"Conv2d needs positive in_channels, out_channels and groups, got "
+                f"{in_channels}, {out_channels}, groups={groups}"
+            )
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+                f"divisible by groups ({groups})"
+            )
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        self.padding = _conv_padding(padding)  # as torch shows it; the op gets explicit numbers
+        self._op_padding = _explicit_padding(
+            self.padding, self.kernel_size, self.stride, self.dilation
+        )
+        self.dtype = as_float_dtype(dtype)
+        rng = np.random.default_rng() if rng is None else rng
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self.weight = _default_weight(shape, self.dtype, rng)
+        if bias:
+            self.bias = _uniform_bias(out_channels, self.weight.data, rng)
+        else:
+            self.register_parameter("bias", None)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        s += f", stride={self.stride}"
+        if isinstance(self.padding, str) or any(self.padding):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+    def forward(self, x):
+        self._check_input(x, ("N", self.in_channels, "H", "W"), match_dtype=True)
+        b = None if self.bias is None else self.bias.data
+        y, cache = F.conv2d_forward(
+            x,
+            self.weight.data,
+            b,
+            stride=self.stride,
+            padding=self._op_padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            backend=self.backend,
+        )
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = F.conv2d_backward(dy, self._saved(dy), backend=self.backend)
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
+        return dx
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over (N, H, W) per channel, ``torch.nn.BatchNorm2d``.
+
+    Training: y = weight * (x - mean) / sqrt(var + eps) + bias with the batch's biased variance;
+    running_mean/var (unbiased var) move by ``momentum`` and ``num_batches_tracked`` counts the
+    training forwards (``momentum=None``: cumulative average, factor 1 / num_batches_tracked, as in
+    torch). Eval: the running statistics replace the batch ones. See ``reference.batch_norm2d_forward``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        *,
+        dtype=np.float32,
+    ):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.dtype = as_float_dtype(dtype)
+        self.weight = Parameter(np.ones(num_features, self.dtype))
+        self.bias = Parameter(np.zeros(num_features, self.dtype))
+        self.register_buffer("running_mean", np.zeros(num_features, self.dtype))
+        self.register_buffer("running_var", np.ones(num_features, self.dtype))
+        self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def forward(self, x):
+        self._check_input(x, ("N", self.num_features, "H", "W"), match_dtype=True)
+        factor = 0.0 if self.momentum is None else self.momentum  # eval mode does not read it
+        if self.training:
+            self.num_batches_tracked += 1  # in place on the 0-d int64 buffer
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        y, cache = F.batch_norm2d_forward(
+            x,
+            self.weight.data,
+            self.bias.data,
+            self.running_mean,
+            self.running_var,
+            training=self.training,
+            momentum=factor,
+            eps=self.eps,
+            backend=self.backend,
+        )
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        dx, dweight, dbias = F.batch_norm2d_backward(dy, self._saved(dy), backend=self.backend)
+        self._accumulate(self.weight, dweight)
+        self._accumulate(self.bias, dbias)
+        return dx
+
+
+class _UnaryOp(Module):
+    """A parameter-free op of one input: ``_op`` names the functional pair, ``_layout`` the
+    required input layout (None: any shape)."""
+
+    _op: str
+    _layout: tuple | None = None
+
+    def forward(self, x):
+        self._check_input(x, self._layout)
+        y, cache = getattr(F, f"{self._op}_forward")(x, backend=self.backend)
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        return getattr(F, f"{self._op}_backward")(dy, self._saved(dy), backend=self.backend)
+
+
+class _InplaceFlag(_UnaryOp):
+    """Accepts torch's ``inplace`` argument for drop-in compatibility and shows it in the repr.
+
+    The computation is never in place here: backward needs the forward's input or output.
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+class ReLU(_InplaceFlag):
+    """y = max(x, 0); dx = dy * [x > 0]  (``torch.nn.ReLU``)."""
+
+    _op = "relu"
+
+
+class ReLU6(_InplaceFlag):
+    """y = min(max(x, 0), 6); dx = dy * [0 < x < 6]  (``torch.nn.ReLU6``)."""
+
+    _op = "relu6"
+
+
+class Sigmoid(_UnaryOp):
+    """y = 1 / (1 + exp(-x)); dx = dy * y * (1 - y)  (``torch.nn.Sigmoid``)."""
+
+    _op = "sigmoid"
+
+
+class Hardsigmoid(_InplaceFlag):
+    """y = relu6(x + 3) / 6; dx = dy / 6 * [-3 < x < 3]  (``torch.nn.Hardsigmoid``)."""
+
+    _op = "hard_sigmoid"
+
+
+class _Pool2d(Module):
+    """Shared argument handling of MaxPool2d and AvgPool2d (``stride=None`` means kernel_size)."""
+
+    _op: str
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+
+    def _op_kwargs(self) -> dict:
+        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def forward(self, x):
+        self._check_input(x, NCHW)
+        y, cache = getattr(F, f"{self._op}_forward")(x, **self._op_kwargs(), backend=self.backend)
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        return getattr(F, f"{self._op}_backward")(dy, self._saved(dy), backend=self.backend)
+
+
+class MaxPool2d(_Pool2d):
+    """y = max over each (padded with -inf) window; dx routes dy to the first maximum in scan
+    order (``torch.nn.MaxPool2d`` without dilation / ceil_mode)."""
+
+    _op = "max_pool2d"
+
+
+class AvgPool2d(_Pool2d):
+    """y = mean over each window; padded zeros count in the divisor unless
+    ``count_include_pad=False`` (``torch.nn.AvgPool2d`` without ceil_mode / divisor_override)."""
+
+    _op = "avg_pool2d"
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad: bool = True):
+        super().__init__(kernel_size, stride, padding)
+        self.count_include_pad = count_include_pad
+
+    def _op_kwargs(self) -> dict:
+        return dict(super()._op_kwargs(), count_include_pad=self.count_include_pad)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (
+            "" if self.count_include_pad else ", count_include_pad=False"
+        )
+
+
+class AdaptiveAvgPool2d(_UnaryOp):
+    """Global average pooling, y[n, c, 0, 0] = mean_{h, w} x[n, c, h, w]: the ``output_size=1``
+    case of ``torch.nn.AdaptiveAvgPool2d`` (the only one the models use)."""
+
+    _op = "global_avg_pool2d"
+    _layout = NCHW
+
+    def __init__(self, output_size=1):
+        super().__init__()
+        if output_size not in (1, (1, 1), [1, 1]):
+            raise ValueError(
+                f"AdaptiveAvgPool2d supports only output_size=1 or (1, 1) (global average "
+                f"pooling), got {output_size!r}"
+            )
+        self.output_size = output_size
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias  (``torch.nn.Linear``). Shapes: x (N, in_features),
+    weight (out_features, in_features), bias (out_features,), y (N, out_features)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        rng: np.random.Generator | None = None,
+        dtype=np.float32,
+    ):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.dtype = as_float_dtype(dtype)
+        rng = np.random.default_rng() if rng is None else rng
+        self.weight = _default_weight((out_features, in_features), self.dtype, rng)
+        if bias:
+            self.bias = _uniform_bias(out_features, self.weight.data, rng)
+        else:
+            self.register_parameter("bias", None)
+
+    def extra_repr(self) -> str:
+        has_bias = self.bias is not None
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={has_bias}"
+
+    def forward(self, x):
+        self._check_input(x, ("N", self.in_features), match_dtype=True)
+        b = None if self.bias is None else self.bias.data
+        y, cache = F.linear_forward(x, self.weight.data, b, backend=self.backend)
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = F.linear_backward(dy, self._saved(dy), backend=self.backend)
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
+        return dx
+
+
+class Dropout(Module):
+    """Training: y = x * mask / (1 - p), mask ~ Bernoulli(1 - p) per element; eval: y = x
+    (``torch.nn.Dropout``). The module's Generator (``seed``) draws a fresh op seed per forward,
+    so a seeded module replays the same masks; backward reuses the forward's mask. ``inplace``
+    is accepted for torch compatibility; the computation is never in place."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+        self.p, self.inplace = p, inplace
+        self._rng = np.random.default_rng(seed)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+    def forward(self, x):
+        self._check_input(x)
+        seed = int(self._rng.integers(2**31)) if self.training else None
+        y, cache = F.dropout_forward(
+            x, p=self.p, training=self.training, seed=seed, backend=self.backend
+        )
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        return F.dropout_backward(dy, self._saved(dy), backend=self.backend)
+
+
+class Flatten(Module):
+    """Merge dims ``start_dim..end_dim`` into one (a reshape); backward reshapes dy back
+    (``torch.nn.Flatten``). (N, C, H, W) -> (N, C*H*W) with the defaults."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+    def forward(self, x):
+        self._check_input(x)
+        shape, ndim = tuple(x.shape), x.ndim
+        if not (-ndim <= self.start_dim < ndim and -ndim <= self.end_dim < ndim):
+            raise ValueError(f"{self!r}: dims out of range for an input of shape {shape}")
+        start, end = self.start_dim % ndim, self.end_dim % ndim
+        if start > end:
+            raise ValueError(
+                f"{self!r}: start_dim comes after end_dim for an input of shape {shape}"
+            )
+        y = x.reshape(shape[:start] + (math.prod(shape[start : end + 1]),) + shape[end + 1 :])
+        self._save(shape, y.shape)
+        return y
+
+    def backward(self, dy):
+        return dy.reshape(self._saved(dy))
+
+
+class Upsample(Module):
+    """Spatial upsampling, ``torch.nn.Upsample`` with mode "nearest" or "bilinear"
+    (align_corners=False).
+
+    Output size: ``size`` (int or (OH, OW)), or ``floor(in * scale_factor)`` per axis. The source
+    coordinates then use in / out, which equals torch's ``1 / scale_factor`` for integer scale
+    factors; for fractional ones it matches torch with ``recompute_scale_factor=True``.
+    Nearest: src = floor(dst * in / out). See ``reference.upsample_*2d_forward``.
+    """
+
+    def __init__(self, size=None, scale_factor=None, mode: str = "nearest"):
+        super().__init__()
+        if (size is None) == (scale_factor is None):
+            raise ValueError("Upsample needs exactly one of size and scale_factor")
+        if mode not in ("nearest", "bilinear"):
+            raise ValueError(f"Upsample supports mode 'nearest' or 'bilinear', got {mode!r}")
+        self.size = size
+        if isinstance(scale_factor, (tuple, list)):
+            scale_factor = tuple(float(s) for s in scale_factor)
+        elif scale_factor is not None:
+            scale_factor = float(scale_factor)
+        self.scale_factor = scale_factor
+        self.mode = mode
+
+    def extra_repr(self) -> str:
+        if self.scale_factor is not None:
+            return f"scale_factor={self.scale_factor!r}, mode={self.mode!r}"
+        return f"size={self.size!r}, mode={self.mode!r}"
+
+    def output_size(self, in_hw: tuple[int, int]) -> tuple[int, int]:
+        """(OH, OW) for an input of spatial size ``in_hw``."""
+        if self.size is not None:
+            return _pair(self.size, "size")
+        scales = (
+            self.scale_factor if isinstance(self.scale_factor, tuple) else (self.scale_factor,) * 2
+        )
+        out = tuple(math.floor(n * s) for n, s in zip(in_hw, scales, strict=True))
+        if min(out) < 1:
+            raise ValueError(f"{self!r}: input size {in_hw} gives an empty output {out}")
+        return out
+
+    def forward(self, x):
+        self._check_input(x, NCHW)
+        op = (
+            F.upsample_nearest2d_forward
+            if self.mode == "nearest"
+            else F.upsample_bilinear2d_forward
+        )
+        y, cache = op(x, self.output_size(tuple(x.shape[2:])), backend=self.backend)
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        op = (
+            F.upsample_nearest2d_backward
+            if self.mode == "nearest"
+            else F.upsample_bilinear2d_backward
+        )
+        return op(dy, self._saved(dy), backend=self.backend)
+
+
+class CrossEntropyLoss(Module):
+    """Mean softmax cross-entropy of logits (N, K) against integer targets (N,), with optional
+    label smoothing (``torch.nn.CrossEntropyLoss(label_smoothing=...)``).
+
+    ``loss = ce(logits, target)`` returns a Python float; ``dlogits = ce.backward()`` is the
+    gradient of the loss (times ``dloss``, default 1) with respect to the logits, shape (N, K).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.label_smoothing = label_smoothing
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+
+    def forward(self, logits, target):
+        self._check_input(logits, ("N", "K"))
+        target = target if hasattr(target, "dtype") else np.asarray(target)
+        if not np.issubdtype(np.dtype(target.dtype), np.integer):
+            raise TypeError(
+                f"CrossEntropyLoss expects integer class indices as target, got dtype {target.dtype}"
+            )
+        if tuple(target.shape) != (logits.shape[0],):
+            raise ValueError(
+                f"CrossEntropyLoss: target must have shape ({logits.shape[0]},) for logits of "
+                f"shape {tuple(logits.shape)}, got {tuple(target.shape)}"
+            )
+        loss, cache = F.cross_entropy_forward(
+            logits, target, label_smoothing=self.label_smoothing, backend=self.backend
+        )
+        self._save(cache, ())
+        return float(to_numpy(loss))
+
+    def backward(self, dloss=1.0):
+        return F.cross_entropy_backward(dloss, self._saved(dloss), backend=self.backend)

@@ -1,0 +1,15 @@
+"""Input checks shared by the reference ops (NumPy only): clear errors instead of silent casts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(a, name: str) -> np.ndarray:
+    """Return ``a`` as a NumPy array, raising TypeError unless its dtype is float32 or float64."""
+    arr = np.asarray(a)
+    if arr.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
+    return arr

@@ -1,0 +1,213 @@
+"""Max, average and global average pooling (``F.max_pool2d``, ``F.avg_pool2d``,
+``F.adaptive_avg_pool2d(x, 1)``), forward and backward.
+
+Both windowed poolings read the same windows as a convolution with ``dilation = 1``::
+
+    window(n, c, p, q) = { xp[n, c, p*sh + i, q*sw + j] : i < kh, j < kw }
+
+and differ only in how a window is reduced (max or mean) and therefore in how ``dy`` flows back:
+max pooling routes ``dy[n, c, p, q]`` to one input (the first maximum of the window in row-major
+scan order), average pooling spreads it evenly over the window. Floor mode (``ceil_mode=False``).
+See docs/pooling.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._checks import float_array
+from ._padding import (
+    conv_output_size,
+    pad_nchw,
+    pair,
+    scatter_windows,
+    sliding_windows,
+    unpad_nchw,
+)
+
+_NO_DILATION = (1, 1)
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Shapes shared by the forward and backward pass of a windowed pooling."""
+
+    in_shape: tuple[int, int, int, int]  # (N, C, H, W)
+    kernel: tuple[int, int]  # (kh, kw)
+    stride: tuple[int, int]  # (sh, sw)
+    pads: tuple[int, int, int, int]  # (top, bottom, left, right), symmetric here
+    padded_hw: tuple[int, int]
+    out_hw: tuple[int, int]  # (OH, OW)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (*self.in_shape[:2], *self.out_hw)
+
+    def windows(self, xp: np.ndarray) -> np.ndarray:
+        """(N, C, Hp, Wp) -> (N, C, OH, OW, kh, kw) view of the windows of a padded array."""
+        return sliding_windows(xp, self.kernel, self.stride, _NO_DILATION, self.out_hw)
+
+    def real_mask(self) -> np.ndarray:
+        """(OH, OW, kh, kw) boolean: which window cells are inside the unpadded input."""
+        H, W = self.in_shape[2:]
+        inside = pad_nchw(np.ones((1, 1, H, W), dtype=bool), self.pads, value=False)
+        return self.windows(inside)[0, 0]
+
+    def scatter(self, windows: np.ndarray) -> np.ndarray:
+        """Adjoint of ``windows``: (N, C, OH, OW, kh, kw) -> (N, C, H, W), padding dropped."""
+        dxp = scatter_windows(windows, self.padded_hw, self.stride, _NO_DILATION)
+        return np.ascontiguousarray(unpad_nchw(dxp, self.pads))
+
+
+@dataclass(frozen=True)
+class PoolCache:
+    """``geometry`` plus what the backward needs: the argmax (max) or the divisors (avg)."""
+
+    geometry: PoolGeometry
+    saved: np.ndarray
+    dtype: np.dtype
+
+
+def _pool_geometry(x, kernel_size, stride, padding, name: str) -> tuple[np.ndarray, PoolGeometry]:
+    """Validate pooling arguments like PyTorch does; returns ``(x, geometry)``."""
+    x = float_array(x, "x")
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects x of shape (N, C, H, W), got shape {x.shape}")
+    kh, kw = pair(kernel_size, "kernel_size", minimum=1)
+    sh, sw = (kh, kw) if stride is None else pair(stride, "stride", minimum=1)
+    ph, pw = pair(padding, "padding", minimum=0)
+    if ph > kh // 2 or pw > kw // 2:
+        # the same rule as torch: it guarantees that every window holds at least one real pixel
+        raise ValueError(
+            f"{name}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}"
+        )
+    N, C, H, W = x.shape
+    OH = conv_output_size(H, kh, sh, ph, ph)
+    OW = conv_output_size(W, kw, sw, pw, pw)
+    if OH < 1 or OW < 1:
+        raise ValueError(
+            f"{name}: kernel {(kh, kw)} does not fit x of shape {x.shape} with padding {(ph, pw)}"
+        )
+    geometry = PoolGeometry(
+        in_shape=(N, C, H, W),
+        kernel=(kh, kw),
+        stride=(sh, sw),
+        pads=(ph, ph, pw, pw),
+        padded_hw=(H + 2 * ph, W + 2 * pw),
+        out_hw=(OH, OW),
+    )
+    return x, geometry
+
+
+def _check_dy(dy, expected_shape: tuple, dtype, name: str) -> np.ndarray:
+    """``dy`` in the forward's dtype, after checking that it has the shape of ``y``."""
+    dy = float_array(dy, "dy").astype(dtype, copy=False)
+    if dy.shape != tuple(expected_shape):
+        raise ValueError(f"{name}: dy has shape {dy.shape}, y had shape {tuple(expected_shape)}")
+    return dy
+
+
+# ---------------------------------------------------------------------------------------------
+# max pooling
+# ---------------------------------------------------------------------------------------------
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    """y[n, c, p, q] = max_{i<kh, j<kw} xp[n, c, p*sh + i, q*sw + j]; like ``F.max_pool2d``.
+
+    ``xp`` is ``x`` padded with -inf (padding never wins). ``stride=None`` means ``kernel_size``;
+    ``padding`` (int or pair) must be at most half the kernel. Shapes: ``x`` (N, C, H, W) ->
+    ``y`` (N, C, OH, OW), ``OH = floor((H + 2*ph - kh) / sh) + 1``. The cache keeps, per output,
+    the flat window index ``i*kw + j`` of the winner of PyTorch's CPU scan: walk the window in
+    row-major order and take a cell when it is greater than the best so far or is NaN. So ties go
+    to the FIRST maximum; a window holding NaN gives y = NaN and routes dy to its LAST NaN.
+    Returns ``(y, cache)``.
+    """
+    x, g = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d")
+    (N, C, _, _), (OH, OW), (kh, kw) = g.in_shape, g.out_hw, g.kernel
+    xp = pad_nchw(x, g.pads, value=-np.inf)  # (N, C, Hp, Wp)
+    flat = g.windows(xp).reshape(N, C, OH, OW, kh * kw)  # window cells in scan order
+    y = flat.max(axis=-1)  # (N, C, OH, OW); NaN propagates
+    # candidates: cells equal to the max (or NaN), restricted to the real input so that an
+    # all -inf window sends its gradient to a real pixel, never to the padding
+    real = g.real_mask().reshape(OH, OW, kh * kw)
+    is_max = ((flat == y[..., None]) | np.isnan(flat)) & real  # (N, C, OH, OW, kh*kw)
+    first = is_max.argmax(axis=-1)  # first True: the first maximum in scan order
+    last = kh * kw - 1 - is_max[..., ::-1].argmax(axis=-1)  # last True: the last NaN, if any
+    argmax = np.where(np.isnan(y), last, first)  # (N, C, OH, OW)
+    return y, PoolCache(g, argmax, x.dtype)
+
+
+def max_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum of dy[n, c, p, q] over the windows (p, q) whose first maximum is
+    the pixel (h, w). Shapes: ``dy`` (N, C, OH, OW) -> ``dx`` (N, C, H, W).
+    """
+    dy = _check_dy(dy, cache.geometry.out_shape, cache.dtype, "max_pool2d_backward")
+    g, argmax = cache.geometry, cache.saved
+    kh, kw = g.kernel
+    routed = np.zeros((*dy.shape, kh * kw), dtype=dy.dtype)  # (N, C, OH, OW, kh*kw)
+    np.put_along_axis(routed, argmax[..., None], dy[..., None], axis=-1)  # dy to its argmax cell
+    return g.scatter(routed.reshape(*dy.shape, kh, kw))  # overlapping windows add up
+
+
+# ---------------------------------------------------------------------------------------------
+# average pooling
+# ---------------------------------------------------------------------------------------------
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """y[n, c, p, q] = (1 / D[p, q]) * sum_{i<kh, j<kw} xp[n, c, p*sh + i, q*sw + j]; like
+    ``F.avg_pool2d`` (``ceil_mode=False``, no ``divisor_override``).
+
+    ``xp`` is ``x`` zero-padded. The divisor ``D`` is ``kh*kw`` when ``count_include_pad`` (the
+    padded zeros count as pixels) and the number of real pixels in the window otherwise.
+    Shapes: ``x`` (N, C, H, W) -> ``y`` (N, C, OH, OW). Returns ``(y, cache)``.
+    """
+    x, g = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d")
+    kh, kw = g.kernel
+    if count_include_pad:
+        divisor = np.full(g.out_hw, kh * kw, dtype=x.dtype)  # (OH, OW)
+    else:
+        divisor = g.real_mask().sum(axis=(-2, -1)).astype(x.dtype)  # (OH, OW) real pixels
+    xp = pad_nchw(x, g.pads)  # (N, C, Hp, Wp)
+    y = g.windows(xp).sum(axis=(-2, -1)) / divisor  # (N, C, OH, OW)
+    return y, PoolCache(g, divisor, x.dtype)
+
+
+def avg_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum over windows (p, q) containing (h, w) of dy[n, c, p, q] / D[p, q].
+
+    Every cell of a window receives the same share; shares that land on padding are dropped.
+    Shapes: ``dy`` (N, C, OH, OW) -> ``dx`` (N, C, H, W).
+    """
+    dy = _check_dy(dy, cache.geometry.out_shape, cache.dtype, "avg_pool2d_backward")
+    g, divisor = cache.geometry, cache.saved
+    share = dy / divisor  # (N, C, OH, OW)
+    spread = np.broadcast_to(share[..., None, None], (*share.shape, *g.kernel))  # one per cell
+    return g.scatter(spread)
+
+
+# ---------------------------------------------------------------------------------------------
+# global average pooling
+# ---------------------------------------------------------------------------------------------
+
+
+def global_avg_pool2d_forward(x):
+    """y[n, c, 0, 0] = (1 / (H*W)) * sum_{h, w} x[n, c, h, w]; like
+    ``F.adaptive_avg_pool2d(x, 1)``. Shapes: (N, C, H, W) -> (N, C, 1, 1). Returns ``(y, cache)``.
+    """
+    x = float_array(x, "x")
+    if x.ndim != 4:
+        raise ValueError(f"global_avg_pool2d expects x of shape (N, C, H, W), got shape {x.shape}")
+    y = x.mean(axis=(2, 3), keepdims=True)  # (N, C, 1, 1)
+    return y, (x.shape, x.dtype)
+
+
+def global_avg_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = dy[n, c, 0, 0] / (H*W). Shapes: (N, C, 1, 1) -> (N, C, H, W)."""
+    in_shape, dtype = cache
+    N, C, H, W = in_shape
+    dy = _check_dy(dy, (N, C, 1, 1), dtype, "global_avg_pool2d_backward")
+    return np.broadcast_to(dy / (H * W), in_shape).copy()  # every pixel gets an equal share

@@ -1,0 +1,29 @@
+"""Shared test setup: hypothesis profiles and float64 torch as the oracle.
+
+Profiles: ``dev`` (default, quick), ``ci`` (what .ci/run uses), ``thorough`` (many examples).
+Choose one with ``HYPOTHESIS_PROFILE=ci``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", max_examples=15, **_COMMON)
+settings.register_profile("ci", max_examples=25, derandomize=True, print_blob=True, **_COMMON)
+settings.register_profile("thorough", max_examples=300, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the largest float64 error per op seen against torch (tests.helpers.record_error)."""
+    import sys
+
+    helpers = sys.modules.get("tests.helpers") or sys.modules.get("helpers")
+    if helpers is None or not helpers.MAX_ERRORS:
+        return
+    terminalreporter.section("largest float64 relative error vs torch, per op")
+    for key in sorted(helpers.MAX_ERRORS):
+        terminalreporter.write_line(f"{key:48s} {helpers.MAX_ERRORS[key]:.3e}")
