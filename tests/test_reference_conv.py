@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scratchnets.reference._padding import normalize_padding, pair
 from scratchnets.reference.conv import (
     conv2d_backward,
     conv2d_backward_loops,
@@ -53,22 +54,19 @@ class ConvCase:
 
     @property
     def pads(self) -> tuple[int, int, int, int]:
-        p = self.padding
-        if isinstance(p, int):
-            return p, p, p, p
-        return (p[0], p[0], p[1], p[1]) if len(p) == 2 else tuple(p)
+        return normalize_padding(self.padding)
 
     def out_hw(self) -> tuple[int, int]:
         top, bottom, left, right = self.pads
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, _pair(self.stride), _pair(self.dilation)
+        (kh, kw), (sh, sw), (dh, dw) = (
+            self.kernel,
+            pair(self.stride, "stride"),
+            pair(self.dilation, "dilation"),
+        )
         return (
             (self.hw[0] + top + bottom - dh * (kh - 1) - 1) // sh + 1,
             (self.hw[1] + left + right - dw * (kw - 1) - 1) // sw + 1,
         )
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def _divisors(n):
@@ -113,7 +111,7 @@ def conv_cases(draw, max_channels=6, max_extra=5, max_kernel=4, kind=None):
     )
     # smallest input the dilated kernel fits in, plus a drawn extra (odd and even sizes)
     top, bottom, left, right = case.pads
-    (kh, kw), (dh, dw) = kernel, _pair(dilation)
+    (kh, kw), (dh, dw) = kernel, pair(dilation, "dilation")
     h_min = max(1, dh * (kh - 1) + 1 - top - bottom)
     w_min = max(1, dw * (kw - 1) + 1 - left - right)
     case.hw = (h_min + draw(st.integers(0, max_extra)), w_min + draw(st.integers(0, max_extra)))
@@ -152,7 +150,7 @@ def run(case: ConvCase, impl, dtype):
     before = [a.copy() for a in (x, w, dy)]
     y, cache = forward(x, w, b, case.stride, case.padding, case.dilation, case.groups)
     grads = backward(dy, cache)
-    for a, a0 in zip((x, w, dy), before):
+    for a, a0 in zip((x, w, dy), before, strict=True):
         np.testing.assert_array_equal(a, a0, err_msg="inputs must not be modified")
     return (x, w, b, dy), y, grads
 
@@ -258,7 +256,12 @@ def test_channel_mismatch_names_the_shapes(forward):
         ((np.zeros((1, 2, 3, 3), np.float32), np.zeros((1, 2, 1, 1))), {}, TypeError, "float64"),
         ((np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 5, 5))), {}, ValueError, "does not fit"),
         ((np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 1, 1))), {"stride": 0}, ValueError, "stride"),
-        ((np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 1, 1))), {"padding": (1, 2, 3)}, TypeError, "pad"),
+        (
+            (np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 1, 1))),
+            {"padding": (1, 2, 3)},
+            TypeError,
+            "pad",
+        ),
         ((np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 1, 1))), {"padding": -1}, ValueError, "pad"),
         ((np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 1, 1))), {"groups": 0}, ValueError, "groups"),
         ((np.zeros((1, 2, 3, 3)), np.zeros((3, 2, 1, 1)), np.zeros(2)), {}, ValueError, r"\(3,\)"),
@@ -271,5 +274,7 @@ def test_invalid_arguments_raise_clear_errors(args, kwargs, error, message):
 
 def test_backward_rejects_dy_of_the_wrong_shape():
     _, cache = conv2d_forward(np.zeros((1, 2, 5, 5)), np.zeros((3, 2, 3, 3)))
-    with pytest.raises(ValueError, match=r"dy has shape \(1, 3, 5, 5\), y had shape \(1, 3, 3, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"dy has shape \(1, 3, 5, 5\), y had shape \(1, 3, 3, 3\)"
+    ):
         conv2d_backward(np.zeros((1, 3, 5, 5)), cache)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scratchnets.reference._padding import pair
 from scratchnets.reference.pooling import (
     avg_pool2d_backward,
     avg_pool2d_forward,
@@ -48,20 +49,16 @@ class PoolCase:
     seed: int
 
     def out_hw(self):
-        (kh, kw), (ph, pw) = _pair(self.kernel), _pair(self.padding)
-        sh, sw = (kh, kw) if self.stride is None else _pair(self.stride)
+        (kh, kw), (ph, pw) = pair(self.kernel, "kernel"), pair(self.padding, "padding")
+        sh, sw = (kh, kw) if self.stride is None else pair(self.stride, "stride")
         H, W = self.shape[2:]
         return (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
 
     def overlap(self) -> int:
         """Most windows one input pixel can belong to (terms summed into one dx element)."""
-        kh, kw = _pair(self.kernel)
-        sh, sw = (kh, kw) if self.stride is None else _pair(self.stride)
+        kh, kw = pair(self.kernel, "kernel")
+        sh, sw = (kh, kw) if self.stride is None else pair(self.stride, "stride")
         return math.ceil(kh / sh) * math.ceil(kw / sw)
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def _int_or_pair(draw, lo, hi):
@@ -71,15 +68,17 @@ def _int_or_pair(draw, lo, hi):
 @st.composite
 def pool_cases(draw, max_kernel=4, max_extra=5, values=VALUE_KINDS):
     kernel = _int_or_pair(draw, 1, max_kernel)
-    kh, kw = _pair(kernel)
-    stride = draw(st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    kh, kw = pair(kernel, "kernel")
+    stride = draw(
+        st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    )
     padding = draw(
         st.one_of(
             st.integers(0, min(kh, kw) // 2),
             st.tuples(st.integers(0, kh // 2), st.integers(0, kw // 2)),
         )
     )
-    ph, pw = _pair(padding)
+    ph, pw = pair(padding, "padding")
     H = max(1, kh - 2 * ph) + draw(st.integers(0, max_extra))
     W = max(1, kw - 2 * pw) + draw(st.integers(0, max_extra))
     shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), H, W)
@@ -156,7 +155,9 @@ def test_max_pool_all_ties_route_to_the_first_cell_of_each_window():
     expected[0, 0, 0::2, 0] = dy[0, 0, :, 0]  # first window column is padding: first real cell
     expected[0, 0, 0::2, 1::2] = dy[0, 0, :, 1:]
     np.testing.assert_array_equal(dx, expected)
-    np.testing.assert_array_equal(dx, torch_pool(F.max_pool2d, x, dy, kernel_size=2, stride=2, padding=(0, 1))[1])
+    np.testing.assert_array_equal(
+        dx, torch_pool(F.max_pool2d, x, dy, kernel_size=2, stride=2, padding=(0, 1))[1]
+    )
 
 
 def test_max_pool_minus_infinity_never_routes_to_padding():
@@ -208,7 +209,7 @@ def test_avg_pool_float64_matches_torch(case, count_include_pad):
 def test_avg_pool_float32_against_float64_oracle(case, count_include_pad):
     x, dy, y, dx, y_t, dx_t = run_avg(case, count_include_pad, np.float32)
     assert y.dtype == dx.dtype == np.float32
-    kh, kw = _pair(case.kernel)
+    kh, kw = pair(case.kernel, "kernel")
     assert_close_f32(y, y_t, kh * kw, float(np.abs(x).max()), "y")
     assert_close_f32(dx, dx_t, case.overlap(), float(np.abs(dy).max()), "dx")
 
@@ -259,8 +260,18 @@ def test_backwards_match_finite_differences(case):
     _, dy = make_inputs(case, np.float64)
     dy_global = rng.standard_normal((*case.shape[:2], 1, 1))
     ops = {
-        "max": (max_pool2d_forward, max_pool2d_backward, (case.kernel, case.stride, case.padding), dy),
-        "avg": (avg_pool2d_forward, avg_pool2d_backward, (case.kernel, case.stride, case.padding, False), dy),
+        "max": (
+            max_pool2d_forward,
+            max_pool2d_backward,
+            (case.kernel, case.stride, case.padding),
+            dy,
+        ),
+        "avg": (
+            avg_pool2d_forward,
+            avg_pool2d_backward,
+            (case.kernel, case.stride, case.padding, False),
+            dy,
+        ),
         "global": (global_avg_pool2d_forward, global_avg_pool2d_backward, (), dy_global),
     }
     for name, (forward, backward, args, g) in ops.items():
@@ -291,7 +302,9 @@ def test_invalid_arguments_raise_clear_errors(forward, x, kwargs, error, message
 
 def test_backward_rejects_dy_of_the_wrong_shape():
     _, cache = max_pool2d_forward(np.zeros((1, 2, 4, 4)), 2)
-    with pytest.raises(ValueError, match=r"dy has shape \(1, 2, 4, 4\), y had shape \(1, 2, 2, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"dy has shape \(1, 2, 4, 4\), y had shape \(1, 2, 2, 2\)"
+    ):
         max_pool2d_backward(np.zeros((1, 2, 4, 4)), cache)
     _, cache = global_avg_pool2d_forward(np.zeros((1, 2, 4, 4)))
     with pytest.raises(ValueError, match="dy has shape"):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scratchnets.reference._padding import pair
 from scratchnets.reference.upsample import (
     nearest_source_index,
     upsample_bilinear2d_backward,
@@ -49,13 +50,17 @@ def resize_cases(draw, max_in=9, max_out=16):
     shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)))
     shape += (draw(st.integers(1, max_in)), draw(st.integers(1, max_in)))
     size = draw(
-        st.one_of(st.integers(1, max_out), st.tuples(st.integers(1, max_out), st.integers(1, max_out)))
+        st.one_of(
+            st.integers(1, max_out), st.tuples(st.integers(1, max_out), st.integers(1, max_out))
+        )
     )
-    return shape, size, draw(st.sampled_from(LAYOUTS)), draw(st.integers(0, 2**32 - 1)), draw(st.booleans())
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
+    return (
+        shape,
+        size,
+        draw(st.sampled_from(LAYOUTS)),
+        draw(st.integers(0, 2**32 - 1)),
+        draw(st.booleans()),
+    )
 
 
 def run(mode, case, dtype):
@@ -64,11 +69,11 @@ def run(mode, case, dtype):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape) * (1e6 if huge else 1.0)
     x = with_layout(x.astype(dtype), layout)
-    dy = rng.standard_normal((*shape[:2], *_pair(size))).astype(dtype)
+    dy = rng.standard_normal((*shape[:2], *pair(size, "size"))).astype(dtype)
     y, cache = forward(x, size)
     dx = backward(dy, cache)
     xt = t(x, True)
-    y_t = F.interpolate(xt, size=_pair(size), **torch_kwargs)
+    y_t = F.interpolate(xt, size=pair(size, "size"), **torch_kwargs)
     dx_t = torch_grads(y_t, [xt], dy)[0]
     return x, dy, y, dx, y_t.detach().numpy(), dx_t
 
@@ -97,7 +102,7 @@ def test_float64_matches_torch(mode, case):
 def test_float32_against_float64_oracle(mode, case):
     x, dy, y, dx, y_t, dx_t = run(mode, case, np.float32)
     assert y.dtype == dx.dtype == np.float32
-    (H, W), (H_out, W_out) = case[0][2:], _pair(case[1])
+    (H, W), (H_out, W_out) = case[0][2:], pair(case[1], "size")
     taps = 1 if mode == "nearest" else 2
     if mode == "nearest":
         np.testing.assert_array_equal(y, y_t.astype(np.float32))  # a selection: bit-exact
@@ -142,7 +147,7 @@ def test_backward_matches_finite_differences(mode, case):
     shape, size, _, seed, _ = case
     forward, backward, _ = OPS[mode]
     rng = np.random.default_rng(seed)
-    x, dy = rng.standard_normal(shape), rng.standard_normal((*shape[:2], *_pair(size)))
+    x, dy = rng.standard_normal(shape), rng.standard_normal((*shape[:2], *pair(size, "size")))
     dx = backward(dy, forward(x, size)[1])
     numeric = numeric_grad(lambda v: np.sum(forward(v, size)[0] * dy), x)
     assert_close_f64(dx, numeric, rtol=1e-7, what=mode)
@@ -165,5 +170,7 @@ def test_invalid_arguments_raise_clear_errors(forward, x, size, error, message):
 
 def test_backward_rejects_dy_of_the_wrong_shape():
     _, cache = upsample_bilinear2d_forward(np.zeros((1, 2, 3, 3)), (5, 6))
-    with pytest.raises(ValueError, match=r"dy has shape \(1, 2, 5, 5\), y had shape \(1, 2, 5, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"dy has shape \(1, 2, 5, 5\), y had shape \(1, 2, 5, 6\)"
+    ):
         upsample_bilinear2d_backward(np.zeros((1, 2, 5, 5)), cache)

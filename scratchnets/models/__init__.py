@@ -13,6 +13,7 @@ Build one by name (parameter names match torchvision / timm, so their checkpoint
 """
 
 from . import mobilenet_v1, mobilenet_v2, vgg, xception
+from . import ghostnet, ghostnetv2, ghostnetv3  # noqa: I001  (GhostNet V1/V2/V3 register here)
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_checkpoint
 from .fuse import fold_bn, fuse
 from .mobilenet_v1 import MobileNetV1

@@ -14,7 +14,7 @@ from ..backends import register_backend
 register_backend("meta", "scratchnets.profile.meta")
 
 from .conventions import CONVENTIONS, ParamBreakdown, count_params, param_breakdown  # noqa: E402
-from .summary import LayerRow, Summary, summary  # noqa: E402
+from .summary import LayerRow, Summary, skip_init, summary  # noqa: E402
 
 __all__ = [
     "CONVENTIONS",
@@ -23,5 +23,6 @@ __all__ = [
     "Summary",
     "count_params",
     "param_breakdown",
+    "skip_init",
     "summary",
 ]

@@ -37,6 +37,8 @@ class OpRecord:
     ``in_shapes``: the activation inputs (``x``; ``a, b`` for add/mul; every ``xs`` for concat).
     ``weight_shape``: conv ``(C_out, C_in / groups, kh, kw)`` or linear ``(out, in)``, else None.
     ``window``: ``(kh, kw)`` of a windowed pooling, else None.
+    ``weight_id``: ``id()`` of the weight array, so that a counter can tell a layer's Parameter
+    from a fixed kernel (e.g. adaptive pooling written as a conv); None without a weight.
     """
 
     op: str
@@ -46,6 +48,7 @@ class OpRecord:
     groups: int = 1
     has_bias: bool = False
     window: tuple[int, int] | None = None
+    weight_id: int | None = None
 
 
 _TAPES: list[list[OpRecord]] = []  # the open recording() blocks, innermost last
@@ -129,8 +132,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
             f"{(N, C_in, H, W)} padded by (top, bottom, left, right) = {(top, bottom, left, right)}"
         )
     record = OpRecord(
-        "conv2d", ((N, C_in, H, W),), (N, C_out, OH, OW), w_shape, int(groups), b is not None
-    )
+        "conv2d", ((N, C_in, H, W),), (N, C_out, OH, OW), w_shape, int(groups), b is not None,
+        weight_id=id(w),
+    )  # fmt: skip
     return _emit(record, x.dtype)
 
 
@@ -142,8 +146,9 @@ def linear_forward(x, w, b=None):
     if b is not None and _shape(b, "b") != (w_shape[0],):
         raise ValueError(f"linear: b must have shape ({w_shape[0]},), got {_shape(b, 'b')}")
     record = OpRecord(
-        "linear", (x_shape,), (x_shape[0], w_shape[0]), w_shape, has_bias=b is not None
-    )
+        "linear", (x_shape,), (x_shape[0], w_shape[0]), w_shape, has_bias=b is not None,
+        weight_id=id(w),
+    )  # fmt: skip
     return _emit(record, x.dtype)
 
 
@@ -189,7 +194,9 @@ def _pool(op: str, x, kernel_size, stride, padding):
     sh, sw = (kh, kw) if stride is None else pair(stride, "stride", minimum=1)
     ph, pw = pair(padding, "padding", minimum=0)
     if ph > kh // 2 or pw > kw // 2:
-        raise ValueError(f"{op}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}")
+        raise ValueError(
+            f"{op}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}"
+        )
     OH, OW = conv_output_size(H, kh, sh, ph, ph), conv_output_size(W, kw, sw, pw, pw)
     if OH < 1 or OW < 1:
         raise ValueError(
@@ -293,7 +300,9 @@ def cross_entropy_forward(logits, target, label_smoothing=0.0):
     if len(shape) != 2 or shape[0] == 0:
         raise ValueError(f"cross_entropy expects logits of shape (N, K) with N >= 1, got {shape}")
     if tuple(np.shape(target)) != (shape[0],):
-        raise ValueError(f"cross_entropy: target must have shape ({shape[0]},), got {np.shape(target)}")
+        raise ValueError(
+            f"cross_entropy: target must have shape ({shape[0]},), got {np.shape(target)}"
+        )
     return _emit(OpRecord("cross_entropy", (shape,), ()), logits.dtype)
 
 
@@ -301,4 +310,3 @@ for _op in OPS:
     globals()[f"{_op}_backward"] = _no_backward(_op)
 
 __all__ = [f"{op}_{direction}" for op in OPS for direction in ("forward", "backward")]
-

@@ -27,11 +27,14 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from ..nn import Module
+from ..nn import init as nn_init
 from . import meta
 from .conventions import MACS, ParamBreakdown, param_breakdown
 from .tables import markdown_table, millions, shape_text, text_table, thousands
@@ -72,6 +75,17 @@ def op_macs(record: meta.OpRecord) -> int:
     return math.prod(record.out_shape) * math.prod(record.weight_shape[1:])
 
 
+def fixed_kernels_marked(tape: list[meta.OpRecord], learned: set[int]) -> list[meta.OpRecord]:
+    """The tape with every conv / linear whose weight is NOT one of the model's parameters renamed
+    ``<op>_fixed``: a constant kernel (e.g. adaptive average pooling written as a conv) is pooling,
+    not a layer, so it is reported with the pooling work instead of the mult-adds."""
+    return [
+        replace(r, op=f"{r.op}_fixed") if r.weight_id is not None and r.weight_id not in learned
+        else r
+        for r in tape
+    ]  # fmt: skip
+
+
 def op_other_work(record: meta.OpRecord) -> dict[str, int]:
     """The non-MAC work of one op for its whole batch, by category (see the module docstring)."""
     out = math.prod(record.out_shape)
@@ -79,7 +93,9 @@ def op_other_work(record: meta.OpRecord) -> dict[str, int]:
     if record.has_bias:
         work["bias"] = out
     category = OTHER_OP_CATEGORY.get(record.op)
-    if category == "pooling":
+    if record.op in ("conv2d_fixed", "linear_fixed"):  # elements read by the constant kernel
+        work["pooling"] = out * math.prod(record.weight_shape[1:])
+    elif category == "pooling":
         work[category] = out * math.prod(record.window)
     elif category is not None:
         work[category] = out
@@ -215,7 +231,12 @@ class Summary:
     def to_markdown(self) -> str:
         totals = "\n".join(f"- {line.strip()}" for line in self._totals_lines())
         return "\n\n".join(
-            [f"### {self.model}", markdown_table(*self._cells()), totals, FOOTER.replace("\n", "  \n")]
+            [
+                f"### {self.model}",
+                markdown_table(*self._cells()),
+                totals,
+                FOOTER.replace("\n", "  \n"),
+            ]
         )
 
     def to_dict(self) -> dict:
@@ -242,6 +263,31 @@ class Summary:
 
     def __str__(self) -> str:
         return self.to_text()
+
+
+@contextmanager
+def skip_init() -> Iterator[None]:
+    """Build models without initialising their weights (like building on torch's "meta" device).
+
+    Inside the block every in-place initialiser of ``scratchnets.nn.init`` (the public names
+    ending in ``_``: ``kaiming_uniform_``, ``normal_``, ``zeros_``, ...) returns its target
+    untouched, so parameters keep the uninitialised memory of ``np.empty``. Counting never reads
+    a weight, and this turns building VGG16 (138 M parameters) from seconds of random draws into
+    milliseconds. Do not train or evaluate a model built this way.
+    """
+    names = [n for n in vars(nn_init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn_init, n) for n in names}
+
+    def untouched(target, *args, **kwargs):
+        return target
+
+    for name in names:
+        setattr(nn_init, name, untouched)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn_init, name, fn)
 
 
 # ------------------------------------------------------------------------------ tracing
@@ -307,7 +353,9 @@ class _Tracer:
             module._cache, module._out_shape = cache, out_shape
 
 
-def _row(call: _Call, name: str, type_: str, in_shape, out_shape, records, params, batch) -> LayerRow:
+def _row(
+    call: _Call, name: str, type_: str, in_shape, out_shape, records, params, batch
+) -> LayerRow:
     """A summary line for ``records`` (ops of one call), with MACs and other work per image."""
     other: Counter[str] = Counter()
     for record in records:
@@ -367,7 +415,9 @@ def summary(model: Module, input_shape=(1, 3, 224, 224), name: str | None = None
         raise TypeError(f"summary expects a scratchnets.nn.Module, got {type(model).__name__}")
     shape = tuple(input_shape)
     if not shape or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in shape):
-        raise ValueError(f"input_shape must be positive ints such as (1, 3, 224, 224), got {input_shape!r}")
+        raise ValueError(
+            f"input_shape must be positive ints such as (1, 3, 224, 224), got {input_shape!r}"
+        )
     shape = tuple(int(n) for n in shape)
     with meta.recording() as tape:
         tracer = _Tracer(model, tape)
@@ -375,6 +425,7 @@ def summary(model: Module, input_shape=(1, 3, 224, 224), name: str | None = None
             out = model(np.empty(shape, dtype=model.dtype))
         finally:
             tracer.restore()
+    tape[:] = fixed_kernels_marked(tape, {id(p.data) for p in model.parameters()})
     batch = shape[0]
     other: Counter[str] = Counter()
     for record in tape:

@@ -67,7 +67,12 @@ def normalize_padding(padding) -> tuple[int, int, int, int]:
 
 
 def conv_output_size(
-    size: int, kernel: int, stride: int = 1, pad_before: int = 0, pad_after: int = 0, dilation: int = 1
+    size: int,
+    kernel: int,
+    stride: int = 1,
+    pad_before: int = 0,
+    pad_after: int = 0,
+    dilation: int = 1,
 ) -> int:
     """Number of window positions along one axis (floor mode, as in PyTorch):
 

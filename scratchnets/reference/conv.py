@@ -150,7 +150,8 @@ def im2col(xp: np.ndarray, g: ConvGeometry) -> np.ndarray:
     Shapes: ``xp`` (N, C_in, Hp, Wp) -> ``cols`` (G, N*OH*OW, Cg*kh*kw).
     """
     G, Cg, (OH, OW), (kh, kw) = g.groups, g.in_per_group, g.out_hw, g.kernel
-    windows = sliding_windows(xp, g.kernel, g.stride, g.dilation, g.out_hw)  # (N, C_in, OH, OW, kh, kw)
+    # windows[n, c, p, q, i, j] = xp[n, c, p*sh + i*dh, q*sw + j*dw]: (N, C_in, OH, OW, kh, kw)
+    windows = sliding_windows(xp, g.kernel, g.stride, g.dilation, g.out_hw)
     windows = windows.reshape(g.batch, G, Cg, OH, OW, kh, kw)  # split channels into groups
     # rows = (n, p, q), columns = (c, i, j), the same (c, i, j) order as a row of w.reshape(C_out, -1)
     return windows.transpose(1, 0, 3, 4, 2, 5, 6).reshape(G, g.batch * OH * OW, Cg * kh * kw)

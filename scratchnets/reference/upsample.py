@@ -55,9 +55,10 @@ def bilinear_taps(in_size: int, out_size: int):
 
 @dataclass(frozen=True)
 class ResizeCache:
-    """Taps of both axes (lists of ``(index, weight or None)``), the input shape and dtype."""
+    """Taps of both axes (lists of ``(index, weight or None)``), the shapes and the dtype."""
 
-    in_shape: tuple[int, int, int, int]
+    in_shape: tuple[int, int, int, int]  # (N, C, H, W)
+    out_shape: tuple[int, int, int, int]  # (N, C, H_out, W_out)
     taps_h: list
     taps_w: list
     dtype: np.dtype
@@ -92,6 +93,7 @@ def _scatter_add(dout: np.ndarray, taps, axis: int, in_size: int) -> np.ndarray:
 
 
 def _resize_forward(x, size, name: str, make_taps):
+    """Validate, build the taps of both axes with ``make_taps(in, out)``, resize H then W."""
     x = float_array(x, "x")
     if x.ndim != 4:
         raise ValueError(f"{name} expects x of shape (N, C, H, W), got shape {x.shape}")
@@ -99,15 +101,15 @@ def _resize_forward(x, size, name: str, make_taps):
     H, W = x.shape[2:]
     taps_h, taps_w = make_taps(H, H_out), make_taps(W, W_out)
     y = _gather(_gather(x, taps_h, _H), taps_w, _W)  # (N, C, H_out, W) -> (N, C, H_out, W_out)
-    return y, ResizeCache(x.shape, taps_h, taps_w, x.dtype)
+    return y, ResizeCache(x.shape, y.shape, taps_h, taps_w, x.dtype)
 
 
 def _resize_backward(dy, cache: ResizeCache, name: str) -> np.ndarray:
-    N, C, H, W = cache.in_shape
+    """Adjoint of ``_resize_forward``: undo the W pass, then the H pass, by scatter-adds."""
+    H, W = cache.in_shape[2:]
     dy = float_array(dy, "dy").astype(cache.dtype, copy=False)
-    expected = (N, C, len(cache.taps_h[0][0]), len(cache.taps_w[0][0]))
-    if dy.shape != expected:
-        raise ValueError(f"{name}: dy has shape {dy.shape}, y had shape {expected}")
+    if dy.shape != cache.out_shape:
+        raise ValueError(f"{name}: dy has shape {dy.shape}, y had shape {cache.out_shape}")
     dx_rows = _scatter_add(dy, cache.taps_w, _W, W)  # (N, C, H_out, W_out) -> (N, C, H_out, W)
     return _scatter_add(dx_rows, cache.taps_h, _H, H)  # -> (N, C, H, W)
 

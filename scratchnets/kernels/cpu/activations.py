@@ -22,12 +22,15 @@ from numba import njit, prange
 from ._common import check_shape, kernel_array, masked_scale
 
 
-def _forward(kernel, x):
-    """Run ``kernel(x_flat, y_flat, mask_flat)`` on a C-contiguous copy of x; returns (y, mask)."""
+def _forward(kernel, x, *constants):
+    """Run ``kernel(x_flat, y_flat, mask_flat, *constants)`` on C-contiguous x; returns (y, mask).
+
+    The constants are passed in x's dtype so that float32 arithmetic stays float32 (as torch's).
+    """
     x = kernel_array(x, "x")
     y = np.empty_like(x)
     mask = np.empty(x.shape, dtype=np.bool_)  # where the slope is nonzero
-    kernel(x.reshape(-1), y.reshape(-1), mask.reshape(-1))
+    kernel(x.reshape(-1), y.reshape(-1), mask.reshape(-1), *map(x.dtype.type, constants))
     return y, mask
 
 
@@ -55,19 +58,19 @@ def _relu6_kernel(x, y, mask):
 
 
 @njit(parallel=True, cache=True)
-def _hard_sigmoid_kernel(x, y, mask):
+def _hard_sigmoid_kernel(x, y, mask, three, six):
     for i in prange(x.size):
         v = x[i]
-        s = v + 3.0  # float64: exact for float32 x, and one rounding to float32 equals torch's
-        y[i] = (0.0 if s <= 0.0 else (6.0 if s >= 6.0 else s)) / 6.0
-        mask[i] = (v > -3.0) and (v < 3.0)
+        s = v + three  # in x's dtype, rounded like torch's x + 3
+        y[i] = (0.0 if s <= 0.0 else (six if s >= six else s)) / six
+        mask[i] = (v > -three) and (v < three)
 
 
 @njit(parallel=True, cache=True)
 def _sigmoid_kernel(x, y):
     for i in prange(x.size):
         v = x[i]
-        z = np.exp(-abs(v))  # in (0, 1]: never overflows
+        z = np.exp(-abs(float(v)))  # float64, in (0, 1]: never overflows
         y[i] = 1.0 / (1.0 + z) if v >= 0.0 else z / (1.0 + z)
 
 
@@ -100,7 +103,7 @@ def relu6_backward(dy, cache):
 
 def hard_sigmoid_forward(x):
     """y = min(max(x + 3, 0), 6) / 6; like ``F.hardsigmoid``. Returns ``(y, cache)``."""
-    return _forward(_hard_sigmoid_kernel, x)
+    return _forward(_hard_sigmoid_kernel, x, 3.0, 6.0)
 
 
 def hard_sigmoid_backward(dy, cache):

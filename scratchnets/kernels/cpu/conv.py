@@ -50,7 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from scratchnets.reference.conv import ConvGeometry, _check_dy, _prepare
 
@@ -90,8 +90,46 @@ def conv_kind(g: ConvGeometry) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# shared geometry helper
+# inner loops shared by the kernels
 # ---------------------------------------------------------------------------------------------
+# Indices are cast to uint64: numba wraps negative indices (a[-1] is the last element), and that
+# per-access check stops LLVM from vectorising a loop; an unsigned index cannot be negative.
+
+
+@njit(cache=True, inline="always")
+def _axpy(a, x, xi, y, yi, n):
+    """y[yi : yi + n] += a * x[xi : xi + n] on flat arrays."""
+    for k in range(n):
+        y[uint64(yi + k)] += a * x[uint64(xi + k)]
+
+
+@njit(cache=True, inline="always")
+def _mul_add(a, ai, b, bi, y, yi, n):
+    """y[yi : yi + n] += a[ai : ai + n] * b[bi : bi + n] on flat arrays."""
+    for k in range(n):
+        y[uint64(yi + k)] += a[uint64(ai + k)] * b[uint64(bi + k)]
+
+
+@njit(cache=True, inline="always")
+def _copy(src, si, s_step, dst, di, d_step, n):
+    """dst[di + k*d_step] = src[si + k*s_step] for k < n (unit steps get their own loop so it vectorises)."""
+    if s_step == 1 and d_step == 1:
+        for k in range(n):
+            dst[uint64(di + k)] = src[uint64(si + k)]
+    else:
+        for k in range(n):
+            dst[uint64(di + k * d_step)] = src[uint64(si + k * s_step)]
+
+
+@njit(cache=True, inline="always")
+def _add_to(src, si, s_step, dst, di, d_step, n):
+    """dst[di + k*d_step] += src[si + k*s_step] for k < n."""
+    if s_step == 1 and d_step == 1:
+        for k in range(n):
+            dst[uint64(di + k)] += src[uint64(si + k)]
+    else:
+        for k in range(n):
+            dst[uint64(di + k * d_step)] += src[uint64(si + k * s_step)]
 
 
 @njit(cache=True, inline="always")
@@ -109,96 +147,177 @@ def _valid_range(n_out, offset, stride, size):
 
 
 # ---------------------------------------------------------------------------------------------
-# depthwise
+# depthwise: polyphase planes, one long contiguous multiply-add per kernel tap
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
-def _depthwise_forward_kernel(x, w, b, use_bias, y, sh, sw, dh, dw, top, left):
-    """y[n, o, p, q] = b[o] + sum_ij w[o, 0, i, j] * x[n, o // M, p*sh + i*dh - top, q*sw + j*dw - left].
+#: aim for at least this many elements in one stacked phase plane (see ``_Phases``): enough for
+#: LLVM's vectorised loop (8 lanes x 4 interleaved) to dominate its scalar remainder
+_STACK_TARGET = 1024
 
-    x (N, C, H, W), w (C*M, 1, kh, kw), b (C*M,), y (N, C*M, OH, OW), all C-contiguous.
+
+@dataclass(frozen=True)
+class _Phases:
+    """Polyphase layout of zero-padded input planes, so that every tap is a unit-stride shift.
+
+    A padded plane ``xp`` (Hp, Wp) is split by the remainders of its coordinates modulo the
+    stride into ``sh*sw`` phase planes of (Hq, Wq) = (ceil(Hp/sh), ceil(Wp/sw)):
+    ``phase[a*sw + b][u, v] = xp[u*sh + a, v*sw + b]``. The tap (i, j) reads
+    ``xp[p*sh + i*dh, q*sw + j*dw] = phase[a*sw + b][p + di, q + dj]`` with
+    ``(di, a) = divmod(i*dh, sh)`` and ``(dj, b) = divmod(j*dw, sw)``. So with the output kept
+    on a grid of row length Wq (columns q >= OW are scratch), the tap is the flat shift
+    ``out[t] += w[i, j] * phases[tap_offset[i*kw + j] + t]``: one long contiguous loop per tap,
+    whatever the stride, padding or dilation. At stride 1 the one phase is the padded plane.
+
+    The planes of ``images`` images of one channel (same weights) are stacked below each other,
+    phase by phase: buffer layout (sh*sw, images, Hq, Wq); image k's output row p sits at grid
+    row ``k*Hq + p``. Stacking makes the shifts long even for 4x4 planes (the rows between the
+    images are scratch, like the columns q >= OW); without it a 4x4 plane gives loops of ~20
+    elements that never reach the vectorised loop body.
+    """
+
+    Hq: int
+    Wq: int
+    images: int  # images stacked per buffer
+    tap_offset: np.ndarray  # (kh*kw,) int64, offsets into the flat buffer
+
+    @classmethod
+    def of(cls, g: ConvGeometry) -> _Phases:
+        (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+        Hq, Wq = -(-g.padded_hw[0] // sh), -(-g.padded_hw[1] // sw)
+        runs = -(-g.batch // max(1, -(-_STACK_TARGET // (Hq * Wq))))  # runs of the batch
+        images = -(-g.batch // runs)  # spread the batch evenly over the runs
+        offsets = [
+            ((i * dh % sh) * sw + j * dw % sw) * images * Hq * Wq + (i * dh // sh) * Wq + j * dw // sw
+            for i in range(kh)
+            for j in range(kw)
+        ]
+        return cls(Hq, Wq, images, np.array(offsets, dtype=np.int64))
+
+    def args(self, g: ConvGeometry) -> tuple:
+        """The geometry arguments of the depthwise kernels."""
+        (sh, sw), (top, _, left, _) = g.stride, g.pads
+        return (top, left, sh, sw, self.Hq, self.Wq, self.images, self.tap_offset)
+
+
+@njit(cache=True, inline="always")
+def _to_phases(xf, x0, H, W, top, left, sh, sw, Hq, Wq, phase_size, ph, k0):
+    """Copy the plane ``xf[x0 : x0 + H*W]`` (H, W) into its place among the phase planes.
+
+    ``ph`` (sh*sw, images, Hq, Wq) flat, ``phase_size = images*Hq*Wq``; the plane is stacked
+    image ``k0 // (Hq*Wq)``. Padding positions are left as they are (zero).
+    """
+    for r in range(H):
+        R = r + top  # padded row
+        row0 = (R % sh) * sw * phase_size + k0 + (R // sh) * Wq  # phase (R % sh, 0)
+        for b in range(sw):
+            s_first = (b - left) % sw  # first column s with (s + left) % sw == b
+            n = (W - s_first + sw - 1) // sw
+            dst = row0 + b * phase_size + (s_first + left) // sw
+            _copy(xf, x0 + r * W + s_first, sw, ph, dst, 1, n)
+
+
+@njit(cache=True, inline="always")
+def _from_phases(ph, H, W, top, left, sh, sw, Hq, Wq, phase_size, k0, xf, x0):
+    """Adjoint of ``_to_phases`` on the real pixels: ``xf[x0 + r*W + s] = phase value of (r, s)``."""
+    for r in range(H):
+        R = r + top
+        row0 = (R % sh) * sw * phase_size + k0 + (R // sh) * Wq
+        for b in range(sw):
+            s_first = (b - left) % sw
+            n = (W - s_first + sw - 1) // sw
+            src = row0 + b * phase_size + (s_first + left) // sw
+            _copy(ph, src, 1, xf, x0 + r * W + s_first, sw, n)
+
+
+@njit(parallel=True, cache=True)
+def _depthwise_forward_kernel(x, w, b, use_bias, y, top, left, sh, sw, Hq, Wq, images, tap_offset):
+    """y[n, o] = b[o] + sum_taps w[o, tap] * (shifted phase plane of x[n, o // M]).
+
+    x (N, C, H, W), w (C*M, 1, kh, kw), b (C*M,) (ignored unless use_bias), y (N, C*M, OH, OW).
+    Parallel over (input channel c, run of ``images`` images), flattened; each owns its scratch.
     """
     N, C, H, W = x.shape
-    C_out, _, kh, kw = w.shape
-    M = C_out // C
-    OH, OW = y.shape[2], y.shape[3]
-    for no in prange(N * C_out):  # one output plane per iteration
-        n, o = no // C_out, no % C_out
-        xs, ys = x[n, o // M], y[n, o]  # (H, W), (OH, OW)
-        init = b[o] if use_bias else 0.0
-        for p in range(OH):
-            yrow = ys[p]  # (OW,): stays in L1 while the kh*kw taps accumulate into it
-            yrow[:] = init
-            for i in range(kh):
-                r = p * sh + i * dh - top
-                if r < 0 or r >= H:
-                    continue  # this tap row reads zero padding
-                xrow = xs[r]
-                for j in range(kw):
-                    q_lo, q_hi = _valid_range(OW, j * dw - left, sw, W)
-                    wij = w[o, 0, i, j]
-                    s0 = q_lo * sw + j * dw - left  # input column of output column q_lo
-                    for k in range(q_hi - q_lo):
-                        yrow[q_lo + k] += wij * xrow[s0 + k * sw]
+    C_out, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    M, taps = C_out // C, tap_offset.size
+    xf, yf, w2 = x.reshape(-1), y.reshape(-1), w.reshape(C_out, taps)
+    plane, phase_size = Hq * Wq, images * Hq * Wq
+    runs = (N + images - 1) // images
+    for unit in prange(C * runs):
+        c, n0 = unit // runs, (unit % runs) * images
+        nb = min(images, N - n0)
+        L = (nb - 1) * plane + (OH - 1) * Wq + OW  # stacked output grid length
+        ph = np.zeros(sh * sw * phase_size, dtype=x.dtype)
+        out = np.empty(L, dtype=x.dtype)
+        for k in range(nb):
+            _to_phases(xf, ((n0 + k) * C + c) * H * W, H, W, top, left, sh, sw, Hq, Wq, phase_size, ph, k * plane)
+        for m in range(M):
+            o = c * M + m
+            out[:] = b[o] if use_bias else 0.0
+            for t in range(taps):
+                _axpy(w2[o, t], ph, tap_offset[t], out, 0, L)
+            for k in range(nb):  # keep rows p < OH and columns q < OW of each image
+                for p in range(OH):
+                    _copy(out, k * plane + p * Wq, 1, yf, (((n0 + k) * C_out + o) * OH + p) * OW, 1, OW)
 
 
 @njit(parallel=True, cache=True)
-def _depthwise_backward_kernel(x, w, dy, dx, dwt, sh, sw, dh, dw, top, left):
+def _depthwise_backward_kernel(x, w, dy, dx, dwt, top, left, sh, sw, Hq, Wq, images, tap_offset):
     """Fused dx and dw of the depthwise conv, parallel over input channels c.
 
-    dx[n, c, r, s] = sum_{m, i, j, p, q: r = p*sh + i*dh - top, s = q*sw + j*dw - left}
-                     w[c*M + m, 0, i, j] * dy[n, c*M + m, p, q]
-    dw[o, 0, i, j] = sum_{n, p, q} dy[n, o, p, q] * x[n, o // M, p*sh + i*dh - top, q*sw + j*dw - left]
+    With dY the planes dy[n, o] on the stacked output grid (scratch positions zero) and X the
+    phase planes of x[n, c], for every tap::
 
-    x, dx (N, C, H, W); w, dwt (C*M, 1, kh, kw); dy (N, C*M, OH, OW).
+        dX[tap_offset + t] += w[o, tap] * dY[t]         (then dx[n, c] = real pixels of dX)
+        dw[o, tap]         += sum_t dY[t] * X[tap_offset + t]
+
+    The dw sum is kept per grid position (``acc[m, tap, t]``, summed at the end), so the update
+    is element-wise and vectorises without reassociating float additions. The thread that owns
+    channel c owns dx[:, c] and dw[c*M : (c+1)*M]: no races and no partial copies.
     """
     N, C, H, W = x.shape
-    C_out, _, kh, kw = w.shape
-    M = C_out // C
-    OH, OW = dy.shape[2], dy.shape[3]
-    for c in prange(C):  # this thread owns dx[:, c] and dw[c*M : (c+1)*M]: no races
-        acc = np.zeros((M, kh, kw, OW), dtype=dwt.dtype)  # per-column partial sums of dw
-        for n in range(N):
-            xs, dxs = x[n, c], dx[n, c]  # (H, W)
-            dxs[:, :] = 0.0
+    C_out, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
+    M, taps = C_out // C, tap_offset.size
+    xf, dyf, dxf = x.reshape(-1), dy.reshape(-1), dx.reshape(-1)
+    w2, dw2 = w.reshape(C_out, taps), dwt.reshape(C_out, taps)
+    plane, phase_size = Hq * Wq, images * Hq * Wq
+    L_full = (images - 1) * plane + (OH - 1) * Wq + OW
+    for c in prange(C):
+        ph = np.zeros(sh * sw * phase_size, dtype=x.dtype)  # X (padding stays 0)
+        dph = np.empty(sh * sw * phase_size, dtype=x.dtype)  # dX
+        grid = np.zeros(L_full, dtype=x.dtype)  # dY (scratch positions stay 0)
+        acc = np.zeros((M, taps, L_full), dtype=x.dtype)
+        for n0 in range(0, N, images):
+            nb = min(images, N - n0)
+            L = (nb - 1) * plane + (OH - 1) * Wq + OW
+            for k in range(nb):
+                _to_phases(xf, ((n0 + k) * C + c) * H * W, H, W, top, left, sh, sw, Hq, Wq, phase_size, ph, k * plane)
+            dph[:] = 0.0
             for m in range(M):
                 o = c * M + m
-                dys = dy[n, o]  # (OH, OW)
-                for p in range(OH):
-                    dyrow = dys[p]
-                    for i in range(kh):
-                        r = p * sh + i * dh - top
-                        if r < 0 or r >= H:
-                            continue
-                        xrow, dxrow = xs[r], dxs[r]
-                        for j in range(kw):
-                            q_lo, q_hi = _valid_range(OW, j * dw - left, sw, W)
-                            wij = w[o, 0, i, j]
-                            s0 = q_lo * sw + j * dw - left
-                            accrow = acc[m, i, j]
-                            for k in range(q_hi - q_lo):
-                                g = dyrow[q_lo + k]
-                                dxrow[s0 + k * sw] += wij * g
-                                accrow[q_lo + k] += g * xrow[s0 + k * sw]
+                for k in range(nb):
+                    for p in range(OH):
+                        _copy(dyf, (((n0 + k) * C_out + o) * OH + p) * OW, 1, grid, k * plane + p * Wq, 1, OW)
+                for t in range(taps):
+                    _axpy(w2[o, t], grid, 0, dph, tap_offset[t], L)
+                    _mul_add(grid, 0, ph, tap_offset[t], acc[m, t], 0, L)
+            for k in range(nb):
+                _from_phases(dph, H, W, top, left, sh, sw, Hq, Wq, phase_size, k * plane, dxf, ((n0 + k) * C + c) * H * W)
         for m in range(M):
-            for i in range(kh):
-                for j in range(kw):
-                    dwt[c * M + m, 0, i, j] = acc[m, i, j].sum()
+            for t in range(taps):
+                dw2[c * M + m, t] = acc[m, t].sum()
 
 
 def _depthwise_forward(x, w, b, g: ConvGeometry) -> np.ndarray:
     y = np.empty((g.batch, g.out_channels, *g.out_hw), dtype=x.dtype)
-    bias = b if b is not None else np.zeros(0, dtype=x.dtype)
-    (sh, sw), (dh, dw), (top, _, left, _) = g.stride, g.dilation, g.pads
-    _depthwise_forward_kernel(x, w, bias, b is not None, y, sh, sw, dh, dw, top, left)
+    bias = b if b is not None else np.zeros(1, dtype=x.dtype)
+    _depthwise_forward_kernel(x, w, bias, b is not None, y, *_Phases.of(g).args(g))
     return y
 
 
 def _depthwise_backward(dy, x, w, g: ConvGeometry):
     dx, dwt = np.empty_like(x), np.empty_like(w)
-    (sh, sw), (dh, dw), (top, _, left, _) = g.stride, g.dilation, g.pads
-    _depthwise_backward_kernel(x, w, dy, dx, dwt, sh, sw, dh, dw, top, left)
+    _depthwise_backward_kernel(x, w, dy, dx, dwt, *_Phases.of(g).args(g))
     return dx, dwt
 
 

@@ -1,0 +1,126 @@
+"""Elementwise activations on the GPU: ReLU, ReLU6, hard-sigmoid, sigmoid, and their gradients.
+
+One thread per element of the flattened (contiguous) array; semantics exactly as
+``scratchnets.reference.activations`` (gradient 0 at the kinks, NaN propagates forward).
+The three piecewise-linear ops are one clamp with different constants::
+
+    y = min(max(x + shift, 0), top) / divisor
+        relu: shift 0, top inf;  relu6: shift 0, top 6;  hard_sigmoid: shift 3, top 6, divisor 6
+
+and their backward is one select, ``dx = dy / divisor where lo < x < hi else 0``. The cache is
+the input x itself (no mask array): the backward recomputes the comparison. Sigmoid's backward
+recomputes sigmoid(x) and sigmoid(-x) from the cached x with the overflow-free formula.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import cuda
+
+from ._launch import device_array, device_dy, empty, flat, launch_1d
+
+
+@cuda.jit
+def _clamp_kernel(x, shift, top, divisor, y):
+    i = cuda.grid(1)
+    if i < x.size:
+        v = x[i] + shift
+        if v < 0:  # a NaN fails both tests and passes through, like np.maximum / torch
+            v = y.dtype.type(0)
+        elif v > top:
+            v = top
+        y[i] = v / divisor
+
+
+@cuda.jit
+def _select_kernel(dy, x, lo, hi, divisor, dx):
+    i = cuda.grid(1)
+    if i < dy.size:
+        dx[i] = dy[i] / divisor if lo < x[i] < hi else dx.dtype.type(0)
+
+
+@cuda.jit(device=True)
+def _sigmoid_pair(v, one):
+    """(sigmoid(v), sigmoid(-v)) with z = exp(-|v|) in (0, 1]: never overflows."""
+    z = math.exp(-abs(v))
+    big, small = one / (one + z), z / (one + z)  # sigmoid(|v|), sigmoid(-|v|)
+    return (big, small) if v >= 0 else (small, big)
+
+
+@cuda.jit
+def _sigmoid_kernel(x, y):
+    i = cuda.grid(1)
+    if i < x.size:
+        y[i] = _sigmoid_pair(x[i], y.dtype.type(1))[0]
+
+
+@cuda.jit
+def _sigmoid_backward_kernel(dy, x, dx):
+    i = cuda.grid(1)
+    if i < dy.size:
+        s, s_neg = _sigmoid_pair(x[i], dx.dtype.type(1))
+        dx[i] = dy[i] * s * s_neg  # dy * y * (1 - y), with 1 - y computed without cancellation
+
+
+def _clamp_forward(x, shift: float, top: float, divisor: float):
+    x = device_array(x, "x")
+    y = empty(x.shape, x.dtype)
+    t = x.dtype.type
+    launch_1d(_clamp_kernel, x.size, flat(x), t(shift), t(top), t(divisor), flat(y))
+    return y, x
+
+
+def _select_backward(dy, x, lo: float, hi: float, divisor: float, op: str):
+    dy = device_dy(dy, tuple(x.shape), x.dtype, f"{op}_backward")
+    dx = empty(x.shape, x.dtype)
+    t = x.dtype.type
+    launch_1d(_select_kernel, x.size, flat(dy), flat(x), t(lo), t(hi), t(divisor), flat(dx))
+    return dx
+
+
+def relu_forward(x):
+    """y = max(x, 0); like ``F.relu``. x: NumPy or device array; returns ``(y, cache)``."""
+    return _clamp_forward(x, 0.0, math.inf, 1.0)
+
+
+def relu_backward(dy, cache):
+    """dx = dy * [x > 0] (0 at x = 0, as torch)."""
+    return _select_backward(dy, cache, 0.0, math.inf, 1.0, "relu")
+
+
+def relu6_forward(x):
+    """y = min(max(x, 0), 6); like ``F.relu6``."""
+    return _clamp_forward(x, 0.0, 6.0, 1.0)
+
+
+def relu6_backward(dy, cache):
+    """dx = dy * [0 < x < 6] (0 at exactly 0 and 6, as ``F.relu6``)."""
+    return _select_backward(dy, cache, 0.0, 6.0, 1.0, "relu6")
+
+
+def hard_sigmoid_forward(x):
+    """y = min(max(x + 3, 0), 6) / 6; like ``F.hardsigmoid``."""
+    return _clamp_forward(x, 3.0, 6.0, 6.0)
+
+
+def hard_sigmoid_backward(dy, cache):
+    """dx = dy / 6 for -3 < x < 3, else 0 (0 at exactly -3 and 3, as torch)."""
+    return _select_backward(dy, cache, -3.0, 3.0, 6.0, "hard_sigmoid")
+
+
+def sigmoid_forward(x):
+    """y = 1 / (1 + exp(-x)); like ``torch.sigmoid``, without overflow for any finite x."""
+    x = device_array(x, "x")
+    y = empty(x.shape, x.dtype)
+    launch_1d(_sigmoid_kernel, x.size, flat(x), flat(y))
+    return y, x
+
+
+def sigmoid_backward(dy, cache):
+    """dx = dy * sigmoid(x) * sigmoid(-x) = dy * y * (1 - y)."""
+    x = cache
+    dy = device_dy(dy, tuple(x.shape), x.dtype, "sigmoid_backward")
+    dx = empty(x.shape, x.dtype)
+    launch_1d(_sigmoid_backward_kernel, x.size, flat(dy), flat(x), flat(dx))
+    return dx

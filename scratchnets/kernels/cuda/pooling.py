@@ -1,0 +1,230 @@
+"""Max, average and global average pooling on the GPU, forward and backward.
+
+Same arguments, validation and semantics as ``scratchnets.reference.pooling`` (floor mode,
+padding at most half the kernel). One thread per output element in every forward; every
+backward is a gather, one thread per dx element, with no atomics:
+
+* max: the forward scans its window in row-major order with PyTorch's CPU rule (take a cell when
+  it is greater than the best so far or is NaN: ties go to the FIRST maximum, a NaN window to its
+  LAST NaN) and stores the winner's flat window index ``i*kw + j`` (int32). ``dx[n, c, h, w]``
+  sums ``dy[n, c, p, q]`` over the windows (p, q) that contain (h, w) and whose winner is it.
+* avg: ``dx[n, c, h, w]`` sums ``dy[n, c, p, q] / D[p, q]`` over the windows containing (h, w);
+  the divisor D is recomputed in the kernel (kh*kw, or the real pixels of the window).
+* global avg: y = mean over (h, w), one thread per (n, c); dx = dy / (H*W) per element.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import cuda
+
+from scratchnets.reference.pooling import PoolGeometry, _pool_geometry
+
+from ._launch import check_float, device_array, device_dy, empty, host_proxy, launch_1d
+
+
+@dataclass(frozen=True)
+class CudaPoolCache:
+    """The geometry, the input dtype and, for max pooling, the argmax (int32 device array)."""
+
+    geometry: PoolGeometry
+    argmax: object
+    dtype: np.dtype
+    count_include_pad: bool = True
+
+
+def _window(g: PoolGeometry) -> tuple[int, int, int, int, int, int]:
+    """``(kh, kw, sh, sw, ph, pw)`` for the kernels."""
+    return (*g.kernel, *g.stride, g.pads[0], g.pads[2])
+
+
+@cuda.jit(device=True)
+def _output_index(i, shape):
+    """(n, c, p, q) of flat index i of an NCHW array of ``shape``."""
+    N, C, H, W = shape
+    return i // (W * H * C), (i // (W * H)) % C, (i // W) % H, i % W
+
+
+@cuda.jit
+def _max_forward_kernel(x, window, y, argmax):
+    kh, kw, sh, sw, ph, pw = window
+    i = cuda.grid(1)
+    if i >= y.size:
+        return
+    n, c, p, q = _output_index(i, y.shape)
+    best = x.dtype.type(-math.inf)  # padding holds -inf: it never wins
+    best_cell = -1
+    for ki in range(kh):
+        r = p * sh + ki - ph
+        if 0 <= r < x.shape[2]:
+            for kj in range(kw):
+                s = q * sw + kj - pw
+                if 0 <= s < x.shape[3]:
+                    v = x[n, c, r, s]
+                    if best_cell < 0:
+                        best_cell = ki * kw + kj  # an all -inf window routes to its first real cell
+                    if v > best or v != v:  # greater than the best so far, or NaN
+                        best, best_cell = v, ki * kw + kj
+    y[n, c, p, q] = best
+    argmax[n, c, p, q] = best_cell
+
+
+@cuda.jit
+def _max_backward_kernel(dy, argmax, window, dx):
+    kh, kw, sh, sw, ph, pw = window
+    i = cuda.grid(1)
+    if i >= dx.size:
+        return
+    n, c, h, w = _output_index(i, dx.shape)
+    acc = dx.dtype.type(0)
+    for ki in range(kh):  # windows whose tap (ki, kj) is the pixel (h, w)
+        rr = h + ph - ki
+        if rr >= 0 and rr % sh == 0 and rr // sh < dy.shape[2]:
+            for kj in range(kw):
+                ss = w + pw - kj
+                if ss >= 0 and ss % sw == 0 and ss // sw < dy.shape[3]:
+                    if argmax[n, c, rr // sh, ss // sw] == ki * kw + kj:
+                        acc += dy[n, c, rr // sh, ss // sw]
+    dx[n, c, h, w] = acc
+
+
+@cuda.jit(device=True)
+def _divisor(p, q, window, height, width, count_include_pad):
+    """D[p, q] (an int): kh*kw, or the number of real (unpadded) pixels of the window."""
+    kh, kw, sh, sw, ph, pw = window
+    if count_include_pad:
+        return kh * kw
+    r0, s0 = p * sh - ph, q * sw - pw
+    rows = min(r0 + kh, height) - max(r0, 0)
+    cols = min(s0 + kw, width) - max(s0, 0)
+    return rows * cols
+
+
+@cuda.jit
+def _avg_forward_kernel(x, window, count_include_pad, y):
+    kh, kw, sh, sw, ph, pw = window
+    i = cuda.grid(1)
+    if i >= y.size:
+        return
+    n, c, p, q = _output_index(i, y.shape)
+    acc = y.dtype.type(0)
+    for ki in range(kh):
+        r = p * sh + ki - ph
+        if 0 <= r < x.shape[2]:
+            for kj in range(kw):
+                s = q * sw + kj - pw
+                if 0 <= s < x.shape[3]:
+                    acc += x[n, c, r, s]  # padded cells add zero
+    divisor = _divisor(p, q, window, x.shape[2], x.shape[3], count_include_pad)
+    y[n, c, p, q] = acc / y.dtype.type(divisor)
+
+
+@cuda.jit
+def _avg_backward_kernel(dy, window, count_include_pad, dx):
+    kh, kw, sh, sw, ph, pw = window
+    i = cuda.grid(1)
+    if i >= dx.size:
+        return
+    n, c, h, w = _output_index(i, dx.shape)
+    H, W = dx.shape[2], dx.shape[3]
+    acc = dx.dtype.type(0)
+    for ki in range(kh):
+        rr = h + ph - ki
+        if rr >= 0 and rr % sh == 0 and rr // sh < dy.shape[2]:
+            p = rr // sh
+            for kj in range(kw):
+                ss = w + pw - kj
+                if ss >= 0 and ss % sw == 0 and ss // sw < dy.shape[3]:
+                    q = ss // sw
+                    divisor = _divisor(p, q, window, H, W, count_include_pad)
+                    acc += dy[n, c, p, q] / dx.dtype.type(divisor)
+    dx[n, c, h, w] = acc
+
+
+def _geometry(x, kernel_size, stride, padding, name):
+    _, g = _pool_geometry(host_proxy(x), kernel_size, stride, padding, name)
+    return device_array(x, "x"), g
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    """y[n, c, p, q] = max of the (-inf padded) window; like ``F.max_pool2d``. Arguments and
+    errors as ``reference.max_pool2d_forward``. Returns ``(y, cache)``, y a device array."""
+    x, g = _geometry(x, kernel_size, stride, padding, "max_pool2d")
+    y = empty(g.out_shape, x.dtype)
+    argmax = empty(g.out_shape, np.int32)  # flat window index of each output's winner
+    launch_1d(_max_forward_kernel, y.size, x, _window(g), y, argmax)
+    return y, CudaPoolCache(g, argmax, x.dtype)
+
+
+def max_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum of dy over the windows whose first maximum is (h, w)."""
+    g = cache.geometry
+    dy = device_dy(dy, g.out_shape, cache.dtype, "max_pool2d_backward")
+    dx = empty(g.in_shape, cache.dtype)
+    launch_1d(_max_backward_kernel, dx.size, dy, cache.argmax, _window(g), dx)
+    return dx
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """y = window sum / D; like ``F.avg_pool2d``. Arguments and errors as
+    ``reference.avg_pool2d_forward``. Returns ``(y, cache)``, y a device array."""
+    x, g = _geometry(x, kernel_size, stride, padding, "avg_pool2d")
+    y = empty(g.out_shape, x.dtype)
+    launch_1d(_avg_forward_kernel, y.size, x, _window(g), bool(count_include_pad), y)
+    return y, CudaPoolCache(g, None, x.dtype, bool(count_include_pad))
+
+
+def avg_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum over windows (p, q) containing (h, w) of dy[n, c, p, q] / D[p, q]."""
+    g = cache.geometry
+    dy = device_dy(dy, g.out_shape, cache.dtype, "avg_pool2d_backward")
+    dx = empty(g.in_shape, cache.dtype)
+    launch_1d(_avg_backward_kernel, dx.size, dy, _window(g), cache.count_include_pad, dx)
+    return dx
+
+
+@cuda.jit
+def _global_avg_kernel(x, y):
+    # one thread per (n, c): y[n, c, 0, 0] = sum_{h, w} x[n, c, h, w] / (H*W)
+    i = cuda.grid(1)
+    N, C, H, W = x.shape
+    if i < N * C:
+        n, c = i // C, i % C
+        acc = y.dtype.type(0)
+        for h in range(H):
+            for w in range(W):
+                acc += x[n, c, h, w]
+        y[n, c, 0, 0] = acc / y.dtype.type(H * W)
+
+
+@cuda.jit
+def _global_avg_backward_kernel(dy, dx):
+    i = cuda.grid(1)
+    if i < dx.size:
+        n, c, h, w = _output_index(i, dx.shape)
+        dx[n, c, h, w] = dy[n, c, 0, 0] / dx.dtype.type(dx.shape[2] * dx.shape[3])
+
+
+def global_avg_pool2d_forward(x):
+    """y[n, c, 0, 0] = mean_{h, w} x[n, c, h, w]; like ``F.adaptive_avg_pool2d(x, 1)``.
+    Shapes: (N, C, H, W) -> (N, C, 1, 1) device array. Returns ``(y, cache)``."""
+    check_float(x, "x")
+    if len(x.shape) != 4:
+        raise ValueError(f"global_avg_pool2d expects x of shape (N, C, H, W), got shape {x.shape}")
+    x = device_array(x, "x")
+    N, C = x.shape[:2]
+    y = empty((N, C, 1, 1), x.dtype)
+    launch_1d(_global_avg_kernel, N * C, x, y)
+    return y, (tuple(x.shape), x.dtype)
+
+
+def global_avg_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = dy[n, c, 0, 0] / (H*W). Shapes: (N, C, 1, 1) -> (N, C, H, W)."""
+    in_shape, dtype = cache
+    dy = device_dy(dy, (*in_shape[:2], 1, 1), dtype, "global_avg_pool2d_backward")
+    dx = empty(in_shape, dtype)
+    launch_1d(_global_avg_backward_kernel, dx.size, dy, dx)
+    return dx

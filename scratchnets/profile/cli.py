@@ -1,0 +1,86 @@
+"""``scratchnets summary`` and ``scratchnets verify``.
+
+    scratchnets summary mobilenet_v2 [--width-mult 0.5] [--resolution 160] [--num-classes 2]
+                        [--json | --markdown]
+    scratchnets verify [--json | --markdown] [--only SUBSTRING]
+
+``summary`` prints the per-layer table of one model (output shapes, parameters, multiply-adds);
+``verify`` recomputes every published parameter / multiply-add count (``papers.ROWS``) and exits
+with status 1 if any is a MISMATCH. Both trace the models on the meta backend: no arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from .. import models
+from .summary import skip_init, summary
+from .verify import render_json, render_markdown, render_text, verify_all
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--json", action="store_true", help="one JSON object")
+    group.add_argument("--markdown", action="store_true", help="a GitHub markdown table")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "summary",
+        help="per-layer output shapes, parameters and multiply-adds of a model",
+        description="Trace MODEL on the meta backend (shapes only) and print one row per layer "
+        "with its output shape, parameters and multiply-adds (conv + FC, per image), then the "
+        "totals and the counting conventions.",
+    )
+    p.add_argument("model", help=f"one of: {', '.join(models.list_models())}")
+    p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=int, default=None, help="input H = W (default 224; 299 "
+                   "for xception)")  # fmt: skip
+    p.add_argument("--num-classes", type=int, default=1000, help="classifier size (default 1000)")
+    p.add_argument(
+        "--reparameterize",
+        action="store_true",
+        help="count the inference form (GhostNetV3: re-param branches folded)",
+    )
+    _add_format(p)
+    p.set_defaults(func=run_summary)
+
+    v = subparsers.add_parser(
+        "verify",
+        help="recompute every published parameter / multiply-add count (the default command)",
+        description="Recompute the parameter and multiply-add counts of the MobileNet, GhostNet, "
+        "VGG16 and Xception papers and framework tables under each source's convention and "
+        "print published / ours / difference / verdict. Exits 1 if any row is a MISMATCH.",
+    )
+    v.add_argument("--only", metavar="SUBSTRING", help="rows whose key, source or text contain it")
+    _add_format(v)
+    v.set_defaults(func=run_verify)
+
+
+def run_summary(args) -> int:
+    resolution = args.resolution or (299 if models.registry.resolve_name(args.model) ==
+                                     "xception" else 224)  # fmt: skip
+    with skip_init():  # counting never reads a weight
+        model = models.create(args.model, args.num_classes, args.width_mult)
+    if args.reparameterize:
+        if not hasattr(model, "reparameterize"):
+            raise SystemExit(f"{args.model} has no re-parameterised inference form")
+        with np.errstate(all="ignore"):  # folding uninitialised weights: only shapes matter
+            model.reparameterize()
+    name = f"{args.model} (width {args.width_mult:g}, {resolution}x{resolution}, " + (
+        f"{args.num_classes} classes)"
+    )
+    s = summary(model, (1, 3, resolution, resolution), name=name)
+    print(s.to_json() if args.json else s.to_markdown() if args.markdown else s.to_text())
+    return 0
+
+
+def run_verify(args) -> int:
+    results = verify_all(only=args.only)
+    if not results:
+        raise SystemExit(f"no published row matches --only {args.only!r}")
+    render = render_json if args.json else render_markdown if args.markdown else render_text
+    print(render(results))
+    return 0 if all(v.ok for v in results) else 1

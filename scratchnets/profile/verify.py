@@ -1,0 +1,446 @@
+"""Recompute every published number of ``papers.ROWS`` and judge it.
+
+For each row the configured network is built (``scratchnets.models.create``, or one of the
+``BUILDERS`` below that lay out [V1] Table 1, [V2] Table 2 or a single layer exactly as printed),
+traced once on the meta backend (``summary``), and the row's quantity is counted under the row's
+convention. Verdicts:
+
+* ``match``: the count rounds or truncates to the printed value (``papers`` module docstring);
+* ``erratum``: it does not, the row carries a documented ``Erratum``, and the corrected value /
+  configuration / quantity does reproduce;
+* ``MISMATCH``: anything else (``scratchnets verify`` then exits non-zero).
+
+Models are built with ``skip_init`` (no random draws: weights are never read) and cached per
+configuration, so the whole table takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import models
+from ..models.blocks import make_divisible
+from ..nn import (
+    AdaptiveAvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Flatten,
+    Linear,
+    Module,
+    ReLU,
+    ReLU6,
+    Sequential,
+)
+from .conventions import CONVENTIONS, MACS, count_params
+from .papers import SOURCES, V1_TABLE1, V2_TABLE2, ModelConfig, PaperRow
+from .summary import Summary, skip_init, summary
+from .tables import markdown_table, text_table
+
+# ------------------------------------------------------------------------ builders
+
+
+def _conv_bn_act(c_in, c_out, k, stride=1, groups=1, act=ReLU) -> list[Module]:
+    """conv (padding k//2, no bias) -> BN -> act: the unit of both papers' tables."""
+    layers = [Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False), BatchNorm2d(c_out)]
+    return layers + ([act()] if act is not None else [])
+
+
+def _expand_repeats(lines):
+    """(index, line) in execution order: a run of lines with ``repeat`` r is emitted r times."""
+    i = 0
+    while i < len(lines):
+        j = i + 1
+        while lines[i].repeat > 1 and j < len(lines) and lines[j].repeat == lines[i].repeat:
+            j += 1
+        for _ in range(lines[i].repeat):
+            yield from ((k, lines[k]) for k in range(i, j))
+        i = j
+
+
+def build_v1_table1(config: ModelConfig) -> tuple[Module, int]:
+    """MobileNet from [V1] Table 1 as printed: conv / dw / pw lines (each + BN + ReLU), global
+    average pooling, FC. Channels scale as ``int(c * alpha)`` ([V1] §3.3, Keras).
+
+    Options: ``strides`` ((line index, stride), ...) overrides printed strides; ``full_conv``
+    replaces every dw + pw pair by one full 3x3 conv (Table 4's "Conv MobileNet"); ``shallow``
+    drops the 5x repeated separable layers at 14x14x512 (Table 5).
+    """
+    opts = dict(config.options)
+    strides = dict(opts.get("strides", ()))
+
+    def ch(c: int) -> int:
+        return max(1, int(c * config.width))
+
+    lines = [(i, line) for i, line in _expand_repeats(V1_TABLE1)]
+    if opts.get("shallow"):
+        lines = [(i, line) for i, line in lines if line.repeat == 1]
+    layers: list[Module] = []
+    k = 0
+    while k < len(lines):
+        i, line = lines[k]
+        stride = strides.get(i, line.stride)
+        if line.type == "Conv" and i == 0:  # the stem reads the 3 image channels
+            layers += _conv_bn_act(3, ch(line.filter[3]), line.filter[0], stride)
+        elif line.type == "Conv dw" and opts.get("full_conv"):  # dw + the pw after it
+            pw = lines[k + 1][1]
+            layers += _conv_bn_act(ch(pw.filter[2]), ch(pw.filter[3]), 3, stride)
+            k += 1
+        elif line.type == "Conv dw":
+            c = ch(line.filter[2])
+            layers += _conv_bn_act(c, c, line.filter[0], stride, groups=c)
+        elif line.type == "Conv":
+            layers += _conv_bn_act(ch(line.filter[2]), ch(line.filter[3]), line.filter[0], stride)
+        elif line.type == "Avg Pool":  # global, so that the as-printed typo still runs
+            layers += [AdaptiveAvgPool2d(1), Flatten()]
+        else:  # "FC"
+            layers.append(Linear(ch(line.filter[0]), config.classes))
+        k += 1
+    return Sequential(*layers), 3
+
+
+def build_v2_table2(config: ModelConfig) -> tuple[Module, int]:
+    """MobileNetV2 from [V2] Table 2 as printed (Table 1's bottleneck: 1x1 expand (t != 1) ->
+    3x3 depthwise -> linear 1x1 projection, ReLU6). Widths ``make_divisible(c * alpha, 8)``, the
+    1280 conv kept for alpha < 1; the classifier is the table's 1x1 conv with bias. Residual adds
+    are left out: they cost no mult-adds and have no parameters."""
+    layers: list[Module] = []
+    c_in = 3
+    for line in V2_TABLE2:
+        if line.operator == "conv2d":
+            c = make_divisible(line.c * config.width)
+            layers += _conv_bn_act(c_in, c, 3, line.s, act=ReLU6)
+        elif line.operator == "bottleneck":
+            c = make_divisible(line.c * config.width)
+            for repeat in range(line.n):
+                hidden = c_in * line.t
+                if line.t != 1:
+                    layers += _conv_bn_act(c_in, hidden, 1, act=ReLU6)
+                stride = line.s if repeat == 0 else 1
+                layers += _conv_bn_act(hidden, hidden, 3, stride, groups=hidden, act=ReLU6)
+                layers += _conv_bn_act(hidden, c, 1, act=None)
+                c_in = c
+        elif line.c is not None:  # conv2d 1x1 to 1280
+            c = make_divisible(line.c * max(1.0, config.width))
+            layers += _conv_bn_act(c_in, c, 1, act=ReLU6)
+        elif line.operator.startswith("avgpool"):
+            layers.append(AdaptiveAvgPool2d(1))
+        else:  # the classifier: conv2d 1x1 to k classes, with bias
+            layers += [Conv2d(c_in, config.classes, 1), Flatten()]
+            continue
+        c_in = c
+    return Sequential(*layers), 3
+
+
+def _scaled(config: ModelConfig, name: str) -> int:
+    return max(1, int(dict(config.options)[name] * config.width))
+
+
+def build_standard_conv(config: ModelConfig) -> tuple[Module, int]:
+    """One K x K conv, M -> N channels (alpha-scaled), 'same' padding: [V1] eq. (2)."""
+    o = dict(config.options)
+    m, n = _scaled(config, "M"), _scaled(config, "N")
+    return Sequential(Conv2d(m, n, o["K"], padding=o["K"] // 2, bias=False)), m
+
+
+def build_separable_conv(config: ModelConfig) -> tuple[Module, int]:
+    """K x K depthwise conv then 1x1 pointwise, M -> N (alpha-scaled): [V1] eq. (5)."""
+    k = dict(config.options)["K"]
+    m, n = _scaled(config, "M"), _scaled(config, "N")
+    dw = Conv2d(m, m, k, padding=k // 2, groups=m, bias=False)
+    return Sequential(dw, Conv2d(m, n, 1, bias=False)), m
+
+
+def build_conv_stack(config: ModelConfig) -> tuple[Module, int]:
+    """Convs C -> C applied in turn, one per (kh, kw) in ``kernels``, 'same' padding."""
+    c = _scaled(config, "C")
+    convs = [
+        Conv2d(c, c, (kh, kw), padding=(kh // 2, kw // 2), bias=False)
+        for kh, kw in dict(config.options)["kernels"]
+    ]
+    return Sequential(*convs), c
+
+
+BUILDERS = {
+    "v1_table1": build_v1_table1,
+    "v2_table2": build_v2_table2,
+    "standard_conv": build_standard_conv,
+    "separable_conv": build_separable_conv,
+    "conv_stack": build_conv_stack,
+}
+
+
+def _kernel_area(config: ModelConfig) -> int:
+    return sum(kh * kw for kh, kw in dict(config.options)["kernels"])
+
+
+#: closed forms of the seed rows, from the configs alone (no counting)
+FORMULAS = {
+    # [V1]: (K^2 M D^2 + M N D^2) / (K^2 M N D^2)
+    "separable": lambda row: (
+        1 / dict(row.config.options)["N"] + 1 / dict(row.config.options)["K"] ** 2
+    ),
+    # C -> C convs cost C^2 H W per kernel tap: saving = 1 - taps / reference taps, in %
+    "kernel_area": lambda row: 100 * (1 - _kernel_area(row.config) / _kernel_area(row.reference)),
+}
+
+
+# ------------------------------------------------------------------------- counting
+
+
+class Counter:
+    """Builds each configuration once and traces each (configuration, resolution) once."""
+
+    def __init__(self):
+        self._models: dict[tuple, tuple[Module, int]] = {}
+        self._summaries: dict[ModelConfig, Summary] = {}
+
+    def model(self, config: ModelConfig) -> tuple[Module, int]:
+        """(model, input channels) for ``config`` (the resolution does not matter here)."""
+        key = (config.name, config.width, config.classes, config.options)
+        if key not in self._models:
+            with skip_init():
+                self._models[key] = self._build(config)
+        return self._models[key]
+
+    @staticmethod
+    def _build(config: ModelConfig) -> tuple[Module, int]:
+        if config.name in BUILDERS:
+            return BUILDERS[config.name](config)
+        options = dict(config.options)
+        reparameterize = options.pop("reparameterize", False)
+        model = models.create(config.name, config.classes, config.width, **options)
+        if reparameterize:
+            with np.errstate(all="ignore"):  # folding uninitialised weights: shapes are what count
+                model.reparameterize()
+        return model, 3
+
+    def summary(self, config: ModelConfig) -> Summary:
+        if config not in self._summaries:
+            model, channels = self.model(config)
+            shape = (1, channels, config.resolution, config.resolution)
+            self._summaries[config] = summary(model, shape, name=config.label())
+        return self._summaries[config]
+
+    def count(self, row: PaperRow, config: ModelConfig | None = None, quantity: str | None = None):
+        """The row's quantity for ``config`` (default the row's), in base units."""
+        config, quantity = config or row.config, quantity or row.quantity
+        if quantity == "params":
+            return float(count_params(self.model(config)[0], row.convention))
+        s = self.summary(config)
+        if quantity == "macs":
+            return float(s.total_macs)
+        if quantity == "conv_macs":
+            return float(s.total_macs - s.macs_by_kind().get("fully connected", 0))
+        if quantity == "depthwise_layers":
+            return float(sum(1 for r in s.rows if r.kind.startswith("depthwise")))
+        if quantity.startswith("macs_pct:"):
+            return 100.0 * s.macs_by_kind().get(quantity.split(":", 1)[1], 0) / s.total_macs
+        if quantity.startswith("weights_pct:"):
+            weights = s.weights_by_kind()
+            return 100.0 * weights.get(quantity.split(":", 1)[1], 0) / sum(weights.values())
+        ratio = s.total_macs / self.summary(row.reference).total_macs
+        if quantity == "macs_ratio":
+            return ratio
+        if quantity == "macs_saving_pct":
+            return 100.0 * (1.0 - ratio)
+        raise ValueError(f"row {row.key}: unknown quantity {quantity!r}")
+
+
+def rounding_match(row: PaperRow, ours: float, printed: str | None = None) -> str | None:
+    """ "rounded" / "truncated" if ``ours`` prints as ``printed`` (default: the published value)
+    at its precision, else None."""
+    value, step = row.value(printed), row.step(printed)
+    slack = 1e-9 * step  # float noise in shares and ratios
+    if abs(ours - value) <= step / 2 + slack:
+        return "rounded"
+    if value - slack <= ours < value + step:
+        return "truncated"
+    return None
+
+
+@dataclass(frozen=True)
+class VerifiedRow:
+    """A published number next to ours. ``ours`` and ``corrected_ours`` are in base units."""
+
+    row: PaperRow
+    ours: float
+    verdict: str  # "match" | "erratum" | "MISMATCH"
+    how: str | None  # "rounded" / "truncated": how the value (or its correction) reproduces
+    corrected_ours: float | None = None  # the count under the erratum's config / quantity
+    formula: float | None = None  # the seed rows' closed form
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict != "MISMATCH"
+
+    def difference(self) -> float:
+        """ours - published, in the row's unit."""
+        return (self.ours - self.row.value()) / _unit(self.row)
+
+    def explanation(self) -> str:
+        e = self.row.erratum
+        if self.verdict == "erratum":
+            fix = (
+                f"corrected {e.corrected}{_unit_text(self.row)}" if e.corrected
+                else f"with {e.config.label()}" if e.config
+                else f"counting {e.quantity}"
+            )  # fmt: skip
+            ours = f"ours {_format(self.row, self.corrected_ours)}" if self.corrected_ours else ""
+            return f"{e.note}. {fix} {ours} ({self.how}). [{e.documented}]".replace("  ", " ")
+        if self.verdict == "MISMATCH":
+            return f"ours {_format(self.row, self.ours)} does not print as {self.row.published}"
+        return ""
+
+    def to_dict(self) -> dict:
+        row = asdict(self.row)
+        return {
+            **row,
+            "config": self.row.config.label(),
+            "ours": self.ours,
+            "ours_in_unit": self.ours / _unit(self.row),
+            "difference_in_unit": self.difference(),
+            "verdict": self.verdict,
+            "how": self.how,
+            "corrected_ours": self.corrected_ours,
+            "formula": self.formula,
+            "explanation": self.explanation(),
+        }
+
+
+def _unit(row: PaperRow) -> float:
+    return row.value("1")
+
+
+def _unit_text(row: PaperRow) -> str:
+    return {"": "", "%": " %"}.get(row.unit, f" {row.unit}")
+
+
+def _format(row: PaperRow, value: float | None, sign: str = "") -> str:
+    """``value`` (base units) in the row's unit, one digit finer than the published value
+    (exact integer counts as integers with thousands separators)."""
+    if value is None:
+        return "-"
+    if row.unit == "" and row.step() == 1 and float(value).is_integer():
+        return f"{int(value):{sign},}"
+    digits = max(0, -round(np.log10(row.step() / _unit(row)))) + 1
+    return f"{value / _unit(row):{sign},.{digits}f}"
+
+
+def verify_row(row: PaperRow, counter: Counter | None = None) -> VerifiedRow:
+    """Count ``row``'s quantity and give the verdict."""
+    counter = counter or Counter()
+    ours = counter.count(row)
+    formula = FORMULAS[row.formula](row) if row.formula else None
+    how = rounding_match(row, ours)
+    if formula is not None and rounding_match(row, formula) is None:
+        how = None  # the closed form must reproduce the printed value too
+    if how is not None or row.erratum is None:
+        return VerifiedRow(row, ours, "match" if how else "MISMATCH", how, formula=formula)
+    e = row.erratum
+    corrected_ours = ours
+    if e.config is not None or e.quantity is not None:
+        corrected_ours = counter.count(row, e.config, e.quantity)
+    how = rounding_match(row, corrected_ours, e.corrected)
+    return VerifiedRow(row, ours, "erratum" if how else "MISMATCH", how, corrected_ours, formula)
+
+
+def verify_all(only: str | None = None, counter: Counter | None = None) -> list[VerifiedRow]:
+    """Every row of ``papers.ROWS`` (those whose key, source or description contain ``only``,
+    case-insensitively), verified."""
+    from .papers import ROWS
+
+    counter = counter or Counter()
+    needle = (only or "").lower()
+    chosen = [r for r in ROWS if needle in f"{r.key} {r.source} {r.where} {r.description}".lower()]
+    return [verify_row(row, counter) for row in chosen]
+
+
+# ----------------------------------------------------------------------------- output
+
+TOLERANCE = (
+    "A count matches a printed value P with last digit u if it rounds to P (|ours - P| <= u/2) "
+    "or truncates to P (P <= ours < P + u): the sources do both."
+)
+
+
+def legend() -> str:
+    lines = ["Conventions:", f"  macs: {MACS}"]
+    lines += [f"  {c.key}: {c.label} [{c.sources}]" for c in CONVENTIONS.values()]
+    lines += ["Tolerance: " + TOLERANCE, "Sources:"]
+    lines += [f"  [{key}] {text}" for key, text in SOURCES.items()]
+    return "\n".join(lines)
+
+
+def _cells(results: list[VerifiedRow]) -> tuple[list[str], list[list[str]], set[int]]:
+    headers = ["Source", "What", "Config", "Quantity", "Published", "Ours", "Diff", "Verdict"]
+    rows = []
+    for n, v in enumerate(results, 1):
+        r = v.row
+        quantity = r.quantity if r.quantity != "params" else f"params ({r.convention})"
+        verdict = v.verdict + (f" [{n}]" if v.verdict != "match" else "")
+        rows.append([
+            f"[{r.source}]{'*' if r.unconfirmed else ''} {r.where}", r.description,
+            r.config.label(), quantity, r.published + _unit_text(r), _format(r, v.ours),
+            _format(r, v.ours - r.value(), sign="+"), verdict,
+        ])  # fmt: skip
+    return headers, rows, {4, 5, 6}
+
+
+def _notes(results: list[VerifiedRow]) -> list[str]:
+    notes = [
+        f"[{n}] {v.row.key}: {v.explanation()}"
+        for n, v in enumerate(results, 1)
+        if v.verdict != "match"
+    ]
+    formulas = [
+        f"{v.row.key}: closed form {v.row.where} = {v.formula:.4f}, layers counted {v.ours:.4f}"
+        for v in results
+        if v.formula is not None
+    ]
+    return notes + formulas
+
+
+def tally(results: list[VerifiedRow]) -> dict[str, int]:
+    counts = {"match": 0, "erratum": 0, "MISMATCH": 0}
+    for v in results:
+        counts[v.verdict] += 1
+    return counts
+
+
+def _tally_text(results: list[VerifiedRow]) -> str:
+    t = tally(results)
+    return (
+        f"{len(results)} published numbers: {t['match']} match, {t['erratum']} documented "
+        f"errata, {t['MISMATCH']} MISMATCH. (* = UNCONFIRMED in papers.md: secondary source)"
+    )
+
+
+def render_text(results: list[VerifiedRow]) -> str:
+    parts = [text_table(*_cells(results)), _tally_text(results)]
+    notes = _notes(results)
+    if notes:
+        parts.append("Errata, mismatches and formulas:\n" + "\n".join(notes))
+    return "\n\n".join(parts + [legend()])
+
+
+def render_markdown(results: list[VerifiedRow]) -> str:
+    parts = [markdown_table(*_cells(results)), _tally_text(results)]
+    parts += ["\n".join(f"- {n}" for n in _notes(results)), "```\n" + legend() + "\n```"]
+    return "\n\n".join(p for p in parts if p)
+
+
+def render_json(results: list[VerifiedRow]) -> str:
+    return json.dumps(
+        {
+            "rows": [v.to_dict() for v in results],
+            "summary": {**tally(results), "total": len(results)},
+            "conventions": {"macs": MACS, **{c.key: c.label for c in CONVENTIONS.values()}},
+            "tolerance": TOLERANCE,
+            "sources": SOURCES,
+        },
+        indent=2,
+        default=str,
+    )
