@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from scratchnets import to_numpy
+from scratchnets.gradcheck import numeric_grad  # noqa: F401  (re-exported for the tests)
 
 torch.set_default_dtype(torch.float64)
 
@@ -64,26 +65,6 @@ def record_error(key: str, actual, expected) -> float:
     err = rel_err(actual, expected)
     MAX_ERRORS[key] = max(err, MAX_ERRORS.get(key, 0.0))
     return err
-
-
-def numeric_grad(fn, x, h: float = 1e-6) -> np.ndarray:
-    """Central-difference gradient of the scalar ``fn(x)`` w.r.t. the array ``x`` (float64).
-
-    g[i] = (fn(x + h e_i) - fn(x - h e_i)) / (2 h): error O(h^2) from the Taylor remainder plus
-    O(eps64 * |fn| / h) from rounding, about 1e-8 relative for smooth fn and h = 1e-6.
-    ``fn`` gets a private float64 copy of x with one element perturbed at a time.
-    """
-    x = np.array(to_numpy(x), dtype=np.float64)  # private copy, perturbed in place
-    g = np.empty_like(x)
-    for i in np.ndindex(x.shape):
-        original = x[i]
-        x[i] = original + h
-        f_plus = float(fn(x))
-        x[i] = original - h
-        f_minus = float(fn(x))
-        x[i] = original
-        g[i] = (f_plus - f_minus) / (2 * h)
-    return g
 
 
 #: memory layouts for ``with_layout``: the same values, different strides

@@ -482,7 +482,7 @@ def test_dropout(dtype, shape, p, training, layout, seed):
     y_ref, cache_ref = ref.dropout_forward(x, p, training, seed)
     dx_ref = ref.dropout_backward(dy, cache_ref)
     keep = ref.dropout.dropout_mask(shape, p, seed) if training else np.ones(shape, bool)
-    scale = 0.0 if p == 1.0 else (1.0 / (1.0 - p) if training else 1.0)
+    scale = (0.0 if p == 1.0 else 1.0 / (1.0 - p)) if training else 1.0
     xt = t(x, True)
     y_t = xt * t(keep * dtype(scale))  # the multiplier in x's dtype, as torch does
     (dx_t,) = torch_grads(y_t, [xt], dy)

@@ -158,7 +158,9 @@ def test_summary_restores_the_model():
 def test_fixed_kernel_conv_is_pooling_not_macs():
     from scratchnets.models.blocks import AdaptiveAvgPool2d
 
-    s = summary(nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), AdaptiveAvgPool2d((2, 3))), (1, 3, 8, 9))
+    s = summary(
+        nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), AdaptiveAvgPool2d((2, 3))), (1, 3, 8, 9)
+    )
     assert s.total_macs == 4 * 3 * 8 * 9
     assert s.rows[1].macs == 0 and s.other_ops["pooling"] > 0
 
@@ -221,15 +223,14 @@ def _ours(name: str, resolution: int, width: float = 1.0):
 
 
 @pytest.mark.torch_models
-@pytest.mark.parametrize("resolution", [96, 131, 224])
 @pytest.mark.parametrize(
-    "ours_name, width, theirs",
-    [
-        ("mobilenet_v2", 1.0, "tv:mobilenet_v2"),
-        ("mobilenet_v2", 0.35, "tv:mobilenet_v2"),
-        ("mobilenet_v1", 1.0, "timm:mobilenetv1_100"),
-        ("ghostnet_100", 1.0, "timm:ghostnet_100"),
-        ("ghostnetv2_100", 1.0, "timm:ghostnetv2_100"),
+    "ours_name, width, theirs, resolution",
+    [  # odd resolutions exercise the floor of every strided layer
+        ("mobilenet_v2", 1.0, "tv:mobilenet_v2", 131),
+        ("mobilenet_v2", 0.35, "tv:mobilenet_v2", 96),
+        ("mobilenet_v1", 1.0, "timm:mobilenetv1_100", 97),
+        ("ghostnet_100", 1.0, "timm:ghostnet_100", 113),
+        ("ghostnetv2_100", 1.0, "timm:ghostnetv2_100", 65),
     ],
 )
 def test_models_against_torchvision_and_timm(ours_name, width, theirs, resolution):

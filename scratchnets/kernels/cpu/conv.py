@@ -50,7 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange, uint64
+from numba import get_num_threads, njit, prange, uint64
 
 from scratchnets.reference.conv import ConvGeometry, _check_dy, _prepare
 
@@ -231,11 +231,13 @@ def _from_phases(ph, H, W, top, left, sh, sw, Hq, Wq, phase_size, k0, xf, x0):
 
 
 @njit(parallel=True, cache=True)
-def _depthwise_forward_kernel(x, w, b, use_bias, y, top, left, sh, sw, Hq, Wq, images, tap_offset):
+def _depthwise_forward_kernel(x, w, b, use_bias, y, top, left, sh, sw, Hq, Wq, images, tap_offset, blocks):
     """y[n, o] = b[o] + sum_taps w[o, tap] * (shifted phase plane of x[n, o // M]).
 
     x (N, C, H, W), w (C*M, 1, kh, kw), b (C*M,) (ignored unless use_bias), y (N, C*M, OH, OW).
-    Parallel over (input channel c, run of ``images`` images), flattened; each owns its scratch.
+    The work units are (input channel c, run of ``images`` images), flattened; ``prange`` runs
+    over ``blocks`` contiguous spans of units, and each span allocates and zeroes its scratch
+    once (the padding positions of the phase planes are never written, so they stay 0).
     """
     N, C, H, W = x.shape
     C_out, OH, OW = y.shape[1], y.shape[2], y.shape[3]
@@ -243,22 +245,26 @@ def _depthwise_forward_kernel(x, w, b, use_bias, y, top, left, sh, sw, Hq, Wq, i
     xf, yf, w2 = x.reshape(-1), y.reshape(-1), w.reshape(C_out, taps)
     plane, phase_size = Hq * Wq, images * Hq * Wq
     runs = (N + images - 1) // images
-    for unit in prange(C * runs):
-        c, n0 = unit // runs, (unit % runs) * images
-        nb = min(images, N - n0)
-        L = (nb - 1) * plane + (OH - 1) * Wq + OW  # stacked output grid length
+    units = C * runs
+    for blk in prange(blocks):
         ph = np.zeros(sh * sw * phase_size, dtype=x.dtype)
-        out = np.empty(L, dtype=x.dtype)
-        for k in range(nb):
-            _to_phases(xf, ((n0 + k) * C + c) * H * W, H, W, top, left, sh, sw, Hq, Wq, phase_size, ph, k * plane)
-        for m in range(M):
-            o = c * M + m
-            out[:] = b[o] if use_bias else 0.0
-            for t in range(taps):
-                _axpy(w2[o, t], ph, tap_offset[t], out, 0, L)
-            for k in range(nb):  # keep rows p < OH and columns q < OW of each image
-                for p in range(OH):
-                    _copy(out, k * plane + p * Wq, 1, yf, (((n0 + k) * C_out + o) * OH + p) * OW, 1, OW)
+        out = np.empty(phase_size, dtype=x.dtype)  # stacked output grid (>= L)
+        for unit in range(blk * units // blocks, (blk + 1) * units // blocks):
+            c, n0 = unit // runs, (unit % runs) * images
+            nb = min(images, N - n0)
+            L = (nb - 1) * plane + (OH - 1) * Wq + OW  # stacked output grid length
+            for k in range(nb):
+                x0 = ((n0 + k) * C + c) * H * W
+                _to_phases(xf, x0, H, W, top, left, sh, sw, Hq, Wq, phase_size, ph, k * plane)
+            for m in range(M):
+                o = c * M + m
+                out[:L] = b[o] if use_bias else 0.0
+                for t in range(taps):
+                    _axpy(w2[o, t], ph, tap_offset[t], out, 0, L)
+                for k in range(nb):  # keep rows p < OH and columns q < OW of each image
+                    y0 = ((n0 + k) * C_out + o) * OH * OW
+                    for p in range(OH):
+                        _copy(out, k * plane + p * Wq, 1, yf, y0 + p * OW, 1, OW)
 
 
 @njit(parallel=True, cache=True)
@@ -311,7 +317,10 @@ def _depthwise_backward_kernel(x, w, dy, dx, dwt, top, left, sh, sw, Hq, Wq, ima
 def _depthwise_forward(x, w, b, g: ConvGeometry) -> np.ndarray:
     y = np.empty((g.batch, g.out_channels, *g.out_hw), dtype=x.dtype)
     bias = b if b is not None else np.zeros(1, dtype=x.dtype)
-    _depthwise_forward_kernel(x, w, bias, b is not None, y, *_Phases.of(g).args(g))
+    phases = _Phases.of(g)
+    units = g.in_channels * -(-g.batch // phases.images)
+    blocks = min(units, 4 * get_num_threads())  # a few spans per thread
+    _depthwise_forward_kernel(x, w, bias, b is not None, y, *phases.args(g), blocks)
     return y
 
 

@@ -116,7 +116,9 @@ def _resize_forward(x, size, name: str, make_taps):
     taps_h = _axis_taps(make_taps(H, out_h), H, x.dtype)
     taps_w = _axis_taps(make_taps(W, out_w), W, x.dtype)
     y = empty((N, C, out_h, out_w), x.dtype)
-    launch_1d(_resize_kernel, y.size, x, taps_h.index, taps_h.weight, taps_w.index, taps_w.weight, y)
+    launch_1d(
+        _resize_kernel, y.size, x, taps_h.index, taps_h.weight, taps_w.index, taps_w.weight, y
+    )
     return y, CudaResizeCache(tuple(x.shape), taps_h, taps_w, x.dtype)
 
 
