@@ -25,8 +25,10 @@ from scratchnets.nn import BatchNorm2d  # noqa: E402
 from tests.helpers import record_error  # noqa: E402
 
 
-def torch_twin(name: str, num_classes: int = 1000, width_mult: float = 1.0) -> torch.nn.Module:
-    """The float64 torch model whose names and computation ours copy (dropout off)."""
+def torch_twin(
+    name: str, num_classes: int = 1000, width_mult: float = 1.0, dtype=torch.float64
+) -> torch.nn.Module:
+    """The torch model whose names and computation ours copy (dropout off), in ``dtype``."""
     if name == "mobilenet_v1":
         model = _gen_mobilenet_v1("mobilenetv1_100", width_mult, num_classes=num_classes)
     elif name == "mobilenet_v2":
@@ -39,7 +41,7 @@ def torch_twin(name: str, num_classes: int = 1000, width_mult: float = 1.0) -> t
         model = timm.create_model("legacy_xception", num_classes=num_classes)
     else:
         raise ValueError(f"no torch twin for {name!r}")
-    return model.double()
+    return model.to(dtype)
 
 
 def assert_same_layout(ours, twin) -> None:
@@ -150,11 +152,13 @@ def check_parity(model, twin, x: np.ndarray, rng, rtol: float, key: str) -> None
     for what, value in actual.items():
         floor = 1e-3 * grad_scale if what.startswith("grad") else 0.0
         err = _rel(value, expected[what], floor)
-        allowed = (
-            rtol if torch32 is None else max(rtol, 4 * _rel(torch32[what], expected[what], floor))
-        )
         group = what.split(" ")[0] if what.startswith(("grad", "buffer")) else what
         worst[group] = max(worst.get(group, 0.0), err)
+        allowed = rtol
+        if torch32 is not None:
+            err32 = _rel(torch32[what], expected[what], floor)
+            worst[f"{group} (torch f32)"] = max(worst.get(f"{group} (torch f32)", 0.0), err32)
+            allowed = max(rtol, 4 * err32)
         if not err <= allowed:
             failures.append(f"{what}: relative error {err:.3e} > allowed {allowed:.1e}")
     for group, err in worst.items():

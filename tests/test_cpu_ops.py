@@ -540,7 +540,8 @@ def broadcast_pairs(draw):
 @given(shapes=broadcast_pairs(), layout=layouts, seed=seeds)
 def test_add_mul_broadcasting(op, dtype, shapes, layout, seed):
     rng = np.random.default_rng(seed)
-    a, b = (with_layout(rng.standard_normal(s).astype(dtype), layout) for s in shapes)
+    a, b = (rng.standard_normal(s).astype(dtype) for s in shapes)
+    a, b = (with_layout(v, layout) if v.ndim else v for v in (a, b))  # b may be 0-d
     y, cache = getattr(cpu, f"{op}_forward")(a, b)
     dy = with_layout(rng.standard_normal(y.shape).astype(dtype), layout)
     da, db = getattr(cpu, f"{op}_backward")(dy, cache)

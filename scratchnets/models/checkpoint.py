@@ -151,7 +151,8 @@ def save_checkpoint(source, path) -> Path:
             "PyTorch via numpy / safetensors.torch); it does not write pickled .pth files"
         )
     state = source.state_dict() if hasattr(source, "state_dict") else source
-    arrays = {name: np.ascontiguousarray(_as_array(v, name)) for name, v in state.items()}
+    # C order for safetensors (np.ascontiguousarray would turn 0-d arrays into 1-d ones)
+    arrays = {name: np.asarray(_as_array(v, name), order="C") for name, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
     if fmt == "npz":
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name

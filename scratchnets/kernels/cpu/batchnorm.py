@@ -15,7 +15,12 @@ is N contiguous runs of L values, and per channel (sums over the M = N*L values 
 Pass 2 of the statistics is the corrected two-pass algorithm: centring on a first mean makes the
 variance immune to |mean| >> std (the one-pass E[x^2] - E[x]^2 cancels catastrophically there),
 and the S1 terms remove the rounding error left in that first mean. All sums accumulate in
-float64 (float32 inputs too). Reductions are parallel over channels (each thread owns whole
+float64 (float32 inputs too). The reduction kernels are compiled with ``fastmath={"reassoc"}``
+(and nothing else: no NaN/inf assumptions), which lets LLVM split each sum into several
+vectorised partial sums: 5x faster on the dev box for (32, 64, 56, 56) float32 (36 -> 7 ms per
+statistics call, single thread), and no less accurate (partial sums are shorter). The
+elementwise passes are compiled without it, so their per-element rounding is fixed. Reductions
+are parallel over channels (each thread owns whole
 channels, so there are no shared accumulators); the elementwise passes are parallel over the
 N*C planes, which balances better when C is small. The cache holds x (not the reference's
 full-size xhat), and the backward recomputes xhat on the fly: one array fewer written and read.
@@ -37,7 +42,7 @@ from scratchnets.reference.batchnorm import _channel_vector
 from ._common import check_shape, kernel_array
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
 def _moments_kernel(x, mean, var):
     """mean[c], var[c] (biased) of x (N, C, L) over axes 0 and 2, corrected two-pass."""
     n, c, l = x.shape
@@ -73,10 +78,10 @@ def _normalize_kernel(x, mean, scale, beta, relu6, y):
             y[i, ch, j] = v
 
 
-@njit(parallel=True, cache=True)
-def _backward_kernel(dy, x, y, mean, inv_std, scale, training, relu6, dx, dsum, dxhat_sum):
-    """dsum[c] = sum(g), dxhat_sum[c] = sum(g * xhat) and dx, with g = dy (gated by 0 < y < 6
-    when relu6; ``y`` is read only then). All arrays (N, C, L) except the (C,) vectors.
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
+def _grad_sums_kernel(dy, x, y, mean, inv_std, relu6, dsum, dxhat_sum):
+    """dsum[c] = sum(g), dxhat_sum[c] = sum(g * xhat) over (N, L), with g = dy, or dy gated by
+    0 < y < 6 when relu6 (``y`` is read only then). dy, x, y (N, C, L); the sums (C,).
     """
     n, c, l = dy.shape
     for ch in prange(c):
@@ -85,24 +90,23 @@ def _backward_kernel(dy, x, y, mean, inv_std, scale, training, relu6, dx, dsum, 
         sgx = 0.0
         for i in range(n):
             for j in range(l):
-                g = dy[i, ch, j]
-                if relu6 and not (0.0 < y[i, ch, j] < 6.0):
-                    g = 0.0
+                g = dy[i, ch, j] if not relu6 or 0.0 < y[i, ch, j] < 6.0 else 0.0
                 sg += g
                 sgx += g * ((x[i, ch, j] - mu) * r)
         dsum[ch] = sg
         dxhat_sum[ch] = sgx
-    m = n * l
+
+
+@njit(parallel=True, cache=True)
+def _grad_input_kernel(dy, x, y, mean, inv_std, scale, g_mean, gx_mean, relu6, dx):
+    """dx = scale[c] * (g - g_mean[c] - xhat * gx_mean[c]), g as in ``_grad_sums_kernel``."""
+    n, c, l = dy.shape
     for k in prange(n * c):
         i, ch = k // c, k % c
-        mu, r, a = mean[ch], inv_std[ch], scale[ch]
-        g_mean = dsum[ch] / m if training else 0.0  # the path through mu
-        gx_mean = dxhat_sum[ch] / m if training else 0.0  # the path through var
+        mu, r, a, gm, gxm = mean[ch], inv_std[ch], scale[ch], g_mean[ch], gx_mean[ch]
         for j in range(l):
-            g = dy[i, ch, j]
-            if relu6 and not (0.0 < y[i, ch, j] < 6.0):
-                g = 0.0
-            dx[i, ch, j] = a * (g - g_mean - ((x[i, ch, j] - mu) * r) * gx_mean)
+            g = dy[i, ch, j] if not relu6 or 0.0 < y[i, ch, j] < 6.0 else 0.0
+            dx[i, ch, j] = a * (g - gm - ((x[i, ch, j] - mu) * r) * gxm)
 
 
 @dataclass(frozen=True)
@@ -171,21 +175,16 @@ def normalize_backward(dy, cache: BatchNormCache, relu6: bool):
     check_shape(dy, cache.x.shape, "batch_norm2d_backward")
     as3 = (n, c, h * w)  # (N, C, L) views for the kernel
     scale = cache.inv_std if cache.gamma is None else cache.gamma * cache.inv_std  # (C,)
-    dx = np.empty_like(dy)
+    dy3, x3 = dy.reshape(as3), cache.x.reshape(as3)
+    y3 = (cache.y if relu6 else cache.x).reshape(as3)  # read by the kernels only when relu6
     dsum, dxhat_sum = np.empty(c), np.empty(c)  # (C,) float64
-    gate_y = cache.y if relu6 else cache.x  # read by the kernel only when relu6
-    _backward_kernel(
-        dy.reshape(as3),
-        cache.x.reshape(as3),
-        gate_y.reshape(as3),
-        cache.mean,
-        cache.inv_std,
-        scale,
-        cache.training,
-        relu6,
-        dx.reshape(as3),
-        dsum,
-        dxhat_sum,
+    _grad_sums_kernel(dy3, x3, y3, cache.mean, cache.inv_std, relu6, dsum, dxhat_sum)
+    m = n * h * w
+    # training: the paths through mu and var; eval: the statistics are constants
+    g_mean, gx_mean = (dsum / m, dxhat_sum / m) if cache.training else (np.zeros(c), np.zeros(c))
+    dx = np.empty_like(dy)
+    _grad_input_kernel(
+        dy3, x3, y3, cache.mean, cache.inv_std, scale, g_mean, gx_mean, relu6, dx.reshape(as3)
     )
     dweight = None if cache.gamma is None else dxhat_sum.astype(dy.dtype)
     dbias = dsum.astype(dy.dtype) if cache.has_bias else None

@@ -104,6 +104,16 @@ def _axpy(a, x, xi, y, yi, n):
 
 
 @njit(cache=True, inline="always")
+def _axpy3(a0, a1, a2, x, i0, i1, i2, y, n):
+    """y[:n] += a0 * x[i0 : i0 + n] + a1 * x[i1 : i1 + n] + a2 * x[i2 : i2 + n].
+
+    Three kernel taps in one pass: y is loaded and stored once instead of three times.
+    """
+    for k in range(n):
+        y[uint64(k)] += a0 * x[uint64(i0 + k)] + a1 * x[uint64(i1 + k)] + a2 * x[uint64(i2 + k)]
+
+
+@njit(cache=True, inline="always")
 def _mul_add(a, ai, b, bi, y, yi, n):
     """y[yi : yi + n] += a[ai : ai + n] * b[bi : bi + n] on flat arrays."""
     for k in range(n):
@@ -174,64 +184,90 @@ class _Phases:
     row ``k*Hq + p``. Stacking makes the shifts long even for 4x4 planes (the rows between the
     images are scratch, like the columns q >= OW); without it a 4x4 plane gives loops of ~20
     elements that never reach the vectorised loop body.
+
+    Input pixel (r, s) of column phase ``b = (s + left) % sw`` lands at flat offset
+    ``row_dst[r] + col_dst[b] + (s - col_src[b]) // sw``; the tables are precomputed because
+    integer divisions in the per-row loop were the main cost on 4x4 planes.
     """
 
-    Hq: int
+    buffer: int  # sh*sw * images * Hq*Wq: the flat phase buffer
+    plane: int  # Hq * Wq
     Wq: int
     images: int  # images stacked per buffer
-    tap_offset: np.ndarray  # (kh*kw,) int64, offsets into the flat buffer
+    tap_offset: np.ndarray  # (kh*kw,) offsets into the flat buffer
+    row_dst: np.ndarray  # (H,) offset of input row r
+    col_src: np.ndarray  # (sw,) first input column of column phase b
+    col_count: np.ndarray  # (sw,) number of input columns of column phase b
+    col_dst: np.ndarray  # (sw,) offset of column phase b's first column
 
     @classmethod
     def of(cls, g: ConvGeometry) -> _Phases:
         (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
-        Hq, Wq = -(-g.padded_hw[0] // sh), -(-g.padded_hw[1] // sw)
+        (top, bottom, left, right), (Hp, Wp) = g.pads, g.padded_hw
+        H, W = Hp - top - bottom, Wp - left - right
+        Hq, Wq = -(-Hp // sh), -(-Wp // sw)
         runs = -(-g.batch // max(1, -(-_STACK_TARGET // (Hq * Wq))))  # runs of the batch
         images = -(-g.batch // runs)  # spread the batch evenly over the runs
-        offsets = [
-            ((i * dh % sh) * sw + j * dw % sw) * images * Hq * Wq + (i * dh // sh) * Wq + j * dw // sw
-            for i in range(kh)
-            for j in range(kw)
-        ]
-        return cls(Hq, Wq, images, np.array(offsets, dtype=np.int64))
+        size = images * Hq * Wq  # one phase plane of the stack
+        taps = [(i * dh, j * dw) for i in range(kh) for j in range(kw)]
+        offsets = [(a % sh * sw + b % sw) * size + a // sh * Wq + b // sw for a, b in taps]
+        rows = [(r + top) % sh * sw * size + (r + top) // sh * Wq for r in range(H)]
+        first = [(b - left) % sw for b in range(sw)]  # first column s with (s + left) % sw == b
+        count = [len(range(s0, W, sw)) for s0 in first]
+        dst = [b * size + (s0 + left) // sw for b, s0 in enumerate(first)]
+        tables = (np.array(v, dtype=np.int64) for v in (offsets, rows, first, count, dst))
+        return cls(sh * sw * size, Hq * Wq, Wq, images, *tables)
 
-    def args(self, g: ConvGeometry) -> tuple:
-        """The geometry arguments of the depthwise kernels."""
-        (sh, sw), (top, _, left, _) = g.stride, g.pads
-        return (top, left, sh, sw, self.Hq, self.Wq, self.images, self.tap_offset)
+    def args(self) -> tuple:
+        """The layout arguments of the depthwise kernels, in their order."""
+        return (self.buffer, self.plane, self.Wq, self.images, self.tap_offset) + self.pixel_map()
+
+    def pixel_map(self) -> tuple:
+        return (self.row_dst, self.col_src, self.col_count, self.col_dst)
 
 
 @njit(cache=True, inline="always")
-def _to_phases(xf, x0, H, W, top, left, sh, sw, Hq, Wq, phase_size, ph, k0):
-    """Copy the plane ``xf[x0 : x0 + H*W]`` (H, W) into its place among the phase planes.
-
-    ``ph`` (sh*sw, images, Hq, Wq) flat, ``phase_size = images*Hq*Wq``; the plane is stacked
-    image ``k0 // (Hq*Wq)``. Padding positions are left as they are (zero).
+def _to_phases(xf, x0, W, row_dst, col_src, col_count, col_dst, ph, k0):
+    """Copy the plane ``xf[x0 : x0 + H*W]`` (H, W) into the flat phase buffer ``ph``, stacked at
+    offset ``k0`` within each phase plane. Padding positions are not written (they stay 0).
     """
-    for r in range(H):
-        R = r + top  # padded row
-        row0 = (R % sh) * sw * phase_size + k0 + (R // sh) * Wq  # phase (R % sh, 0)
+    sw = col_src.size
+    for r in range(row_dst.size):
         for b in range(sw):
-            s_first = (b - left) % sw  # first column s with (s + left) % sw == b
-            n = (W - s_first + sw - 1) // sw
-            dst = row0 + b * phase_size + (s_first + left) // sw
-            _copy(xf, x0 + r * W + s_first, sw, ph, dst, 1, n)
+            _copy(
+                xf, x0 + r * W + col_src[b], sw, ph, k0 + row_dst[r] + col_dst[b], 1, col_count[b]
+            )
 
 
 @njit(cache=True, inline="always")
-def _from_phases(ph, H, W, top, left, sh, sw, Hq, Wq, phase_size, k0, xf, x0):
+def _from_phases(ph, k0, row_dst, col_src, col_count, col_dst, xf, x0, W):
     """Adjoint of ``_to_phases`` on the real pixels: ``xf[x0 + r*W + s] = phase value of (r, s)``."""
-    for r in range(H):
-        R = r + top
-        row0 = (R % sh) * sw * phase_size + k0 + (R // sh) * Wq
+    sw = col_src.size
+    for r in range(row_dst.size):
         for b in range(sw):
-            s_first = (b - left) % sw
-            n = (W - s_first + sw - 1) // sw
-            src = row0 + b * phase_size + (s_first + left) // sw
-            _copy(ph, src, 1, xf, x0 + r * W + s_first, sw, n)
+            _copy(
+                ph, k0 + row_dst[r] + col_dst[b], 1, xf, x0 + r * W + col_src[b], sw, col_count[b]
+            )
 
 
 @njit(parallel=True, cache=True)
-def _depthwise_forward_kernel(x, w, b, use_bias, y, top, left, sh, sw, Hq, Wq, images, tap_offset, blocks):
+def _depthwise_forward_kernel(
+    x,
+    w,
+    b,
+    use_bias,
+    y,
+    buffer,
+    plane,
+    Wq,
+    images,
+    tap_offset,
+    row_dst,
+    col_src,
+    col_count,
+    col_dst,
+    blocks,
+):
     """y[n, o] = b[o] + sum_taps w[o, tap] * (shifted phase plane of x[n, o // M]).
 
     x (N, C, H, W), w (C*M, 1, kh, kw), b (C*M,) (ignored unless use_bias), y (N, C*M, OH, OW).
@@ -243,24 +279,29 @@ def _depthwise_forward_kernel(x, w, b, use_bias, y, top, left, sh, sw, Hq, Wq, i
     C_out, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     M, taps = C_out // C, tap_offset.size
     xf, yf, w2 = x.reshape(-1), y.reshape(-1), w.reshape(C_out, taps)
-    plane, phase_size = Hq * Wq, images * Hq * Wq
     runs = (N + images - 1) // images
     units = C * runs
     for blk in prange(blocks):
-        ph = np.zeros(sh * sw * phase_size, dtype=x.dtype)
-        out = np.empty(phase_size, dtype=x.dtype)  # stacked output grid (>= L)
+        ph = np.zeros(buffer, dtype=x.dtype)  # X of one unit (padding positions stay 0)
+        out = np.empty(images * plane, dtype=x.dtype)  # the unit's stacked output grid
         for unit in range(blk * units // blocks, (blk + 1) * units // blocks):
             c, n0 = unit // runs, (unit % runs) * images
             nb = min(images, N - n0)
-            L = (nb - 1) * plane + (OH - 1) * Wq + OW  # stacked output grid length
+            L = (nb - 1) * plane + (OH - 1) * Wq + OW  # used length of the output grid
             for k in range(nb):
                 x0 = ((n0 + k) * C + c) * H * W
-                _to_phases(xf, x0, H, W, top, left, sh, sw, Hq, Wq, phase_size, ph, k * plane)
+                _to_phases(xf, x0, W, row_dst, col_src, col_count, col_dst, ph, k * plane)
             for m in range(M):
                 o = c * M + m
+                a = w2[o]  # (taps,)
                 out[:L] = b[o] if use_bias else 0.0
-                for t in range(taps):
-                    _axpy(w2[o, t], ph, tap_offset[t], out, 0, L)
+                t = 0
+                while t + 3 <= taps:  # taps three at a time, then the rest one by one
+                    i0, i1, i2 = tap_offset[t], tap_offset[t + 1], tap_offset[t + 2]
+                    _axpy3(a[t], a[t + 1], a[t + 2], ph, i0, i1, i2, out, L)
+                    t += 3
+                for t in range(t, taps):
+                    _axpy(a[t], ph, tap_offset[t], out, 0, L)
                 for k in range(nb):  # keep rows p < OH and columns q < OW of each image
                     y0 = ((n0 + k) * C_out + o) * OH * OW
                     for p in range(OH):
@@ -268,7 +309,9 @@ def _depthwise_forward_kernel(x, w, b, use_bias, y, top, left, sh, sw, Hq, Wq, i
 
 
 @njit(parallel=True, cache=True)
-def _depthwise_backward_kernel(x, w, dy, dx, dwt, top, left, sh, sw, Hq, Wq, images, tap_offset):
+def _depthwise_backward_kernel(
+    x, w, dy, dx, dwt, buffer, plane, Wq, images, tap_offset, row_dst, col_src, col_count, col_dst
+):
     """Fused dx and dw of the depthwise conv, parallel over input channels c.
 
     With dY the planes dy[n, o] on the stacked output grid (scratch positions zero) and X the
@@ -286,29 +329,30 @@ def _depthwise_backward_kernel(x, w, dy, dx, dwt, top, left, sh, sw, Hq, Wq, ima
     M, taps = C_out // C, tap_offset.size
     xf, dyf, dxf = x.reshape(-1), dy.reshape(-1), dx.reshape(-1)
     w2, dw2 = w.reshape(C_out, taps), dwt.reshape(C_out, taps)
-    plane, phase_size = Hq * Wq, images * Hq * Wq
-    L_full = (images - 1) * plane + (OH - 1) * Wq + OW
     for c in prange(C):
-        ph = np.zeros(sh * sw * phase_size, dtype=x.dtype)  # X (padding stays 0)
-        dph = np.empty(sh * sw * phase_size, dtype=x.dtype)  # dX
-        grid = np.zeros(L_full, dtype=x.dtype)  # dY (scratch positions stay 0)
-        acc = np.zeros((M, taps, L_full), dtype=x.dtype)
+        ph = np.zeros(buffer, dtype=x.dtype)  # X (padding stays 0)
+        dph = np.empty(buffer, dtype=x.dtype)  # dX
+        grid = np.zeros(images * plane, dtype=x.dtype)  # dY (scratch positions stay 0)
+        acc = np.zeros((M, taps, images * plane), dtype=x.dtype)
         for n0 in range(0, N, images):
             nb = min(images, N - n0)
             L = (nb - 1) * plane + (OH - 1) * Wq + OW
             for k in range(nb):
-                _to_phases(xf, ((n0 + k) * C + c) * H * W, H, W, top, left, sh, sw, Hq, Wq, phase_size, ph, k * plane)
+                x0 = ((n0 + k) * C + c) * H * W
+                _to_phases(xf, x0, W, row_dst, col_src, col_count, col_dst, ph, k * plane)
             dph[:] = 0.0
             for m in range(M):
                 o = c * M + m
                 for k in range(nb):
+                    y0 = ((n0 + k) * C_out + o) * OH * OW
                     for p in range(OH):
-                        _copy(dyf, (((n0 + k) * C_out + o) * OH + p) * OW, 1, grid, k * plane + p * Wq, 1, OW)
+                        _copy(dyf, y0 + p * OW, 1, grid, k * plane + p * Wq, 1, OW)
                 for t in range(taps):
                     _axpy(w2[o, t], grid, 0, dph, tap_offset[t], L)
                     _mul_add(grid, 0, ph, tap_offset[t], acc[m, t], 0, L)
             for k in range(nb):
-                _from_phases(dph, H, W, top, left, sh, sw, Hq, Wq, phase_size, k * plane, dxf, ((n0 + k) * C + c) * H * W)
+                x0 = ((n0 + k) * C + c) * H * W
+                _from_phases(dph, k * plane, row_dst, col_src, col_count, col_dst, dxf, x0, W)
         for m in range(M):
             for t in range(taps):
                 dw2[c * M + m, t] = acc[m, t].sum()
@@ -320,13 +364,13 @@ def _depthwise_forward(x, w, b, g: ConvGeometry) -> np.ndarray:
     phases = _Phases.of(g)
     units = g.in_channels * -(-g.batch // phases.images)
     blocks = min(units, 4 * get_num_threads())  # a few spans per thread
-    _depthwise_forward_kernel(x, w, bias, b is not None, y, *phases.args(g), blocks)
+    _depthwise_forward_kernel(x, w, bias, b is not None, y, *phases.args(), blocks)
     return y
 
 
 def _depthwise_backward(dy, x, w, g: ConvGeometry):
     dx, dwt = np.empty_like(x), np.empty_like(w)
-    _depthwise_backward_kernel(x, w, dy, dx, dwt, *_Phases.of(g).args(g))
+    _depthwise_backward_kernel(x, w, dy, dx, dwt, *_Phases.of(g).args())
     return dx, dwt
 
 

@@ -77,7 +77,8 @@ def _cast_kernel(src, dst):
 
 
 def device_array(a, name: str, dtype=None):
-    """``a`` (NumPy or device, float32/float64) as a C-contiguous device array of ``dtype``.
+    """``a`` (NumPy or device, float32/float64) as a C-contiguous device array of ``dtype`` (0-d
+    arrays stay 0-d).
 
     ``dtype`` None keeps the array's own dtype. No copy when ``a`` already qualifies. A
     contiguous device array of another float dtype is cast on the device; a non-contiguous
@@ -86,9 +87,9 @@ def device_array(a, name: str, dtype=None):
     own = check_float(a, name)
     dtype = own if dtype is None else np.dtype(dtype)
     if not is_device_array(a):
-        return cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
+        return cuda.to_device(np.asarray(a, dtype=dtype, order="C"))
     if not a.is_c_contiguous():
-        return cuda.to_device(np.ascontiguousarray(a.copy_to_host(), dtype=dtype))
+        return cuda.to_device(np.asarray(a.copy_to_host(), dtype=dtype, order="C"))
     if own == dtype:
         return a
     out = empty(a.shape, dtype)

@@ -1,0 +1,123 @@
+"""VGG16 (torchvision ``vgg16`` / ``vgg16_bn``) and Xception (timm ``legacy_xception``) against
+their genuine twins, plus the any-size adaptive average pool VGG's head needs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import scratchnets as sn
+from scratchnets.models.blocks import AdaptiveAvgPool2d, adaptive_pool_matrix
+from scratchnets.nn import BatchNorm2d
+from tests.helpers import assert_close_f64, record_error, t, torch_grads
+from tests.model_twins import BACKENDS, assert_same_layout, check_parity, randomize_bn, torch_twin
+
+pytestmark = pytest.mark.torch_models
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("vgg16", 138_357_544), ("vgg16_bn", 138_365_992), ("xception", 22_855_952)],
+)
+def test_parameter_count_and_layout_equal_twin(name, expected):
+    model = sn.models.create(name, rng=0)
+    assert sum(p.data.size for p in model.parameters()) == expected
+    assert_same_layout(model, torch_twin(name, dtype=torch.float32))
+
+
+@pytest.mark.slow
+def test_vgg16_float64_parity_with_twin():
+    """One eval and one train forward/backward at 32x32 (the feature map ends at 1x1 and the
+    adaptive pool repeats it to 7x7), 10 classes, dropout off."""
+    model = sn.models.create("vgg16", 10, rng=0, dtype=np.float64, dropout=0.0)
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32))
+    check_parity(
+        model, torch_twin("vgg16", 10), x, np.random.default_rng(2), 1e-9, "reference/vgg16 f64"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_xception_float64_parity_with_twin(backend):
+    """71x71, the smallest input Keras accepts: 35, 33, 17, 9, 5, 3 through the flows."""
+    model = sn.models.create("xception", 5, rng=0, dtype=np.float64).to(backend)
+    randomize_bn(model, np.random.default_rng(3))
+    x = np.random.default_rng(4).standard_normal((2, 3, 71, 71))
+    check_parity(
+        model,
+        torch_twin("xception", 5),
+        x,
+        np.random.default_rng(5),
+        1e-9,
+        f"{backend}/xception f64",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "size", "classes"), [("xception", (75, 80), 4), ("vgg16_bn", (32, 32), 10)]
+)
+def test_fuse_equals_eval_model(name, size, classes):
+    """Every conv/BN pair folds (Xception: stem, separable pointwise convs, conv shortcuts;
+    VGG16-BN: all 13), and the fused float64 model gives the eval outputs."""
+    model = sn.models.create(name, classes, rng=0, dtype=np.float64)
+    randomize_bn(model, np.random.default_rng(6))
+    x = np.random.default_rng(7).standard_normal((1, 3, *size))
+    expected = model.eval()(x)
+    fused = sn.models.fuse(model)
+    assert not any(isinstance(m, BatchNorm2d) for m in fused.modules())
+    err = record_error(f"reference/{name} fuse float64", fused(x), expected)
+    assert err <= 1e-10
+
+
+def test_fixed_width_models_refuse_width_mult():
+    with pytest.raises(ValueError, match="fixed width"):
+        sn.models.create("xception", width_mult=0.5)
+
+
+# ------------------------------------------------------------------ adaptive average pool
+
+
+@settings(max_examples=25)
+@given(
+    in_size=st.tuples(st.integers(1, 11), st.integers(1, 11)),
+    out_size=st.tuples(st.integers(1, 8), st.integers(1, 8)),
+    seed=st.integers(0, 2**16),
+)
+def test_adaptive_avg_pool_matches_torch(in_size, out_size, seed):
+    """Any in/out sizes (shrinking, growing, not dividing): forward and backward equal
+    ``F.adaptive_avg_pool2d`` in float64."""
+    rng = np.random.default_rng(seed)
+    pool = AdaptiveAvgPool2d(out_size)
+    x = rng.standard_normal((2, 3, *in_size))
+    y = pool(x)
+    xt = t(x, requires_grad=True)
+    yt = F.adaptive_avg_pool2d(xt, out_size)
+    dy = rng.standard_normal(y.shape)
+    (dx_t,) = torch_grads(yt, [xt], dy)
+    assert_close_f64(y, yt.detach().numpy(), what="y")
+    record_error("reference/adaptive_avg_pool2d dx", pool.backward(dy), dx_t)
+    assert_close_f64(pool.backward(dy), dx_t, what="dx")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adaptive_avg_pool_float32_on_backends(backend):
+    rng = np.random.default_rng(8)
+    pool = AdaptiveAvgPool2d((7, 7)).to(backend)
+    x = rng.standard_normal((2, 4, 10, 3)).astype(np.float32)
+    y = pool(x)
+    assert y.dtype == np.float32
+    expected = F.adaptive_avg_pool2d(t(x), (7, 7)).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_adaptive_pool_matrix_rows_average_torch_bins():
+    a = adaptive_pool_matrix(5, 3)  # bins [0, 2), [1, 4), [3, 5)
+    np.testing.assert_allclose(
+        a, [[0.5, 0.5, 0, 0, 0], [0, 1 / 3, 1 / 3, 1 / 3, 0], [0, 0, 0, 0.5, 0.5]]
+    )
