@@ -82,7 +82,7 @@ def test_equals_reference_backend(case):
     _, y, grads = run(case, CPU, np.float64)
     _, y_ref, grads_ref = run(case, REFERENCE, np.float64)
     assert_close_f64(y, y_ref, rtol=1e-12, what="y")
-    for name, ours, theirs in zip(("dx", "dw", "db"), grads, grads_ref):
+    for name, ours, theirs in zip(("dx", "dw", "db"), grads, grads_ref, strict=True):
         if theirs is None:
             assert ours is None, name
         else:
@@ -140,7 +140,7 @@ def test_non_contiguous_dy(layout):
     _, cache = cpu_conv.conv2d_forward(x, w, b, case.stride, case.padding, groups=case.groups)
     grads = cpu_conv.conv2d_backward(with_layout(dy, layout), cache)
     expected = cpu_conv.conv2d_backward(np.ascontiguousarray(dy), cache)
-    for ours, theirs in zip(grads, expected):
+    for ours, theirs in zip(grads, expected, strict=True):
         np.testing.assert_array_equal(ours, theirs)
 
 
@@ -151,5 +151,7 @@ def test_same_errors_as_reference():
     with pytest.raises(TypeError, match="float32 or float64"):
         cpu_conv.conv2d_forward(np.zeros((1, 2, 3, 3), int), np.zeros((1, 2, 1, 1)))
     _, cache = cpu_conv.conv2d_forward(np.zeros((1, 2, 5, 5)), np.zeros((3, 2, 3, 3)))
-    with pytest.raises(ValueError, match=r"dy has shape \(1, 3, 5, 5\), y had shape \(1, 3, 3, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"dy has shape \(1, 3, 5, 5\), y had shape \(1, 3, 3, 3\)"
+    ):
         cpu_conv.conv2d_backward(np.zeros((1, 3, 5, 5)), cache)

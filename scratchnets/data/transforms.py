@@ -324,19 +324,25 @@ class RandAugment:
 class Normalize:
     """``uint8 (H, W, 3)`` -> ``float32 (3, H, W)``: ``(x / 255 - mean[c]) / std[c]``.
 
-    ``torchvision``'s ``ToTensor()`` followed by ``Normalize(mean, std)``, in one step.
+    ``torchvision``'s ``ToTensor()`` followed by ``Normalize(mean, std)``, in one step, computed as
+    ``x * scale[c] - shift[c]`` with ``scale = 1 / (255 std)``, ``shift = mean / std`` (one multiply
+    and one subtract over the image: several times faster than four passes; equal to ~1 float32 ulp).
     """
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+        self.mean = np.asarray(mean, dtype=np.float64).reshape(3, 1, 1)
+        self.std = np.asarray(std, dtype=np.float64).reshape(3, 1, 1)
         if np.any(self.std <= 0):
             raise ValueError(f"std must be positive, got {std}")
+        self._scale = (1.0 / (255.0 * self.std)).astype(np.float32)  # (3, 1, 1)
+        self._shift = (self.mean / self.std).astype(np.float32)  # (3, 1, 1)
 
     def __call__(self, img: np.ndarray, rng=None) -> np.ndarray:
         _check_image(img)
-        chw = img.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)  # (3, H, W) in [0, 1]
-        return np.ascontiguousarray((chw - self.mean) / self.std)
+        out = np.empty((3, *img.shape[:2]), dtype=np.float32)  # (3, H, W)
+        np.multiply(img.transpose(2, 0, 1), self._scale, out=out)
+        out -= self._shift
+        return out
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean.ravel().tolist()}, std={self.std.ravel().tolist()})"

@@ -498,9 +498,11 @@ def test_add_rejects_bad_shapes_with_names():
 @pytest.mark.parametrize("axis", [1, -1, 0])
 def test_concat_and_slice_match_torch(axis):
     rng = np.random.default_rng(2)
-    xs = [rand(rng, (2, c, 3), np.float64) for c in (1, 3, 2)] if axis == 1 else None
-    if axis != 1:
-        xs = [rand(rng, (2, 2, 3), np.float64), rand(rng, (2, 2, 3), np.float64)]
+    sizes = (1, 3, 2)  # the inputs' extents along the concat axis
+    xs = [
+        rand(rng, (2, 2, 3)[: axis % 3] + (n,) + (2, 2, 3)[axis % 3 + 1 :], np.float64)
+        for n in sizes
+    ]
     y, cache = K.concat_forward([cuda.to_device(xs[0]), *xs[1:]], axis)
     ts = [t(x, True) for x in xs]
     yt = torch.cat(ts, dim=axis)

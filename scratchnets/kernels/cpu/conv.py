@@ -300,8 +300,8 @@ def _depthwise_forward_kernel(
                     i0, i1, i2 = tap_offset[t], tap_offset[t + 1], tap_offset[t + 2]
                     _axpy3(a[t], a[t + 1], a[t + 2], ph, i0, i1, i2, out, L)
                     t += 3
-                for t in range(t, taps):
-                    _axpy(a[t], ph, tap_offset[t], out, 0, L)
+                for rest in range(t, taps):
+                    _axpy(a[rest], ph, tap_offset[rest], out, 0, L)
                 for k in range(nb):  # keep rows p < OH and columns q < OW of each image
                     y0 = ((n0 + k) * C_out + o) * OH * OW
                     for p in range(OH):

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
 def _gate_backward_kernel(dy, features, gate, dfeatures, dgate):
     """dfeatures[p, :] = dy[p, :] * gate[p];  dgate[p] = sum_j dy[p, j] * features[p, j].
 

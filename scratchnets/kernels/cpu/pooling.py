@@ -99,9 +99,9 @@ def _avg_pool_backward_kernel(dy, kh, kw, sh, sw, top, left, count_include_pad, 
                         dx[p, h0 + i, w0 + j] += share
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
 def _plane_mean_kernel(x, y):
-    """y[p] = mean of the row x[p] (P, L), accumulated in float64."""
+    """y[p] = mean of the row x[p] (P, L), accumulated in float64 (vectorised partial sums)."""
     planes, length = x.shape
     for p in prange(planes):
         s = 0.0

@@ -41,7 +41,7 @@ def block_tree_sum(partial, tid):
     step = REDUCE_THREADS // 2
     while step > 0:
         if tid < step:
-            partial[tid] += partial[tid + step] * (step > 1)
+            partial[tid] += partial[tid + step]
         cuda.syncthreads()
         step //= 2
 

@@ -1,0 +1,195 @@
+"""Evaluate a model on labelled images, and classify single images, from a training checkpoint.
+
+Metrics over ``n`` images with true labels ``y_i`` and logits ``z_i`` (K classes)::
+
+    loss      = (1 / n) sum_i [logsumexp(z_i) - z_i[y_i]]     plain cross-entropy, no smoothing
+    accuracy  = (1 / n) sum_i [argmax z_i == y_i]
+    confusion[t, p] = #{i : y_i = t, argmax z_i = p}           rows: true class, columns: predicted
+    per_class_accuracy[c] = confusion[c, c] / sum_p confusion[c, p]
+
+(``torch.nn.functional.cross_entropy`` with ``reduction="mean"``; the log-sum-exp is taken in
+float64 with the row maximum subtracted.) Images go through the checkpoint's evaluation
+pipeline: shorter side to ``round(S / 0.875)``, centre crop ``S``, normalisation, as in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .. import data, models
+from ..arrays import to_numpy
+from .checkpointing import load_checkpoint, load_weights_into
+
+
+def default_backend() -> str:
+    """"cpu" (the Numba kernels) when they import, else "reference"."""
+    try:
+        import scratchnets.kernels.cpu  # noqa: F401
+    except ImportError:
+        return "reference"
+    return "cpu"
+
+
+def log_softmax64(logits: np.ndarray) -> np.ndarray:
+    """``z - logsumexp(z)`` per row, in float64: (N, K) -> (N, K)."""
+    z = np.asarray(logits, dtype=np.float64)
+    shifted = z - z.max(axis=1, keepdims=True)  # (N, K), max 0 per row: exp cannot overflow
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+class MetricAccumulator:
+    """Running sums of the metrics above over batches of (logits (N, K), labels (N,))."""
+
+    def __init__(self, num_classes: int):
+        self.loss_sum = 0.0
+        self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        logp = log_softmax64(logits)  # (N, K)
+        self.loss_sum += float(-logp[np.arange(len(labels)), labels].sum())
+        np.add.at(self.confusion, (labels, logp.argmax(axis=1)), 1)
+
+    def result(self, classes: Sequence[str]) -> dict:
+        n = int(self.confusion.sum())
+        if n == 0:
+            raise ValueError("no images were evaluated (all unreadable, or an empty folder)")
+        per_class_n = self.confusion.sum(axis=1)
+        diag = np.diag(self.confusion)
+        return {
+            "n": n,
+            "accuracy": float(diag.sum() / n),
+            "loss": self.loss_sum / n,
+            "classes": list(classes),
+            "per_class_accuracy": {
+                name: (float(diag[c] / per_class_n[c]) if per_class_n[c] else None)
+                for c, name in enumerate(classes)
+            },
+            "per_class_n": {name: int(per_class_n[c]) for c, name in enumerate(classes)},
+            "confusion_matrix": self.confusion.tolist(),
+        }
+
+
+def evaluate_model(model, batches: Iterable, classes: Sequence[str]) -> dict:
+    """Metrics of ``model`` (put in eval mode, then restored) over ``(x, y)`` batches."""
+    was_training = model.training
+    model.eval()
+    acc = MetricAccumulator(len(classes))
+    try:
+        for x, y in batches:
+            acc.add(to_numpy(model(x)), y)
+    finally:
+        model.train(was_training)
+    return acc.result(classes)
+
+
+def model_from_meta(meta: dict, backend: str):
+    """A freshly built model of the architecture a checkpoint's ``model`` entry describes."""
+    model = models.create(
+        meta["name"], num_classes=int(meta["num_classes"]), width_mult=float(meta["width_mult"])
+    )
+    return model.to(backend)
+
+
+def load_for_inference(path: str | Path, backend: str | None = None):
+    """``(model in eval mode with the checkpoint's evaluation weights, checkpoint model entry)``.
+
+    The evaluation weights are the EMA's when the run used EMA (``meta["eval_weights"]``).
+    """
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt or "weights" not in ckpt:
+        raise ValueError(f"{str(path)!r} has no model entry: not a training checkpoint")
+    meta = ckpt["model"]
+    model = model_from_meta(meta, backend or default_backend())
+    weights = ckpt.get(meta.get("eval_weights", "weights")) or ckpt["weights"]
+    load_weights_into(model, weights, str(path), meta)
+    return model.eval(), meta
+
+
+def _eval_pipeline(meta: dict):
+    norm = meta.get("normalize", {})
+    return data.eval_transforms(
+        int(meta["image_size"]),
+        norm.get("mean", data.IMAGENET_MEAN),
+        norm.get("std", data.IMAGENET_STD),
+    )
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    data_dir: str | Path,
+    batch_size: int = 64,
+    backend: str | None = None,
+    workers: int = 1,
+) -> dict:
+    """Metrics of the checkpoint at ``path`` on ``data_dir`` (one sub-folder per class).
+
+    The folder's classes must be among the checkpoint's; label ``i`` is the checkpoint's class
+    ``i`` whatever folders are present. Unreadable images are skipped with a warning.
+    """
+    model, meta = load_for_inference(path, backend)
+    images = data.list_images(data_dir, classes=meta["classes"])
+    dataset = data.ImageFolderDataset(images, int(meta["image_size"]), name=str(data_dir))
+    loader = data.DataLoader(
+        dataset, batch_size, shuffle=False, transforms=_eval_pipeline(meta), workers=workers
+    )
+    result = evaluate_model(model, loader, meta["classes"])
+    result["checkpoint"] = str(path)
+    result["data"] = str(data_dir)
+    result["skipped"] = len(dataset.skipped)
+    return result
+
+
+def format_report(result: dict) -> str:
+    """Human-readable accuracy, loss, per-class accuracy and the confusion matrix."""
+    classes = result["classes"]
+    width = max(8, *(len(c) for c in classes)) + 1
+    lines = [
+        f"{result['checkpoint']} on {result['data']}: {result['n']} images",
+        f"accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}",
+        "per-class accuracy:",
+    ]
+    for name in classes:
+        acc = result["per_class_accuracy"][name]
+        shown = "   n/a" if acc is None else f"{acc:.4f}"
+        lines.append(f"  {name:<{width}}{shown}  ({result['per_class_n'][name]} images)")
+    lines.append("confusion matrix (rows: true, columns: predicted):")
+    lines.append(" " * (width + 2) + "".join(f"{c:>{width}}" for c in classes))
+    for name, row in zip(classes, result["confusion_matrix"], strict=True):
+        lines.append(f"  {name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+    return "\n".join(lines)
+
+
+def predict_images(
+    path: str | Path, images: Sequence[str | Path], backend: str | None = None
+) -> list[dict]:
+    """Class and probability (softmax of the logits) per image file.
+
+    Returns one dict per image: ``{"image", "class", "probability", "probabilities"}``, or
+    ``{"image", "error"}`` for a file that cannot be decoded.
+    """
+    model, meta = load_for_inference(path, backend)
+    pipeline = _eval_pipeline(meta)
+    classes = meta["classes"]
+    out = []
+    for image in images:
+        try:
+            pixels = np.asarray(data.open_rgb(image))
+        except (data.CorruptImageError, OSError) as exc:
+            out.append({"image": str(image), "error": str(exc)})
+            continue
+        x = pipeline(pixels)[None]  # (1, 3, S, S)
+        probs = np.exp(log_softmax64(to_numpy(model(x))))[0]  # (K,)
+        k = int(probs.argmax())
+        out.append(
+            {
+                "image": str(image),
+                "class": classes[k],
+                "probability": float(probs[k]),
+                "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
+            }
+        )
+    return out
