@@ -384,6 +384,7 @@ def test_memory_cache_decodes_each_file_once(tmp_path, monkeypatch):
     )  # shorter side 9
     list(loader)
     assert len(calls) == 9 and ds.stats["decoded"] == 9 and ds.stats["memory_hits"] >= 9
+    assert not ds[0][0].flags.writeable  # the cached copy cannot be edited by a transform
 
 
 def test_disk_cache_survives_a_new_dataset_and_notices_changed_files(tmp_path, monkeypatch):

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-HELP = "per-op CPU kernels vs torch on MobileNetV2 layer shapes (depthwise, pointwise, BN, ReLU6)"
-
 from .timing import format_table, machine_info, median_time, print_header, setup_torch
+
+HELP = "per-op CPU kernels vs torch on MobileNetV2 layer shapes (depthwise, pointwise, BN, ReLU6)"
 
 #: MobileNetV2's inverted-residual settings (expansion t, output channels c, repeats n, stride s)
 MOBILENET_V2_BLOCKS = (

@@ -45,7 +45,7 @@ _ORDER, _SAMPLE, _BATCH = 0, 1, 2
 class ImageFolderDataset:
     """Images of an :class:`ImageList` as cached ``(H, W, 3)`` uint8 arrays with shorter side ``cache_size``.
 
-    ``dataset[i]`` -> ``(pixels, label)``, raising :class:`CorruptImageError` for an unreadable file;
+    ``dataset[i]`` -> ``(pixels, label)`` (pixels read-only: they are the cached copy), raising :class:`CorruptImageError` for an unreadable file;
     :meth:`get` returns ``None`` for it instead, counting it in ``skipped``. ``stats`` counts
     decodes, memory hits and disk hits. Memory use is about ``n * cache_size^2 * 3 * 1.3`` bytes
     (~170 MB for 2,000 images at 146).
@@ -113,6 +113,9 @@ class ImageFolderDataset:
             pixels = self._decode(index)
             if disk is not None:
                 _save_npy_atomically(disk, pixels)
+        pixels.flags.writeable = (
+            False  # shared by every epoch: a transform must not edit it in place
+        )
         if self.memory_cache:
             self._memory[index] = pixels
         return pixels

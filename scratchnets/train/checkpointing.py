@@ -120,14 +120,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def _flatten(node, key: str, arrays: dict[str, np.ndarray]):
     """JSON-able copy of ``node`` with every array moved into ``arrays[<its path>]``."""
     if isinstance(node, (np.ndarray, np.generic)):
-        arrays[key] = np.ascontiguousarray(node)
+        array = np.asarray(node)  # 0-d stays 0-d (np.ascontiguousarray would make it 1-d)
+        arrays[key] = array if array.flags.c_contiguous else array.copy(order="C")
         return {_ARRAY_TAG: key}
     if isinstance(node, Mapping):
         out = {}
         for name, value in node.items():
-            name = str(name)  # JSON keys are strings (optimizer state indices are read back by int())
+            name = str(
+                name
+            )  # JSON keys are strings (optimizer state indices are read back by int())
             if "/" in name or name == _ARRAY_TAG:
-                raise ValueError(f"checkpoint keys may not contain '/' or be {_ARRAY_TAG!r}: {name!r}")
+                raise ValueError(
+                    f"checkpoint keys may not contain '/' or be {_ARRAY_TAG!r}: {name!r}"
+                )
             out[name] = _flatten(value, f"{key}/{name}" if key else name, arrays)
         return out
     if isinstance(node, (list, tuple)):
@@ -142,7 +147,9 @@ def _unflatten(node, arrays, path: Path):
         if set(node) == {_ARRAY_TAG}:
             key = node[_ARRAY_TAG]
             if key not in arrays:
-                raise CheckpointError(f"{str(path)!r} is corrupt: its metadata names a missing array {key!r}")
+                raise CheckpointError(
+                    f"{str(path)!r} is corrupt: its metadata names a missing array {key!r}"
+                )
             return arrays[key]
         return {name: _unflatten(value, arrays, path) for name, value in node.items()}
     if isinstance(node, list):
@@ -215,7 +222,9 @@ def load_checkpoint(path: str | Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{str(path)!r} has unreadable metadata: {err}") from err
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a scratchnets training checkpoint (format tag missing)")
+        raise CheckpointError(
+            f"{str(path)!r} is not a scratchnets training checkpoint (format tag missing)"
+        )
     if int(doc.get("version", 0)) > VERSION:
         raise CheckpointError(
             f"{str(path)!r} is checkpoint format version {doc['version']}; this scratchnets reads "
@@ -229,7 +238,9 @@ def describe_model(meta: Mapping) -> str:
     return f"{meta['name']} (width_mult {meta['width_mult']}, {meta['num_classes']} classes)"
 
 
-def load_weights_into(model, weights: Mapping, source: str, saved_model: Mapping | None = None) -> None:
+def load_weights_into(
+    model, weights: Mapping, source: str, saved_model: Mapping | None = None
+) -> None:
     """Copy ``weights`` into ``model``, or raise CheckpointError naming the mismatched keys.
 
     ``source`` (the file) and ``saved_model`` (the checkpoint's ``model`` entry) make the message

@@ -115,9 +115,13 @@ class TrainConfig:
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         if self.patience < 0:
-            raise ValueError(f"patience must be >= 0 (0 disables early stopping), got {self.patience}")
+            raise ValueError(
+                f"patience must be >= 0 (0 disables early stopping), got {self.patience}"
+            )
         if not self.time_limit_min >= 0:
-            raise ValueError(f"time limit must be >= 0 minutes (0: none), got {self.time_limit_min}")
+            raise ValueError(
+                f"time limit must be >= 0 minutes (0: none), got {self.time_limit_min}"
+            )
         if not 0.0 < self.crop_scale_min <= 1.0:
             raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
         if self.seed < 0:

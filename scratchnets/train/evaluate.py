@@ -25,7 +25,7 @@ from .checkpointing import load_checkpoint, load_weights_into
 
 
 def default_backend() -> str:
-    """"cpu" (the Numba kernels) when they import, else "reference"."""
+    """ "cpu" (the Numba kernels) when they import, else "reference"."""
     try:
         import scratchnets.kernels.cpu  # noqa: F401
     except ImportError:

@@ -6,8 +6,9 @@ temporary; the gradient mask ``(x > 0) & (x < 6)`` reads x twice more and writes
 temporaries). Each forward kernel here reads x once and writes y and the bool mask in the same
 loop; each backward is one select pass (``_common.masked_scale``). The loops run over the
 flattened array, parallel (``prange``) and vectorisable (no cross-iteration dependence).
-Measured on the 2-core dev box, relu6 forward on a (32, 64, 56, 56) float32 tensor: NumPy
-(y and mask) 18 ms, this kernel 1.8 ms.
+Measured on the shared 2-core dev box (one numba thread, best of 7), relu6 on a
+(32, 64, 56, 56) float32 tensor: forward (y and mask) NumPy 76 ms, this kernel 8 ms; backward
+NumPy 100 ms, this kernel 16 ms.
 
 Semantics follow ``scratchnets.reference.activations`` (and torch): the gradient is 0 at the
 kinks themselves (x = 0, 6 for ReLU6; x = -3, 3 for hard-sigmoid), NaN passes through y.

@@ -28,6 +28,10 @@ full-size xhat), and the backward recomputes xhat on the fly: one array fewer wr
 The same kernels take a ``relu6`` flag that clamps the output to [0, 6] in the write pass and
 gates dy by 0 < y < 6 in the backward: ``fused.batch_norm2d_relu6_*`` uses it to do BN + ReLU6
 without an intermediate tensor.
+
+Measured on the shared 2-core dev box, (32, 64, 56, 56) float32, one numba thread, best of 7:
+forward (training) 16 ms vs the reference's 60 ms, backward 15 ms vs 63 ms; BN + ReLU6 fused
+22 ms forward / 30 ms backward vs 32 / 39 ms as two ops.
 """
 
 from __future__ import annotations
