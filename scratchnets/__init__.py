@@ -16,11 +16,23 @@ from .backends import available_backends, get_backend, register_backend
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = {
-    "reference", "kernels", "functional", "nn", "models", "profile", "data", "optim", "train",
+    "reference",
+    "kernels",
+    "functional",
+    "nn",
+    "models",
+    "profile",
+    "data",
+    "optim",
+    "train",
 }
 
 __all__ = [
-    "to_numpy", "get_backend", "register_backend", "available_backends", *sorted(_LAZY_SUBMODULES)
+    "to_numpy",
+    "get_backend",
+    "register_backend",
+    "available_backends",
+    *sorted(_LAZY_SUBMODULES),
 ]
 
 

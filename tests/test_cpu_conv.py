@@ -103,6 +103,8 @@ PATH_CASES = {
     # 1x1 kernel with stride 2 and a single channel: still the depthwise kernel
     "depthwise 1x1 s2": ("depthwise", 3, 1, 2, 1, (1, 1), 2, 1, 0, (5, 4)),
     "pointwise": ("pointwise", 2, 5, 7, 1, (1, 1), 1, 1, 0, (4, 3)),
+    # > 64 pixels per plane: dw as one GEMM per image (smaller planes: one GEMM over the batch)
+    "pointwise 9x9": ("pointwise", 3, 5, 7, 1, (1, 1), 1, 1, 0, (9, 9)),
     "pointwise strided (2, 3)": ("pointwise", 2, 5, 7, 1, (1, 1), (2, 3), 1, 0, (9, 8)),
     "1x1 padded": ("general", 2, 5, 3, 1, (1, 1), 1, 1, 1, (4, 4)),
     "stem 3x3 s2": ("general", 2, 3, 8, 1, (3, 3), 2, 1, 1, (16, 16)),

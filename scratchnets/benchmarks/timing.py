@@ -15,6 +15,8 @@ import time
 import types
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 
 def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeat`` calls, after ``warmup`` calls."""
@@ -96,3 +98,46 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) 
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def max_rel_error(ours, theirs) -> float:
+    """``max |ours - theirs| / max |theirs|`` in float64; device arrays and tensors are copied."""
+    from scratchnets.arrays import to_numpy
+
+    def host(a) -> np.ndarray:
+        return np.asarray(to_numpy(a.detach().cpu() if hasattr(a, "detach") else a), np.float64)
+
+    ours, theirs = host(ours), host(theirs)
+    if ours.shape != theirs.shape:
+        raise ValueError(f"shapes differ: ours {ours.shape}, theirs {theirs.shape}")
+    return float(np.max(np.abs(ours - theirs)) / max(1e-30, float(np.max(np.abs(theirs)))))
+
+
+def machine_peaks(device: str = "cpu", n: int = 2048, copy_mib: int = 256, repeat: int = 5) -> dict:
+    """The roofline of ``device``, measured: float32 GFLOP/s of an (n, n) @ (n, n) matmul
+    (2 n^3 FLOPs; NumPy's BLAS on "cpu", torch on "cuda") and GB/s of copying a ``copy_mib``
+    MiB array (read + write = 2 * copy_mib MiB). Their ratio, FLOPs per byte, is the arithmetic
+    intensity below which a kernel is memory-bound on this machine (the roofline's ridge point)."""
+    floats = copy_mib * 2**18  # float32 elements
+    if device == "cuda":
+        torch = setup_torch()
+        sync = torch.cuda.synchronize
+        a, b = (torch.randn(n, n, device="cuda", dtype=torch.float32) for _ in range(2))
+        src, dst = (torch.empty(floats, device="cuda", dtype=torch.float32) for _ in range(2))
+
+        def matmul():
+            a @ b
+            sync()
+
+        def copy():
+            dst.copy_(src)
+            sync()
+    else:
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+        src, dst = np.ones(floats, np.float32), np.empty(floats, np.float32)
+        matmul = lambda: a @ b  # noqa: E731
+        copy = lambda: np.copyto(dst, src)  # noqa: E731
+    gflops = 2.0 * n**3 / median_time(matmul, repeat) / 1e9
+    gbs = 2.0 * 4 * floats / median_time(copy, repeat) / 1e9
+    return {"matmul_gflops": gflops, "copy_gbs": gbs, "ridge_flop_per_byte": gflops / gbs}

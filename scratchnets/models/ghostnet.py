@@ -329,7 +329,9 @@ class GhostBottleneck(Module):
 
     def backward(self, dy):
         dh, dskip = F.add_backward(dy, self._saved(dy), backend=self.backend)  # both get dy
-        dx_main = self.ghost1.backward(self._dw_backward(self.se.backward(self.ghost2.backward(dh))))
+        dx_main = self.ghost1.backward(
+            self._dw_backward(self.se.backward(self.ghost2.backward(dh)))
+        )
         dx_skip = self.shortcut.backward(dskip)
         return F.add_forward(dx_main, dx_skip, backend=self.backend)[0]
 

@@ -230,7 +230,9 @@ class GhostBottleneckV3(GhostBottleneck):
             self.dw_rpr_conv = conv_bn_branches(
                 NUM_CONV_BRANCHES, mid_chs, mid_chs, k, s, groups=mid_chs, padding=pad, rng=rng
             )
-            self.dw_rpr_scale = ConvBnAct(mid_chs, mid_chs, 1, s, groups=mid_chs, relu=False, rng=rng)
+            self.dw_rpr_scale = ConvBnAct(
+                mid_chs, mid_chs, 1, s, groups=mid_chs, relu=False, rng=rng
+            )
         return ()
 
     def _dw_branches(self) -> list[Module]:

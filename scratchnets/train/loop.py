@@ -502,7 +502,7 @@ def _run(trainer: Trainer, stops: _StopRequests, max_steps, progress, on_step) -
         return here
 
     while trainer.epoch < c.epochs and not stops.reason:
-        if trainer.step_in_epoch == 0 and tick() + last_epoch_s > limit_s:
+        if trainer.step_in_epoch == 0 and last_epoch_s and tick() + last_epoch_s > limit_s:
             stops.reason = "time_limit"  # the next epoch would not finish in time
             break
         trainer.loader.set_epoch(trainer.epoch, trainer.step_in_epoch)

@@ -20,10 +20,10 @@ threads and every kernel would slow down by context switches and evicted caches.
    not a dependency.
 
 Idle pools do not sleep at once: libgomp threads spin for a while after a parallel region and
-OpenBLAS workers yield-spin after a GEMM. Because the GEMM that follows a numba pass (or the
-reverse) runs on the same cores, that spinning only shares cores with threads that have work;
-on the 2-core dev box an im2col pass followed by its GEMM measured no slower than the two timed
-apart (bench/NOTES.md), so no wait policy is forced here.
+OpenBLAS workers yield-spin after a GEMM, so right after a switch the idle pool still takes
+some CPU. No wait policy (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) is forced here: it would
+also change torch's OpenMP pool in the same process, and its effect has not been measured on a
+quiet machine yet (bench/NOTES.md).
 """
 
 from __future__ import annotations

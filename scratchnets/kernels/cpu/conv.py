@@ -4,26 +4,26 @@ Same equation, arguments, validation and results as ``scratchnets.reference.conv
 file for the math). Three implementations, chosen per call by ``conv_kind``:
 
 **depthwise** (``groups == C_in``, any channel multiplier M, any kernel/stride/padding/dilation).
-A depthwise conv does only kh*kw multiply-adds per output, so it is memory-bound: the work is
-to touch each plane once, with unit-stride inner loops. Forward is parallel over the N*C_out
-output planes (``prange`` over the flattened (n, o)); per output row p, each kernel tap (i, j)
-adds ``w[o, i, j] * x[n, c, r, :]`` (a shifted, strided input row) into the row ``y[n, o, p, :]``,
-which stays in L1 while its kh*kw taps accumulate. The zero padding is never materialised: for
-each tap, the range of output columns whose input column is inside the image is computed once
-(``_valid_range``), so the inner loop has no branches and vectorises. The backward pass is one
-fused sweep, parallel over input channels c: for every n it reads dy and x once and produces
-both dx[n, c] (each tap scatters ``w * dy`` row-wise into dx) and the dw partial sums. dw is a
-reduction over n, p and q; reducing over n inside the thread that owns channel c makes it
-race-free without per-thread copies, and the q-sum is kept as a vector of per-column partial
-sums (``acc[m, i, j, q]``), so the inner loop is element-wise (vectorisable without reassociating
-float additions) and each partial sums only N*OH terms.
+Only kh*kw multiply-adds per output, so the cost is loop overhead and memory traffic, and the
+aim is long unit-stride inner loops that LLVM vectorises. Each input plane is copied once into
+zero-padded *polyphase* planes (``_Phases``: split by coordinate modulo the stride), after which
+every kernel tap, at any stride and dilation, is one contiguous shifted multiply-add over the
+whole output plane (kept on a grid of padded row length; the extra columns are scratch). The
+planes of several images of the same channel (same weights) are stacked so that even 4x4 planes
+give loops of ~1000 elements. Forward is parallel over (channel, run of images) units, three
+taps per pass so the output is loaded and stored once per three taps. The backward pass is one
+fused sweep, parallel over input channels c: it reads dy and x once per (n, c) and produces dx
+(each tap adds ``w * dY`` at its shift, the adjoint) and the dw partial sums. dw reduces over
+n, p and q; reducing over n inside the thread that owns channel c makes it race-free without
+per-thread copies, and the sum is kept per grid position (``acc[m, tap, t]``) so the update is
+element-wise (vectorisable without reassociating float additions).
 
 **pointwise** (1x1 kernel, groups 1, no padding). A 1x1 conv of one image is the matrix product
 ``y[n] (C_out, HW) = W (C_out, C_in) @ x[n] (C_in, HW)`` on the NCHW memory as it lies, so it goes
 to BLAS (``np.matmul``) with no copy: forward and dx are one broadcast batched GEMM each. dw is a
-sum over the batch; it is computed as one GEMM over the batch by viewing dy and x as
-(C, N*HW) (two transposing copies), which measured faster than N small GEMMs plus a sum
-(bench/NOTES.md). A strided 1x1 conv reads every sh-th row and sw-th column: subsample x once
+sum over the batch: N GEMMs plus a sum on the arrays as they lie, except for planes of <= 64
+pixels (8x8), where one GEMM over (C, N*HW) transposed copies of dy and x measured faster
+(N GEMMs of inner size 16 are too small for BLAS; bench/NOTES.md). A strided 1x1 conv reads every sh-th row and sw-th column: subsample x once
 (a copy), then GEMM; dx is zero except on that subgrid.
 
 **general** (any other: the 3x3 stem at stride 2, dense 3x3 VGG layers, grouped, 1xk/kx1 dense,
@@ -35,7 +35,8 @@ bound the im2col buffer (``_COLS_BUDGET`` elements) so a VGG layer at 128x128 do
 gigabytes. Backward recomputes the columns from x (nothing large is cached), gets
 ``dW_g = sum_n dY_g[n] @ cols_g[n].T`` and ``dcols = W_g.T @ dY_g`` by BLAS, and col2im (the
 adjoint scatter-add, parallel over (n, c), so each dx plane has one writer) folds dcols into dx.
-On the MobileNetV2 stem and VGG 3x3 layers this beat a direct Numba loop kernel (bench/NOTES.md).
+The GEMMs have K = C_in*kh*kw >= 27 and OH*OW >= 16, where BLAS is efficient; a direct Numba
+loop kernel was not built (see bench/NOTES.md for the measured times against torch).
 
 Thread policy (``_threads``): jitted kernels never call BLAS and BLAS is never called inside a
 ``prange`` region, so numba's pool and the BLAS pool take turns, each with every core.
@@ -57,6 +58,10 @@ from scratchnets.reference.conv import ConvGeometry, _check_dy, _prepare
 from ._threads import apply_policy
 
 apply_policy()
+
+#: pointwise dw: planes of at most this many pixels use one GEMM over the whole batch (after
+#: transposing copies), larger ones a GEMM per image; measured crossover, bench/NOTES.md
+_GEMM_OVER_BATCH_MAX_HW = 64
 
 #: largest im2col buffer (elements) for one chunk of the batch in the general path; 4M float32
 #: is 16 MiB: big enough that the per-chunk GEMMs stay efficient, small enough for L3-sized
@@ -398,10 +403,16 @@ def _pointwise_backward(dy, xs, w, g: ConvGeometry):
     w2 = w.reshape(C_out, C_in)
     dy3 = dy.reshape(g.batch, C_out, -1)  # (N, C_out, HW)
     dxs = np.matmul(w2.T, dy3)  # (C_in, C_out) @ (N, C_out, HW) -> (N, C_in, HW)
-    # dw = sum_n dy[n] @ x[n].T as one GEMM over (C, N*HW) views of dy and x
-    dy_rows = dy3.transpose(1, 0, 2).reshape(C_out, -1)  # (C_out, N*HW), a copy
-    x_rows = xs.transpose(1, 0, 2).reshape(C_in, -1)  # (C_in, N*HW), a copy
-    dw = (dy_rows @ x_rows.T).reshape(w.shape)  # (C_out, C_in) -> (C_out, C_in, 1, 1)
+    if dy3.shape[2] > _GEMM_OVER_BATCH_MAX_HW:
+        # dw = sum_n dy[n] (C_out, HW) @ x[n].T (HW, C_in): N GEMMs on the arrays as they lie
+        dw = np.matmul(dy3, xs.transpose(0, 2, 1)).sum(axis=0)  # (N, C_out, C_in) -> (C_out, C_in)
+    else:
+        # small planes: N GEMMs of inner size HW are too small for BLAS to be efficient, so
+        # transpose dy and x to (C, N*HW) (two copies) and do one GEMM of inner size N*HW
+        dy_rows = dy3.transpose(1, 0, 2).reshape(C_out, -1)  # (C_out, N*HW)
+        x_rows = xs.transpose(1, 0, 2).reshape(C_in, -1)  # (C_in, N*HW)
+        dw = dy_rows @ x_rows.T  # (C_out, C_in)
+    dw = dw.reshape(w.shape)
     sh, sw = g.stride
     if (sh, sw) == (1, 1):
         return dxs.reshape(g.batch, C_in, *g.out_hw), dw

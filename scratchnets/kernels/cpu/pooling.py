@@ -3,9 +3,11 @@
 
 What is optimised and why: the reference builds a (N, C, OH, OW, kh, kw) window view and reduces
 it (and for max pooling materialises an argmax over a padded copy); the backward scatters one
-kernel tap at a time. Here each (n, c) plane is one task of a ``prange`` loop: the kernels walk
-the output positions of their plane and read the window directly from the unpadded input,
-skipping the cells that fall in the padding (so no padded copy exists). Planes are independent,
+kernel tap at a time. Here each (n, c) plane is one task of a ``prange`` loop. Per output row, the
+kernels visit the kernel taps (i, j) in scan order and apply each tap to the whole row of
+outputs at once, over the range of output columns whose input column is real
+(``_tap_columns``): the inner loop has a fixed stride and no padding tests, and no padded copy
+of x exists. Planes are independent,
 so the backward's scatter-add (overlapping windows add into the same pixel) never races: a pixel
 is only written by the thread that owns its plane. Max pooling caches, per output, the flat
 index h*W + w of its first maximum (int32), which makes its backward a single routed add.
@@ -14,6 +16,12 @@ Argument checks and the output geometry are the reference's (``_pool_geometry``)
 backends accept and reject the same arguments. Tie and NaN rules are the reference's: the first
 maximum in row-major scan order wins; a NaN is the maximum and the first NaN gets the gradient.
 Sums accumulate in float64.
+
+Measured on the shared (heavily loaded) 2-core dev box, one numba thread, best of 5, float32
+(32, 64, 56, 56): max 3x3/s2/p1 forward 217 ms vs the reference's 600 ms, backward 12 vs 300 ms;
+avg 2x2 forward 38 vs 223 ms, backward 52 vs 69 ms; global average (64, 1280, 7, 7) forward
+2.7 vs 9.9 ms, backward 0.7 vs 3.6 ms. The load inflates absolute times; the ratios are what
+the numbers show.
 """
 
 from __future__ import annotations
@@ -28,29 +36,45 @@ from scratchnets.reference.pooling import PoolGeometry, _check_dy, _pool_geometr
 from ._common import kernel_array
 
 
+@njit(cache=True)
+def _tap_columns(j, sw, left, width, ow):
+    """Range [b_lo, b_hi) of output columns b whose tap j reads a real input column
+    c = b*sw - left + j, i.e. 0 <= c < width (floor division rounds toward -inf)."""
+    b_lo = max(0, (left - j + sw - 1) // sw)
+    b_hi = min(ow, (width - 1 + left - j) // sw + 1)
+    return b_lo, b_hi
+
+
 @njit(parallel=True, cache=True)
 def _max_pool_kernel(x, kh, kw, sh, sw, top, left, y, argmax):
     """y[p, a, b] = max of the window at (a*sh - top, b*sw - left) of plane x[p] (P, H, W);
     argmax[p, a, b] = flat index h*W + w of its first maximum (first NaN if any).
+
+    Per output row, every output starts at its first real cell; then the taps (i, j) are visited
+    in scan order, each over the whole row of outputs (a unit-count inner loop without padding
+    tests), replacing the running maximum only when strictly larger or the first NaN.
     """
     planes, height, width = x.shape
     _, oh, ow = y.shape
     for p in prange(planes):
         for a in range(oh):
             h0 = a * sh - top
+            i_lo, i_hi = max(0, -h0), min(kh, height - h0)  # real rows of the window
             for b in range(ow):
-                w0 = b * sw - left
-                best = x[p, 0, 0]  # overwritten by the first real cell (best_at < 0)
-                best_at = -1
-                for i in range(max(0, -h0), min(kh, height - h0)):  # real rows only
-                    for j in range(max(0, -w0), min(kw, width - w0)):
-                        v = x[p, h0 + i, w0 + j]
-                        # take the first cell, then strictly larger values or the first NaN
-                        if best_at < 0 or (best == best and (v > best or v != v)):
-                            best = v
-                            best_at = (h0 + i) * width + (w0 + j)
-                y[p, a, b] = best
-                argmax[p, a, b] = best_at
+                c = b * sw - left + max(0, left - b * sw)  # first real column
+                y[p, a, b] = x[p, h0 + i_lo, c]
+                argmax[p, a, b] = (h0 + i_lo) * width + c
+            for i in range(i_lo, i_hi):
+                r = h0 + i
+                for j in range(kw):
+                    b_lo, b_hi = _tap_columns(j, sw, left, width, ow)
+                    for b in range(b_lo, b_hi):
+                        c = b * sw - left + j
+                        v = x[p, r, c]
+                        best = y[p, a, b]
+                        if best == best and (v > best or v != v):
+                            y[p, a, b] = v
+                            argmax[p, a, b] = r * width + c
 
 
 @njit(parallel=True, cache=True)
@@ -62,23 +86,37 @@ def _max_pool_backward_kernel(dy, argmax, dx):
             dx[p, argmax[p, o]] += dy[p, o]
 
 
+@njit(cache=True)
+def _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, count_include_pad, out):
+    """out[b] = D of window (a, b): kh*kw, or its number of real cells."""
+    h0 = a * sh - top
+    rows = min(kh, height - h0) - max(0, -h0)
+    for b in range(ow):
+        w0 = b * sw - left
+        cols = min(kw, width - w0) - max(0, -w0)
+        out[b] = kh * kw if count_include_pad else rows * cols
+
+
 @njit(parallel=True, cache=True)
 def _avg_pool_kernel(x, kh, kw, sh, sw, top, left, count_include_pad, y):
-    """y[p, a, b] = sum of the window's real cells / D; D = kh*kw or the number of real cells."""
+    """y[p, a, b] = sum of the window's real cells / D, summed in float64 tap by tap over a row
+    of outputs (same loop order as ``_max_pool_kernel``)."""
     planes, height, width = x.shape
     _, oh, ow = y.shape
     for p in prange(planes):
+        acc = np.empty(ow)  # float64 sums of one output row
+        div = np.empty(ow)
         for a in range(oh):
             h0 = a * sh - top
-            i0, i1 = max(0, -h0), min(kh, height - h0)
+            acc[:] = 0.0
+            for i in range(max(0, -h0), min(kh, height - h0)):
+                for j in range(kw):
+                    b_lo, b_hi = _tap_columns(j, sw, left, width, ow)
+                    for b in range(b_lo, b_hi):
+                        acc[b] += x[p, h0 + i, b * sw - left + j]
+            _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, count_include_pad, div)
             for b in range(ow):
-                w0 = b * sw - left
-                j0, j1 = max(0, -w0), min(kw, width - w0)
-                s = 0.0
-                for i in range(i0, i1):
-                    for j in range(j0, j1):
-                        s += x[p, h0 + i, w0 + j]
-                y[p, a, b] = s / (kh * kw if count_include_pad else (i1 - i0) * (j1 - j0))
+                y[p, a, b] = acc[b] / div[b]
 
 
 @njit(parallel=True, cache=True)
@@ -87,16 +125,17 @@ def _avg_pool_backward_kernel(dy, kh, kw, sh, sw, top, left, count_include_pad, 
     planes, height, width = dx.shape
     _, oh, ow = dy.shape
     for p in prange(planes):
+        share = np.empty(ow)
         for a in range(oh):
             h0 = a * sh - top
-            i0, i1 = max(0, -h0), min(kh, height - h0)
+            _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, count_include_pad, share)
             for b in range(ow):
-                w0 = b * sw - left
-                j0, j1 = max(0, -w0), min(kw, width - w0)
-                share = dy[p, a, b] / (kh * kw if count_include_pad else (i1 - i0) * (j1 - j0))
-                for i in range(i0, i1):
-                    for j in range(j0, j1):
-                        dx[p, h0 + i, w0 + j] += share
+                share[b] = dy[p, a, b] / share[b]
+            for i in range(max(0, -h0), min(kh, height - h0)):
+                for j in range(kw):
+                    b_lo, b_hi = _tap_columns(j, sw, left, width, ow)
+                    for b in range(b_lo, b_hi):
+                        dx[p, h0 + i, b * sw - left + j] += share[b]
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})

@@ -1,0 +1,145 @@
+"""Smoke tests of ``scratchnets bench convs`` and ``scratchnets bench models`` at tiny sizes.
+
+The benchmarks are not tests of speed; these check that each command runs end to end through
+``scratchnets.cli.main`` (validation against torch included), that its JSON says what the table
+says (MAC counts, theoretical savings, ratios), and that ``--plot`` writes a PNG. The CUDA path
+runs under numba's simulator in a subprocess (the simulator must be chosen before numba loads).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scratchnets.benchmarks import convs, models, timing
+from scratchnets.cli import main
+
+TINY_CONVS = "--layers 2 --batch 2 --size 8 --channels 4 8 --passes 1 --repeat 1".split()
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def small_peaks(monkeypatch):
+    """Measure the roofline on a 128^3 matmul and a 4 MiB copy instead of 2048^3 and 256 MiB."""
+    small = functools.partial(timing.machine_peaks, n=128, copy_mib=4, repeat=1)
+    monkeypatch.setattr(convs, "machine_peaks", small)
+    monkeypatch.setattr(models, "machine_peaks", small)
+
+
+def run_json(capsys, argv: list[str]) -> tuple[dict, str]:
+    """Run ``scratchnets <argv> --json``: the JSON parsed from stdout (which must hold nothing
+    else) and what went to stderr (the tables and progress)."""
+    assert main([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+def test_bench_convs_cpu_and_reference(capsys, tmp_path):
+    png = tmp_path / "convs.png"
+    argv = [
+        "bench",
+        "convs",
+        "--backend",
+        "cpu",
+        "reference",
+        "--compare-torch",
+        "--plot",
+        str(png),
+    ]
+    result, err = run_json(capsys, argv + TINY_CONVS)
+    rows = result["rows"]
+    assert len(rows) == 2 * len(convs.CONV_TYPES) * 2  # backends x conv types x channel counts
+    by_key = {(r["backend"], r["conv"], r["channels"]): r for r in rows}
+    # 2 layers * N 2 * 8x8 pixels * (C * 25 C) for the 5x5 and (9 + C) C for the separable pair
+    assert by_key["cpu", "conv5x5", 8]["gmacs_per_pass"] * 1e9 == pytest.approx(
+        2 * 2 * 64 * 25 * 64
+    )
+    assert by_key["cpu", "sep3x3+1x1", 4]["gmacs_per_pass"] * 1e9 == pytest.approx(
+        2 * 2 * 64 * (9 + 4) * 4
+    )
+    for row in rows:
+        assert row["ours_s"] > 0 and row["torch_s"] > 0 and row["torch_device"] == "cpu"
+        assert row["ratio"] == pytest.approx(row["ours_s"] / row["torch_s"])
+        assert row["max_rel_err"] <= convs.VALIDATION_TOLERANCE
+    savings = {(s["backend"], s["channels"], s["saving"]): s for s in result["savings"]}
+    assert savings["cpu", 8, "5x5 vs two 3x3"]["theory"] == pytest.approx(25 / 18)
+    assert savings["reference", 4, "3x3 vs dw3x3+1x1"]["theory"] == pytest.approx(36 / 13)
+    fast = by_key["cpu", "conv1x3", 4]["ours_s"] + by_key["cpu", "conv3x1", 4]["ours_s"]
+    assert savings["cpu", 4, "3x3 vs 1x3+3x1"]["ours_measured"] == pytest.approx(
+        by_key["cpu", "conv3x3", 4]["ours_s"] / fast
+    )
+    assert set(result["peaks"]) == {"cpu"} and result["peaks"]["cpu"]["matmul_gflops"] > 0
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert "3x3 vs 1x3+3x1" in err  # the tables went to stderr
+
+
+def test_bench_convs_validation_catches_a_wrong_kernel(monkeypatch):
+    """A kernel whose output is off by one part in 10^3 must stop the run before timing."""
+    real = convs.scratchnets_engine
+
+    def skewed(backend):
+        engine = real(backend)
+        prepare = engine.prepare
+
+        def prepare_skewed(x, stack):
+            one_pass = prepare(x, stack)
+            return lambda: one_pass() * 1.001
+
+        engine.prepare = prepare_skewed
+        return engine
+
+    monkeypatch.setattr(convs, "scratchnets_engine", skewed)
+    with pytest.raises(AssertionError, match="differs from torch"):
+        main(["bench", "convs", "--backend", "cpu", "--convs", "conv3x3", *TINY_CONVS])
+
+
+def test_bench_convs_text_table_and_json_file(capsys, tmp_path):
+    out = tmp_path / "convs.json"
+    argv = ["bench", "convs", "--convs", "conv1x1", "--json", str(out), *TINY_CONVS]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "conv1x1" in table and "ours s/100" in table
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["channels"] for r in rows] == [4, 8] and all(r["torch_s"] is None for r in rows)
+
+
+def test_bench_models_cpu(capsys):
+    argv = "bench models --models mobilenet_v1 --resolution 64 --batch 2 --repeat 1".split()
+    result, err = run_json(capsys, [*argv, "--num-classes", "10", "--compare-torch"])
+    (row,) = result["rows"]
+    assert row["model"] == "mobilenet_v1" and row["max_rel_err"] <= models.VALIDATION_TOLERANCE
+    # MobileNetV1 at 224x224 is 569 MMACs (the paper's Table 8); at 64x64 about (64/224)^2 of it
+    assert row["mmacs_per_image"] == pytest.approx(569 * (64 / 224) ** 2, rel=0.05)
+    for phase, flops_per_mac in (("infer", 2), ("train", 6)):
+        seconds = row[f"ours_{phase}_ms"] / 1e3
+        assert row[f"ours_{phase}_img_s"] == pytest.approx(2 / seconds)
+        gflops = flops_per_mac * row["mmacs_per_image"] * 1e6 * 2 / seconds / 1e9
+        assert row[f"ours_{phase}_gflops"] == pytest.approx(gflops)
+        assert row[f"{phase}_ratio"] == pytest.approx(
+            row[f"ours_{phase}_ms"] / row[f"torch_{phase}_ms"]
+        )
+    assert "training step" in err
+
+
+def test_bench_convs_cuda_under_the_simulator(tmp_path):
+    """The cuda path end to end (device arrays, synchronize, validation) in numba's simulator."""
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    argv = "--layers 1 --batch 1 --size 4 --channels 2 --passes 1 --repeat 1".split()
+    command = [sys.executable, "-m", "scratchnets.cli", "bench", "convs", "--backend", "cuda"]
+    command += ["--convs", "conv3x3", "conv1x1", "conv3x3sep", "--json", *argv]
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout)["rows"]
+    assert [(r["backend"], r["conv"]) for r in rows] == [
+        ("cuda", "conv3x3"),
+        ("cuda", "conv1x1"),
+        ("cuda", "conv3x3sep"),
+    ]
+    assert all(r["max_rel_err"] <= convs.VALIDATION_TOLERANCE for r in rows)
