@@ -22,6 +22,7 @@ from scratchnets import data, models
 from scratchnets.cli import main
 from scratchnets.train import checkpointing, config, loop
 from scratchnets.train.checkpointing import CheckpointError, load_checkpoint, save_checkpoint
+from scratchnets.train.evaluate import load_for_inference
 
 BACKEND = "reference"
 #: flags of the tiny run every CLI test uses
@@ -159,6 +160,10 @@ def test_resume_after_interrupts_is_bit_exact(dataset, tmp_path):
     for key in ("weights", "ema", "optimizer", "scheduler", "rng", "best", "progress"):
         _assert_trees_equal(a[key], b[key], key)
     assert _without_timings(a["history"]) == _without_timings(b["history"])
+    # with EMA on, evaluation and the commands use the EMA weights
+    model, meta = load_for_inference(out / "last.npz", BACKEND)
+    assert meta["eval_weights"] == "ema"
+    _assert_trees_equal(b["ema"], model.state_dict())
 
 
 def test_early_stopping_with_patience(dataset, tmp_path, monkeypatch):
@@ -180,6 +185,20 @@ def test_early_stopping_with_patience(dataset, tmp_path, monkeypatch):
     # an ended run does not start again on --resume
     again = loop.fit(None, None, tmp_path, resume=True, progress=False, log=lambda m: None)
     assert again.status == "early_stopping" and again.global_step == result.global_step
+
+
+def test_train_without_data_uses_the_downloaded_dataset(dataset, tmp_path, monkeypatch):
+    calls = []
+
+    def cached_download(*args, **kwargs):
+        calls.append(args)
+        return dataset
+
+    monkeypatch.setattr(data, "download_cats_and_dogs", cached_download)
+    argv = ["train", "--out", str(tmp_path), "--max-steps", "1", *TINY_FLAGS]
+    assert main(argv) == 0
+    assert len(calls) == 1
+    assert load_checkpoint(tmp_path / "last.npz")["data"] == str(dataset.resolve())
 
 
 def test_seed_recipe_is_one_flag_away():

@@ -24,7 +24,18 @@ import numpy as np
 
 from .. import functional as F
 from ..nn import AdaptiveAvgPool2d as GlobalAvgPool2d  # output_size=1 only
-from ..nn import BatchNorm2d, Conv2d, Flatten, Linear, Module, ReLU, ReLU6, Sequential, init
+from ..nn import (
+    BatchNorm2d,
+    Conv2d,
+    Flatten,
+    Identity,
+    Linear,
+    Module,
+    ReLU,
+    ReLU6,
+    Sequential,
+    init,
+)
 from ..nn.module import DEVICE_BACKENDS
 
 #: (conv path, BN path) pairs, relative to the block that declares them
@@ -108,11 +119,15 @@ class ConvBNAct(Sequential):
 class BatchNormAct2d(BatchNorm2d):
     """y = act(BN(x)) in one module (timm's ``BatchNormAct2d``): the state dict keys are the BN's
     own (``weight``, ``bias``, ``running_mean``, ``running_var``, ``num_batches_tracked``), the
-    activation is the child ``act``. Backward: dx = BN^T (act^T dy)."""
+    activation is the child ``act`` (``Identity`` for ``act=None``). Backward:
+    dx = BN^T (act^T dy)."""
 
-    def __init__(self, num_features: int, act: str = "relu6", eps: float = 1e-5, momentum=0.1):
+    def __init__(
+        self, num_features: int, act: str | None = "relu6", eps: float = 1e-5, momentum=0.1
+    ):
         super().__init__(num_features, eps=eps, momentum=momentum)
-        self.act = make_activation(act)
+        activation = make_activation(act)
+        self.act = Identity() if activation is None else activation
 
     def forward(self, x):
         return self.act(super().forward(x))

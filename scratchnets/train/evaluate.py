@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import data, models
 from ..arrays import to_numpy
+from ..nn.module import DEVICE_BACKENDS
 from .checkpointing import load_checkpoint, load_weights_into
 
 
@@ -31,6 +32,15 @@ def default_backend() -> str:
     except ImportError:
         return "reference"
     return "cpu"
+
+
+def as_input(x: np.ndarray, model):
+    """``x`` as the array kind ``model``'s backend takes: a device copy on "cuda", else ``x``."""
+    if model.backend in DEVICE_BACKENDS:
+        from numba import cuda  # only when the model runs on the GPU
+
+        return cuda.to_device(np.ascontiguousarray(x))
+    return x
 
 
 def log_softmax64(logits: np.ndarray) -> np.ndarray:
@@ -80,7 +90,7 @@ def evaluate_model(model, batches: Iterable, classes: Sequence[str]) -> dict:
     acc = MetricAccumulator(len(classes))
     try:
         for x, y in batches:
-            acc.add(to_numpy(model(x)), y)
+            acc.add(to_numpy(model(as_input(x, model))), y)
     finally:
         model.train(was_training)
     return acc.result(classes)
@@ -182,7 +192,7 @@ def predict_images(
             out.append({"image": str(image), "error": str(exc)})
             continue
         x = pipeline(pixels)[None]  # (1, 3, S, S)
-        probs = np.exp(log_softmax64(to_numpy(model(x))))[0]  # (K,)
+        probs = np.exp(log_softmax64(to_numpy(model(as_input(x, model)))))[0]  # (K,)
         k = int(probs.argmax())
         out.append(
             {

@@ -50,7 +50,7 @@ from ..arrays import to_numpy
 from ..nn import CrossEntropyLoss
 from .checkpointing import load_checkpoint, load_weights_into, save_checkpoint
 from .config import MONITORS, TrainConfig
-from .evaluate import evaluate_model, model_from_meta
+from .evaluate import as_input, evaluate_model, model_from_meta
 from .history import write_history
 
 #: seed-stream word for the dropout generators (the loader uses 0..2 under its own seed words)
@@ -308,6 +308,12 @@ class Trainer:
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Load a ``state()`` saved by this run's configuration."""
+        p = ckpt["progress"]
+        if p["steps_per_epoch"] != self.steps_per_epoch:
+            raise ValueError(
+                f"{path}: the run had {p['steps_per_epoch']} steps per epoch, the data now gives "
+                f"{self.steps_per_epoch}: the dataset changed, so it cannot resume bit for bit"
+            )
         load_weights_into(self.model, ckpt["weights"], str(path), ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None:
@@ -317,12 +323,6 @@ class Trainer:
         generators = module_generators(self.model)
         for name, state in ckpt["rng"]["modules"].items():
             generators[name].bit_generator.state = state
-        p = ckpt["progress"]
-        if p["steps_per_epoch"] != self.steps_per_epoch:
-            raise ValueError(
-                f"{path}: the run had {p['steps_per_epoch']} steps per epoch, the data now gives "
-                f"{self.steps_per_epoch}: the dataset changed, so it cannot resume bit for bit"
-            )
         self.epoch, self.step_in_epoch = int(p["epoch"]), int(p["step_in_epoch"])
         self.global_step = int(p["global_step"])
         self.sums = dict(p["epoch_sums"])
@@ -340,9 +340,10 @@ class Trainer:
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One optimizer step on a batch; returns (loss, number correct)."""
-        logits = self.model(x)  # (N, K)
+        x_in = as_input(x, self.model)  # (N, 3, S, S), on the GPU for "cuda"
+        logits = self.model(x_in)  # (N, K)
         if self.teacher is not None:
-            loss = self.criterion(logits, self.teacher(x), y)
+            loss = self.criterion(logits, self.teacher(x_in), y)
         else:
             loss = self.criterion(logits, y)
         if not math.isfinite(loss):
@@ -403,11 +404,13 @@ class Trainer:
             self.save("best")
         self.save("last")
         write_history(self.out_dir, self.history, title=f"{self.config.model} {self.config.recipe}")
+        left = 0 if self.finished else (self.config.epochs - self.epoch) * epoch_time
         self.log(
             f"epoch {self.epoch}/{self.config.epochs}: train loss {row['train_loss']:.4f} "
             f"acc {row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} "
             f"acc {row['val_accuracy']:.4f} | lr {row['lr']:.3g} | {epoch_time:.0f} s, "
-            f"{row['images_per_s'] or 0:.1f} img/s" + (" | best" if improved else "")
+            f"{row['images_per_s'] or 0:.1f} img/s | ETA {left / 60:.1f} min"
+            + (" | best" if improved else "")
         )
         return stop
 

@@ -1,4 +1,4 @@
-"""The ``"cpu"`` backend: Numba kernels (and BLAS) with the reference backend's names and signatures.
+"""The ``"cpu"`` backend: Numba kernels (and BLAS) with the reference's names and signatures.
 
 Every ``<op>_forward`` / ``<op>_backward`` pair of ``scratchnets.backends.OP_NAMES`` is exported
 here, with the same arguments and PyTorch semantics as ``scratchnets.reference``; caches are

@@ -170,7 +170,7 @@ class PoolCache:
 
 
 def _planes(x, kernel_size, stride, padding, name):
-    """Validate like the reference; returns (x as (N*C, H, W) C-contiguous, geometry, window args)."""
+    """Validate like the reference; returns (x as C-contiguous (N*C, H, W), geometry, window)."""
     x, g = _pool_geometry(x, kernel_size, stride, padding, name)
     x = kernel_array(x, "x")
     n, c, h, w = g.in_shape

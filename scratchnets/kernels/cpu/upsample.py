@@ -102,7 +102,7 @@ def _nearest_tables(h, w, oh, ow) -> tuple:
 
 
 def _bilinear_tables(h, w, oh, ow) -> tuple:
-    """(h0, h1, lh, w0, w1, lw): index pairs (int64) and the weight l of the second tap (float64)."""
+    """(h0, h1, lh, w0, w1, lw): index pairs (int64) and the second tap's weight l (float64)."""
     tables = []
     for size, out in ((h, oh), (w, ow)):
         (i0, _), (i1, lam) = bilinear_taps(size, out)
