@@ -41,7 +41,7 @@ _MODULE_PATHS: dict[str, str] = {
 }
 _LOADED: dict[str, ModuleType] = {}
 
-DEFAULT_BACKEND = "reference"
+DEFAULT_BACKEND = "cpu"  # Numba kernels; "reference" is the readable spec
 
 
 def register_backend(name: str, module_path: str) -> None:
