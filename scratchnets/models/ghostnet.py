@@ -342,6 +342,7 @@ BottleneckFactory = Callable[..., Module]
 
 
 def ghost_bottleneck_v1(layer_idx, in_chs, mid_chs, out_chs, k, stride, se_ratio, rng):
+    """Bottleneck factory for ``GhostNet``: the V1 bottleneck everywhere (``layer_idx`` unused)."""
     return GhostBottleneck(in_chs, mid_chs, out_chs, k, stride, se_ratio, rng=rng)
 
 
@@ -388,9 +389,10 @@ class GhostNet(Sequential):
         layers["conv_head"] = Conv2d(features, HEAD_CHANNELS, 1, bias=True, rng=rng)
         layers["act2"] = ReLU(inplace=True)
         layers["flatten"] = Flatten(1)  # (N, 1280)
-        if drop_rate > 0:
+        classifier = Linear(HEAD_CHANNELS, num_classes, rng=rng)  # (N, num_classes)
+        if drop_rate > 0:  # its seed is drawn last: the weights do not depend on drop_rate
             layers["head_drop"] = Dropout(drop_rate, seed=int(rng.integers(2**31)))
-        layers["classifier"] = Linear(HEAD_CHANNELS, num_classes, rng=rng)  # (N, num_classes)
+        layers["classifier"] = classifier
         super().__init__(layers)
         self.num_features = features
         self.bn_folds = (("conv_stem", "bn1"),)

@@ -170,8 +170,8 @@ class GhostModuleV3(GhostModuleV2):
         self.bn_folds = ()  # the branch BNs fold in reparameterize(), not pairwise
 
     def _cheap_branches(self) -> list[Module]:
-        skip = [self.cheap_rpr_skip] if "cheap_rpr_skip" in self._modules else []
-        return [self.cheap_rpr_scale, *skip, *self.cheap_rpr_conv]
+        skip = getattr(self, "cheap_rpr_skip", None)  # absent when m != ghosts (ratio > 2)
+        return [self.cheap_rpr_scale, *([skip] if skip is not None else []), *self.cheap_rpr_conv]
 
     def _primary_forward(self, x):
         if self.reparameterized:
@@ -206,7 +206,7 @@ class GhostModuleV3(GhostModuleV2):
         self.cheap_operation = Sequential(cheap, self.cheap_activation).to(self.backend)
         for name in ("primary_rpr_conv", "primary_activation", "cheap_rpr_conv", "cheap_rpr_scale"):
             delattr(self, name)
-        if "cheap_rpr_skip" in self._modules:
+        if getattr(self, "cheap_rpr_skip", None) is not None:
             del self.cheap_rpr_skip
         del self.cheap_activation
         self.reparameterized = True

@@ -2,8 +2,8 @@
 
 A model file registers its factories with a decorator::
 
-    @register_model("mobilenet_v2", aliases=("mobilenetv2_100",))
-    def mobilenet_v2(num_classes=1000, width_mult=1.0, **kwargs) -> MobileNetV2: ...
+    @register_model("mobilenet_v1", aliases=("mobilenetv1_100",))
+    def mobilenet_v1(num_classes=1000, width_mult=1.0, **kwargs) -> MobileNetV1: ...
 
 and a user builds any of them by name, like ``timm.create_model``::
 
