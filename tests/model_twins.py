@@ -68,7 +68,9 @@ def randomize_bn(model, rng: np.random.Generator) -> None:
 
 
 def load_into_twin(ours, twin) -> None:
-    twin.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in ours.state_dict().items()})
+    """Copy our parameters and buffers into the torch twin (host arrays, read without copying)."""
+    arrays = {n: p.data for n, p in ours.named_parameters()} | dict(ours.named_buffers())
+    twin.load_state_dict({k: torch.from_numpy(np.asarray(to_numpy(v))) for k, v in arrays.items()})
 
 
 def _rel(actual, expected, floor: float = 0.0) -> float:
@@ -108,9 +110,9 @@ def _our_results(model, x: np.ndarray, dy: np.ndarray) -> dict[str, np.ndarray]:
     out["train logits"] = to_numpy(model(x))
     out["dx"] = to_numpy(model.backward(dy.astype(x.dtype)))
     out |= {f"grad {n}": to_numpy(p.grad) for n, p in model.named_parameters()}
-    for name, value in model.state_dict().items():
+    for name, value in model.named_buffers():
         if name.endswith(("running_mean", "running_var")):
-            out[f"buffer {name}"] = value
+            out[f"buffer {name}"] = to_numpy(value)
     return out
 
 

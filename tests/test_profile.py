@@ -152,7 +152,7 @@ def test_summary_restores_the_model():
     with pytest.raises(ValueError, match="does not fit"):
         summary(model, (1, 3, 1, 1))  # too small for the 3x3 stride-2 conv
     assert all("forward" not in vars(m) for m in model.modules())
-    assert all(m.backend == "reference" for m in model.modules())
+    assert all(m.backend == sn.backends.DEFAULT_BACKEND for m in model.modules())
 
 
 def test_fixed_kernel_conv_is_pooling_not_macs():
