@@ -1,7 +1,7 @@
 """scratchnets.data: folder layouts, decoding of odd files, transforms, the cache and the loader.
 
 Every test builds its own tiny images in ``tmp_path``; one smoke test reads 8 real photos from
-``/work/shared/data/cats_vs_dogs`` when that folder exists.
+``../shared/data/cats_vs_dogs`` (beside the checkout) when that folder exists.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from PIL import Image
 from scratchnets import data
 from scratchnets.data import dataset as dataset_module
 
-REAL_DATA = Path("/work/shared/data/cats_vs_dogs")
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cats_vs_dogs"  # ../shared
 
 
 # --------------------------------------------------------------------------- tiny image trees
