@@ -114,8 +114,9 @@ def test_fuse_equals_eval_model(name, width, size, classes, backend, dtype, rtol
     assert err <= rtol * max(1.0, float(np.max(np.abs(expected)))), err
     assert sn.models.fuse(fused, inplace=True) is fused  # nothing left to fold: a no-op
     np.testing.assert_array_equal(fused(x), actual)
-    after = model.state_dict()  # the original is untouched
+    after = model.state_dict()  # the original is untouched, its forward cache included
     assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert model.backward(np.ones_like(expected)).shape == x.shape
 
 
 def test_fold_bn_rejects_mismatched_pair():

@@ -27,7 +27,7 @@ def parameter_count(model) -> int:
 def test_vgg16_count_layout_and_float64_parity():
     """138,357,544 parameters, torchvision's names; one eval and one train forward/backward at
     32x32 (the feature map ends at 1x1 and the adaptive pool repeats it to 7x7), dropout off."""
-    model = sn.models.create("vgg16", rng=0, dtype=np.float64, dropout=0.0)
+    model = sn.models.create("vgg16", rng=0, dtype=np.float64, dropout=0.0).to("reference")
     assert parameter_count(model) == 138_357_544
     twin = torch_twin("vgg16")
     assert_same_layout(model, twin)
@@ -38,7 +38,7 @@ def test_vgg16_count_layout_and_float64_parity():
 @pytest.mark.slow
 def test_vgg16_bn_count_layout_and_fuse():
     """138,365,992 parameters, torchvision's names; all 13 conv/BN pairs fold (float32)."""
-    model = sn.models.create("vgg16_bn", rng=0)
+    model = sn.models.create("vgg16_bn", rng=0).to("reference")
     assert parameter_count(model) == 138_365_992
     with torch.device("meta"):  # names and shapes only: no memory, no initialisation
         assert_same_layout(model, torch_twin("vgg16_bn", dtype=torch.float32))
@@ -54,9 +54,9 @@ def test_vgg16_bn_count_layout_and_fuse():
 @pytest.mark.slow
 def test_xception_count_layout_and_float64_parity():
     """22,855,952 parameters, timm's names; eval and train at 71x71, the smallest input Keras
-    accepts (35, 33, 17, 9, 5, 3 through the flows). Reference backend only: torch's float64
-    grouped convolutions make this oracle the slowest of the suite."""
-    model = sn.models.create("xception", rng=0, dtype=np.float64)
+    accepts (35, 33, 17, 9, 5, 3 through the flows). Reference backend only (the MobileNet tests
+    cover the cpu backend): torch's float64 grouped convolutions make this oracle slow."""
+    model = sn.models.create("xception", rng=0, dtype=np.float64).to("reference")
     assert parameter_count(model) == 22_855_952
     twin = torch_twin("xception")
     assert_same_layout(model, twin)
@@ -68,7 +68,7 @@ def test_xception_count_layout_and_float64_parity():
 @pytest.mark.slow
 def test_xception_fuse_equals_eval_model():
     """Stem, every separable conv's pointwise conv and the conv shortcuts fold (odd input)."""
-    model = sn.models.create("xception", 4, rng=0, dtype=np.float64)
+    model = sn.models.create("xception", 4, rng=0, dtype=np.float64).to("reference")
     randomize_bn(model, np.random.default_rng(8))
     x = np.random.default_rng(9).standard_normal((1, 3, 75, 80))
     expected = model.eval()(x)

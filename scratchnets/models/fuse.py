@@ -24,7 +24,7 @@ import copy
 
 import numpy as np
 
-from ..arrays import to_numpy
+from ..arrays import is_device_array, to_numpy
 from ..nn import BatchNorm2d, Conv2d, Identity, Module
 from .blocks import BatchNormAct2d
 
@@ -79,13 +79,46 @@ def _norm_remainder(bn: BatchNorm2d) -> Module:
     return bn.act if isinstance(bn, BatchNormAct2d) else Identity().to(bn.backend)
 
 
+def _device_copy(array):
+    from numba import cuda  # only reached for a model that lives on the GPU
+
+    copied = cuda.device_array_like(array)
+    copied.copy_to_device(array)
+    return copied
+
+
+def _copy_model(model: Module) -> Module:
+    """A deep copy of ``model`` without its forward caches.
+
+    numba.cuda device arrays cannot be deep-copied (their memory handles would be shared), so
+    every device array among the parameters, gradients and buffers is copied on the device first
+    and handed to ``deepcopy`` through its memo. The caches of the last forward are detached
+    while copying (they may hold device arrays too) and put back afterwards.
+    """
+    memo = {}
+    arrays = [b for _, b in model.named_buffers()]
+    for _, param in model.named_parameters():
+        arrays += [param.data, param.grad]
+    for array in arrays:
+        if is_device_array(array):
+            memo[id(array)] = _device_copy(array)
+    saved = [(m, m._cache, m._out_shape) for m in model.modules()]
+    try:
+        for module, _, _ in saved:
+            module._cache = module._out_shape = None
+        return copy.deepcopy(model, memo)
+    finally:
+        for module, cache, out_shape in saved:
+            module._cache, module._out_shape = cache, out_shape
+
+
 def fuse(model: Module, inplace: bool = False) -> Module:
     """Fold every declared (conv, BN) pair of ``model`` (see the module docstring).
 
     Returns the fused model in eval mode: a deep copy unless ``inplace``. Pairs whose BN has
     already been folded are skipped, so fusing twice is harmless.
     """
-    fused = model if inplace else copy.deepcopy(model)
+    fused = model if inplace else _copy_model(model)
     for _, block in list(fused.named_modules()):
         for conv_path, bn_path in getattr(block, "bn_folds", ()):
             conv_parent, conv_name, conv = _locate(block, conv_path)
