@@ -65,15 +65,7 @@ LOSS_RTOL_F32 = 1e-3
 F64_RTOL = 1e-9
 
 
-def _cpu_backend() -> str:
-    try:
-        sn.get_backend("cpu")
-    except ImportError:
-        return "reference"
-    return "cpu"
-
-
-BACKEND = _cpu_backend()
+BACKEND = "cpu"  # the Numba kernels
 
 
 @pytest.fixture(autouse=True, scope="module")
