@@ -20,12 +20,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Print the largest float64 error per op seen against torch (tests.helpers.record_error)."""
+    """Print the largest relative error per op seen against torch (tests.helpers.record_error).
+
+    Keys are float64 comparisons unless they name float32.
+    """
     import sys
 
     helpers = sys.modules.get("tests.helpers") or sys.modules.get("helpers")
     if helpers is None or not helpers.MAX_ERRORS:
         return
-    terminalreporter.section("largest float64 relative error vs torch, per op")
+    terminalreporter.section(
+        "largest relative error vs torch, per op (float64 unless a key says float32)"
+    )
     for key in sorted(helpers.MAX_ERRORS):
         terminalreporter.write_line(f"{key:48s} {helpers.MAX_ERRORS[key]:.3e}")
