@@ -13,7 +13,7 @@ import pytest
 
 from scratchnets.cli import main
 from scratchnets.profile import papers, verify
-from scratchnets.profile.papers import ROWS, ModelConfig, PaperRow
+from scratchnets.profile.papers import ROWS, SEEDS_TABLE, ModelConfig, PaperRow
 
 COUNTER = verify.Counter()  # one build and one trace per configuration for the whole module
 
@@ -98,5 +98,99 @@ def test_cli_verify(capsys, monkeypatch):
     assert "| --- |" in capsys.readouterr().out
     wrong = replace(next(r for r in ROWS if r.key == "V1-T6-1.0-macs"), published="570")
     monkeypatch.setattr(papers, "ROWS", (wrong,))
+    monkeypatch.setattr(papers, "SEEDS_TABLE", ())
     assert main(["verify"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------ the seeds' table
+
+#: issue 5's list: model, alpha, rho, input pixels, then the verdicts of the published parameters
+#: and multiply-adds ("computed": papers.md has no number for that configuration)
+SEEDS = [
+    ("MobileNetV1", 1.0, "1", 224, "match", "match"),
+    ("MobileNetV1", 0.75, "0.85", 192, "match", "erratum"),
+    ("MobileNetV1", 0.25, "0.57", 128, "match", "match"),
+    ("MobileNetV2", 1.4, "1", 224, "match", "match"),
+    ("MobileNetV2", 1.0, "1", 224, "match", "match"),
+    ("MobileNetV2", 0.35, "0.43", 96, "match", "match"),
+    ("Xception", 1.0, "1", 299, "match", "computed"),
+    ("VGG16", 1.0, "1", 224, "match", "erratum"),
+]
+MODEL_NAMES = {"MobileNetV1": "mobilenet_v1", "MobileNetV2": "mobilenet_v2",
+               "Xception": "xception", "VGG16": "vgg16"}  # fmt: skip
+
+
+def test_seeds_table_is_the_seeds_eight_configurations():
+    """The eight configurations of issue 5, each citing rows of exactly that configuration."""
+    listed = [(e.model, e.config.width, e.rho, e.config.resolution) for e in SEEDS_TABLE]
+    assert listed == [seed[:4] for seed in SEEDS]
+    assert len({e.key for e in SEEDS_TABLE}) == len(SEEDS_TABLE)
+    by_key = {row.key: row for row in ROWS}
+    for e in SEEDS_TABLE:
+        assert e.config.name == MODEL_NAMES[e.model] and e.config.classes == 1000
+        native = 299 if e.model == "Xception" else 224
+        assert abs(e.config.resolution / native - float(e.rho)) < 0.01
+        for key, quantity in ((e.params, "params"), (e.macs, "macs")):
+            if key is None:
+                continue
+            row = by_key[key]  # slim rows count 1001 classes: the class count may differ
+            assert row.quantity == quantity
+            same = ("name", "width", "resolution", "options")
+            assert [getattr(row.config, f) for f in same] == [getattr(e.config, f) for f in same]
+
+
+@pytest.mark.parametrize(
+    "entry, seed", zip(SEEDS_TABLE, SEEDS, strict=True), ids=[e.key for e in SEEDS_TABLE]
+)
+def test_seeds_table_row(entry, seed):
+    result = verify.verify_seed(entry, COUNTER)
+    assert tuple(cell.verdict for cell in result.cells) == seed[4:]
+    for cell in result.cells:
+        if cell.verdict == "computed":  # our count only: nothing published, nothing verified
+            assert cell.verified is None and cell.published_text() == "-" and cell.ours > 0
+            assert "verified against nothing" in cell.explanation(entry)
+        else:  # the cited row's own verdict and count
+            assert cell.verified.how in ("rounded", "truncated")
+            assert cell.ours == cell.verified.ours
+            assert cell.verified == verify.verify_row(cell.verified.row, COUNTER)
+
+
+def test_seeds_table_tally_counts_computed_apart():
+    seeds = verify.verify_seeds(counter=COUNTER)
+    assert verify.seed_tally(seeds) == {"match": 13, "erratum": 2, "computed": 1, "MISMATCH": 0}
+    # a quantity without a cited row is computed (parameters: trainable), never a match
+    vgg = next(e for e in SEEDS_TABLE if e.model == "VGG16")
+    computed = verify.verify_seed(replace(vgg, params=None), COUNTER)
+    assert computed.params.verdict == "computed" and computed.ok
+    assert computed.params.ours == 138_357_544  # VGG16 has no BN: trainable == Keras total
+    assert verify.seed_tally([computed])["match"] == 0
+
+
+def test_cli_verify_seeds_table(capsys, monkeypatch):
+    assert main(["verify", "--only", "seed-table"]) == 0
+    out = capsys.readouterr().out
+    assert "published numbers:" not in out  # no row of the main table matches
+    assert (
+        "Seeds' table: 8 configurations, 16 numbers: 13 match, 2 documented errata, 1 computed"
+        in out
+    )
+    xception = next(line for line in out.splitlines() if line.startswith("Xception"))
+    assert "22,910,480 [keras-table-old]" in xception and " - " in xception
+    assert "match / computed [s" in xception
+    assert main(["verify", "--json", "--only", "seed-table"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["rows"] == []
+    table = data["seeds_table"]
+    assert table["summary"] == {"match": 13, "erratum": 2, "computed": 1, "MISMATCH": 0,
+                                "configurations": 8, "total": 16}  # fmt: skip
+    macs = next(r for r in table["rows"] if r["model"] == "Xception")["macs"]
+    assert macs["verdict"] == "computed" and macs["published"] is None and macs["ours"] > 0
+    assert main(["verify", "--markdown", "--only", "seed-table-vgg16"]) == 0
+    out = capsys.readouterr().out
+    assert "| Model | alpha |" in out and "138,357,544 [keras-table-old]" in out
+    # a wrong cited number makes the seeds' table, and the command, fail
+    wrong = replace(next(r for r in ROWS if r.key == "V1-T6-1.0-macs"), published="570")
+    monkeypatch.setattr(papers, "ROWS", tuple(wrong if r.key == wrong.key else r for r in ROWS))
+    assert main(["verify", "--only", "seed-table-v1-1.0"]) == 1
+    assert "match / MISMATCH [s1]" in capsys.readouterr().out

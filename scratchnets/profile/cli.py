@@ -5,7 +5,8 @@
     scratchnets verify [--json | --markdown] [--only SUBSTRING]
 
 ``summary`` prints the per-layer table of one model (output shapes, parameters, multiply-adds);
-``verify`` recomputes every published parameter / multiply-add count (``papers.ROWS``) and exits
+``verify`` recomputes every published parameter / multiply-add count (``papers.ROWS``), then shows
+the seeds' table (``papers.SEEDS_TABLE``: the seed's eight configurations side by side), and exits
 with status 1 if any is a MISMATCH. Both trace the models on the meta backend: no arithmetic.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from .. import models
 from .summary import skip_init, summary
-from .verify import render_json, render_markdown, render_text, verify_all
+from .verify import Counter, render_json, render_markdown, render_text, verify_all, verify_seeds
 
 
 def _add_format(parser: argparse.ArgumentParser) -> None:
@@ -52,9 +53,14 @@ def register(subparsers) -> None:
         help="recompute every published parameter / multiply-add count (the default command)",
         description="Recompute the parameter and multiply-add counts of the MobileNet, GhostNet, "
         "VGG16 and Xception papers and framework tables under each source's convention and "
-        "print published / ours / difference / verdict. Exits 1 if any row is a MISMATCH.",
+        "print published / ours / difference / verdict, then the seeds' table (the eight "
+        "configurations the seed compares, side by side). Exits 1 if any row is a MISMATCH.",
     )
-    v.add_argument("--only", metavar="SUBSTRING", help="rows whose key, source or text contain it")
+    v.add_argument(
+        "--only",
+        metavar="SUBSTRING",
+        help="rows (and seeds'-table lines) whose key, source or text contain it",
+    )
     _add_format(v)
     v.set_defaults(func=run_verify)
 
@@ -78,9 +84,11 @@ def run_summary(args) -> int:
 
 
 def run_verify(args) -> int:
-    results = verify_all(only=args.only)
-    if not results:
-        raise SystemExit(f"no published row matches --only {args.only!r}")
+    counter = Counter()  # shared: the seeds' table cites rows the main table has counted
+    results = verify_all(only=args.only, counter=counter)
+    seeds = verify_seeds(only=args.only, counter=counter)
+    if not results and not seeds:
+        raise SystemExit(f"no published row or seeds'-table line matches --only {args.only!r}")
     render = render_json if args.json else render_markdown if args.markdown else render_text
-    print(render(results))
-    return 0 if all(v.ok for v in results) else 1
+    print(render(results, seeds))
+    return 0 if all(v.ok for v in [*results, *seeds]) else 1

@@ -14,7 +14,8 @@ corrections come from the paper's own data and formulas (another table entry, eq
 scaling), never from the count alone.
 
 Also here: [V1] Table 1 and [V2] Table 2 verbatim as layer lists, so that ``verify`` can build the
-networks exactly as printed.
+networks exactly as printed; and ``SEEDS_TABLE``, the eight configurations the project's seed
+compares, each citing the rows above that publish numbers for exactly that configuration.
 """
 
 from __future__ import annotations
@@ -566,4 +567,49 @@ def _seed_rows() -> list[PaperRow]:
 ROWS: tuple[PaperRow, ...] = tuple(
     _v1_rows() + _slim_v1_rows() + _v2_rows() + _slim_v2_rows() + _framework_rows()
     + _ghostnet_rows() + _seed_rows()
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------ the seeds' table
+
+
+@dataclass(frozen=True)
+class SeedEntry:
+    """One line of the seeds' table: a configuration the project's seed compares, and the keys in
+    ``ROWS`` of the numbers papers.md publishes for exactly that configuration.
+
+    ``config``: the model, width multiplier alpha and input resolution in pixels (1000 classes);
+    ``rho``: the resolution multiplier as the seed writes it (of 224: "0.85" is 192 px; Xception's
+    own input is 299). ``params`` / ``macs``: the key of the published row, or None where papers.md
+    has no number for this configuration: ``verify`` then shows our count of ``config`` ("computed",
+    parameters under the ``trainable`` convention), which verifies nothing.
+    """
+
+    key: str
+    model: str
+    rho: str
+    config: ModelConfig
+    params: str | None
+    macs: str | None
+
+
+#: the seeds' table: MobileNetV1 alpha/rho 1/1, 0.75/0.85, 0.25/0.57; MobileNetV2 1.4, 1.0,
+#: 0.35/0.43; Xception; VGG16 (issue 5). Each published number is a row of ``ROWS``, cited by key.
+SEEDS_TABLE = (
+    SeedEntry("seed-table-v1-1.0-224", "MobileNetV1", "1", V1,
+              "V1-T6-1.0-params", "V1-T6-1.0-macs"),
+    SeedEntry("seed-table-v1-0.75-192", "MobileNetV1", "0.85", _cfg("mobilenet_v1", 0.75, 192),
+              "slim-V1-0.75-192-params", "slim-V1-0.75-192-macs"),
+    SeedEntry("seed-table-v1-0.25-128", "MobileNetV1", "0.57", _cfg("mobilenet_v1", 0.25, 128),
+              "slim-V1-0.25-128-params", "slim-V1-0.25-128-macs"),
+    SeedEntry("seed-table-v2-1.4-224", "MobileNetV2", "1", _cfg("mobilenet_v2", 1.4),
+              "slim-V2-1.4-224-params", "slim-V2-1.4-224-macs"),
+    SeedEntry("seed-table-v2-1.0-224", "MobileNetV2", "1", V2,
+              "slim-V2-1-224-params", "slim-V2-1-224-macs"),
+    SeedEntry("seed-table-v2-0.35-96", "MobileNetV2", "0.43", _cfg("mobilenet_v2", 0.35, 96),
+              "slim-V2-0.35-96-params", "slim-V2-0.35-96-macs"),
+    SeedEntry("seed-table-xception", "Xception", "1", _cfg("xception", resolution=299),
+              "keras-table-old:Keras Xception:22,910,480", None),
+    SeedEntry("seed-table-vgg16", "VGG16", "1", _cfg("vgg16"),
+              "keras-table-old:Keras VGG16:138,357,544", "V1-T8-vgg16-macs"),
 )  # fmt: skip

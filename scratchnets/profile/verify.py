@@ -10,6 +10,11 @@ convention. Verdicts:
   configuration / quantity does reproduce;
 * ``MISMATCH``: anything else (``scratchnets verify`` then exits non-zero).
 
+The seeds' table (``papers.SEEDS_TABLE``, ``verify_seeds``) puts the parameters and multiply-adds
+of the seed's eight configurations side by side: each published number is the verdict of the
+row it cites; a quantity papers.md has no number for is our count alone, verdict ``computed``,
+tallied apart from matches.
+
 Models are built with ``skip_init`` (no random draws: weights are never read) and cached per
 configuration, so the whole table takes a few seconds.
 """
@@ -17,6 +22,7 @@ configuration, so the whole table takes a few seconds.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -35,9 +41,9 @@ from ..nn import (
     Sequential,
 )
 from .conventions import CONVENTIONS, MACS, count_params
-from .papers import SOURCES, V1_TABLE1, V2_TABLE2, ModelConfig, PaperRow
+from .papers import SOURCES, V1_TABLE1, V2_TABLE2, ModelConfig, PaperRow, SeedEntry
 from .summary import Summary, skip_init, summary
-from .tables import markdown_table, text_table
+from .tables import markdown_table, millions, text_table, thousands
 
 # ------------------------------------------------------------------------ builders
 
@@ -358,6 +364,132 @@ def verify_all(only: str | None = None, counter: Counter | None = None) -> list[
     return [verify_row(row, counter) for row in chosen]
 
 
+# ----------------------------------------------------------------------- the seeds' table
+
+#: how a seeds'-table count with no published number counts parameters
+COMPUTED_CONVENTION = "trainable"
+
+
+@dataclass(frozen=True)
+class SeedCell:
+    """One quantity ("params" or "macs") of a seeds'-table line: the published row verified, or,
+    where papers.md publishes nothing (``verified`` None), our count alone: verdict "computed",
+    which is neither a match nor a mismatch."""
+
+    quantity: str
+    ours: float
+    verified: VerifiedRow | None = None
+
+    @property
+    def verdict(self) -> str:
+        return self.verified.verdict if self.verified else "computed"
+
+    @property
+    def convention(self) -> str:
+        if self.quantity == "macs":
+            return "macs"
+        return self.verified.row.convention if self.verified else COMPUTED_CONVENTION
+
+    def ours_text(self) -> str:
+        """Parameters exactly, with the convention counted; multiply-adds in millions."""
+        if self.quantity == "macs":
+            return millions(self.ours)
+        return f"{thousands(round(self.ours))} ({self.convention})"
+
+    def published_text(self) -> str:
+        if self.verified is None:
+            return "-"
+        r = self.verified.row
+        return f"{r.published}{_unit_text(r)} [{r.source}]{'*' if r.unconfirmed else ''}"
+
+    def explanation(self, entry: SeedEntry) -> str:
+        if self.verified is None:
+            counted = "conv + FC multiply-adds" if self.quantity == "macs" else self.convention
+            return (
+                f"papers.md publishes no {self.quantity} for {entry.config.label()}: "
+                f"{self.ours_text()} is only our count ({counted}), verified against nothing"
+            )
+        return self.verified.explanation()
+
+    def to_dict(self, entry: SeedEntry) -> dict:
+        r = self.verified.row if self.verified else None
+        return {
+            "verdict": self.verdict,
+            "ours": self.ours,
+            "convention": self.convention,
+            "published": r.published if r else None,
+            "unit": r.unit if r else None,
+            "source": r.source if r else None,
+            "key": r.key if r else None,
+            "how": self.verified.how if self.verified else None,
+            "explanation": self.explanation(entry),
+        }
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """A seeds'-table line: the configuration, its parameters and its multiply-adds."""
+
+    entry: SeedEntry
+    params: SeedCell
+    macs: SeedCell
+
+    @property
+    def cells(self) -> tuple[SeedCell, SeedCell]:
+        return self.params, self.macs
+
+    @property
+    def ok(self) -> bool:
+        return all(cell.verdict != "MISMATCH" for cell in self.cells)
+
+    def to_dict(self) -> dict:
+        e = self.entry
+        return {
+            "key": e.key,
+            "model": e.model,
+            "alpha": e.config.width,
+            "rho": e.rho,
+            "resolution": e.config.resolution,
+            "config": e.config.label(),
+            "params": self.params.to_dict(e),
+            "macs": self.macs.to_dict(e),
+        }
+
+
+def verify_seed(entry: SeedEntry, counter: Counter | None = None) -> SeedResult:
+    """The published rows ``entry`` cites, verified; our count of ``entry.config`` where it cites
+    none."""
+    from .papers import ROWS
+
+    counter = counter or Counter()
+    by_key = {row.key: row for row in ROWS}
+
+    def cell(quantity: str, key: str | None) -> SeedCell:
+        if key is not None:
+            verified = verify_row(by_key[key], counter)
+            return SeedCell(quantity, verified.ours, verified)
+        if quantity == "params":
+            model = counter.model(entry.config)[0]
+            return SeedCell(quantity, float(count_params(model, COMPUTED_CONVENTION)))
+        return SeedCell(quantity, float(counter.summary(entry.config).total_macs))
+
+    return SeedResult(entry, cell("params", entry.params), cell("macs", entry.macs))
+
+
+def verify_seeds(only: str | None = None, counter: Counter | None = None) -> list[SeedResult]:
+    """Every line of ``papers.SEEDS_TABLE`` (those whose key, model or cited keys contain
+    ``only``, case-insensitively), verified."""
+    from .papers import SEEDS_TABLE
+
+    counter = counter or Counter()
+    needle = (only or "").lower()
+    searched = [
+        (e, " ".join(filter(None, (e.key, e.model, e.params, e.macs)))) for e in SEEDS_TABLE
+    ]
+    chosen = [e for e, text in searched if needle in text.lower()]
+    return [verify_seed(entry, counter) for entry in chosen]
+
+
 # ----------------------------------------------------------------------------- output
 
 TOLERANCE = (
@@ -418,25 +550,114 @@ def _tally_text(results: list[VerifiedRow]) -> str:
     )
 
 
-def render_text(results: list[VerifiedRow]) -> str:
-    parts = [text_table(*_cells(results)), _tally_text(results)]
-    notes = _notes(results)
-    if notes:
-        parts.append("Errata, mismatches and formulas:\n" + "\n".join(notes))
-    return "\n\n".join(parts + [legend()])
+SEEDS_TITLE = (
+    "Seeds' table: the configurations the project's seed compares (alpha: width multiplier; "
+    "rho: resolution multiplier of 224, of 299 for Xception; px: input size). Published: what "
+    "papers.md gives for exactly that configuration, ours counted under that source's convention; "
+    "'-': papers.md gives nothing, so ours is only computed, not verified."
+)
 
 
-def render_markdown(results: list[VerifiedRow]) -> str:
-    parts = [markdown_table(*_cells(results)), _tally_text(results)]
-    parts += ["\n".join(f"- {n}" for n in _notes(results)), "```\n" + legend() + "\n```"]
-    return "\n\n".join(p for p in parts if p)
+def _seed_flags(seeds: Sequence[SeedResult]) -> dict[tuple[str, str], str]:
+    """The note label ("s1", "s2", ...) of every seeds'-table cell that is not a plain match."""
+    flagged = [(s.entry.key, c.quantity) for s in seeds for c in s.cells if c.verdict != "match"]
+    return {key: f"s{n}" for n, key in enumerate(flagged, 1)}
 
 
-def render_json(results: list[VerifiedRow]) -> str:
+def _seed_cells(seeds: Sequence[SeedResult]) -> tuple[list[str], list[list[str]], set[int]]:
+    headers = ["Model", "alpha", "rho (px)", "Ours params", "Ours MACs", "Published params",
+               "Published MACs", "Verdict (params / MACs)"]  # fmt: skip
+    flags = _seed_flags(seeds)
+    rows = []
+    for s in seeds:
+        e = s.entry
+        verdicts = [
+            c.verdict + (f" [{flags[e.key, c.quantity]}]" if (e.key, c.quantity) in flags else "")
+            for c in s.cells
+        ]
+        rows.append([
+            e.model, f"{e.config.width:g}", f"{e.rho} ({e.config.resolution})",
+            s.params.ours_text(), s.macs.ours_text(), s.params.published_text(),
+            s.macs.published_text(), " / ".join(verdicts),
+        ])  # fmt: skip
+    return headers, rows, {1, 3, 4}
+
+
+def _seed_notes(seeds: Sequence[SeedResult]) -> list[str]:
+    flags = _seed_flags(seeds)
+    return [
+        f"[{flags[s.entry.key, c.quantity]}] {s.entry.key} {c.quantity}"
+        + (f" ({c.verified.row.key})" if c.verified else "")
+        + f": {c.explanation(s.entry)}"
+        for s in seeds
+        for c in s.cells
+        if (s.entry.key, c.quantity) in flags
+    ]
+
+
+def seed_tally(seeds: Sequence[SeedResult]) -> dict[str, int]:
+    """Verdicts of the seeds' table cells; "computed" (no published number) counted apart."""
+    counts = {"match": 0, "erratum": 0, "computed": 0, "MISMATCH": 0}
+    for s in seeds:
+        for cell in s.cells:
+            counts[cell.verdict] += 1
+    return counts
+
+
+def _seed_tally_text(seeds: Sequence[SeedResult]) -> str:
+    t = seed_tally(seeds)
+    return (
+        f"Seeds' table: {len(seeds)} configurations, {2 * len(seeds)} numbers: {t['match']} match, "
+        f"{t['erratum']} documented errata, {t['computed']} computed (no published number in "
+        f"papers.md: our count only, not verified), {t['MISMATCH']} MISMATCH."
+    )
+
+
+def _sections(
+    results: list[VerifiedRow], seeds: Sequence[SeedResult], table: Callable, notes: Callable
+) -> list[str]:
+    """The published numbers and the seeds' table, each with its tally and notes: ``table``
+    renders (headers, rows, right-aligned columns), ``notes(title, lines)`` a list of notes."""
+    parts = []
+    if results:
+        parts += [table(*_cells(results)), _tally_text(results)]
+        parts.append(notes("Errata, mismatches and formulas:", _notes(results)))
+    if seeds:
+        parts += [SEEDS_TITLE, table(*_seed_cells(seeds)), _seed_tally_text(seeds)]
+        parts.append(
+            notes("Seeds' table: errata, mismatches and computed counts:", _seed_notes(seeds))
+        )
+    return [p for p in parts if p]
+
+
+def render_text(results: list[VerifiedRow], seeds: Sequence[SeedResult] = ()) -> str:
+    def notes(title: str, lines: list[str]) -> str:
+        return "\n".join([title, *lines]) if lines else ""
+
+    return "\n\n".join(_sections(results, seeds, text_table, notes) + [legend()])
+
+
+def render_markdown(results: list[VerifiedRow], seeds: Sequence[SeedResult] = ()) -> str:
+    def notes(title: str, lines: list[str]) -> str:
+        return "\n".join([f"**{title}**", *(f"- {n}" for n in lines)]) if lines else ""
+
+    parts = _sections(results, seeds, markdown_table, notes)
+    return "\n\n".join(parts + ["```\n" + legend() + "\n```"])
+
+
+def render_json(results: list[VerifiedRow], seeds: Sequence[SeedResult] = ()) -> str:
     return json.dumps(
         {
             "rows": [v.to_dict() for v in results],
             "summary": {**tally(results), "total": len(results)},
+            "seeds_table": {
+                "rows": [s.to_dict() for s in seeds],
+                "summary": {
+                    **seed_tally(seeds),
+                    "configurations": len(seeds),
+                    "total": 2 * len(seeds),
+                },  # fmt: skip
+            },
             "conventions": {"macs": MACS, **{c.key: c.label for c in CONVENTIONS.values()}},
             "tolerance": TOLERANCE,
             "sources": SOURCES,
