@@ -1,4 +1,4 @@
-"""Smoke tests of ``scratchnets bench convs`` and ``scratchnets bench models`` at tiny sizes.
+"""Smoke tests of ``scratchnets bench convs|models|ops|train-step`` at tiny sizes.
 
 The benchmarks are not tests of speed; these check that each command runs end to end through
 ``scratchnets.cli.main`` (validation against torch included), that its JSON says what the table
@@ -8,6 +8,7 @@ runs under numba's simulator in a subprocess (the simulator must be chosen befor
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from scratchnets.benchmarks import convs, models, timing
+from scratchnets.benchmarks import convs, models, ops, timing
 from scratchnets.cli import main
 
 TINY_CONVS = "--layers 2 --batch 2 --size 8 --channels 4 8 --passes 1 --repeat 1".split()
@@ -38,6 +39,16 @@ def run_json(capsys, argv: list[str]) -> tuple[dict, str]:
     assert main([*argv, "--json"]) == 0
     captured = capsys.readouterr()
     return json.loads(captured.out), captured.err
+
+
+def run_cuda_simulated(argv: list[str]) -> subprocess.CompletedProcess:
+    """``python -m scratchnets.cli <argv>`` in a subprocess under numba's CUDA simulator."""
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    command = [sys.executable, "-m", "scratchnets.cli", *argv]
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def test_bench_convs_cpu_and_reference(capsys, tmp_path):
@@ -129,13 +140,9 @@ def test_bench_models_cpu(capsys):
 
 def test_bench_convs_cuda_under_the_simulator(tmp_path):
     """The cuda path end to end (device arrays, synchronize, validation) in numba's simulator."""
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
     argv = "--layers 1 --batch 1 --size 4 --channels 2 --passes 1 --repeat 1".split()
-    command = [sys.executable, "-m", "scratchnets.cli", "bench", "convs", "--backend", "cuda"]
-    command += ["--convs", "conv3x3", "conv1x1", "conv3x3sep", "--json", *argv]
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    convs_ = ["--convs", "conv3x3", "conv1x1", "conv3x3sep"]
+    done = run_cuda_simulated(["bench", "convs", "--backend", "cuda", *convs_, "--json", *argv])
     rows = json.loads(done.stdout)["rows"]
     assert [(r["backend"], r["conv"]) for r in rows] == [
         ("cuda", "conv3x3"),
@@ -143,3 +150,87 @@ def test_bench_convs_cuda_under_the_simulator(tmp_path):
         ("cuda", "conv3x3sep"),
     ]
     assert all(r["max_rel_err"] <= convs.VALIDATION_TOLERANCE for r in rows)
+
+
+TINY_OPS = "--batch 2 --size 16 --repeat 1".split()
+
+
+def cuda_available() -> bool:
+    from numba import cuda
+
+    return cuda.is_available()
+
+
+def test_bench_ops_cpu(capsys, tmp_path):
+    out = tmp_path / "ops.json"
+    pattern = "^(dw3x3 96@8 s2|pw 16->96@8|bn 32@8|relu6 32@8)$"
+    assert main(["bench", "ops", "--ops", pattern, "--json", str(out), *TINY_OPS]) == 0
+    table = capsys.readouterr().out
+    rows = {r["op"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"dw3x3 96@8 s2", "pw 16->96@8", "bn 32@8", "relu6 32@8"}
+    for row in rows.values():
+        assert row["max_rel_err"] <= ops.VALIDATION_TOLERANCE
+        assert row["ratio_fb"] == pytest.approx(row["ours_fb_ms"] / row["torch_fb_ms"])
+    pointwise = rows["pw 16->96@8"]
+    flops = 2 * 2 * 8 * 8 * 16 * 96  # 2 FLOPs x N x H x W x C_in x C_out
+    assert pointwise["ours_gflops"] == pytest.approx(flops / pointwise["ours_fwd_ms"] / 1e6)
+    assert pointwise["of_numpy"] == pytest.approx(
+        pointwise["ours_gflops"] / pointwise["numpy_gflops"]
+    )
+    assert "dw3x3  total fwd+bwd" in table and "# backend: cpu" in table
+
+
+def test_bench_ops_validation_catches_a_wrong_kernel(monkeypatch):
+    """A depthwise kernel whose output is off by one part in 10^3 must stop the run."""
+    real = ops.make_target
+
+    def skewed(backend):
+        target = real(backend)
+        conv2d_forward = target.ops.conv2d_forward
+
+        class Skewed:
+            def __getattr__(self, name):
+                return getattr(target.ops, name)
+
+            @staticmethod
+            def conv2d_forward(*args):
+                y, cache = conv2d_forward(*args)
+                return y * 1.001, cache
+
+        return dataclasses.replace(target, ops=Skewed())
+
+    monkeypatch.setattr(ops, "make_target", skewed)
+    with pytest.raises(AssertionError, match="differs from torch"):
+        main(["bench", "ops", "--ops", "^dw3x3 96@8 s2$", *TINY_OPS])
+
+
+def test_bench_ops_waits_for_the_device_after_every_timed_call():
+    """On a GPU every timed call must end with a synchronize of its side (launches are async).
+    Checked on the CPU target with counting sync functions: the simulator is too slow for
+    MobileNetV2's layer shapes, and the real run is in bench/cuda_commands.md."""
+    calls = {"ours": 0, "torch": 0}
+    target = dataclasses.replace(
+        ops.make_target("cpu"),
+        sync=lambda: calls.__setitem__("ours", calls["ours"] + 1),
+        torch_sync=lambda: calls.__setitem__("torch", calls["torch"] + 1),
+    )
+    benches = ops.build(target, batch=2, size=16, pattern="^relu6 32@8$")
+    ops.run_benches(target, benches, repeat=3, progress=False)
+    # forward and forward+backward, each 1 warm-up + 3 timed calls
+    assert calls == {"ours": 8, "torch": 8}
+
+
+@pytest.mark.skipif(cuda_available(), reason="a GPU is present: the cuda benchmark can run")
+def test_bench_ops_cuda_without_a_gpu_says_so():
+    with pytest.raises(RuntimeError, match="needs an NVIDIA GPU"):
+        main(["bench", "ops", "--backend", "cuda", *TINY_OPS])
+
+
+def test_bench_train_step_cpu(capsys, tmp_path):
+    out = tmp_path / "step.json"
+    argv = ["bench", "train-step", "--batch", "2", "--size", "32", "--repeat", "1"]
+    assert main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["result"]
+    assert result["backend"] == "cpu" and result["logits_rel_err"] <= 1e-3
+    assert result["ratio"] == pytest.approx(result["ours_step_ms"] / result["torch_step_ms"])
+    assert "MobileNetV2 train step, batch 2 x 3 x 32 x 32" in capsys.readouterr().out

@@ -352,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
     rows = run_study(args, torch)
     devices = sorted({torch_device(torch, b) for b in args.backend})
     result = {
-        "machine": machine_info(),
+        "machine": machine_info("cuda" if "cuda" in args.backend else "cpu"),
         "peaks": {d: machine_peaks(d) for d in devices},
         "args": {k: v for k, v in vars(args).items() if k != "func"},
         "rows": rows,

@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         for key in [k for k in row if k.endswith("_gflops")]:
             row[key.replace("_gflops", "_peak")] = row[key] / peak["matmul_gflops"]
     result = {
-        "machine": machine_info(),
+        "machine": machine_info(args.backend),
         "peak": peak,
         "args": {k: v for k, v in vars(args).items() if k != "func"},
         "rows": rows,

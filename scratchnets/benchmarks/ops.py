@@ -1,15 +1,20 @@
-"""``scratchnets bench ops``: per-op CPU kernels vs PyTorch on MobileNetV2's layer shapes.
+"""``scratchnets bench ops``: per-op kernels vs PyTorch on MobileNetV2's layer shapes.
 
 For every distinct depthwise and pointwise convolution of MobileNetV2 at the given input size
-(default batch 32, 128x128), plus BatchNorm and ReLU6 at one shape per resolution, time the
-scratchnets "cpu" kernel and torch on the same float32 data in the same run: forward alone and
-forward + backward (random upstream gradient), median of ``--repeat`` runs, and the ratio
-scratchnets / torch (< 1 means scratchnets is faster). Each kernel's outputs are checked against
-torch before it is timed. For the pointwise convolutions, which are GEMMs, the table also gives
-the GFLOP/s of the forward next to NumPy's own matmul on the same product,
-``(C_out, C_in) @ (C_in, N*H*W)``, and their ratio ("of numpy").
+(default batch 32, 128x128), plus BatchNorm and ReLU6 at one shape per resolution, time a
+scratchnets backend's kernel (``--backend cpu``, the default, or ``cuda``) and torch on the same
+device and float32 data in the same run: forward alone and forward + backward (random upstream
+gradient), median of ``--repeat`` runs, and the ratio scratchnets / torch (< 1 means scratchnets
+is faster). Each kernel's outputs are checked against torch before it is timed. On "cuda", torch
+runs on the GPU with TF32 off and cuDNN on, and every timed call ends with a device synchronize
+on both sides (kernel launches are asynchronous).
 
-Run: ``python -m scratchnets.cli bench ops`` or ``python -m scratchnets.benchmarks.ops``.
+For the pointwise convolutions, which are GEMMs, the table also gives the GFLOP/s of the forward
+and, on the CPU, NumPy's own matmul on the same product, ``(C_out, C_in) @ (C_in, N*H*W)``, and
+their ratio ("of numpy").
+
+Run: ``python -m scratchnets.cli bench ops [--backend cuda]`` or
+``python -m scratchnets.benchmarks.ops``.
 """
 
 from __future__ import annotations
@@ -20,12 +25,21 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
-from .timing import format_table, machine_info, median_time, print_header, setup_torch
+from .convs import torch_device
+from .timing import (
+    format_table,
+    machine_info,
+    max_rel_error,
+    median_time,
+    print_header,
+    setup_torch,
+)
 
-HELP = "per-op CPU kernels vs torch on MobileNetV2 layer shapes (depthwise, pointwise, BN, ReLU6)"
+HELP = "per-op kernels vs torch on MobileNetV2 layer shapes (depthwise, pointwise, BN, ReLU6)"
 
 #: MobileNetV2's inverted-residual settings (expansion t, output channels c, repeats n, stride s)
 MOBILENET_V2_BLOCKS = (
@@ -62,6 +76,51 @@ def mobilenet_v2_shapes(size: int):
     return dedupe(depthwise), dedupe(pointwise), dedupe(activations)
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where the benchmark runs: scratchnets' backend and torch's device, each with a way to
+    place a NumPy array there and a way to wait for the work queued on it."""
+
+    backend: str  # "cpu" or "cuda"
+    ops: ModuleType  # the backend's op module
+    put: Callable[[np.ndarray], object]  # NumPy array -> the backend's array
+    sync: Callable[[], None]
+    torch: ModuleType
+    torch_device: str
+    torch_sync: Callable[[], None]
+
+    def tensor(self, a: np.ndarray, requires_grad: bool = False):
+        """``a`` as a torch tensor on torch's device."""
+        t = self.torch.from_numpy(a).to(self.torch_device)
+        return t.requires_grad_(True) if requires_grad else t
+
+
+def make_target(backend: str) -> Target:
+    """The "cpu" kernels next to torch on the CPU, or the "cuda" kernels next to torch on the
+    GPU (TF32 off and cuDNN on, by ``setup_torch``). Under numba's CUDA simulator, where torch
+    sees no GPU, torch stays on the CPU: the path is exercised, the ratios mean nothing."""
+    from scratchnets.backends import get_backend
+
+    torch = setup_torch()
+    torch_dev = torch_device(torch, backend)
+    torch_sync = torch.cuda.synchronize if torch_dev == "cuda" else (lambda: None)
+    if backend == "cpu":
+        return Target(
+            "cpu", get_backend("cpu"), lambda a: a, lambda: None, torch, "cpu", torch_sync
+        )
+    if backend != "cuda":
+        raise ValueError(f"bench ops times the 'cpu' or 'cuda' backend, got {backend!r}")
+    from numba import cuda
+
+    if not cuda.is_available():
+        raise RuntimeError(
+            "bench ops --backend cuda needs an NVIDIA GPU that numba sees (numba.cuda.detect() "
+            "says why not), or NUMBA_ENABLE_CUDASIM=1 for a dry run"
+        )
+    put = lambda a: cuda.to_device(np.ascontiguousarray(a))  # noqa: E731
+    return Target("cuda", get_backend("cuda"), put, cuda.synchronize, torch, torch_dev, torch_sync)
+
+
 @dataclass
 class OpBench:
     """One row: how to run each side, and how to check ours against torch first."""
@@ -73,31 +132,35 @@ class OpBench:
     torch_train: Callable[[], object]
     validate: Callable[[], float]  # largest relative error of ours vs torch (y and grads)
     flops: float | None = None  # forward FLOPs of a GEMM-shaped op
-    numpy_gemm: Callable[[], object] | None = None
+    numpy_gemm: Callable[[], object] | None = None  # the same product in NumPy (CPU only)
 
 
-def _rel(ours, theirs) -> float:
-    theirs = np.asarray(theirs, dtype=np.float64)
-    return float(
-        np.max(np.abs(np.asarray(ours, np.float64) - theirs)) / max(1e-30, np.max(np.abs(theirs)))
-    )
+def _bench(target: Target, name, ours_forward, ours_train, torch_forward, torch_train, **gemm):
+    """An OpBench whose validation compares every output of the two training calls."""
+
+    def validate():
+        pairs = zip(ours_train(), torch_train(), strict=True)
+        return max(max_rel_error(ours, theirs) for ours, theirs in pairs)
+
+    return OpBench(name, ours_forward, ours_train, torch_forward, torch_train, validate, **gemm)
 
 
-def _conv_bench(torch, cpu, name, x, w, stride, padding, groups, flops=None, numpy_gemm=None):
+def _conv_bench(target: Target, name, x, w, stride, padding, groups, **gemm):
+    torch, ops, put = target.torch, target.ops, target.put
     F = torch.nn.functional
     rng = np.random.default_rng(1)
-    y_shape = cpu.conv2d_forward(x, w, None, stride, padding, 1, groups)[0].shape
+    xd, wd = put(x), put(w)
+    y_shape = ops.conv2d_forward(xd, wd, None, stride, padding, 1, groups)[0].shape
     dy = rng.standard_normal(y_shape).astype(np.float32)
-    xt, wt, dyt = (torch.from_numpy(a) for a in (x, w, dy))
-    xt.requires_grad_(True)
-    wt.requires_grad_(True)
+    dyd = put(dy)
+    xt, wt, dyt = target.tensor(x, True), target.tensor(w, True), target.tensor(dy)
 
     def ours_forward():
-        return cpu.conv2d_forward(x, w, None, stride, padding, 1, groups)
+        return ops.conv2d_forward(xd, wd, None, stride, padding, 1, groups)
 
     def ours_train():
         y, cache = ours_forward()
-        return (y, *cpu.conv2d_backward(dy, cache)[:2])
+        return (y, *ops.conv2d_backward(dyd, cache)[:2])
 
     def torch_forward():
         with torch.no_grad():
@@ -107,81 +170,75 @@ def _conv_bench(torch, cpu, name, x, w, stride, padding, groups, flops=None, num
         y = F.conv2d(xt, wt, None, stride, padding, 1, groups)
         return (y, *torch.autograd.grad(y, (xt, wt), dyt))
 
-    def validate():
-        return max(
-            _rel(a, b.detach().numpy()) for a, b in zip(ours_train(), torch_train(), strict=True)
-        )
-
-    return OpBench(
-        name, ours_forward, ours_train, torch_forward, torch_train, validate, flops, numpy_gemm
-    )
+    return _bench(target, name, ours_forward, ours_train, torch_forward, torch_train, **gemm)
 
 
-def depthwise_bench(torch, cpu, batch, channels, hw, stride):
+def depthwise_bench(target: Target, batch, channels, hw, stride):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, channels, hw, hw)).astype(np.float32)
     w = rng.standard_normal((channels, 1, 3, 3)).astype(np.float32)
-    return _conv_bench(torch, cpu, f"dw3x3 {channels}@{hw} s{stride}", x, w, stride, 1, channels)
+    return _conv_bench(target, f"dw3x3 {channels}@{hw} s{stride}", x, w, stride, 1, channels)
 
 
-def pointwise_bench(torch, cpu, batch, c_in, c_out, hw):
+def pointwise_bench(target: Target, batch, c_in, c_out, hw):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, c_in, hw, hw)).astype(np.float32)
     w = rng.standard_normal((c_out, c_in, 1, 1)).astype(np.float32)
-    w2, cols = (
-        w.reshape(c_out, c_in),
-        np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(c_in, -1),
-    )
     flops = 2.0 * batch * hw * hw * c_in * c_out
-    return _conv_bench(
-        torch, cpu, f"pw {c_in}->{c_out}@{hw}", x, w, 1, 0, 1, flops, lambda: w2 @ cols
-    )
+    numpy_gemm = None
+    if target.backend == "cpu":
+        w2 = w.reshape(c_out, c_in)
+        cols = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(c_in, -1)
+        numpy_gemm = lambda: w2 @ cols  # noqa: E731
+    name = f"pw {c_in}->{c_out}@{hw}"
+    return _conv_bench(target, name, x, w, 1, 0, 1, flops=flops, numpy_gemm=numpy_gemm)
 
 
-def batchnorm_bench(torch, cpu, batch, channels, hw):
+def batchnorm_bench(target: Target, batch, channels, hw):
+    torch, ops, put = target.torch, target.ops, target.put
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, channels, hw, hw)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     weight, bias = rng.standard_normal((2, channels)).astype(np.float32)
-    stats = lambda: (np.zeros(channels, np.float32), np.ones(channels, np.float32))  # noqa: E731
-    xt, wt, bt, dyt = (torch.from_numpy(a) for a in (x, weight, bias, dy))
-    for tensor in (xt, wt, bt):
-        tensor.requires_grad_(True)
+    mean, var = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    # running statistics: updated in place by every training-mode call, on both sides alike
+    xd, wd, bd, dyd, mean_d, var_d = map(put, (x, weight, bias, dy, mean, var))
+    xt, wt, bt = (target.tensor(a, True) for a in (x, weight, bias))
+    dyt, mean_t, var_t = map(target.tensor, (dy, mean, var))
 
     def ours_forward():
-        return cpu.batch_norm2d_forward(x, weight, bias, *stats(), training=True)
+        return ops.batch_norm2d_forward(xd, wd, bd, mean_d, var_d, training=True)
 
     def ours_train():
         y, cache = ours_forward()
-        return (y, *cpu.batch_norm2d_backward(dy, cache))
+        return (y, *ops.batch_norm2d_backward(dyd, cache))
 
     def torch_forward():
         with torch.no_grad():
-            return torch.nn.functional.batch_norm(xt, *map(torch.from_numpy, stats()), wt, bt, True)
+            return torch.nn.functional.batch_norm(xt, mean_t, var_t, wt, bt, True)
 
     def torch_train():
-        y = torch.nn.functional.batch_norm(xt, *map(torch.from_numpy, stats()), wt, bt, True)
+        y = torch.nn.functional.batch_norm(xt, mean_t, var_t, wt, bt, True)
         return (y, *torch.autograd.grad(y, (xt, wt, bt), dyt))
 
-    def validate():
-        return max(
-            _rel(a, b.detach().numpy()) for a, b in zip(ours_train(), torch_train(), strict=True)
-        )
-
-    return OpBench(
-        f"bn {channels}@{hw}", ours_forward, ours_train, torch_forward, torch_train, validate
-    )
+    name = f"bn {channels}@{hw}"
+    return _bench(target, name, ours_forward, ours_train, torch_forward, torch_train)
 
 
-def relu6_bench(torch, cpu, batch, channels, hw):
+def relu6_bench(target: Target, batch, channels, hw):
+    torch, ops, put = target.torch, target.ops, target.put
     rng = np.random.default_rng(0)
     x = (4 * rng.standard_normal((batch, channels, hw, hw))).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    xt, dyt = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(dy)
+    xd, dyd = put(x), put(dy)
+    xt, dyt = target.tensor(x, True), target.tensor(dy)
+
+    def ours_forward():
+        return ops.relu6_forward(xd)
 
     def ours_train():
-        y, cache = cpu.relu6_forward(x)
-        return y, cpu.relu6_backward(dy, cache)
+        y, cache = ours_forward()
+        return y, ops.relu6_backward(dyd, cache)
 
     def torch_forward():
         with torch.no_grad():
@@ -191,32 +248,23 @@ def relu6_bench(torch, cpu, batch, channels, hw):
         y = torch.nn.functional.relu6(xt)
         return y, torch.autograd.grad(y, xt, dyt)[0]
 
-    def validate():
-        return max(
-            _rel(a, b.detach().numpy()) for a, b in zip(ours_train(), torch_train(), strict=True)
-        )
-
     name = f"relu6 {channels}@{hw}"
-    return OpBench(
-        name, lambda: cpu.relu6_forward(x), ours_train, torch_forward, torch_train, validate
-    )
+    return _bench(target, name, ours_forward, ours_train, torch_forward, torch_train)
 
 
-def build(torch, batch: int, size: int, pattern: str | None) -> list[OpBench]:
-    """All benchmark rows (constructors are cheap; data is made here, nothing is timed)."""
-    from scratchnets.kernels import cpu
-
+def build(target: Target, batch: int, size: int, pattern: str | None) -> list[OpBench]:
+    """The benchmark rows whose name matches ``pattern`` (data is made here, nothing timed)."""
     depthwise, pointwise, activations = mobilenet_v2_shapes(size)
     makers = [
-        lambda c=c, h=h, s=s: depthwise_bench(torch, cpu, batch, c, h, s) for c, h, s in depthwise
+        lambda c=c, h=h, s=s: depthwise_bench(target, batch, c, h, s) for c, h, s in depthwise
     ]
     makers += [
-        lambda a=a, b=b, h=h: pointwise_bench(torch, cpu, batch, a, b, h) for a, b, h in pointwise
+        lambda a=a, b=b, h=h: pointwise_bench(target, batch, a, b, h) for a, b, h in pointwise
     ]
     # BN / ReLU6: the first expanded activation at each resolution
     per_resolution = list({h: (c, h) for c, h in reversed(activations)}.values())[::-1]
-    makers += [lambda c=c, h=h: batchnorm_bench(torch, cpu, batch, c, h) for c, h in per_resolution]
-    makers += [lambda c=c, h=h: relu6_bench(torch, cpu, batch, c, h) for c, h in per_resolution]
+    makers += [lambda c=c, h=h: batchnorm_bench(target, batch, c, h) for c, h in per_resolution]
+    makers += [lambda c=c, h=h: relu6_bench(target, batch, c, h) for c, h in per_resolution]
     benches = [make() for make in makers]
     if pattern:
         benches = [b for b in benches if re.search(pattern, b.name)]
@@ -227,8 +275,14 @@ def build(torch, batch: int, size: int, pattern: str | None) -> list[OpBench]:
 VALIDATION_TOLERANCE = 1e-4
 
 
-def run_benches(benches: list[OpBench], repeat: int, progress: bool = True) -> list[dict]:
+def run_benches(
+    target: Target, benches: list[OpBench], repeat: int, progress: bool = True
+) -> list[dict]:
     from tqdm import tqdm
+
+    def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+        """Median ms of ``fn`` until its device work is done."""
+        return 1e3 * median_time(lambda: (fn(), sync()), repeat)
 
     rows = []
     for bench in tqdm(benches, desc="bench ops", disable=not progress, file=sys.stderr):
@@ -239,16 +293,17 @@ def run_benches(benches: list[OpBench], repeat: int, progress: bool = True) -> l
             )
         row = {"op": bench.name, "max_rel_err": error}
         # torch first, then ours: each pool runs its own repeats back to back
-        row["torch_fwd_ms"] = 1e3 * median_time(bench.torch_forward, repeat)
-        row["torch_fb_ms"] = 1e3 * median_time(bench.torch_train, repeat)
-        row["ours_fwd_ms"] = 1e3 * median_time(bench.ours_forward, repeat)
-        row["ours_fb_ms"] = 1e3 * median_time(bench.ours_train, repeat)
+        row["torch_fwd_ms"] = timed(bench.torch_forward, target.torch_sync)
+        row["torch_fb_ms"] = timed(bench.torch_train, target.torch_sync)
+        row["ours_fwd_ms"] = timed(bench.ours_forward, target.sync)
+        row["ours_fb_ms"] = timed(bench.ours_train, target.sync)
         row["ratio_fwd"] = row["ours_fwd_ms"] / row["torch_fwd_ms"]
         row["ratio_fb"] = row["ours_fb_ms"] / row["torch_fb_ms"]
         if bench.flops is not None:
             row["ours_gflops"] = bench.flops / row["ours_fwd_ms"] / 1e6
-            row["numpy_gflops"] = bench.flops / median_time(bench.numpy_gemm, repeat) / 1e9
-            row["of_numpy"] = row["ours_gflops"] / row["numpy_gflops"]
+            if bench.numpy_gemm is not None:
+                row["numpy_gflops"] = bench.flops / median_time(bench.numpy_gemm, repeat) / 1e9
+                row["of_numpy"] = row["ours_gflops"] / row["numpy_gflops"]
         rows.append(row)
     return rows
 
@@ -281,6 +336,12 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="scratchnets backend to time; torch runs on the same device (default cpu)",
+    )
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--size", type=int, default=128, help="input height = width (default 128)")
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (median)")
@@ -289,14 +350,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch = setup_torch()
-    benches = build(torch, args.batch, args.size, args.ops)
+    target = make_target(args.backend)
+    benches = build(target, args.batch, args.size, args.ops)
     if not benches:
         print(f"no op matches {args.ops!r}", file=sys.stderr)
         return 1
-    rows = run_benches(benches, args.repeat)
-    info = machine_info()
-    print_header({**info, "batch": args.batch, "size": args.size, "repeat": args.repeat})
+    rows = run_benches(target, benches, args.repeat)
+    info = machine_info(args.backend)
+    settings = {"backend": args.backend, "torch_device": target.torch_device}
+    settings |= {"batch": args.batch, "size": args.size}
+    print_header({**info, **settings, "repeat": args.repeat})
     print(format_table(rows, COLUMNS))
     print("\n".join(summary(rows)))
     if args.json:

@@ -31,10 +31,14 @@ def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> f
 
 
 def setup_torch(threads: int | None = None):
-    """Import torch with one intra-op thread per core (``torch.set_num_threads(os.cpu_count())``)."""
+    """Import torch with one intra-op thread per core (``torch.set_num_threads(os.cpu_count())``)
+    and, for its GPU side, TF32 off and cuDNN on: float32 is compared with float32."""
     import torch
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.enabled = True
     return torch
 
 
@@ -60,13 +64,20 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine_info() -> dict:
-    """CPU, cores, numba/BLAS thread setup and torch's threads: the header of every benchmark."""
+def machine_info(backend: str = "cpu") -> dict:
+    """CPU, cores, numba/BLAS thread setup and torch's threads: the header of every benchmark;
+    for the "cuda" backend also the GPU and torch's CUDA / cuDNN versions and TF32 setting."""
     from scratchnets.kernels.cpu._threads import describe
 
     info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), **describe()}
-    if "torch" in sys.modules:
-        info["torch_threads"] = sys.modules["torch"].get_num_threads()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+    if backend == "cuda" and torch is not None and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["torch_cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+        info["tf32"] = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
     try:
         info["load_average"] = os.getloadavg()
     except OSError:
