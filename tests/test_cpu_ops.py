@@ -222,9 +222,11 @@ def test_batch_norm(dtype, case):
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(case=bn_cases())
 def test_fused_bn_relu6_equals_bn_then_relu6(dtype, case):
-    """Bit-identical to cpu BN followed by cpu ReLU6 (y, dx, dweight, dbias, running stats),
-    also where y is exactly 0 or 6 (channels with weight 0 and bias 0 or 6), and float64 against
-    torch relu6(batch_norm(x))."""
+    """Against cpu BN followed by cpu ReLU6: y and the running stats bit-identical, also where
+    y is exactly 0 or 6 (channels with weight 0 and bias 0 or 6); dx, dweight, dbias equal up to
+    the order of the per-channel sums (the reduction is compiled with ``reassoc``, and LLVM may
+    vectorise the gated loop of the fused kernel differently from the plain one: a few ulps of
+    the sum of N*H*W terms). And float64 against torch relu6(batch_norm(x))."""
     training = case[4]
     x, weight, bias, running_mean, running_var, dy = bn_inputs(case, dtype)
     if weight is not None:
@@ -238,12 +240,16 @@ def test_fused_bn_relu6_equals_bn_then_relu6(dtype, case):
     y_split, cache_relu6 = cpu.relu6_forward(y_bn)
     grads_split = cpu.batch_norm2d_backward(cpu.relu6_backward(dy, cache_relu6), cache_bn)
     np.testing.assert_array_equal(y, y_split)
-    for got, want in zip(
-        (*grads, running_mean, running_var), (*grads_split, *stats_split), strict=True
-    ):
+    for got, want in zip((running_mean, running_var), stats_split, strict=True):
         assert (got is None) == (want is None)
         if got is not None:
             np.testing.assert_array_equal(got, want)
+    sum_terms = x.size // x.shape[1]  # N*H*W values per channel sum
+    for got, want in zip(grads, grads_split, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            ulps = 4 * sum_terms * np.finfo(dtype).eps * max(1.0, float(np.max(np.abs(want))))
+            np.testing.assert_allclose(got, want, rtol=0, atol=ulps)
     if dtype == np.float64:
         y_t, grads_t, _ = torch_batch_norm(x, weight, bias, *stats_torch, training, dy, F.relu6)
         check("batch_norm2d_relu6", "y", y, None, y_t)

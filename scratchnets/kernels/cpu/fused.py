@@ -5,8 +5,10 @@
   writes y and a mask, and the backward reads the mask and dy and writes a gated dy that BN then
   reads twice. Fused, the clamp happens in BN's write pass and the gate ``0 < y < 6`` is applied
   where BN's backward reads dy, so no intermediate tensor exists (see ``batchnorm.py`` for the
-  passes). The results are bit-identical to BN then ReLU6: rounding to the output dtype commutes
-  with clamping to [0, 6], and ``0 < y < 6`` on the clamped output is ReLU6's own mask.
+  passes). The output is bit-identical to BN then ReLU6: rounding to the output dtype commutes
+  with clamping to [0, 6], and ``0 < y < 6`` on the clamped output is ReLU6's own mask. The
+  gradients agree up to the order of the per-channel sums (reassociated, so the gated loop may
+  be vectorised differently from the plain one: differences of a few ulps, seen on AVX-512).
 * ``fold_bn_into_conv``: for inference, BN in eval mode is an affine map per output channel, so
   it can be folded into the preceding convolution's weights and bias, removing the BN pass.
 """
