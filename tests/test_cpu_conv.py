@@ -4,18 +4,31 @@ The shapes come from the reference tests' strategy (kernels incl. asymmetric and
 paddings as int / pair / explicit (top, bottom, left, right), dilation, groups drawn from the
 divisors of C_in, depthwise multipliers 1 and 2, pointwise, non-contiguous x and w). On top of
 that: each of the three implementations (depthwise, pointwise, general) is pinned by cases that
-must take it, including the batch-stacking and batch-chunking edge cases of the kernels.
+must take it, including the batch-stacking and batch-chunking edge cases of the kernels. The
+depthwise conv has two kernels (flat shifts with masked weights for small planes in "same"
+style padding, polyphase planes otherwise): the depthwise cases run through both where the
+geometry allows, whatever the size threshold says.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import scratchnets.reference as ref
 from scratchnets.kernels.cpu import conv as cpu_conv
-from tests.helpers import assert_close_f32, assert_close_f64, record_error, with_layout
+from tests.helpers import (
+    LAYOUTS,
+    assert_close_f32,
+    assert_close_f64,
+    record_error,
+    with_layout,
+)
 from tests.test_reference_conv import ConvCase, conv_cases, make_inputs, run, torch_conv
 
 CPU = (cpu_conv.conv2d_forward, cpu_conv.conv2d_backward)
@@ -54,9 +67,24 @@ def check_f32(case: ConvCase):
 
 def kind_of(case: ConvCase) -> str:
     """The implementation ``case`` takes (the wrapper's dispatch, on the validated geometry)."""
+    return cpu_conv.conv_kind(geometry_of(case))
+
+
+def geometry_of(case: ConvCase):
     x, w, b, _ = make_inputs(case, np.float64)
-    geometry = cpu_conv._prepare(x, w, b, case.stride, case.padding, case.dilation, case.groups)[3]
-    return cpu_conv.conv_kind(geometry)
+    return cpu_conv._prepare(x, w, b, case.stride, case.padding, case.dilation, case.groups)[3]
+
+
+@contextmanager
+def depthwise_path(path: str):
+    """Force the depthwise kernel: "flat" (where its geometry condition holds) or "polyphase"."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("_FLAT_MAX_HW", "_FLAT_COPY_MAX_HW"):
+            mp.setattr(cpu_conv, name, 10**9 if path == "flat" else -1)
+        yield
+
+
+DEPTHWISE_PATHS = ("flat", "polyphase")
 
 
 @given(conv_cases())
@@ -64,10 +92,55 @@ def test_float64_matches_torch(case):
     check_f64(case)
 
 
-@given(conv_cases(kind="depthwise", max_kernel=5))
-def test_depthwise_float64_matches_torch(case):
+@given(conv_cases(kind="depthwise", max_kernel=5), st.sampled_from(DEPTHWISE_PATHS))
+def test_depthwise_float64_matches_torch(case, path):
     assert kind_of(case) == "depthwise"
+    with depthwise_path(path):
+        check_f64(case)
+
+
+@given(conv_cases(kind="depthwise", max_kernel=5), st.sampled_from(DEPTHWISE_PATHS))
+def test_depthwise_float32_against_float64_oracle(case, path):
+    with depthwise_path(path):
+        check_f32(case)
+
+
+@st.composite
+def same_padded_depthwise_cases(draw):
+    """Depthwise convs padded "same"-style (TF "SAME" and up to one pixel more per dimension,
+    split unevenly at random): the geometry of the flat kernels, with many channels."""
+    c_in = draw(st.integers(1, 40))
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    hw = (draw(st.integers(1, 12)), draw(st.integers(1, 12)))
+    pads = []
+    for size, k, s, d in zip(hw, kernel, stride, dilation, strict=True):
+        total = max(0, (-(-size // s) - 1) * s + d * (k - 1) + 1 - size) + draw(st.integers(0, 1))
+        before = draw(st.integers(0, total))
+        pads += [before, total - before]
+    multiplier = draw(st.sampled_from([1, 1, 2, 3]))
+    return ConvCase(
+        n=draw(st.integers(1, 3)),
+        c_in=c_in,
+        c_out=c_in * multiplier,
+        groups=c_in,
+        kernel=kernel,
+        stride=stride,
+        dilation=dilation,
+        padding=(pads[0], pads[1], pads[2], pads[3]),
+        hw=hw,
+        bias=draw(st.booleans()),
+        layout=draw(st.sampled_from(LAYOUTS)),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+@given(same_padded_depthwise_cases())
+def test_flat_depthwise_matches_torch(case):
+    assert cpu_conv._flat_applies(geometry_of(case))
     check_f64(case)
+    check_f32(case)
 
 
 @given(conv_cases())
@@ -126,6 +199,77 @@ def test_each_implementation_matches_torch(name):
     assert kind_of(case) == PATH_CASES[name][0]
     check_f64(case)
     check_f32(case)
+
+
+DEPTHWISE_CASES = [name for name, spec in PATH_CASES.items() if spec[0] == "depthwise"]
+
+
+@pytest.mark.parametrize("path", DEPTHWISE_PATHS)
+@pytest.mark.parametrize("name", DEPTHWISE_CASES)
+def test_both_depthwise_kernels_match_torch(name, path):
+    with depthwise_path(path):
+        check_f64(_path_case(name))
+        check_f32(_path_case(name, bias=False))
+
+
+#: the flat kernels on many channels (several blocks, an uneven last block), each stride and
+#: multiplier it takes; name: (n, c_in, c_out, kernel, stride, dilation, padding, hw)
+FLAT_CASES = {
+    "150 ch 3x3 s1 (no copy)": (3, 150, 150, (3, 3), 1, 1, 1, (7, 6)),
+    "150 ch 3x3 s2 from 9x10": (2, 150, 150, (3, 3), 2, 1, 1, (9, 10)),
+    "96 ch x2 5x5 s2 tf-same": (2, 96, 192, (5, 5), 2, 1, (1, 2, 1, 2), (8, 8)),
+    "40 ch 1x5": (2, 40, 40, (1, 5), 1, 1, (0, 2), (5, 7)),
+    "40 ch 5x1 x3": (2, 40, 120, (5, 1), 1, 1, (2, 0), (7, 5)),
+    "70 ch 3x3 dilated (2, 1) s(1, 2)": (2, 70, 70, (3, 3), (1, 2), (2, 1), (2, 1), (6, 8)),
+    "30 ch 3x3 s3 over-padded": (2, 30, 30, (3, 3), 3, 1, 2, (7, 5)),
+    "960 ch 3x3 @4 (mobilenet)": (2, 960, 960, (3, 3), 1, 1, 1, (4, 4)),
+    "576 ch 3x3 s2 @8 (mobilenet)": (2, 576, 576, (3, 3), 2, 1, 1, (8, 8)),
+}
+
+
+def _flat_case(name: str, bias: bool, layout: str = "C") -> ConvCase:
+    n, c_in, c_out, kernel, stride, dilation, padding, hw = FLAT_CASES[name]
+    return ConvCase(n, c_in, c_out, c_in, kernel, stride, dilation, padding, hw, bias, layout, 3)
+
+
+@pytest.mark.parametrize("name", list(FLAT_CASES))
+def test_flat_depthwise_many_channels(name):
+    case = _flat_case(name, bias=True)
+    assert cpu_conv._flat_applies(geometry_of(case))  # small planes: the default dispatch
+    check_f64(case)
+    check_f32(_flat_case(name, bias=False, layout="F"))
+
+
+def test_depthwise_dispatch():
+    """ "Same"-style padding takes the flat kernels up to a plane size (smaller where they copy
+    x into phase planes), the rest polyphase."""
+    most, most_copied = cpu_conv._FLAT_MAX_HW, cpu_conv._FLAT_COPY_MAX_HW
+
+    def flat(hw, padding=1, stride=1, c_out=2):
+        case = ConvCase(1, 2, c_out, 2, (3, 3), stride, 1, padding, hw, False, "C", 0)
+        return cpu_conv._flat_applies(geometry_of(case))
+
+    assert flat((1, most)) and not flat((1, most + 1))  # output (1, most): x as it lies
+    assert flat((1, most_copied), c_out=4) and not flat((1, most_copied + 1), c_out=4)  # M = 2
+    assert flat((2, 2 * most_copied), stride=2) and not flat((2, 2 * most_copied + 2), stride=2)
+    assert not flat((8, 8), padding=0)  # output 6x6 < the 8x8 input
+    assert not flat((9, 9), padding=0, stride=2)  # output 4x4, phase planes 5x5
+
+
+def test_flat_dw_is_deterministic():
+    """dw sums over the batch in a fixed order: the same bits with 1 thread or all of them."""
+    case = _flat_case("150 ch 3x3 s2 from 9x10", bias=False)
+    x, w, _, dy = make_inputs(case, np.float32)
+    threads = numba.get_num_threads()
+    results = []
+    for count in (1, threads):
+        numba.set_num_threads(count)
+        try:
+            _, cache = cpu_conv.conv2d_forward(x, w, None, 2, 1, groups=case.groups)
+            results.append(cpu_conv.conv2d_backward(dy, cache)[1])
+        finally:
+            numba.set_num_threads(threads)
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 @pytest.mark.parametrize("name", ["stem 3x3 s2", "grouped 3x3 dilated"])
