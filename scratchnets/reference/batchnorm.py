@@ -43,6 +43,17 @@ def _channel_vector(v, name: str, channels: int, dtype, in_place: bool = False):
     return arr if in_place else arr.astype(dtype, copy=False)
 
 
+def _channel_sum(a: np.ndarray) -> np.ndarray:
+    """sum over (N, H, W) per channel -> (C,), accumulated in float64 and rounded to a's dtype
+    (torch's CPU kernels accumulate float32 in double too: ``acc_type<float>`` is double)."""
+    return a.sum(axis=_AXES, dtype=np.float64).astype(a.dtype, copy=False)
+
+
+def _channel_mean(a: np.ndarray) -> np.ndarray:
+    """mean over (N, H, W) per channel -> (C,), accumulated like ``_channel_sum``."""
+    return a.mean(axis=_AXES, dtype=np.float64).astype(a.dtype, copy=False)
+
+
 def batch_norm2d_forward(
     x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5
 ):
@@ -72,11 +83,11 @@ def batch_norm2d_forward(
                 f"batch_norm2d in training needs more than 1 value per channel, "
                 f"got N*H*W = {m} for x of shape {x.shape}"
             )
-        mean = x.mean(axis=_AXES)  # (C,)
+        mean = _channel_mean(x)  # (C,)
         # Two passes: centre first, then average the squares. The one-pass E[x^2] - E[x]^2
         # cancels catastrophically when |mean| >> std (e.g. x = 1000 + noise).
         xc = x - _per_channel(mean)  # (N, C, H, W)
-        var = (xc * xc).mean(axis=_AXES)  # (C,) biased: divides by M
+        var = _channel_mean(xc * xc)  # (C,) biased: divides by M
         if running_mean is not None:
             running_mean[...] = (1 - momentum) * running_mean + momentum * mean
         if running_var is not None:
@@ -113,8 +124,8 @@ def batch_norm2d_backward(dy, cache):
     dy = float_array(dy, "dy")
     if dy.shape != xhat.shape:
         raise ValueError(f"batch_norm2d_backward: dy has shape {dy.shape}, y had {xhat.shape}")
-    dbias = dy.sum(axis=_AXES)  # (C,)
-    dweight = (dy * xhat).sum(axis=_AXES)  # (C,)
+    dbias = _channel_sum(dy)  # (C,)
+    dweight = _channel_sum(dy * xhat)  # (C,)
     scale = inv_std if gamma is None else gamma * inv_std  # (C,)  gamma / sigma
     if training:
         m = xhat.size // xhat.shape[1]  # values per channel
