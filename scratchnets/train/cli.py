@@ -63,7 +63,7 @@ def _register_train(subparsers) -> None:
         help="train a model on a folder of class images (default: Cats vs Dogs)",
         description="Train from scratch with per-epoch validation, early stopping, best/last "
         "checkpoints (written atomically), history CSV/JSON/PNG, and bit-for-bit --resume. "
-        "Flags override the recipe (default: mobilenet_v2 x0.5 at 128 px, AdamW + cosine, 50 epochs, "
+        "Flags override the recipe (default: mobilenet_v2 x0.5 at 128 px, AdamW + cosine, 60 epochs, "
         "30-minute limit; `--recipe seed`: MobileNetV2, RMSprop, early stopping patience 3).",
     )
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the downloaded one)")
