@@ -535,8 +535,9 @@ def _notes(results: list[VerifiedRow]) -> list[str]:
     return notes + formulas
 
 
-def tally(results: list[VerifiedRow]) -> dict[str, int]:
-    counts = {"match": 0, "erratum": 0, "MISMATCH": 0}
+def tally(results, verdicts: Sequence[str] = ("match", "erratum", "MISMATCH")) -> dict[str, int]:
+    """How many of ``results`` (anything with a ``verdict``) have each of ``verdicts``."""
+    counts = dict.fromkeys(verdicts, 0)
     for v in results:
         counts[v.verdict] += 1
     return counts
@@ -597,11 +598,8 @@ def _seed_notes(seeds: Sequence[SeedResult]) -> list[str]:
 
 def seed_tally(seeds: Sequence[SeedResult]) -> dict[str, int]:
     """Verdicts of the seeds' table cells; "computed" (no published number) counted apart."""
-    counts = {"match": 0, "erratum": 0, "computed": 0, "MISMATCH": 0}
-    for s in seeds:
-        for cell in s.cells:
-            counts[cell.verdict] += 1
-    return counts
+    cells = [cell for s in seeds for cell in s.cells]
+    return tally(cells, ("match", "erratum", "computed", "MISMATCH"))
 
 
 def _seed_tally_text(seeds: Sequence[SeedResult]) -> str:
