@@ -65,7 +65,6 @@ def test_float64_parity_with_twin(name, width, size, classes, backend):
         torch_twin(name, classes, width),
         x,
         np.random.default_rng(3),
-        1e-9,
         f"{backend}/{name} f64",
     )
 
@@ -80,7 +79,6 @@ def test_float32_parity_with_float64_twin(name, width, size, classes, backend):
         torch_twin(name, classes, width),
         x,
         np.random.default_rng(5),
-        1e-4,
         f"{backend}/{name} f32",
     )
 
@@ -207,7 +205,6 @@ def test_keras_style_parity_with_padded_twin():
         _keras_twin(0.5, 5),
         x,
         np.random.default_rng(8),
-        1e-9,
         "reference/mobilenet_v2 keras f64",
     )
 
