@@ -197,15 +197,16 @@ def _keras_twin(width_mult: float, num_classes: int) -> torch.nn.Module:
 
 
 @pytest.mark.slow
-def test_keras_style_parity_with_padded_twin():
-    model = make_model("mobilenet_v2", 0.5, 5, np.float64, keras_style=True)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_keras_style_parity_with_padded_twin(dtype):
+    model = make_model("mobilenet_v2", 0.5, 5, dtype, keras_style=True)
     x = np.random.default_rng(7).standard_normal((2, 3, 46, 46))  # 46 -> 23 -> 12: even and odd
     check_parity(
         model,
         _keras_twin(0.5, 5),
         x,
         np.random.default_rng(8),
-        "reference/mobilenet_v2 keras f64",
+        f"reference/mobilenet_v2 keras {np.dtype(dtype).name}",
     )
 
 
