@@ -191,6 +191,7 @@ def test_float64_parity_with_timm(name, size, backend):
     check_parity(model, twin, x, np.random.default_rng(3), f"{backend}/{name} f64")
 
 
+@pytest.mark.float32_parity
 @pytest.mark.parametrize(("name", "backend"), MODEL_BACKENDS)
 def test_float32_parity_with_float64_timm(name, backend):
     """float32 eval logits, train-mode logits, dx, every parameter gradient and the BN running
@@ -214,7 +215,9 @@ BOTTLENECKS = {
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.float32_parity)]
+)
 @pytest.mark.parametrize("version", BOTTLENECKS)
 def test_bottleneck_parity(version, dtype, backend):
     """One Ghost bottleneck (8 -> 24 -> 12 channels, 5x5 depthwise stride 2, SE, DFC for V2 /

@@ -69,6 +69,7 @@ def test_float64_parity_with_twin(name, width, size, classes, backend):
     )
 
 
+@pytest.mark.float32_parity
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("name", "width", "size", "classes"), PARITY_CASES)
 def test_float32_parity_with_float64_twin(name, width, size, classes, backend):
@@ -197,7 +198,9 @@ def _keras_twin(width_mult: float, num_classes: int) -> torch.nn.Module:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.float32_parity)]
+)
 def test_keras_style_parity_with_padded_twin(dtype):
     model = make_model("mobilenet_v2", 0.5, 5, dtype, keras_style=True)
     x = np.random.default_rng(7).standard_normal((2, 3, 46, 46))  # 46 -> 23 -> 12: even and odd

@@ -18,7 +18,7 @@ from scratchnets.models import blocks
 from tests.model_twins import check_parity, torch_twin
 from tests.test_models_mobilenet import _keras_twin, make_model
 
-pytestmark = pytest.mark.torch_models
+pytestmark = [pytest.mark.torch_models, pytest.mark.float32_parity]
 
 #: the float32 MobileNetV2 case of test_float32_parity_with_float64_twin
 NAME, WIDTH, SIZE, CLASSES = "mobilenet_v2", 0.35, 48, 7

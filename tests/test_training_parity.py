@@ -186,11 +186,13 @@ def run_float32_parity(name: str, opt_name: str, lr: float | None = None) -> Non
         )
 
 
+@pytest.mark.float32_parity
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
 def test_mobilenet_v2_float32_follows_torch(opt_name):
     run_float32_parity("mobilenet_v2", opt_name)
 
 
+@pytest.mark.float32_parity
 def test_ghostnetv2_float32_follows_torch():
     run_float32_parity("ghostnetv2_100", "adamw", GHOSTNET_ADAMW_LR)
 
