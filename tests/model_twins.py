@@ -13,7 +13,7 @@ import os
 import sys
 import types
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -219,11 +219,12 @@ def replaying(twin: torch.nn.Module, replay: Replay) -> Iterator[torch.nn.Module
 
 
 @contextlib.contextmanager
-def float32_sized_noise(twin: torch.nn.Module, seed: int) -> Iterator[torch.nn.Module]:
+def float32_sized_noise(twin: torch.nn.Module, seed: int) -> Iterator[Callable[[], None]]:
     """``twin`` with N(0, 1) * 2^-24 * rms(t) added to every tensor ``t`` a float32 run rounds:
     each module's output (containers too: their residual adds and gate products), the gradient
     flowing back into it, each parameter's gradient and each BN running statistic a train-mode
-    forward updates. Hooks removed on exit."""
+    forward updates. Yields ``round_parameters()``, which a training loop calls after each
+    optimizer step (float32 weights are stored rounded). Hooks removed on exit."""
     generator = torch.Generator().manual_seed(seed)
 
     def noisy(t: torch.Tensor) -> torch.Tensor:
@@ -240,13 +241,18 @@ def float32_sized_noise(twin: torch.nn.Module, seed: int) -> Iterator[torch.nn.M
             y.register_hook(noisy)
         return noisy(y)
 
+    @torch.no_grad()
+    def round_parameters() -> None:
+        for p in twin.parameters():
+            p.copy_(noisy(p))
+
     exact = (torch.nn.Identity, torch.nn.Flatten, torch.nn.Dropout, ReplayedKink)
     handles = [
         m.register_forward_hook(output_hook) for m in twin.modules() if not isinstance(m, exact)
     ]
     handles += [p.register_hook(noisy) for p in twin.parameters()]
     try:
-        yield twin
+        yield round_parameters
     finally:
         for handle in handles:
             handle.remove()
@@ -310,7 +316,8 @@ def _kind(what: str) -> str:  # "grad features.0.0.weight" -> "grad"; "train y" 
     return what.split(" ")[0] if what.startswith(("grad", "buffer")) else what
 
 
-def _assert_within(errors: dict, allowed: dict, key: str) -> None:
+def assert_within(errors: dict, allowed: dict, key: str) -> None:
+    """Record the worst error per kind of quantity; fail listing every one above its allowance."""
     for kind in dict.fromkeys(map(_kind, errors)):
         record_error(f"{key} {kind}", max(e for w, e in errors.items() if _kind(w) == kind), 0.0)
     failures = [
@@ -341,41 +348,56 @@ def check_parity(model, twin, x, dy, key: str, *, rtol: float = 1e-9, eval_logit
         errors = relative_errors(
             our_results(model, x, dy, eval_logits), torch_results(twin, x, dy, eval_logits)
         )
-        _assert_within(errors, dict.fromkeys(errors, rtol), key)
+        assert_within(errors, dict.fromkeys(errors, rtol), key)
         return
     with recording_kinks(model) as log:
         actual = our_results(model, x, dy, eval_logits)
+    assert_float32_within_rounding(
+        actual, twin, log, lambda round_parameters: torch_results(twin, x, dy, eval_logits), key
+    )
+
+
+def assert_float32_within_rounding(
+    actual: dict,
+    twin: torch.nn.Module,
+    log: dict[str, list[np.ndarray]],
+    run: Callable[[Callable[[], None]], dict],
+    key: str,
+    errors_of: Callable[[dict, dict], dict[str, float]] = relative_errors,
+) -> None:
+    """Our float32 results ``actual`` against ``run()`` of the float64 ``twin`` replaying our
+    recorded kink decisions ``log``, within F32_SAFETY times the worst of F32_NOISE_RUNS runs of
+    the replayed twin under float32-sized noise (see the section comment above).
+
+    ``run(round_parameters)`` computes the twin's results (a dict like ``actual``), calling
+    ``round_parameters()`` wherever a float32 run stores rounded weights (after an optimizer
+    step); ``errors_of(actual, expected)`` gives each quantity's relative error."""
     exact_run, *noisy_runs = (Replay(log) for _ in range(1 + F32_NOISE_RUNS))
     with replaying(twin, exact_run):
-        expected = torch_results(twin, x, dy, eval_logits)
+        expected = run(lambda: None)
     exact_run.assert_consumed()
     rounding = dict.fromkeys(expected, UNIT_ROUNDOFF)  # storing a result in float32 rounds it
     for seed, replay in enumerate(noisy_runs):
-        with replaying(twin, replay), float32_sized_noise(twin, seed):
-            perturbed = relative_errors(torch_results(twin, x, dy, eval_logits), expected)
+        with replaying(twin, replay), float32_sized_noise(twin, seed) as round_parameters:
+            perturbed = errors_of(run(round_parameters), expected)
         rounding = {w: max(rounding[w], e) for w, e in perturbed.items()}
-    errors = relative_errors(actual, expected)
-    ratio = max(errors[w] / rounding[w] for w in errors)
+    errors = errors_of(actual, expected)
+    worst = max(errors, key=lambda w: errors[w] / rounding[w])
     record_error(f"{key} kink flips", float(exact_run.flips), 0.0)
-    record_error(f"{key} error / rounding model", ratio, 0.0)
+    record_error(f"{key} error / rounding model", errors[worst] / rounding[worst], 0.0)
     if F32_LOG:
+        record = {
+            "key": key,
+            "flips": exact_run.flips,
+            "ratio": errors[worst] / rounding[worst],
+            "worst": worst,
+            "error": errors[worst],
+            "rounding": rounding[worst],
+            "blas": os.environ.get("OPENBLAS_CORETYPE", ""),
+        }
         with open(F32_LOG, "a") as log_file:
-            worst = max(errors, key=lambda w: errors[w] / rounding[w])
-            print(
-                json.dumps(
-                    {
-                        "key": key,
-                        "flips": exact_run.flips,
-                        "ratio": ratio,
-                        "worst": worst,
-                        "error": errors[worst],
-                        "rounding": rounding[worst],
-                        "blas": os.environ.get("OPENBLAS_CORETYPE", ""),
-                    }
-                ),
-                file=log_file,
-            )
-    _assert_within(errors, {w: F32_SAFETY * r for w, r in rounding.items()}, key)
+            print(json.dumps(record), file=log_file)
+    assert_within(errors, {w: F32_SAFETY * r for w, r in rounding.items()}, key)
 
 
 def model_num_classes(twin) -> int:
