@@ -211,6 +211,17 @@ def test_float32_parameters_stay_float32_and_match_torch():
         np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_adamw_float32_decay_is_correctly_rounded():
+    """A float32 decoupled decay step of lr * wd = 3e-8 (the GhostNetV2 training-parity rate)
+    is p - 3e-8 p rounded once: the factor 1 - 3e-8 itself would round to 1 - 6e-8 in float32
+    and double the decay (found by the float32 training-parity check)."""
+    p = nn.Parameter(np.random.default_rng(3).uniform(0.5, 2.0, 10_000).astype(np.float32))
+    before = p.data.astype(np.float64)
+    p.grad = np.zeros_like(p.data)  # no Adam step: m = 0
+    optim.AdamW([p], lr=3e-6, weight_decay=1e-2).step()
+    np.testing.assert_array_equal(p.data, (before - 3e-8 * before).astype(np.float32))
+
+
 # ----------------------------------------------------------------------- optimizer plumbing
 
 OPTIMIZERS = {

@@ -367,7 +367,7 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba), ``torch.optim.Adam``; ``AdamW`` is the decoupled-decay variant::
 
     t = t + 1
-    Adam:   g = grad + weight_decay * p            AdamW:  p = p * (1 - lr * weight_decay)
+    Adam:   g = grad + weight_decay * p            AdamW:  p = p - lr * weight_decay * p
     m = m + (1 - beta1) * (g - m)                  (torch's lerp; = beta1 m + (1-beta1) g)
     v = beta2 * v + (1 - beta2) * g^2              (m, v start at 0)
     p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
@@ -408,7 +408,9 @@ class Adam(Optimizer):
         g = grad
         if wd != 0:
             if self._decoupled:
-                param *= 1 - lr * wd
+                # p - (lr wd) p, not p * (1 - lr wd): in float32 the factor 1 - 3e-8 would
+                # round to 1 - 6e-8 or to 1, doubling or dropping the decay
+                param -= (lr * wd) * param
             else:
                 g = grad + wd * param
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
