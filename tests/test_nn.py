@@ -634,7 +634,7 @@ def test_constructor_errors():
         nn.AdaptiveAvgPool2d(2)
     with pytest.raises(ValueError, match="exactly one"):
         nn.Upsample()
-    with pytest.raises(ValueError, match="between 0 and 1"):
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
         nn.Dropout(1.5)
 
 

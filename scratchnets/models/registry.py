@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import numbers
 from collections.abc import Callable
 
 #: canonical name -> factory
@@ -81,8 +82,12 @@ def create(name: str, num_classes: int = 1000, width_mult: float = 1.0, *, dtype
     """
     canonical = resolve_name(name)
     factory = _FACTORIES[canonical]
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool):
+        raise TypeError(f"num_classes must be an int, got {num_classes!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if not isinstance(width_mult, numbers.Real) or isinstance(width_mult, bool):
+        raise TypeError(f"width_mult must be a number, got {width_mult!r}")
     if not width_mult > 0:
         raise ValueError(f"width_mult must be positive, got {width_mult!r}")
     if _accepts(factory, "width_mult"):

@@ -45,12 +45,33 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _pair(value, name: str) -> tuple[int, int]:
-    """An int or a 2-sequence of ints as ``(h, w)``, as torch stores conv arguments."""
+def _count(value, name: str, minimum: int = 1) -> int:
+    """An int argument of at least ``minimum``: TypeError for a non-int, ValueError below."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
+    """An int or a 2-sequence of ints, each at least ``minimum``, as ``(h, w)`` (how torch
+    stores conv arguments): TypeError for a non-int, ValueError below ``minimum``."""
     values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(values) != 2 or not all(map(_is_int, values)):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(values) < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
     return int(values[0]), int(values[1])
+
+
+def _fraction(value, name: str):
+    """A real number in [0, 1]: TypeError for a non-number, ValueError outside."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return value
 
 
 def _conv_padding(padding):
@@ -58,8 +79,10 @@ def _conv_padding(padding):
     if isinstance(padding, str):
         return padding
     if isinstance(padding, (tuple, list)) and len(padding) == 4 and all(map(_is_int, padding)):
+        if min(padding) < 0:
+            raise ValueError(f"padding must be at least 0, got {padding!r}")
         return tuple(int(p) for p in padding)  # (top, bottom, left, right)
-    return _pair(padding, "padding")
+    return _pair(padding, "padding", minimum=0)
 
 
 def _uniform_bias(out_features: int, weight: np.ndarray, rng) -> Parameter:
@@ -118,11 +141,11 @@ class Conv2d(Module):
         dtype=np.float32,
     ):
         super().__init__()
-        if min(in_channels, out_channels, groups) < 1:
-            raise ValueError(
-                f"Conv2d needs positive in_channels, out_channels and groups, got "
-                f"{in_channels}, {out_channels}, groups={groups}"
-            )
+        in_channels, out_channels = (
+            _count(in_channels, "in_channels"),
+            _count(out_channels, "out_channels"),
+        )
+        groups = _count(groups, "groups")
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
@@ -199,6 +222,13 @@ class BatchNorm2d(Module):
         dtype=np.float32,
     ):
         super().__init__()
+        num_features = _count(num_features, "num_features")
+        if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+            raise TypeError(f"eps must be a number, got {eps!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        if momentum is not None:
+            _fraction(momentum, "momentum")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.dtype = as_float_dtype(dtype)
         self.weight = Parameter(np.ones(num_features, self.dtype))
@@ -300,6 +330,14 @@ class _Pool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
+        kernel = _pair(kernel_size, "kernel_size")
+        _pair(kernel_size if stride is None else stride, "stride")
+        pads = _pair(padding, "padding", minimum=0)
+        if any(2 * p > k for p, k in zip(pads, kernel, strict=True)):
+            raise ValueError(
+                f"padding must be at most half the kernel size, got padding={padding!r} for "
+                f"kernel_size={kernel_size!r}"
+            )
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
@@ -380,6 +418,10 @@ class Linear(Module):
         dtype=np.float32,
     ):
         super().__init__()
+        in_features, out_features = (
+            _count(in_features, "in_features"),
+            _count(out_features, "out_features"),
+        )
         self.in_features, self.out_features = in_features, out_features
         self.dtype = as_float_dtype(dtype)
         rng = np.random.default_rng() if rng is None else rng
@@ -415,8 +457,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+        _fraction(p, "dropout probability p")  # p = 1 drops everything, as in torch
         self.p, self.inplace = p, inplace
         self._rng = np.random.default_rng(seed)
 
