@@ -234,3 +234,29 @@ def test_bench_train_step_cpu(capsys, tmp_path):
     assert result["backend"] == "cpu" and result["logits_rel_err"] <= 1e-3
     assert result["ratio"] == pytest.approx(result["ours_step_ms"] / result["torch_step_ms"])
     assert "MobileNetV2 train step, batch 2 x 3 x 32 x 32" in capsys.readouterr().out
+
+
+def _header_in_a_fresh_process(**env) -> str:
+    """A benchmark header printed by a new interpreter (OpenBLAS reads its variables at load)."""
+    code = "import torch; from scratchnets.benchmarks import timing as t; "
+    code += "t.print_header(t.machine_info())"
+    base = {k: v for k, v in os.environ.items() if k not in timing.FORCED_OPENBLAS}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=base | env, capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def test_bench_header_names_the_blas_kernel_and_warns_when_one_is_forced():
+    """numpy's and torch's BLAS in every header; OPENBLAS_CORETYPE forcing an older kernel than
+    this CPU's is a warning with the command to unset it (OpenBLAS builds of numpy only)."""
+    plain = _header_in_a_fresh_process()
+    assert "# numpy_blas: " in plain and "# torch_blas: " in plain
+    assert "WARNING" not in plain
+    if "openblas" not in plain or "Haswell kernel" in plain:
+        pytest.skip("needs numpy on OpenBLAS, on a CPU whose own kernel is newer than Haswell")
+    forced = _header_in_a_fresh_process(OPENBLAS_CORETYPE="Haswell", OPENBLAS_L2_SIZE="512")
+    assert "(Haswell kernel" in forced
+    warning = next(line for line in forced.splitlines() if line.startswith("# WARNING"))
+    assert "OPENBLAS_CORETYPE=Haswell" in warning
+    assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE scratchnets bench" in warning

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -64,15 +65,89 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+#: environment variables that make OpenBLAS pick another kernel or cache size than it would
+FORCED_OPENBLAS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def numpy_blas() -> str:
+    """NumPy's BLAS as threadpoolctl sees it: library, version, kernel and threads, e.g.
+    "openblas 0.3.31 (SkylakeX kernel, 1 thread)"."""
+    from threadpoolctl import threadpool_info
+
+    pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    return (
+        "; ".join(
+            f"{p['internal_api']} {p.get('version') or ''} ("
+            + (f"{p['architecture']} kernel, " if p.get("architecture") else "")
+            + f"{p['num_threads']} thread{'s' * (p['num_threads'] != 1)})"
+            for p in pools
+        )
+        or "none found"
+    )
+
+
+def torch_blas(torch) -> str:
+    """The BLAS torch was built with (its ``BLAS_INFO``) and torch's intra-op threads."""
+    config = torch.__config__.show()
+    blas = next((part.split("=", 1)[1] for part in config.split(", ") if "BLAS_INFO=" in part), "?")
+    return f"{blas} ({torch.get_num_threads()} threads)"
+
+
+def _native_openblas_kernel() -> str | None:
+    """The kernel OpenBLAS picks on this CPU when nothing forces one (a fresh interpreter)."""
+    env = {k: v for k, v in os.environ.items() if k not in FORCED_OPENBLAS}
+    probe = (
+        "import numpy, threadpoolctl; print(next((p.get('architecture') or '' for p in "
+        "threadpoolctl.threadpool_info() if p['internal_api'] == 'openblas'), ''))"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def forced_blas_warning() -> str | None:
+    """A warning when OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE make NumPy's OpenBLAS run another
+    kernel than this CPU would (slower numbers than a user sees), with the command to unset."""
+    forced = {k: os.environ[k] for k in FORCED_OPENBLAS if k in os.environ}
+    if not forced:
+        return None
+    from threadpoolctl import threadpool_info
+
+    running = next(
+        (p.get("architecture") for p in threadpool_info() if p["internal_api"] == "openblas"), None
+    )
+    native = _native_openblas_kernel()
+    if running == native and "OPENBLAS_L2_SIZE" not in forced:
+        return None  # e.g. OPENBLAS_CORETYPE naming the kernel this CPU picks anyway
+    settings = " ".join(f"{k}={v}" for k, v in forced.items())
+    return (
+        f"{settings} forces NumPy's OpenBLAS to the {running} kernel; this CPU would run "
+        f"{native}. These timings are not a user's: rerun with "
+        f"`env {' '.join(f'-u {k}' for k in forced)} scratchnets bench ...`"
+    )
+
+
 def machine_info(backend: str = "cpu") -> dict:
-    """CPU, cores, numba/BLAS thread setup and torch's threads: the header of every benchmark;
-    for the "cuda" backend also the GPU and torch's CUDA / cuDNN versions and TF32 setting."""
+    """CPU, cores, numba/BLAS thread setup, the BLAS libraries and kernel NumPy and torch run,
+    and torch's threads: the header of every benchmark (with a warning when the environment
+    forces an OpenBLAS kernel); for the "cuda" backend also the GPU and torch's CUDA / cuDNN
+    versions and TF32 setting."""
     from scratchnets.kernels.cpu._threads import describe
 
     info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), **describe()}
+    del info["blas"]  # numpy_blas says more
+    info["numpy_blas"] = numpy_blas()
     torch = sys.modules.get("torch")
     if torch is not None:
+        info["torch_blas"] = torch_blas(torch)
         info["torch_threads"] = torch.get_num_threads()
+    warning = forced_blas_warning()
+    if warning:
+        info["blas_warning"] = warning
     if backend == "cuda" and torch is not None and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["torch_cuda"] = torch.version.cuda
@@ -87,7 +162,7 @@ def machine_info(backend: str = "cpu") -> dict:
 
 def print_header(info: dict) -> None:
     for key, value in info.items():
-        print(f"# {key}: {value}")
+        print(f"# WARNING: {value}" if key == "blas_warning" else f"# {key}: {value}")
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
