@@ -3,12 +3,17 @@
 A feature module exposes ``register(subparsers)``, which adds its parser and sets ``func`` (called
 with the parsed args; its return value is the exit status). Modules are imported only when the
 command line is built, so a missing optional dependency only breaks its own command.
+
+An error a command does not handle itself ends it with one line on stderr and exit status 1
+(Ctrl-C: 130); ``--debug`` anywhere on the command line, or ``SCRATCHNETS_DEBUG=1``, shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 #: (module, what it adds) in the order ``--help`` lists them
@@ -25,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scratchnets",
         description="From-scratch CNN layers for mobile architectures, checked against PyTorch "
-        "and the papers. With no command, runs `verify`.",
+        "and the papers. With no command, runs `verify`. --debug (anywhere) or "
+        "SCRATCHNETS_DEBUG=1 shows tracebacks instead of one-line errors.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
@@ -39,14 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def debugging() -> bool:
+    """Whether errors should show their traceback (``--debug`` or ``SCRATCHNETS_DEBUG=1``)."""
+    return os.environ.get("SCRATCHNETS_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--debug" in argv:
+        argv = [a for a in argv if a != "--debug"]
+        os.environ["SCRATCHNETS_DEBUG"] = "1"  # commands that catch their own errors read it
     parser = build_parser()
     args = parser.parse_args(argv or ["verify"])
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debugging():
+            raise
+        print(f"scratchnets {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debugging():
+            raise
+        print(
+            f"scratchnets {args.command}: error: {exc} ({type(exc).__name__}; --debug shows "
+            "the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -134,6 +134,18 @@ class ImageFolderDataset:
                 self.skipped[index] = exc
             return None
 
+    def require_a_readable_image(self) -> None:
+        """Raise ValueError, naming the first failure, unless some image decodes (stops at the
+        first that does, so a healthy folder costs one decode)."""
+        for index in range(len(self)):
+            if self.get(index) is not None:
+                return
+        first = next(iter(self.skipped.values()), "no files")
+        raise ValueError(
+            f"{self.name}: none of the {len(self)} images can be read (first: {first}); "
+            "--data DIR needs a folder of readable images"
+        )
+
     def report_skipped(self) -> None:
         """Warn once about files skipped since the last report: the count and the first one's reason."""
         with self._lock:

@@ -66,8 +66,10 @@ def register(subparsers) -> None:
 
 
 def run_summary(args) -> int:
-    resolution = args.resolution or (299 if models.registry.resolve_name(args.model) ==
-                                     "xception" else 224)  # fmt: skip
+    if args.resolution is not None and args.resolution < 1:
+        raise ValueError(f"--resolution must be at least 1 pixel, got {args.resolution}")
+    default = 299 if models.registry.resolve_name(args.model) == "xception" else 224
+    resolution = default if args.resolution is None else args.resolution
     with skip_init():  # counting never reads a weight
         model = models.create(args.model, args.num_classes, args.width_mult)
     if args.reparameterize:

@@ -142,8 +142,30 @@ def _register_predict(subparsers) -> None:
 
 
 def _error(message) -> int:
+    """One line on stderr and exit status 1; called in an ``except`` block, it re-raises there
+    under ``--debug``."""
+    from ..cli import debugging
+
+    if debugging() and sys.exc_info()[1] is not None:
+        raise
     print(f"error: {message}", file=sys.stderr)
     return 1
+
+
+def _check_writable(out_dir: str) -> None:
+    """Create ``out_dir`` and write a probe file into it, or fail before any training."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"cannot write the output folder {out_dir}: {exc.strerror or exc}; choose another "
+            "--out DIR"
+        ) from exc
 
 
 def run_train(args) -> int:
@@ -156,7 +178,10 @@ def run_train(args) -> int:
         for flag, field in _CONFIG_FLAGS.items()
         if getattr(args, flag) is not None
     }
+    from ..data import DownloadError
+
     try:
+        _check_writable(args.out)
         if args.resume:
             if args.recipe is not None:
                 given["recipe"] = args.recipe  # reported as not changeable by fit
@@ -175,6 +200,8 @@ def run_train(args) -> int:
             result = fit(
                 config, args.data, args.out, max_steps=args.max_steps, progress=not args.quiet
             )
+    except DownloadError as exc:
+        return _error(f"{exc}. --data DIR takes a local folder with one sub-folder per class")
     except (CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as exc:
         return _error(exc)
     return 130 if result.status == "interrupted" else 0

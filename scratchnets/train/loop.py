@@ -210,6 +210,7 @@ class Trainer:
             raise ValueError(
                 f"{len(self.train_set)} training images are fewer than one batch of {c.batch_size}"
             )
+        self.train_set.require_a_readable_image()
         self.loader = data.DataLoader(
             self.train_set,
             c.batch_size,
