@@ -18,6 +18,7 @@ from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_
 from .fuse import fold_bn, fuse
 from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
+from .pretrained import load_pretrained
 from .registry import create, list_models, register_model
 from .vgg import VGG
 from .xception import Xception
@@ -31,6 +32,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "read_state_dict",
+    "load_pretrained",
     "CheckpointError",
     "MobileNetV1",
     "MobileNetV2",

@@ -41,11 +41,13 @@ class CheckpointError(ValueError):
 
 
 def _format_of(path: Path) -> str:
+    if path.name.lower().endswith(".pth.tar"):  # timm / ImageNet training scripts' checkpoints
+        return "torch"
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(
             f"cannot tell the checkpoint format of {str(path)!r} from its suffix "
-            f"{path.suffix!r}; expected one of {', '.join(FORMATS)}"
+            f"{path.suffix!r}; expected one of {', '.join(FORMATS)}, .pth.tar"
         )
     return fmt
 
