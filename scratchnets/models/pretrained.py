@@ -8,7 +8,8 @@ The architecture, width multiplier and class count come from the tensor names an
 model uses torchvision / timm names), or from ``model=`` (a registered name or a built model)
 and ``**kwargs`` for ``create``. Files: ``.pth`` / ``.pt`` / ``.bin`` / ``.pth.tar`` (torch, read
 with ``weights_only=True``; a nested ``state_dict`` and ``module.`` prefixes are undone),
-``.safetensors``, ``.npz`` (see ``checkpoint.read_state_dict``).
+``.safetensors``, ``.npz`` (see ``checkpoint.read_state_dict``); float ``.tflite`` graphs
+(``tflite_import.model_from_tflite``).
 """
 
 from __future__ import annotations
@@ -119,6 +120,14 @@ def load_pretrained(path, model=None, **kwargs):
     that fits neither is a ValueError naming what differs.
     """
     path = Path(path)
+    if path.suffix.lower() == ".tflite":
+        if model is not None or kwargs:
+            raise TypeError(
+                "a .tflite file builds its own model from its graph: no model= / options"
+            )
+        from .tflite_import import model_from_tflite
+
+        return model_from_tflite(path)
     state = read_state_dict(path)
     if model is None or isinstance(model, str):
         arch = infer_architecture(state) if model is None else resolve_name(model)
