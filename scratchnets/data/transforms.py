@@ -38,7 +38,9 @@ def resize_size(image_size: int) -> int:
     return int(round(image_size / CROP_FRACTION))
 
 
-def resize_shorter_pil(img: Image.Image, size: int) -> Image.Image:
+def resize_shorter_pil(
+    img: Image.Image, size: int, resample: Image.Resampling = _BILINEAR
+) -> Image.Image:
     """Scale so the shorter side is ``size``; the longer is ``int(size * long / short)`` (torchvision)."""
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
@@ -46,7 +48,7 @@ def resize_shorter_pil(img: Image.Image, size: int) -> Image.Image:
         return img
     new_long = int(size * long / short)
     new_w, new_h = (size, new_long) if w <= h else (new_long, size)
-    return img.resize((new_w, new_h), _BILINEAR)
+    return img.resize((new_w, new_h), resample)
 
 
 def _check_image(img: np.ndarray) -> None:
@@ -81,17 +83,66 @@ class Compose:
         return f"Compose([\n  {inner}\n])"
 
 
-class Resize:
-    """Shorter side to ``size``, aspect ratio kept (``torchvision.transforms.Resize(int)``)."""
+#: Pillow resampling filters by the names torchvision and timm configs use
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
-    def __init__(self, size: int):
+
+def _resampling(interpolation: str) -> Image.Resampling:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}"
+        )
+    return INTERPOLATIONS[interpolation]
+
+
+class Resize:
+    """Shorter side to ``size``, aspect ratio kept (``torchvision.transforms.Resize(int)``);
+    ``interpolation`` "bilinear" (default), "bicubic" or "nearest"."""
+
+    def __init__(self, size: int, interpolation: str = "bilinear"):
         self.size = int(size)
+        self.interpolation = interpolation
+        self._filter = _resampling(interpolation)
 
     def __call__(self, img: np.ndarray, rng=None) -> np.ndarray:
-        return np.asarray(resize_shorter_pil(_pil(img), self.size))
+        return np.asarray(resize_shorter_pil(_pil(img), self.size, self._filter))
 
     def __repr__(self) -> str:
-        return f"Resize({self.size})"
+        return f"Resize({self.size}, interpolation={self.interpolation!r})"
+
+
+class CenterSquareCrop:
+    """The largest centred square, ``min(H, W)`` on a side, top-left corner
+    ``((H - s) // 2, (W - s) // 2)`` (what TensorFlow Lite's MobileNet examples feed)."""
+
+    def __call__(self, img: np.ndarray, rng=None) -> np.ndarray:
+        _check_image(img)
+        h, w = img.shape[:2]
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        return img[top : top + s, left : left + s]
+
+    def __repr__(self) -> str:
+        return "CenterSquareCrop()"
+
+
+class ResizeTo:
+    """Both sides to ``size`` (``PIL.Image.resize((size, size))``), aspect ratio not kept."""
+
+    def __init__(self, size: int, interpolation: str = "bilinear"):
+        self.size = int(size)
+        self.interpolation = interpolation
+        self._filter = _resampling(interpolation)
+
+    def __call__(self, img: np.ndarray, rng=None) -> np.ndarray:
+        return np.asarray(_pil(img).resize((self.size, self.size), self._filter))
+
+    def __repr__(self) -> str:
+        return f"ResizeTo({self.size}, interpolation={self.interpolation!r})"
 
 
 class CenterCrop:
@@ -488,3 +539,29 @@ def eval_transforms(
 ) -> Compose:
     """Resize(shorter side ``resize_size(image_size)``) + CenterCrop(``image_size``) + Normalize."""
     return Compose([Resize(resize_size(image_size)), CenterCrop(image_size), Normalize(mean, std)])
+
+
+def pretrained_transforms(cfg: dict) -> Compose:
+    """The evaluation pipeline a published model was trained for, from its ``pretrained_cfg``
+    (``scratchnets.models.load_pretrained``):
+
+    - torchvision (``resize``): shorter side to ``resize`` (256), centre crop ``size`` (224);
+    - timm (``crop_pct``): shorter side to ``floor(size / crop_pct)``, centre crop ``size``, with
+      the config's interpolation (bicubic for most);
+    - TFLite (``crop == "centre square"``): the largest centred square resized to ``size x size``;
+
+    then ``Normalize(mean, std)`` (``[-1, 1]`` is mean = std = 0.5). A config that says none of
+    these gets torchvision's ImageNet defaults for its ``size`` (224 if absent).
+    """
+    size = int(cfg.get("size", 224))
+    interpolation = cfg.get("interpolation", "bilinear")
+    if cfg.get("crop") == "centre square":
+        steps = [CenterSquareCrop(), ResizeTo(size, interpolation)]
+    else:
+        if "crop_pct" in cfg:
+            shorter = math.floor(size / float(cfg["crop_pct"]))
+        else:
+            shorter = int(cfg.get("resize", resize_size(size)))
+        steps = [Resize(shorter, interpolation), CenterCrop(size)]
+    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    return Compose([*steps, Normalize(mean, std)])

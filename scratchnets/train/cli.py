@@ -5,7 +5,8 @@
                       [--schedule NAME] [--patience N] [--ema] [--teacher CKPT] [--seed N]
                       [--backend cpu|cuda|reference] [--time-limit MIN] [--out DIR] [--resume]
     scratchnets evaluate CHECKPOINT --data DIR [--json]
-    scratchnets predict CHECKPOINT IMAGE... [--json]
+    scratchnets predict CHECKPOINT IMAGE... [--top K] [--json]
+    scratchnets predict --weights FILE IMAGE... [--top K] [--labels FILE] [--json]
 
 Without ``--data``, ``train`` uses the downloaded ``cats_and_dogs_filtered`` (fetched into the
 cache on first use, see ``scratchnets data download``). Flags override the recipe's values;
@@ -132,10 +133,27 @@ def _register_predict(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
         help="class and probability for each image",
-        description="Classify images with a training checkpoint.",
+        usage="scratchnets predict CHECKPOINT IMAGE... | --weights FILE IMAGE... [options]",
+        description="Classify images with a training checkpoint, or with published weights "
+        "(--weights: torchvision / timm .pth, .safetensors, .npz, float .tflite) using their "
+        "source's preprocessing and ImageNet class names.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("inputs", nargs="+", metavar="CHECKPOINT IMAGE... | IMAGE")
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="published weights instead of a checkpoint; every positional is an image",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names, one per line (default: labels.txt / imagenet_labels.txt beside "
+        "--weights, else torchvision's ImageNet names)",
+    )
+    p.add_argument(
+        "--top", type=int, metavar="K", help="the K most probable classes (default 5 with "
+        "--weights, else 1)"
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object per line")
     p.add_argument("--backend", choices=_BACKENDS)
     p.set_defaults(func=run_predict)
@@ -221,10 +239,25 @@ def run_evaluate(args) -> int:
 
 
 def run_predict(args) -> int:
-    from .evaluate import predict_images
+    from .evaluate import predict_images, predict_pretrained
 
+    top = args.top if args.top is not None else (5 if args.weights else 1)
+    if top < 1:
+        return _error(f"--top must be at least 1, got {top}")
     try:
-        results = predict_images(args.checkpoint, args.images, backend=args.backend)
+        if args.weights:
+            results, info = predict_pretrained(
+                args.weights, args.inputs, top, labels=args.labels, backend=args.backend
+            )
+            if not args.json:
+                print(f"{info['weights']} ({info['source']}, {info['classes']} classes; "
+                      f"names: {info['labels']})")  # fmt: skip
+        elif args.labels:
+            return _error("--labels applies to --weights; a checkpoint holds its class names")
+        elif len(args.inputs) < 2:
+            return _error("give a CHECKPOINT and at least one IMAGE (or --weights FILE IMAGE...)")
+        else:
+            results = predict_images(args.inputs[0], args.inputs[1:], args.backend, top)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return _error(exc)
     failed = 0
@@ -234,6 +267,10 @@ def run_predict(args) -> int:
             print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
         elif args.json:
             print(json.dumps(r))
-        else:
+        elif top == 1:
             print(f"{r['image']}: {r['class']} ({r['probability']:.4f})")
+        else:
+            print(f"{r['image']}:")
+            for rank, entry in enumerate(r["top"], 1):
+                print(f"  {rank}. {entry['class']} ({entry['probability']:.4f})")
     return 1 if failed else 0

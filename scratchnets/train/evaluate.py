@@ -173,17 +173,13 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def predict_images(
-    path: str | Path, images: Sequence[str | Path], backend: str | None = None
+def _classify(
+    model, pipeline, images, classes: Sequence[str], top: int, every_class: bool
 ) -> list[dict]:
-    """Class and probability (softmax of the logits) per image file.
-
-    Returns one dict per image: ``{"image", "class", "probability", "probabilities"}``, or
-    ``{"image", "error"}`` for a file that cannot be decoded.
-    """
-    model, meta = load_for_inference(path, backend)
-    pipeline = _eval_pipeline(meta)
-    classes = meta["classes"]
+    """Softmax of ``model``'s logits for each image file after ``pipeline``: one dict per image,
+    ``{"image", "class", "probability", "top": [{"class", "index", "probability"}, ...]}`` (the
+    ``top`` most probable, best first; with ``every_class`` also ``"probabilities"``, a dict of
+    every class's), or ``{"image", "error"}`` for a file that cannot be decoded."""
     out = []
     for image in images:
         try:
@@ -193,13 +189,61 @@ def predict_images(
             continue
         x = pipeline(pixels)[None]  # (1, 3, S, S)
         probs = np.exp(log_softmax64(to_numpy(model(as_input(x, model)))))[0]  # (K,)
-        k = int(probs.argmax())
-        out.append(
-            {
-                "image": str(image),
-                "class": classes[k],
-                "probability": float(probs[k]),
-                "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
-            }
-        )
+        best = np.argsort(-probs, kind="stable")[: max(1, top)]
+        ranked = [
+            {"class": classes[k], "index": int(k), "probability": float(probs[k])} for k in best
+        ]
+        result = {
+            "image": str(image),
+            "class": ranked[0]["class"],
+            "probability": ranked[0]["probability"],
+            "top": ranked,
+        }
+        if every_class:
+            result["probabilities"] = dict(zip(classes, map(float, probs), strict=True))
+        out.append(result)
     return out
+
+
+def predict_images(
+    path: str | Path, images: Sequence[str | Path], backend: str | None = None, top: int = 1
+) -> list[dict]:
+    """Class and probability (softmax of the logits) per image file, for a training checkpoint.
+
+    Returns one dict per image: ``{"image", "class", "probability", "top", "probabilities"}``
+    (``probabilities``: every class's), or ``{"image", "error"}`` for a file that cannot be
+    decoded.
+    """
+    model, meta = load_for_inference(path, backend)
+    return _classify(model, _eval_pipeline(meta), images, meta["classes"], top, every_class=True)
+
+
+def predict_pretrained(
+    weights: str | Path,
+    images: Sequence[str | Path],
+    top: int = 5,
+    labels: str | Path | None = None,
+    backend: str | None = None,
+) -> tuple[list[dict], dict]:
+    """The ``top`` classes of each image for published weights (any file ``load_pretrained``
+    reads), with the source's own preprocessing (``data.pretrained_transforms``) and class names
+    (``models.labels.class_names``).
+
+    Returns ``(results, info)``: one dict per image as ``predict_images`` gives (without the
+    full ``probabilities``), and ``{"weights", "source", "classes", "labels", "preprocessing"}``.
+    """
+    from ..models.labels import class_names
+
+    model = models.load_pretrained(weights).to(backend or default_backend()).eval()
+    cfg = model.pretrained_cfg
+    pipeline = data.pretrained_transforms(cfg)
+    names, labels_source = class_names(int(cfg["num_classes"]), weights, labels)
+    results = _classify(model, pipeline, images, names, top, every_class=False)
+    info = {
+        "weights": str(weights),
+        "source": cfg.get("source", "unknown"),
+        "classes": len(names),
+        "labels": labels_source,
+        "preprocessing": repr(pipeline).replace("\n", ""),
+    }
+    return results, info

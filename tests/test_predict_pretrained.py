@@ -1,0 +1,175 @@
+"""``scratchnets predict --weights``: published weights with their source's preprocessing and
+ImageNet class names.
+
+The preprocessing is checked against each source's own: TFLite's (the exact input tensors of
+``expected_tflite.npz``), torchvision's and timm's transforms on the same photo. The whole command
+on Google's float MobileNetV1 gives TensorFlow Lite's classes and probabilities for every photo.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import scratchnets as sn
+from scratchnets.models.labels import class_names, fit_to
+from scratchnets.train.evaluate import predict_pretrained
+from tests.model_twins import timm, torch_twin, torchvision
+from tests.test_cli_errors import scratchnets
+from tests.test_tflite_reader import FLOAT, WEIGHTS, needs_files
+
+PHOTOS = sorted((WEIGHTS / "images").glob("*")) if WEIGHTS.is_dir() else []
+TFLITE_CFG = dict(
+    source="tflite", size=224, crop="centre square", mean=(0.5,) * 3, std=(0.5,) * 3
+)  # what load_pretrained records for the float MobileNetV1 0.25/224
+
+
+def photo(path) -> np.ndarray:
+    return np.asarray(sn.data.open_rgb(path))
+
+
+@needs_files
+def test_tflite_preprocessing_is_the_tensor_tflite_was_fed():
+    """Centre square, bilinear resize, [-1, 1]: the float model's stored inputs to 1 float32
+    rounding of (p - 127.5) / 127.5; the uint8 models' stored inputs (no normalisation) equal."""
+    expected = np.load(WEIGHTS / "expected_tflite.npz")
+    pipeline = sn.data.pretrained_transforms(TFLITE_CFG)
+    for path in PHOTOS:
+        ours = pipeline(photo(path)).transpose(1, 2, 0)  # (224, 224, 3) like TFLite's NHWC
+        theirs = expected[f"mobilenet_v1_0.25_224_float/{path.name}/input"]
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1.2e-7, err_msg=path.name)
+        for model, size in (
+            ("mobilenet_v1_0.25_128_quant", 128),
+            ("mobilenet_v2_1.0_224_quant", 224),
+        ):
+            crop = sn.data.Compose([sn.data.CenterSquareCrop(), sn.data.ResizeTo(size)])
+            pixels = expected[f"{model}/{path.name}/input"]
+            assert np.array_equal(crop(photo(path)), pixels), (model, path.name)
+
+
+@needs_files
+def test_torchvision_preprocessing_equals_torchvision_transforms():
+    """resize 256 (bilinear), centre crop 224, ImageNet mean / std: torchvision's own pipeline."""
+    transforms = torchvision.transforms
+    cfg = sn.models.pretrained.PREPROCESSING["mobilenet_v2"]
+    theirs_pipeline = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize(cfg["mean"], cfg["std"]),
+    ])  # fmt: skip
+    for path in PHOTOS:
+        ours = sn.data.pretrained_transforms(cfg)(photo(path))
+        theirs = theirs_pipeline(sn.data.open_rgb(path)).numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-6, err_msg=path.name)
+
+
+@needs_files
+@pytest.mark.parametrize("arch, timm_name", [("mobilenet_v1", "mobilenetv1_100"),
+                                             ("ghostnet_100", "ghostnet_100")])  # fmt: skip
+def test_timm_preprocessing_equals_timm_transforms(arch, timm_name):
+    """resize to floor(size / crop_pct) with the config's interpolation, centre crop: timm's
+    ``create_transform`` of the model's pretrained config."""
+    cfg = sn.models.pretrained.PREPROCESSING[arch]
+    data_cfg = timm.data.resolve_data_config({}, model=timm.create_model(timm_name))
+    assert data_cfg["crop_pct"] == cfg["crop_pct"]
+    assert data_cfg["interpolation"] == cfg["interpolation"]
+    assert np.allclose(data_cfg["mean"], cfg["mean"]) and np.allclose(data_cfg["std"], cfg["std"])
+    theirs_pipeline = timm.data.create_transform(**data_cfg)
+    assert math.floor(224 / cfg["crop_pct"]) == 256
+    for path in PHOTOS:
+        ours = sn.data.pretrained_transforms(cfg)(photo(path))
+        theirs = theirs_pipeline(sn.data.open_rgb(path)).numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-6, err_msg=path.name)
+
+
+@needs_files
+def test_predict_weights_gives_tflites_classes_and_probabilities(tmp_path):
+    """The command a user runs on Google's float MobileNetV1 0.25: for every photo, the top
+    classes are TFLite's top classes by name, with TFLite's probabilities (1e-4)."""
+    expected = np.load(WEIGHTS / "expected_tflite.npz")
+    names = (WEIGHTS / "imagenet_labels.txt").read_text().splitlines()
+    done = scratchnets(tmp_path, "predict", "--weights", str(FLOAT), *map(str, PHOTOS),
+                       "--top", "3", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["image"] for r in results] == [str(p) for p in PHOTOS]
+    for path, result in zip(PHOTOS, results, strict=True):
+        theirs = expected[f"mobilenet_v1_0.25_224_float/{path.name}/output"].ravel()
+        best = np.argsort(-theirs)[:3]
+        assert [t["index"] for t in result["top"]] == best.tolist(), path.name
+        assert [t["class"] for t in result["top"]] == [names[k] for k in best]
+        for entry in result["top"]:
+            assert abs(entry["probability"] - theirs[entry["index"]]) <= 1e-4
+    text = scratchnets(tmp_path, "predict", "--weights", str(FLOAT), str(PHOTOS[0]))
+    assert text.returncode == 0 and "1. chickadee (0.9" in text.stdout, text.stdout
+
+
+@needs_files
+def test_predict_torchvision_weights_equals_the_torch_model(tmp_path):
+    """A genuine torchvision MobileNetV2 (random weights and BN statistics) saved with
+    torch.save: its 1000 ImageNet names come from torchvision, and our probabilities are the torch
+    model's on torchvision's preprocessing of the same photo."""
+    twin = torch_twin("mobilenet_v2", 1000, 0.35, torch.float32).eval()
+    generator = torch.Generator().manual_seed(0)
+    for module in twin.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1, generator=generator)
+            module.running_var.uniform_(0.5, 1.5, generator=generator)
+    torch.save(twin.state_dict(), tmp_path / "mobilenet_v2.pth")
+    results, info = predict_pretrained(tmp_path / "mobilenet_v2.pth", PHOTOS[:2], top=5)
+    assert info["source"] == "torchvision" and info["labels"] == "torchvision"
+    transforms = torchvision.transforms
+    pipeline = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])  # fmt: skip
+    categories = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
+    for path, result in zip(PHOTOS[:2], results, strict=True):
+        with torch.no_grad():
+            x = pipeline(sn.data.open_rgb(path))[None].float()  # ToTensor: the default dtype
+            probs = twin(x).softmax(1)[0].double().numpy()
+        assert [t["class"] for t in result["top"]] == [
+            categories[t["index"]] for t in result["top"]
+        ]
+        ours = np.array([t["probability"] for t in result["top"]])
+        np.testing.assert_allclose(ours, probs[[t["index"] for t in result["top"]]], atol=1e-5)
+        assert result["top"][0]["index"] == int(probs.argmax())
+
+
+def test_label_lists_fit_the_1000_and_1001_class_conventions(tmp_path):
+    thousand = [f"n{k}" for k in range(1000)]
+    assert fit_to(thousand, 1000) == thousand
+    assert fit_to(thousand, 1001) == ["background", *thousand]
+    assert fit_to(["background", *thousand], 1000) == thousand
+    assert fit_to(thousand, 7) is None
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    assert class_names(2, labels=tmp_path / "two.txt") == (
+        ["cat", "dog"],
+        str(tmp_path / "two.txt"),
+    )
+    with pytest.raises(ValueError, match="has 2 names; the model has 3 classes"):
+        class_names(3, labels=tmp_path / "two.txt")
+    (tmp_path / "w.npz").write_bytes(b"")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    assert class_names(3, tmp_path / "w.npz")[0] == ["a", "b", "c"]  # found beside the weights
+    names, why = class_names(5, tmp_path / "w.npz")
+    assert names[4] == "class 4" and "--labels FILE" in why
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("predict", "--weights", "nothing.pth", "a.jpg"), "no checkpoint file at 'nothing.pth'"),
+        (("predict", "only.npz"), "at least one IMAGE"),
+        (("predict", "--weights", "w.pth", "a.jpg", "--top", "0"), "--top must be at least 1"),
+        (("predict", "c.npz", "a.jpg", "--labels", "l.txt"), "--labels applies to --weights"),
+    ],
+)
+def test_bad_predict_arguments_give_one_clean_line(tmp_path, args, message):
+    done = scratchnets(tmp_path, *args)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
