@@ -105,5 +105,29 @@ def test_a_file_that_fits_no_model_says_what_differs(tmp_path):
     with pytest.raises(ValueError, match=r"closest mobilenet_v2.*features\.0\.0\.weight"):
         sn.models.load_pretrained(tmp_path / "renamed.pth")
     write(TWINS["mobilenet_v2"][2]().state_dict(), tmp_path / "w.pth", "pth")
-    with pytest.raises(ValueError, match="size mismatch|shape"):
+    # x0.35 and x0.5 share their first layers (channels rounded up to 16): the first misfit
+    with pytest.raises(ValueError, match=r"features\.2\.conv\.2\.weight is \(8, 48, 1, 1\) in the "
+                       r"file but \(16, 48, 1, 1\) in a mobilenet_v2 with"):  # fmt: skip
         sn.models.load_pretrained(tmp_path / "w.pth", "mobilenet_v2", width_mult=0.5)
+
+
+def test_a_width_no_model_has_names_the_first_misfit(tmp_path):
+    """A MobileNetV2 x0.3 (no published width): the error names the first tensor that does not
+    fit, with the file's shape and ours."""
+    twin = torch_twin("mobilenet_v2", 7, 0.3, torch.float32)
+    write(twin.state_dict(), tmp_path / "w030.pth", "pth")
+    with pytest.raises(ValueError) as error:
+        sn.models.load_pretrained(tmp_path / "w030.pth")
+    message = str(error.value)
+    assert "any width multiplier" in message
+    name = message.split(": ")[1].split(" is ")[0]
+    assert f"{name} is {tuple(twin.state_dict()[name].shape)} in the file but" in message
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_a_truncated_weight_file_is_a_clear_error(tmp_path, fmt):
+    path = tmp_path / f"w.{fmt}"
+    write(TWINS["mobilenet_v2"][2]().state_dict(), path, fmt)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(sn.models.CheckpointError, match=str(path.name)):
+        sn.models.load_pretrained(path)

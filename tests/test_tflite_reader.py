@@ -145,3 +145,33 @@ def test_quantized_tflite_is_not_imported_as_float():
 
     with pytest.raises(ValueError, match="quantized TFLite graph"):
         sn.models.load_pretrained(WEIGHTS / "mobilenet_v2_1.0_224_quant.tflite")
+
+
+@needs_files
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(op="HARD_SWISH", options={}), "TFLite op HARD_SWISH {} is not mapped"),
+        (dict(options_change={"activation": "TANH"}), "fused activation TANH is not mapped"),
+        (dict(options_change={"dilation_h": 2}), r"CONV_2D with dilation \(2, 1\)"),
+    ],
+    ids=["op", "activation", "dilation"],
+)
+def test_a_graph_we_do_not_map_names_what(monkeypatch, change, message):
+    """The real float graph with one CONV_2D changed into something we do not map: the error
+    names the op (or its option)."""
+    import dataclasses
+
+    import scratchnets as sn
+    from scratchnets.models import tflite_import
+
+    graph = read_tflite(FLOAT)
+    ops = list(graph.operators)
+    conv = next(i for i, op in enumerate(ops) if op.op == "CONV_2D" and i > 2)
+    change = dict(change)
+    new_options = dict(ops[conv].options) | change.pop("options_change", {})
+    ops[conv] = dataclasses.replace(ops[conv], **({"options": new_options} | change))
+    changed = dataclasses.replace(graph, operators=ops)
+    monkeypatch.setattr(tflite_import, "read_tflite", lambda path: changed)
+    with pytest.raises(ValueError, match=message):
+        sn.models.load_pretrained(FLOAT)

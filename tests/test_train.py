@@ -144,10 +144,12 @@ def test_resume_after_interrupts_is_bit_exact(dataset, tmp_path):
 
     out = tmp_path / "b"
     handler_before = signal.getsignal(signal.SIGINT)
+    said = []
     first = loop.fit(
-        cfg, str(dataset), out, progress=False, on_step=ctrl_c_at_step_6, log=lambda m: None
+        cfg, str(dataset), out, progress=False, on_step=ctrl_c_at_step_6, log=said.append
     )
     assert first.status == "interrupted" and first.global_step == 6
+    assert "interrupted at" in said[-1] and "--resume" in said[-1], said[-1]  # says how to go on
     saved = load_checkpoint(out / "last.npz")["progress"]
     assert (saved["epoch"], saved["step_in_epoch"]) == (1, 2)  # mid-epoch 2
     assert signal.getsignal(signal.SIGINT) is handler_before  # fit restored the handler

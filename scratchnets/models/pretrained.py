@@ -87,9 +87,13 @@ def infer_architecture(state: dict) -> str:
     return matches[0]
 
 
-def _fits(model, state: dict) -> bool:
-    ours = model.state_dict()
-    return all(tuple(state[k].shape) == tuple(v.shape) for k, v in ours.items() if k in state)
+def _misfit(model, state: dict) -> tuple[str, tuple, tuple] | None:
+    """``(name, the file's shape, the model's shape)`` of the first tensor that does not fit
+    ``model``, or None when every one does."""
+    for name, value in model.state_dict().items():
+        if name in state and tuple(state[name].shape) != tuple(value.shape):
+            return name, tuple(state[name].shape), tuple(value.shape)
+    return None
 
 
 def _build(arch: str, state: dict, kwargs: dict):
@@ -100,15 +104,19 @@ def _build(arch: str, state: dict, kwargs: dict):
     if classifier is not None:
         kwargs.setdefault("num_classes", int(classifier.shape[0]))
     fixed_width = arch in ("vgg16", "vgg16_bn", "xception") or "width_mult" in kwargs
+    first_misfit = None
     for width in [None] if fixed_width else WIDTHS:
         options = kwargs if width is None else kwargs | {"width_mult": width}
         model = _uninitialised(arch, **options)
-        if _fits(model, state):
+        misfit = _misfit(model, state)
+        if misfit is None:
             return model
+        first_misfit = first_misfit or (options, *misfit)
+    options, name, theirs, ours = first_misfit
+    tried = f"{options}" if fixed_width else f"any width multiplier in {WIDTHS}"
     raise ValueError(
-        f"the file is a {arch} whose tensor shapes fit no width multiplier in {WIDTHS} with "
-        f"{kwargs}; pass width_mult=... (first tensor: {next(iter(state))} "
-        f"{tuple(next(iter(state.values())).shape)})"
+        f"the file is a {arch} whose tensors fit no model with {tried}: {name} is {theirs} in "
+        f"the file but {ours} in a {arch} with {options}; pass width_mult=... / num_classes=..."
     )
 
 
