@@ -13,7 +13,16 @@ Build one by name (parameter names match torchvision / timm, so their checkpoint
 """
 
 # importing a model module registers its factories
-from . import ghostnet, ghostnetv2, ghostnetv3, mobilenet_v1, mobilenet_v2, vgg, xception
+from . import (
+    ghostnet,
+    ghostnetv2,
+    ghostnetv3,
+    mobilenet_v1,
+    mobilenet_v2,
+    tf_mobilenet_v1,
+    vgg,
+    xception,
+)
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_checkpoint
 from .fuse import fold_bn, fuse
 from .mobilenet_v1 import MobileNetV1

@@ -44,13 +44,17 @@ PREPROCESSING = {
                            mean=IMAGENET_MEAN, std=IMAGENET_STD),
     "xception": dict(source="timm", size=299, crop_pct=0.8975, interpolation="bicubic",
                      mean=INCEPTION_MEAN, std=INCEPTION_STD),
+    "tf_mobilenet_v1": dict(source="tflite", size=224, crop="centre square",
+                            interpolation="bilinear", mean=INCEPTION_MEAN, std=INCEPTION_STD),
 }  # fmt: skip
 #: width multipliers tried when a file does not say (the published ones and common others)
 WIDTHS = (1.0, 0.75, 0.5, 0.35, 0.25, 1.3, 1.4, 1.25, 1.5, 1.6, 2.0)
 #: the final classifier weight of each architecture (its rows are the classes)
-CLASSIFIER = {"mobilenet_v2": "classifier.1.weight", "xception": "fc.weight"} | {
-    name: "classifier.6.weight" for name in ("vgg16", "vgg16_bn")
-}
+CLASSIFIER = {
+    "mobilenet_v2": "classifier.1.weight",
+    "xception": "fc.weight",
+    "tf_mobilenet_v1": "Conv2d_1c_1x1.weight",
+} | {name: "classifier.6.weight" for name in ("vgg16", "vgg16_bn")}
 
 
 def _uninitialised(name: str, **kwargs):
@@ -87,6 +91,22 @@ def infer_architecture(state: dict) -> str:
     return matches[0]
 
 
+def _registered_twin(state: dict) -> dict:
+    """``{"architecture", "width_mult"}`` of the registered model whose tensors are exactly
+    ``state``'s (an imported TF-slim MobileNetV1 is our ``tf_mobilenet_v1``), or ``{}``."""
+    stem = state.get("Conv2d_0.weight")
+    if stem is None:
+        return {}
+    from .tf_mobilenet_v1 import STEM_CHANNELS
+
+    width = stem.shape[0] / STEM_CHANNELS
+    classes = state["Conv2d_1c_1x1.weight"].shape[0] if "Conv2d_1c_1x1.weight" in state else 1
+    twin = _uninitialised("tf_mobilenet_v1", num_classes=classes, width_mult=width)
+    if list(twin.state_dict()) != list(state) or _misfit(twin, state) is not None:
+        return {}
+    return {"architecture": "tf_mobilenet_v1", "width_mult": width}
+
+
 def _misfit(model, state: dict) -> tuple[str, tuple, tuple] | None:
     """``(name, the file's shape, the model's shape)`` of the first tensor that does not fit
     ``model``, or None when every one does."""
@@ -97,8 +117,8 @@ def _misfit(model, state: dict) -> tuple[str, tuple, tuple] | None:
 
 
 def _build(arch: str, state: dict, kwargs: dict):
-    """The model of ``arch`` whose every tensor shape is the file's (width and classes found by
-    trying; ``kwargs`` fixes either)."""
+    """``(model, width_mult)``: the model of ``arch`` whose every tensor shape is the file's
+    (width and classes found by trying; ``kwargs`` fixes either)."""
     kwargs = dict(kwargs)
     classifier = state.get(CLASSIFIER.get(arch, "classifier.weight"))
     if classifier is not None:
@@ -110,7 +130,7 @@ def _build(arch: str, state: dict, kwargs: dict):
         model = _uninitialised(arch, **options)
         misfit = _misfit(model, state)
         if misfit is None:
-            return model
+            return model, options.get("width_mult", 1.0)
         first_misfit = first_misfit or (options, *misfit)
     options, name, theirs, ours = first_misfit
     tried = f"{options}" if fixed_width else f"any width multiplier in {WIDTHS}"
@@ -135,11 +155,13 @@ def load_pretrained(path, model=None, **kwargs):
             )
         from .tflite_import import model_from_tflite
 
-        return model_from_tflite(path)
+        model = model_from_tflite(path)
+        model.pretrained_cfg |= _registered_twin(model.state_dict())
+        return model
     state = read_state_dict(path)
     if model is None or isinstance(model, str):
         arch = infer_architecture(state) if model is None else resolve_name(model)
-        model = _build(arch, state, kwargs)
+        model, width = _build(arch, state, kwargs)
     elif kwargs:
         raise TypeError(
             f"options {sorted(kwargs)} only apply when load_pretrained builds the model"
@@ -147,11 +169,12 @@ def load_pretrained(path, model=None, **kwargs):
     else:
         arch = next((a for a in PREPROCESSING if _weight_names(_names(a)) ==
                      _weight_names(model.state_dict())), None)  # fmt: skip
+        width = getattr(model, "width_mult", None)
     # files written before torch 0.4.1 lack BN's num_batches_tracked: keep the model's
     counters = {k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
     model.load_state_dict(counters | state)
     classifier = state.get(CLASSIFIER.get(arch, "classifier.weight"))
-    cfg = dict(PREPROCESSING.get(arch, {}), architecture=arch, file=str(path))
+    cfg = dict(PREPROCESSING.get(arch, {}), architecture=arch, width_mult=width, file=str(path))
     if classifier is not None:
         cfg["num_classes"] = int(classifier.shape[0])
     model.pretrained_cfg = cfg

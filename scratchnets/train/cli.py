@@ -46,6 +46,10 @@ _CONFIG_FLAGS = {
     "backend": "backend",
     "time_limit": "time_limit_min",
     "workers": "workers",
+    "init": "init",
+    "freeze_backbone": "freeze_backbone",
+    "head_only_epochs": "head_only_epochs",
+    "backbone_lr_scale": "backbone_lr_scale",
 }
 _BACKENDS = ("cpu", "cuda", "reference")
 
@@ -97,6 +101,31 @@ def _register_train(subparsers) -> None:
         help="keep an EMA of the weights and validate / export it",
     )
     p.add_argument("--teacher", metavar="CKPT", help="distil from this training checkpoint")
+    p.add_argument(
+        "--init",
+        metavar="FILE",
+        help="start from published weights (torchvision / timm .pth, .safetensors, .npz, float "
+        ".tflite): the classifier is rebuilt for the data's classes; model, width, image size "
+        "and normalisation default to the file's, the recipe to `finetune`",
+    )
+    p.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        default=None,
+        help="with --init: train the classifier only (backbone weights and BN statistics fixed)",
+    )
+    p.add_argument(
+        "--head-only-epochs",
+        type=int,
+        metavar="N",
+        help="with --init: train the classifier only for the first N epochs",
+    )
+    p.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        metavar="S",
+        help="with --init: the backbone trains at lr * S (finetune recipe: 0.1)",
+    )
     p.add_argument("--seed", type=int, metavar="N")
     p.add_argument("--backend", choices=_BACKENDS, help="op backend (default: cpu if available)")
     p.add_argument(
@@ -186,6 +215,21 @@ def _check_writable(out_dir: str) -> None:
         ) from exc
 
 
+def _defaults_from_init(path: str) -> dict:
+    """The config fields a weight file decides unless a flag says otherwise: architecture,
+    width, input size and normalisation (the source's preprocessing)."""
+    from .finetune import describe_init
+
+    cfg = describe_init(path)
+    return {
+        "model": cfg["architecture"],
+        "width_mult": cfg.get("width_mult") or 1.0,
+        "image_size": int(cfg.get("size", 224)),
+        "input_mean": tuple(cfg["mean"]) if "mean" in cfg else None,
+        "input_std": tuple(cfg["std"]) if "std" in cfg else None,
+    }
+
+
 def run_train(args) -> int:
     from .config import recipe
     from .evaluate import default_backend
@@ -214,7 +258,9 @@ def run_train(args) -> int:
             )
         else:
             given.setdefault("backend", default_backend())
-            config = recipe(args.recipe or "default", **given)
+            if args.init:
+                given = _defaults_from_init(args.init) | given
+            config = recipe(args.recipe or ("finetune" if args.init else "default"), **given)
             result = fit(
                 config, args.data, args.out, max_steps=args.max_steps, progress=not args.quiet
             )

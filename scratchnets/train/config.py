@@ -89,6 +89,13 @@ class TrainConfig:
     # EMA of the weights; when on, validation and the checkpoints' eval weights are the EMA's
     ema: bool = False
     ema_decay: float = 0.998
+    # starting from published weights (scratchnets/train/finetune.py)
+    init: str | None = None  # a weight file load_pretrained reads; its head is rebuilt
+    freeze_backbone: bool = False  # train the head only, the whole run
+    head_only_epochs: int = 0  # train the head only for the first epochs, then everything
+    backbone_lr_scale: float = 1.0  # the backbone's lr is lr * backbone_lr_scale
+    input_mean: tuple[float, ...] | None = None  # Normalize's mean / std; None: ImageNet's
+    input_std: tuple[float, ...] | None = None
     # distillation
     teacher: str | None = None  # path of a training checkpoint
     kd_alpha: float = 0.5
@@ -134,6 +141,24 @@ class TrainConfig:
             raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.head_only_epochs < 0:
+            raise ValueError(f"head_only_epochs must be >= 0, got {self.head_only_epochs}")
+        if not self.backbone_lr_scale > 0:
+            raise ValueError(
+                f"backbone_lr_scale must be positive, got {self.backbone_lr_scale} (freeze the "
+                "backbone instead)"
+            )
+        uses_init = self.freeze_backbone or self.head_only_epochs or self.backbone_lr_scale != 1
+        if uses_init and not self.init:
+            raise ValueError(
+                "freezing the backbone or scaling its lr needs published weights (--init FILE)"
+            )
+        for name in ("input_mean", "input_std"):
+            value = getattr(self, name)
+            if value is not None:
+                if len(value) != 3:
+                    raise ValueError(f"{name} needs 3 values (R, G, B), got {value}")
+                setattr(self, name, tuple(float(v) for v in value))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -171,7 +196,25 @@ RECIPES: dict[str, dict] = {
         "patience": 3,
         "monitor": "val_loss",
     },
+    # from published weights (--init FILE, which also sets model, width, image size and input
+    # normalisation from the file): two head-only epochs let the new classifier settle on the
+    # frozen published features (BN statistics kept) before the whole network trains, the
+    # backbone at a tenth of the head's lr so that the small dataset nudges rather than
+    # overwrites the ImageNet features; weight decay small for the same reason
+    "finetune": {
+        "epochs": 10,
+        "head_only_epochs": 2,
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "backbone_lr_scale": 0.1,
+        "weight_decay": 0.01,
+        "warmup_epochs": 1.0,
+        "crop_scale_min": 0.35,
+        "time_limit_min": 15.0,
+    },
 }
+#: recipes that start from published weights (``init`` must be given)
+NEEDS_INIT = ("finetune",)
 
 
 def recipe(name: str = "default", **overrides) -> TrainConfig:
@@ -180,4 +223,6 @@ def recipe(name: str = "default", **overrides) -> TrainConfig:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     values = {**RECIPES[name], "recipe": name}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if name in NEEDS_INIT and not values.get("init"):
+        raise ValueError(f"recipe {name!r} starts from published weights: give --init FILE")
     return TrainConfig(**values)

@@ -48,6 +48,7 @@ import numpy as np
 from .. import data, models, optim
 from ..arrays import to_numpy
 from ..nn import CrossEntropyLoss
+from . import finetune
 from .checkpointing import load_checkpoint, load_weights_into, save_checkpoint
 from .config import MONITORS, TrainConfig
 from .evaluate import as_input, evaluate_model, model_from_meta
@@ -82,12 +83,21 @@ class FitResult:
 
 def build_optimizer(config: TrainConfig, model) -> optim.Optimizer:
     """The configured optimizer; weight decay only on weights with >= 2 dims (not BN / biases),
-    the usual exemption (timm's ``param_groups_weight_decay``)."""
-    decay = [p for p in model.parameters() if len(p.shape) >= 2]
-    no_decay = [p for p in model.parameters() if len(p.shape) < 2]
-    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    the usual exemption (timm's ``param_groups_weight_decay``). From published weights
+    (``init``), the backbone's groups get ``lr * backbone_lr_scale`` (the head's come first, so
+    ``param_groups[0]`` is the head's lr)."""
     c = config
+    head = finetune.head_name(model) + "." if c.init else ""
+    groups = []
+    for in_head, scale in ((True, 1.0), (False, c.backbone_lr_scale)):
+        named = [(n, p) for n, p in model.named_parameters() if n.startswith(head) == in_head]
+        decay = [p for _, p in named if len(p.shape) >= 2]
+        no_decay = [p for _, p in named if len(p.shape) < 2]
+        groups += [
+            {"params": decay, "lr": c.lr * scale},
+            {"params": no_decay, "weight_decay": 0.0, "lr": c.lr * scale},
+        ]
+    groups = [g for g in groups if g["params"]]
     if c.optimizer == "sgd":
         return optim.SGD(
             groups,
@@ -196,12 +206,16 @@ class Trainer:
         out_dir: Path,
         data_source: str,
         log: Callable[[str], None],
+        resumed_meta: dict | None = None,
     ):
+        """``resumed_meta``: the ``model`` entry of the checkpoint this run resumes (its weights
+        are loaded by ``restore``, so an ``init`` file is not read again)."""
         self.config, self.out_dir, self.log = config, Path(out_dir), log
         self.data_source = data_source
         c = config
         train, val = splits["train"], splits["val"]
         self.classes = list(train.classes)
+        mean, std = c.input_mean or data.IMAGENET_MEAN, c.input_std or data.IMAGENET_STD
         if list(val.classes) != self.classes:
             raise ValueError(f"train classes {self.classes} != val classes {list(val.classes)}")
         self.train_set = data.ImageFolderDataset(train, c.image_size, name="train")
@@ -218,7 +232,7 @@ class Trainer:
             seed=c.seed,
             drop_last=True,  # no tiny last batch: BN statistics of 1-3 images are noise
             transforms=data.train_transforms(
-                c.image_size, c.augment, scale=(c.crop_scale_min, 1.0)
+                c.image_size, c.augment, scale=(c.crop_scale_min, 1.0), mean=mean, std=std
             ),
             workers=c.workers,
         )
@@ -226,7 +240,7 @@ class Trainer:
             self.val_set,
             c.batch_size,
             shuffle=False,
-            transforms=data.eval_transforms(c.image_size),
+            transforms=data.eval_transforms(c.image_size, mean, std),
             workers=c.workers,
         )
         self.steps_per_epoch = len(self.loader)
@@ -236,12 +250,19 @@ class Trainer:
             "width_mult": c.width_mult,
             "classes": self.classes,
             "image_size": c.image_size,
-            "normalize": {"mean": list(data.IMAGENET_MEAN), "std": list(data.IMAGENET_STD)},
+            "normalize": {"mean": list(mean), "std": list(std)},
             "eval_weights": "ema" if c.ema else "weights",
         }
-        self.model = models.create(
-            c.model, num_classes=len(self.classes), width_mult=c.width_mult, rng=c.seed
-        )
+        if c.init and resumed_meta is not None:
+            self.meta["init"] = resumed_meta.get("init")
+        if c.init and resumed_meta is None:
+            self.model, self.meta["init"] = finetune.start_from(
+                c.init, c.model, c.width_mult, len(self.classes), rng=c.seed
+            )
+        else:
+            self.model = models.create(
+                c.model, num_classes=len(self.classes), width_mult=c.width_mult, rng=c.seed
+            )
         seed_module_generators(self.model, c.seed)
         self.model.to(c.backend).train()
         self.optimizer = build_optimizer(c, self.model)
@@ -341,6 +362,13 @@ class Trainer:
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One optimizer step on a batch; returns (loss, number correct)."""
+        frozen = self.backbone_frozen()
+        if frozen:
+            finetune.freeze_backbone(self.model, True)
+            finetune.set_frozen_modes(self.model)  # after evaluate_model's train(True)
+        elif self.config.init:
+            finetune.freeze_backbone(self.model, False)
+            self.model.train()
         x_in = as_input(x, self.model)  # (N, 3, S, S), on the GPU for "cuda"
         logits = self.model(x_in)  # (N, K)
         if self.teacher is not None:
@@ -352,7 +380,10 @@ class Trainer:
                 f"the training loss became {loss} at step {self.global_step + 1} (epoch "
                 f"{self.epoch + 1}); lower --lr, or set clip_grad_norm"
             )
-        self.model.backward(self.criterion.backward())
+        if frozen:
+            finetune.backward_to_trainable(self.model, self.criterion.backward())
+        else:
+            self.model.backward(self.criterion.backward())
         if self.config.clip_grad_norm:
             optim.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
         self.optimizer.step()
@@ -364,6 +395,12 @@ class Trainer:
             self.ema.update(self.model, step=self.global_step)
         correct = int((to_numpy(logits).argmax(axis=1) == y).sum())
         return loss, correct
+
+    def backbone_frozen(self) -> bool:
+        """Whether this step trains the head only (``freeze_backbone``, or within the first
+        ``head_only_epochs``)."""
+        c = self.config
+        return c.freeze_backbone or self.epoch < c.head_only_epochs
 
     def validate(self) -> dict:
         if self.ema is not None:
@@ -471,7 +508,9 @@ def fit(
     config = (config or TrainConfig()).replace(**overrides)
     splits, description = resolve_data(data_source)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, splits, out_dir, description, log)
+    trainer = Trainer(
+        config, splits, out_dir, description, log, resumed_meta=ckpt["model"] if ckpt else None
+    )
     if ckpt is not None:
         trainer.restore(ckpt, out_dir / "last.npz")
         log(
@@ -486,6 +525,11 @@ def fit(
             f"{len(trainer.train_set)} images ({', '.join(trainer.classes)}), validating on "
             f"{len(trainer.val_set)}; {config.epochs} epochs of {trainer.steps_per_epoch} steps, "
             f"{config.optimizer} lr {config.lr}, backend {config.backend} -> {out_dir}"
+            + (
+                f"; from {config.init} (new {trainer.meta['init']['replaced_head']})"
+                if config.init
+                else ""
+            )
         )
     with _StopRequests(log) as stops:
         return _run(trainer, stops, max_steps, progress, on_step)

@@ -1,0 +1,111 @@
+"""Training from published weights: ``train --init FILE``, a frozen backbone, a lower backbone lr.
+
+``start_from(path, ...)`` reads any file ``models.load_pretrained`` reads, builds the same
+architecture for the dataset's classes and copies every tensor but the classifier's: the head is
+rebuilt with its architecture's initialisation (torchvision's N(0, 0.01^2) weights and zero bias
+for MobileNetV2 and TF-slim's MobileNetV1), never loaded, since ImageNet's 1000 classes are not
+the dataset's.
+
+The head is the module owning the model's last parameter (``classifier.1`` of MobileNetV2,
+``classifier`` of GhostNet and timm's MobileNetV1, ``Conv2d_1c_1x1`` of TF-slim's); everything
+before it is the backbone. A frozen backbone (``freeze_backbone``):
+
+* its parameters get ``requires_grad = False`` (the optimizer skips them, weight decay included);
+* its BatchNorm layers stay in eval mode, so their running statistics and the function they
+  compute stay the published ones;
+* the backward pass stops at the head (``backward_to_trainable``): nothing before the first
+  module with a trainable parameter needs a gradient, so neither the frozen layers' weight
+  gradients nor their input gradients are computed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import models
+from ..nn import BatchNorm2d, Module, Sequential
+
+
+def head_name(model: Module) -> str:
+    """The name of the module owning ``model``'s last parameter (its classifier)."""
+    last = list(model.named_parameters())[-1][0]
+    return last.rsplit(".", 1)[0]
+
+
+def describe_init(path: str | Path) -> dict:
+    """What a weight file holds: its ``pretrained_cfg`` (``architecture``, ``width_mult``,
+    ``size``, ``mean``, ``std``, ``source`` ...), without keeping the model."""
+    cfg = dict(models.load_pretrained(path).pretrained_cfg)
+    if cfg.get("architecture") is None:
+        raise ValueError(
+            f"--init {path}: its graph is no registered architecture, so a model fine-tuned from "
+            "it could not be rebuilt from its checkpoint"
+        )
+    return cfg
+
+
+def start_from(
+    path: str | Path, model_name: str, width_mult: float, num_classes: int, rng
+) -> tuple[Module, dict]:
+    """``(model, info)``: ``model_name`` at ``width_mult`` with ``num_classes`` outputs, every
+    tensor but the head's from the file at ``path``; ``info`` records the source. A file of
+    another architecture or width is a ValueError naming what differs (before any training)."""
+    pretrained = models.load_pretrained(path)
+    cfg = pretrained.pretrained_cfg
+    arch, width = cfg.get("architecture"), cfg.get("width_mult")
+    if arch != models.registry.resolve_name(model_name) or (
+        width is not None and abs(float(width) - float(width_mult)) > 1e-9
+    ):
+        raise ValueError(
+            f"--init {path} holds a {arch} with width_mult {width}; it does not fit --model "
+            f"{model_name} --width-mult {width_mult} (leave both out to take the file's)"
+        )
+    model = models.create(model_name, num_classes=num_classes, width_mult=width_mult, rng=rng)
+    head = head_name(model) + "."
+    theirs = pretrained.state_dict()
+    ours = model.state_dict()
+    if set(k for k in theirs if not k.startswith(head)) != set(
+        k for k in ours if not k.startswith(head)
+    ):
+        raise ValueError(f"--init {path}: its tensors are not those of {model_name}'s backbone")
+    body = {k: v for k, v in theirs.items() if not k.startswith(head)}
+    model.load_state_dict(ours | body)
+    info = {
+        "file": str(path),
+        "source": cfg.get("source"),
+        "architecture": arch,
+        "width_mult": width,
+        "replaced_head": head[:-1],
+        "file_classes": cfg.get("num_classes"),
+    }
+    return model, info
+
+
+def freeze_backbone(model: Module, frozen: bool) -> None:
+    """Freeze (or unfreeze) every parameter outside the head; see the module docstring."""
+    head = head_name(model) + "."
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith(head) or not frozen
+
+
+def set_frozen_modes(model: Module) -> None:
+    """BatchNorm layers whose parameters are all frozen to eval mode (fixed running statistics);
+    call after ``model.train()``."""
+    for module in model.modules():
+        if isinstance(module, BatchNorm2d):
+            params = [p for p in module.parameters() if p is not None]
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def backward_to_trainable(model: Module, dy) -> None:
+    """``model.backward(dy)`` for a ``Sequential`` model, stopping once no earlier child holds a
+    trainable parameter (the input gradient is not computed). Other models: a full backward."""
+    children = list(model.children())
+    trainable = [any(p.requires_grad for p in c.parameters()) for c in children]
+    if not isinstance(model, Sequential) or not any(trainable):
+        model.backward(dy)
+        return
+    first = trainable.index(True)
+    for child in reversed(children[first:]):
+        dy = child.backward(dy)

@@ -1,0 +1,165 @@
+"""``train --init``: starting from published weights, a rebuilt head, a frozen backbone, a lower
+backbone lr, the ``finetune`` recipe, and checkpoints that reload and say where they started.
+
+Weight files: Google's float MobileNetV1 0.25 TFLite (../shared/weights) and genuine torchvision
+MobileNetV2 x0.35 / timm MobileNetV1 x0.25 models with random weights written as .pth,
+.safetensors and .npz. Training runs on the synthetic folder of tests/test_train.py at 16 px.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scratchnets import models
+from scratchnets.cli import main
+from scratchnets.train import config, finetune, loop
+from scratchnets.train.checkpointing import load_checkpoint
+from scratchnets.train.evaluate import evaluate_checkpoint, load_for_inference
+from tests.model_twins import torch_twin
+from tests.test_tflite_reader import FLOAT, needs_files
+from tests.test_train import BACKEND, dataset  # noqa: F401 (a fixture)
+
+TINY = dict(image_size=16, batch_size=8, epochs=1, backend=BACKEND, time_limit_min=0, workers=1)
+
+
+def weight_file(tmp_path, kind: str):
+    """A published-style weight file: (path, architecture, width)."""
+    if kind == "tflite":
+        return FLOAT, "tf_mobilenet_v1", 0.25
+    arch, width = ("mobilenet_v2", 0.35) if kind != "npz" else ("mobilenet_v1", 0.25)
+    state = torch_twin(arch, 1000, width, torch.float32).state_dict()
+    path = tmp_path / f"weights.{kind}"
+    if kind == "pth":
+        torch.save(state, path)
+    else:
+        models.save_checkpoint({k: v.numpy() for k, v in state.items()}, path)
+    return path, arch, width
+
+
+def backbone_and_head(model):
+    head = finetune.head_name(model) + "."
+    state = {k: np.array(v) for k, v in model.state_dict().items()}
+    return (
+        {k: v for k, v in state.items() if not k.startswith(head)},
+        {k: v for k, v in state.items() if k.startswith(head)},
+    )
+
+
+@needs_files
+@pytest.mark.parametrize("kind", ["tflite", "pth", "safetensors", "npz"])
+def test_init_from_each_format_trains_an_epoch_and_reloads(dataset, tmp_path, kind):  # noqa: F811
+    path, arch, width = weight_file(tmp_path, kind)
+    out = tmp_path / "run"
+    flags = ["--image-size", "16", "--batch-size", "8", "--epochs", "1", "--backend", BACKEND]
+    flags += ["--time-limit", "0", "--quiet", "--out", str(out)]
+    assert main(["train", "--data", str(dataset), "--init", str(path), *flags]) == 0
+    ckpt = load_checkpoint(out / "last.npz")
+    meta = ckpt["model"]
+    assert (meta["name"], meta["width_mult"], meta["num_classes"]) == (arch, width, 2)
+    assert meta["init"]["file"] == str(path) and meta["init"]["architecture"] == arch
+    assert ckpt["config"]["recipe"] == "finetune" and ckpt["config"]["init"] == str(path)
+    expected_mean = [0.5] * 3 if kind in ("tflite", "npz") else [0.485, 0.456, 0.406]
+    assert np.allclose(meta["normalize"]["mean"], expected_mean)  # the source's preprocessing
+    model, _ = load_for_inference(out / "last.npz", BACKEND)
+    assert set(model.state_dict()) == set(ckpt["weights"])
+    result = evaluate_checkpoint(out / "last.npz", dataset / "val", backend=BACKEND)
+    assert result["n"] == 12
+
+
+@needs_files
+def test_the_head_is_rebuilt_and_the_backbone_loaded():
+    """1001 ImageNet classes in the file, 2 in the data: the head is new (TF-slim's Conv2d_1c_1x1
+    at N(0, 0.01^2) and zero bias), every other tensor is the file's, bit for bit."""
+    published = models.load_pretrained(FLOAT)
+    model, info = finetune.start_from(FLOAT, "tf_mobilenet_v1", 0.25, 2, rng=0)
+    backbone, head = backbone_and_head(model)
+    theirs = published.state_dict()
+    assert backbone and all(np.array_equal(v, theirs[k]) for k, v in backbone.items())
+    assert head["Conv2d_1c_1x1.weight"].shape == (2, 256, 1, 1)
+    assert (
+        np.all(head["Conv2d_1c_1x1.bias"] == 0)
+        and 0.005 < head["Conv2d_1c_1x1.weight"].std() < 0.02
+    )
+    assert info["replaced_head"] == "Conv2d_1c_1x1" and info["file_classes"] == 1001
+
+
+def test_an_init_file_that_does_not_fit_the_model_fails_before_training(dataset, tmp_path):  # noqa: F811
+    path, _, _ = weight_file(tmp_path, "pth")  # a MobileNetV2 x0.35
+    cfg = config.recipe("finetune", init=str(path), model="mobilenet_v2", width_mult=0.5, **TINY)
+    steps = []
+    with pytest.raises(
+        ValueError, match=r"holds a mobilenet_v2 with width_mult 0.35; it does not fit"
+    ):
+        loop.fit(cfg, str(dataset), tmp_path / "run", progress=False, log=steps.append,
+                 on_step=lambda trainer: steps.append("step"))  # fmt: skip
+    assert "step" not in steps
+    cfg = config.recipe("finetune", init=str(path), model="ghostnet_100", width_mult=0.35, **TINY)
+    with pytest.raises(ValueError, match="does not fit --model ghostnet_100"):
+        loop.fit(cfg, str(dataset), tmp_path / "run2", progress=False, log=steps.append)
+
+
+def test_freeze_backbone_changes_the_head_only(dataset, tmp_path):  # noqa: F811
+    """After training steps with a frozen backbone every backbone tensor, BN running statistics
+    included, is bit-identical to the file's, and the head has moved."""
+    path, _, _ = weight_file(tmp_path, "pth")
+    cfg = config.recipe("finetune", init=str(path), model="mobilenet_v2", width_mult=0.35,
+                        freeze_backbone=True, **TINY)  # fmt: skip
+    seen = {}
+
+    def capture(trainer):
+        seen.setdefault("before", backbone_and_head(trainer.model))
+
+    start = finetune.start_from(path, "mobilenet_v2", 0.35, 2, rng=cfg.seed)[0]
+    before_backbone, before_head = backbone_and_head(start)
+    loop.fit(cfg, str(dataset), tmp_path / "run", max_steps=2, progress=False,
+             log=lambda m: None, on_step=capture)  # fmt: skip
+    after = load_checkpoint(tmp_path / "run" / "last.npz")["weights"]
+    for name, value in before_backbone.items():
+        assert np.array_equal(np.asarray(after[name]), value), name
+    assert any(not np.array_equal(np.asarray(after[k]), v) for k, v in before_head.items())
+
+
+def test_backward_to_trainable_equals_a_full_backward_for_the_head():
+    """The head's gradients from the shortened backward equal a full backward's, and no frozen
+    parameter gets a gradient."""
+    model = models.create("mobilenet_v2", num_classes=3, width_mult=0.35, rng=0).to(BACKEND)
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    dy = np.random.default_rng(2).standard_normal((2, 3)).astype(np.float32)
+    finetune.freeze_backbone(model, True)
+    model.eval()
+    model(x)
+    model.backward(dy)
+    full = {n: p.grad.copy() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model(x)
+    finetune.backward_to_trainable(model, dy)
+    short = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(short) == set(full) == {"classifier.1.weight", "classifier.1.bias"}
+    for name, grad in short.items():
+        assert np.array_equal(grad, full[name]), name
+
+
+def test_backbone_lr_scale_and_head_only_epochs(dataset, tmp_path):  # noqa: F811
+    path, _, _ = weight_file(tmp_path, "pth")
+    cfg = config.recipe("finetune", init=str(path), model="mobilenet_v2", width_mult=0.35,
+                        head_only_epochs=1, schedule="constant", **TINY | {"epochs": 2})  # fmt: skip
+    frozen = []
+    loop.fit(cfg, str(dataset), tmp_path / "run", progress=False, log=lambda m: None,
+             on_step=lambda t: frozen.append(t.backbone_frozen()))  # fmt: skip
+    assert frozen == [True] * 4 + [False] * 4  # 32 images, 4 steps per epoch
+    model = finetune.start_from(path, "mobilenet_v2", 0.35, 2, rng=0)[0]
+    optimizer = loop.build_optimizer(cfg, model)
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        expected = cfg.lr if name.startswith("classifier.1.") else cfg.lr * 0.1
+        assert lrs[id(param)] == pytest.approx(expected), name
+    assert optimizer.param_groups[0]["lr"] == cfg.lr  # the logged lr is the head's
+
+
+def test_finetune_options_without_init_are_refused():
+    with pytest.raises(ValueError, match="needs published weights"):
+        config.recipe("default", freeze_backbone=True)
+    with pytest.raises(ValueError, match="give --init FILE"):
+        config.recipe("finetune")
