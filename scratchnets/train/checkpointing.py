@@ -129,9 +129,9 @@ def _flatten(node, key: str, arrays: dict[str, np.ndarray]):
             name = str(
                 name
             )  # JSON keys are strings (optimizer state indices are read back by int())
-            if "/" in name or name == _ARRAY_TAG:
+            if "/" in name or "\x00" in name or name == _ARRAY_TAG:  # zip names end at NUL
                 raise ValueError(
-                    f"checkpoint keys may not contain '/' or be {_ARRAY_TAG!r}: {name!r}"
+                    f"checkpoint keys may not contain '/' or NUL or be {_ARRAY_TAG!r}: {name!r}"
                 )
             out[name] = _flatten(value, f"{key}/{name}" if key else name, arrays)
         return out
