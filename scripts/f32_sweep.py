@@ -32,8 +32,8 @@ BLAS = {"env": {}, "haswell": {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE
 
 
 def model_and_twin(name: str, backend: str, seed: int):
-    """The float32 model of draw ``seed``, its float64 twin and the input size, as the test
-    suite builds them (tests/test_models_mobilenet.py, tests/test_models_ghostnet.py)."""
+    """The float32 model of draw ``seed``, its float64 twin and the input shape ``(N, 3, S, S)``,
+    as the test suite builds them (tests/test_models_mobilenet.py, tests/test_models_ghostnet.py)."""
     import numpy as np
 
     if name.startswith("mobilenet"):
@@ -42,11 +42,11 @@ def model_and_twin(name: str, backend: str, seed: int):
 
         _, width, size, classes = next(c for c in PARITY_CASES if c[0] == name)
         model = make_model(name, width, classes, np.float32, backend, seed=seed)
-        return model, torch_twin(name, classes, width), size
-    from tests.test_models_ghostnet import SIZES, WIDTH, ghostnet_twin, make_model
+        return model, torch_twin(name, classes, width), (2, 3, size, size)
+    from tests.test_models_ghostnet import F32_BATCH, SIZES, WIDTH, ghostnet_twin, make_model
 
     model = make_model(name, np.float32, backend, seed=seed)
-    return model, ghostnet_twin(name, WIDTH), SIZES[-1]
+    return model, ghostnet_twin(name, WIDTH), (F32_BATCH, 3, SIZES[-1], SIZES[-1])
 
 
 def run_checks(args, blas: str) -> None:
@@ -60,8 +60,8 @@ def run_checks(args, blas: str) -> None:
             for seed in range(args.draws):
                 key = f"{blas} {backend}/{name} draw {seed}"
                 try:
-                    model, twin, size = model_and_twin(name, backend, seed)
-                    x = np.random.default_rng(4 + 10 * seed).standard_normal((2, 3, size, size))
+                    model, twin, shape = model_and_twin(name, backend, seed)
+                    x = np.random.default_rng(4 + 10 * seed).standard_normal(shape)
                     check_parity(model, twin, x, np.random.default_rng(5 + 10 * seed), key)
                     failure = None
                 except AssertionError as error:

@@ -48,7 +48,13 @@ pytestmark = pytest.mark.torch_models
 NAMES = ("ghostnet_100", "ghostnetv2_100", "ghostnetv3_100")
 VERSIONS = {"ghostnet_100": "v1", "ghostnetv2_100": "v2", "ghostnetv3_100": "v3"}
 CLASSES = 10
-WIDTH = 0.5  # parity runs: small width, batch 2
+WIDTH = 0.5  # parity runs: small width, batch 2 (float64) or F32_BATCH (float32)
+#: float32 runs use 4 images: the DFC of the last stage pools its maps to 1x1, so its BN
+#: normalises over the batch alone, and over 2 values a channel whose two values nearly
+#: coincide amplifies float32 rounding without bound. At batch 2, 17 of 600 GhostNet V2 / V3
+#: draws failed the rounding model this way, the same draws on both backends and both BLAS
+#: kernels (scripts/f32_sweep.py, issue 22); at 4 the function is well-conditioned
+F32_BATCH = 4
 #: 64: the last stage runs at 2x2 (its DFC pools to 1x1); 72: odd maps 9x9, 5x5, 3x3 whose DFC
 #: pools to 4x4, 2x2, 1x1 and upsamples back to the odd size
 SIZES = (64, 72)
@@ -198,10 +204,10 @@ def test_float32_parity_with_float64_timm(name, backend):
     statistics of the whole network against float64 timm replaying our ReLU / hard-sigmoid
     decisions, within a multiple of float32-sized rounding of that twin (see ``check_parity``).
 
-    The rounding model matters here: the DFC of the last stage normalises 1x1 maps over a batch
-    of 2, BN over two values, which amplifies rounding far beyond a fixed tolerance."""
+    The rounding model matters here: the DFC of the last stage normalises 1x1 maps over the
+    batch (``F32_BATCH`` values per channel), which amplifies rounding beyond a fixed tolerance."""
     model = make_model(name, np.float32, backend)
-    x = np.random.default_rng(4).standard_normal((2, 3, SIZES[-1], SIZES[-1]))
+    x = np.random.default_rng(4).standard_normal((F32_BATCH, 3, SIZES[-1], SIZES[-1]))
     twin = ghostnet_twin(name, WIDTH)
     check_parity(model, twin, x, np.random.default_rng(5), f"{backend}/{name} f32")
 
