@@ -61,10 +61,11 @@ def class_names(
     are the file ``weights``; ``labels`` names a labels file (a list of the wrong length for it
     is a ValueError)."""
     if labels is not None:
-        names = fit_to(read_labels(labels), num_classes)
+        listed = read_labels(labels)
+        names = fit_to(listed, num_classes)
         if names is None:
             raise ValueError(
-                f"the labels file {labels} has {len(read_labels(labels))} names; the model has "
+                f"the labels file {labels} has {len(listed)} names; the model has "
                 f"{num_classes} classes"
             )
         return names, str(labels)

@@ -93,18 +93,14 @@ def infer_architecture(state: dict) -> str:
 
 def _registered_twin(state: dict) -> dict:
     """``{"architecture", "width_mult"}`` of the registered model whose tensors are exactly
-    ``state``'s (an imported TF-slim MobileNetV1 is our ``tf_mobilenet_v1``), or ``{}``."""
-    stem = state.get("Conv2d_0.weight")
-    if stem is None:
+    ``state``'s (an imported TF-slim MobileNetV1 is our ``tf_mobilenet_v1``), or ``{}``: the
+    same inference as for a weight file."""
+    try:
+        arch = infer_architecture(state)
+        _, width = _build(arch, state, {})
+    except ValueError:
         return {}
-    from .tf_mobilenet_v1 import STEM_CHANNELS
-
-    width = stem.shape[0] / STEM_CHANNELS
-    classes = state["Conv2d_1c_1x1.weight"].shape[0] if "Conv2d_1c_1x1.weight" in state else 1
-    twin = _uninitialised("tf_mobilenet_v1", num_classes=classes, width_mult=width)
-    if list(twin.state_dict()) != list(state) or _misfit(twin, state) is not None:
-        return {}
-    return {"architecture": "tf_mobilenet_v1", "width_mult": width}
+    return {"architecture": arch, "width_mult": width}
 
 
 def _misfit(model, state: dict) -> tuple[str, tuple, tuple] | None:

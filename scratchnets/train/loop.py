@@ -253,16 +253,16 @@ class Trainer:
             "normalize": {"mean": list(mean), "std": list(std)},
             "eval_weights": "ema" if c.ema else "weights",
         }
-        if c.init and resumed_meta is not None:
-            self.meta["init"] = resumed_meta.get("init")
         if c.init and resumed_meta is None:
             self.model, self.meta["init"] = finetune.start_from(
                 c.init, c.model, c.width_mult, len(self.classes), rng=c.seed
             )
-        else:
+        else:  # from scratch, or resumed (restore loads the weights)
             self.model = models.create(
                 c.model, num_classes=len(self.classes), width_mult=c.width_mult, rng=c.seed
             )
+            if c.init:
+                self.meta["init"] = resumed_meta.get("init")
         seed_module_generators(self.model, c.seed)
         self.model.to(c.backend).train()
         self.optimizer = build_optimizer(c, self.model)
@@ -362,13 +362,6 @@ class Trainer:
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One optimizer step on a batch; returns (loss, number correct)."""
-        frozen = self.backbone_frozen()
-        if frozen:
-            finetune.freeze_backbone(self.model, True)
-            finetune.set_frozen_modes(self.model)  # after evaluate_model's train(True)
-        elif self.config.init:
-            finetune.freeze_backbone(self.model, False)
-            self.model.train()
         x_in = as_input(x, self.model)  # (N, 3, S, S), on the GPU for "cuda"
         logits = self.model(x_in)  # (N, K)
         if self.teacher is not None:
@@ -380,7 +373,7 @@ class Trainer:
                 f"the training loss became {loss} at step {self.global_step + 1} (epoch "
                 f"{self.epoch + 1}); lower --lr, or set clip_grad_norm"
             )
-        if frozen:
+        if self.backbone_frozen():
             finetune.backward_to_trainable(self.model, self.criterion.backward())
         else:
             self.model.backward(self.criterion.backward())
@@ -395,6 +388,16 @@ class Trainer:
             self.ema.update(self.model, step=self.global_step)
         correct = int((to_numpy(logits).argmax(axis=1) == y).sum())
         return loss, correct
+
+    def begin_epoch(self) -> None:
+        """Freeze or unfreeze the backbone for this epoch (``backbone_frozen``) and set the
+        training modes: everything in train mode, a frozen backbone's BN layers in eval mode."""
+        self.model.train()
+        if self.config.init:
+            frozen = self.backbone_frozen()
+            finetune.freeze_backbone(self.model, frozen)
+            if frozen:
+                finetune.set_frozen_modes(self.model)
 
     def backbone_frozen(self) -> bool:
         """Whether this step trains the head only (``freeze_backbone``, or within the first
@@ -554,6 +557,7 @@ def _run(trainer: Trainer, stops: _StopRequests, max_steps, progress, on_step) -
             stops.reason = "time_limit"  # the next epoch would not finish in time
             break
         trainer.loader.set_epoch(trainer.epoch, trainer.step_in_epoch)
+        trainer.begin_epoch()  # after the last epoch's validation (evaluate_model's train())
         epoch_start, images, stopped_early = time.monotonic(), 0, False
         bar = tqdm(
             total=trainer.steps_per_epoch * c.batch_size,
