@@ -1,0 +1,244 @@
+"""Integer-only inference (reference/fixed_point.py, reference/quantized.py, models/quantized.py).
+
+* the fixed-point helpers against their definitions, written with exact rationals, at the int32
+  edges (hypothesis);
+* Google's four uint8 MobileNets: every output byte equal to TensorFlow Lite's on the five photos
+  (``expected_tflite.npz``), and every intermediate tensor equal to ai-edge-litert's reference
+  kernels (``BUILTIN_REF``) on random images, so a mismatch names the first layer that differs;
+* a clear error for an op or a quantization scheme the model does not support.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scratchnets.formats import read_tflite
+from scratchnets.models.quantized import quantized_model_from_tflite
+from scratchnets.reference import conv2d_forward
+from scratchnets.reference import fixed_point as fp
+from scratchnets.reference import quantized as qops
+from scratchnets.reference.quantized import QuantParams
+from tests.test_tflite_reader import WEIGHTS, needs_files
+
+INT32 = st.one_of(
+    st.integers(fp.INT32_MIN, fp.INT32_MAX),
+    st.sampled_from([fp.INT32_MIN, fp.INT32_MIN + 1, -1, 0, 1, fp.INT32_MAX - 1, fp.INT32_MAX]),
+)
+QUANT_MODELS = (
+    "mobilenet_v1_0.25_128_quant",
+    "mobilenet_v1_0.5_160_quant",
+    "mobilenet_v1_0.75_192_quant",
+    "mobilenet_v2_1.0_224_quant",
+)
+PHOTOS = ("bird.bmp", "cat.bmp", "dragonfly.bmp", "grace_hopper.bmp", "hot_dog.jpg")
+
+
+def _half_up(value: Fraction) -> int:
+    return math.floor(value + Fraction(1, 2))
+
+
+def _half_away_from_zero(value: Fraction) -> int:
+    return int(math.copysign(_half_up(abs(value)), value)) if value else 0
+
+
+# --------------------------------------------------------------------------- fixed-point helpers
+
+
+@given(INT32, INT32)
+def test_saturating_rounding_doubling_high_mul_is_the_rounded_doubled_high_half(a, b):
+    expected = _half_up(Fraction(a * b, 2**31))  # 2ab / 2^32, rounded half up
+    if a == b == fp.INT32_MIN:
+        expected = fp.INT32_MAX  # 2^31 does not fit: saturates
+    assert int(fp.saturating_rounding_doubling_high_mul(a, b)) == expected
+    assert fp.INT32_MIN <= expected <= fp.INT32_MAX
+
+
+@given(INT32, st.integers(0, 31))
+def test_rounding_divide_by_pot_rounds_half_away_from_zero(x, exponent):
+    assert int(fp.rounding_divide_by_pot(x, exponent)) == _half_away_from_zero(
+        Fraction(x, 2**exponent)
+    )
+
+
+@given(st.floats(2.0**-40, 2.0**20, allow_nan=False))
+def test_quantize_multiplier_is_normalised_and_within_half_a_step(real):
+    m0, shift = fp.quantize_multiplier(real)
+    if real < 2.0**-32:  # too small for a 31-bit significand at any allowed shift
+        assert (m0, shift) == (0, 0)
+        return
+    assert 2**30 <= m0 < 2**31
+    assert abs(Fraction(m0) * Fraction(2) ** (shift - 31) - Fraction(real)) <= Fraction(2) ** (
+        shift - 32
+    )
+
+
+@given(st.integers(-(2**24), 2**24), st.floats(2.0**-20, 0.999, allow_nan=False))
+def test_multiply_by_quantized_multiplier_is_within_one_step_of_the_real_product(x, real):
+    m0, shift = fp.quantize_multiplier(real)
+    result = int(fp.multiply_by_quantized_multiplier(x, m0, shift))
+    assert abs(result - Fraction(x) * Fraction(real)) <= 1
+
+
+@given(INT32, st.integers(-31, 31))
+def test_saturating_rounding_multiply_by_pot(x, exponent):
+    exact = Fraction(x) * Fraction(2) ** exponent
+    expected = _half_away_from_zero(exact)
+    expected = min(max(expected, fp.INT32_MIN), fp.INT32_MAX)
+    assert int(fp.saturating_rounding_multiply_by_pot(x, exponent)) == expected
+
+
+@given(st.integers(fp.INT32_MIN, 0))
+def test_exp_on_negative_values_approximates_exp(raw):
+    value = raw / 2**26  # Q5.26, the softmax's input
+    got = int(fp.exp_on_negative_values(raw, 5)) / 2**31
+    # gemmlowp's 4th-order polynomial: 2.29e-7 worst over 6 million raws (most near 0)
+    assert abs(got - math.exp(value)) < 2.5e-7
+
+
+@given(st.integers(0, fp.INT32_MAX))
+def test_one_over_one_plus_x(raw):
+    got = int(fp.one_over_one_plus_x_for_x_in_0_1(raw)) / 2**31
+    # three Newton steps: 3.17e-9 worst over 2 million raws (about 7 units of 2^-31)
+    assert abs(got - 1 / (1 + raw / 2**31)) < 4e-9
+
+
+@given(st.integers(1, 2**32 - 1))
+def test_count_leading_zeros(x):
+    assert int(fp.count_leading_zeros(x)) == 32 - x.bit_length()
+
+
+@given(st.integers(1, fp.INT32_MAX), st.integers(0, 12))
+def test_reciprocal(x, integer_bits):
+    scale, bits_over_unit = fp.reciprocal(x, integer_bits)
+    value = x / 2 ** (31 - integer_bits)
+    got = int(scale) * 2.0 ** -(31 + int(bits_over_unit))
+    assert got == pytest.approx(1 / value, rel=4e-9)
+
+
+# --------------------------------------------------------------------------------- quantized ops
+
+
+def test_activation_range_is_the_codes_of_0_and_6():
+    out = QuantParams(6 / 255, 0)
+    assert qops.activation_range("RELU6", out) == (0, 255)
+    assert qops.activation_range("RELU6", QuantParams(0.05, 10)) == (10, 130)
+    assert qops.activation_range(None, QuantParams(0.05, 10)) == (0, 255)
+    with pytest.raises(ValueError, match="TANH"):
+        qops.activation_range("TANH", out)
+
+
+def test_quantized_conv2d_approximates_the_float_conv():
+    """Dequantized inputs through the float conv, quantized again: within one output step."""
+    rng = np.random.default_rng(0)
+    x_q, w_q, y_q = QuantParams(0.02, 128), QuantParams(0.01, 120), QuantParams(0.05, 100)
+    x = rng.integers(0, 256, (2, 4, 7, 6), dtype=np.uint8)
+    w = rng.integers(0, 256, (6, 2, 3, 3), dtype=np.uint8)
+    bias = rng.integers(-2000, 2000, 6).astype(np.int32)
+    y = qops.quantized_conv2d(x, x_q, w, w_q, bias, y_q, stride=2, padding=(0, 1, 1, 1), groups=2)
+    real_x = x_q.scale * (x.astype(np.float64) - x_q.zero_point)
+    real_w = w_q.scale * (w.astype(np.float64) - w_q.zero_point)
+    real_y, _ = conv2d_forward(real_x, real_w, bias * x_q.scale * w_q.scale, 2, (0, 1, 1, 1), 1, 2)
+    expected = np.clip(np.round(real_y / y_q.scale) + y_q.zero_point, 0, 255)
+    assert y.dtype == np.uint8 and y.shape == expected.shape
+    assert np.abs(y - expected).max() <= 1
+
+
+def test_quantized_ops_refuse_other_dtypes():
+    q = QuantParams(0.1, 0)
+    with pytest.raises(TypeError, match="uint8"):
+        qops.quantized_add(np.zeros(3, np.int8), np.zeros(3, np.uint8), q, q, q)
+    with pytest.raises(ValueError, match="1/256"):
+        qops.quantized_softmax(np.zeros((1, 3), np.uint8), q, 1.0, QuantParams(0.1, 0))
+
+
+# --------------------------------------------------------------------------- Google's MobileNets
+
+
+def _photo_input(expected, model: str, photo: str) -> np.ndarray:
+    nhwc = expected[f"{model}/{photo}/input"]
+    return nhwc.reshape(-1, *nhwc.shape[-3:]).transpose(0, 3, 1, 2)  # NCHW uint8
+
+
+@needs_files
+@pytest.mark.parametrize("name", QUANT_MODELS)
+def test_uint8_mobilenets_equal_tflite_bit_for_bit(name):
+    expected = np.load(WEIGHTS / "expected_tflite.npz")
+    model = quantized_model_from_tflite(WEIGHTS / f"{name}.tflite")
+    batch = np.concatenate([_photo_input(expected, name, photo) for photo in PHOTOS])
+    probabilities = model(batch)  # the five photos as one batch
+    assert probabilities.dtype == np.uint8 and probabilities.shape == (5, 1001)
+    for row, photo in zip(probabilities, PHOTOS, strict=True):
+        np.testing.assert_array_equal(row, expected[f"{name}/{photo}/output"].reshape(-1))
+
+
+@needs_files
+@pytest.mark.parametrize("name", QUANT_MODELS)
+def test_every_intermediate_tensor_equals_the_tflite_reference_kernels(name):
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    path = str(WEIGHTS / f"{name}.tflite")
+    interpreter = litert.Interpreter(
+        model_path=path,
+        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF,
+        experimental_preserve_all_tensors=True,
+    )
+    interpreter.allocate_tensors()
+    model = quantized_model_from_tflite(path)
+    shape = interpreter.get_input_details()[0]["shape"]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    images = (
+        rng.integers(0, 256, shape, dtype=np.uint8),  # noise: every code, large sums
+        np.full(shape, 255, dtype=np.uint8),  # saturated
+        rng.integers(100, 156, shape, dtype=np.uint8),  # low contrast, near the zero point
+    )
+    for image in images:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image)
+        interpreter.invoke()
+        ours = model(image.transpose(0, 3, 1, 2), return_all=True)
+        for layer in model.layers:
+            theirs = interpreter.get_tensor(layer.output)
+            mine = ours[layer.output]
+            mine = mine.transpose(0, 2, 3, 1) if mine.ndim == 4 else mine
+            assert np.array_equal(mine, theirs), (
+                f"{name}: {layer.name} ({layer.op}) is the first tensor that differs, by up to "
+                f"{np.abs(mine.astype(int) - theirs.astype(int)).max()} steps"
+            )
+
+
+@needs_files
+def test_unsupported_graphs_are_named():
+    path = WEIGHTS / "mobilenet_v1_0.25_128_quant.tflite"
+    graph = read_tflite(path)
+    mul = dataclasses.replace(graph.operators[5], op="MUL")
+    with pytest.raises(ValueError, match="MUL .*operator 5.*supported: CONV_2D"):
+        operators = [*graph.operators[:5], mul, *graph.operators[6:]]
+        quantized_model_from_tflite(path, dataclasses.replace(graph, operators=operators))
+    weight = graph.operators[0].inputs[1]
+    tensors = list(graph.tensors)
+    tensors[weight] = dataclasses.replace(tensors[weight], scale=(0.1, 0.2), zero_point=(0, 0))
+    with pytest.raises(ValueError, match="2 per-axis scales.*per-tensor"):
+        quantized_model_from_tflite(path, dataclasses.replace(graph, tensors=tensors))
+    tensors = list(graph.tensors)
+    tensors[weight] = dataclasses.replace(tensors[weight], dtype=np.int8)
+    with pytest.raises(ValueError, match="int8: only uint8 graphs"):
+        quantized_model_from_tflite(path, dataclasses.replace(graph, tensors=tensors))
+    relu1 = dataclasses.replace(
+        graph.operators[0], options=graph.operators[0].options | {"activation": "RELU_N1_TO_1"}
+    )
+    with pytest.raises(ValueError, match="RELU_N1_TO_1"):
+        quantized_model_from_tflite(path, dataclasses.replace(graph, operators=[relu1]))
+
+
+@needs_files
+def test_uint8_model_refuses_float_input_and_training():
+    model = quantized_model_from_tflite(WEIGHTS / "mobilenet_v1_0.25_128_quant.tflite")
+    with pytest.raises(ValueError, match=r"uint8 pixels of shape \(N, 3, H, W\)"):
+        model(np.zeros((1, 3, 128, 128), np.float32))
+    with pytest.raises(RuntimeError, match="dequantize"):
+        model.train()
