@@ -28,6 +28,15 @@ TFLITE_CFG = dict(
 )  # what load_pretrained records for the float MobileNetV1 0.25/224
 
 
+QUANT_PIPELINES = {  # the pipeline each uint8 model's pretrained_cfg gives
+    name: sn.data.pretrained_transforms(
+        sn.models.load_pretrained(WEIGHTS / f"{name}.tflite").pretrained_cfg
+    )
+    for name in ("mobilenet_v1_0.25_128_quant", "mobilenet_v2_1.0_224_quant")
+    if WEIGHTS.is_dir()
+}
+
+
 def photo(path) -> np.ndarray:
     return np.asarray(sn.data.open_rgb(path))
 
@@ -42,13 +51,11 @@ def test_tflite_preprocessing_is_the_tensor_tflite_was_fed():
         ours = pipeline(photo(path)).transpose(1, 2, 0)  # (224, 224, 3) like TFLite's NHWC
         theirs = expected[f"mobilenet_v1_0.25_224_float/{path.name}/input"]
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1.2e-7, err_msg=path.name)
-        for model, size in (
-            ("mobilenet_v1_0.25_128_quant", 128),
-            ("mobilenet_v2_1.0_224_quant", 224),
-        ):
-            crop = sn.data.Compose([sn.data.CenterSquareCrop(), sn.data.ResizeTo(size)])
+        for model in QUANT_PIPELINES:
             pixels = expected[f"{model}/{path.name}/input"]
-            assert np.array_equal(crop(photo(path)), pixels), (model, path.name)
+            chw = QUANT_PIPELINES[model](photo(path))
+            assert chw.dtype == np.uint8, model
+            assert np.array_equal(chw.transpose(1, 2, 0), pixels), (model, path.name)
 
 
 @needs_files
@@ -105,6 +112,23 @@ def test_predict_weights_gives_tflites_classes_and_probabilities(tmp_path):
             assert abs(entry["probability"] - theirs[entry["index"]]) <= 1e-4
     text = scratchnets(tmp_path, "predict", "--weights", str(FLOAT), str(PHOTOS[0]))
     assert text.returncode == 0 and "1. chickadee (0.9" in text.stdout, text.stdout
+
+
+@needs_files
+def test_predict_weights_of_a_uint8_model_gives_tflites_bytes(tmp_path):
+    """Google's uint8 MobileNetV2: each photo's top-3 classes and probabilities are TFLite's
+    uint8 softmax outputs / 256, exactly (the pipeline feeds the same pixels, the integer model
+    computes the same bytes)."""
+    expected = np.load(WEIGHTS / "expected_tflite.npz")
+    name = "mobilenet_v2_1.0_224_quant"
+    done = scratchnets(tmp_path, "predict", "--weights", str(WEIGHTS / f"{name}.tflite"),
+                       *map(str, PHOTOS), "--top", "3", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for path, line in zip(PHOTOS, done.stdout.splitlines(), strict=True):
+        theirs = expected[f"{name}/{path.name}/output"].ravel().astype(np.int64)
+        top = json.loads(line)["top"]
+        assert [t["index"] for t in top] == np.argsort(-theirs, kind="stable")[:3].tolist()
+        assert [t["probability"] for t in top] == [theirs[t["index"]] / 256 for t in top]
 
 
 @needs_files

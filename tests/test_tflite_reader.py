@@ -141,10 +141,16 @@ def test_float_tflite_model_reproduces_tflite_probabilities():
 
 @needs_files
 def test_quantized_tflite_is_not_imported_as_float():
+    """The float importer refuses a uint8 graph; ``load_pretrained`` gives it to the integer
+    model (tests/test_quantized.py)."""
     import scratchnets as sn
+    from scratchnets.models.quantized import QuantizedModel
+    from scratchnets.models.tflite_import import model_from_tflite
 
-    with pytest.raises(ValueError, match="quantized TFLite graph"):
-        sn.models.load_pretrained(WEIGHTS / "mobilenet_v2_1.0_224_quant.tflite")
+    path = WEIGHTS / "mobilenet_v2_1.0_224_quant.tflite"
+    with pytest.raises(ValueError, match="quantized TFLite graph.*uint8 model"):
+        model_from_tflite(path)
+    assert isinstance(sn.models.load_pretrained(path), QuantizedModel)
 
 
 @needs_files
@@ -163,7 +169,7 @@ def test_a_graph_we_do_not_map_names_what(monkeypatch, change, message):
     import dataclasses
 
     import scratchnets as sn
-    from scratchnets.models import tflite_import
+    from scratchnets.formats import tflite as tflite_format
 
     graph = read_tflite(FLOAT)
     ops = list(graph.operators)
@@ -172,6 +178,6 @@ def test_a_graph_we_do_not_map_names_what(monkeypatch, change, message):
     new_options = dict(ops[conv].options) | change.pop("options_change", {})
     ops[conv] = dataclasses.replace(ops[conv], **({"options": new_options} | change))
     changed = dataclasses.replace(graph, operators=ops)
-    monkeypatch.setattr(tflite_import, "read_tflite", lambda path: changed)
+    monkeypatch.setattr(tflite_format, "read_tflite", lambda path: changed)
     with pytest.raises(ValueError, match=message):
         sn.models.load_pretrained(FLOAT)

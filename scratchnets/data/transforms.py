@@ -145,6 +145,18 @@ class ResizeTo:
         return f"ResizeTo({self.size}, interpolation={self.interpolation!r})"
 
 
+class PixelsCHW:
+    """``uint8 (H, W, 3)`` -> ``uint8 (3, H, W)``: the raw pixels, unscaled, channels first (the
+    input of a uint8 model, whose input quantization does the scaling)."""
+
+    def __call__(self, img: np.ndarray, rng=None) -> np.ndarray:
+        _check_image(img)
+        return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+    def __repr__(self) -> str:
+        return "PixelsCHW()"
+
+
 class CenterCrop:
     """The central ``size x size`` window (``torchvision.transforms.CenterCrop``).
 
@@ -550,8 +562,9 @@ def pretrained_transforms(cfg: dict) -> Compose:
       the config's interpolation (bicubic for most);
     - TFLite (``crop == "centre square"``): the largest centred square resized to ``size x size``;
 
-    then ``Normalize(mean, std)`` (``[-1, 1]`` is mean = std = 0.5). A config that says none of
-    these gets torchvision's ImageNet defaults for its ``size`` (224 if absent).
+    then ``Normalize(mean, std)`` (``[-1, 1]`` is mean = std = 0.5), or for a uint8 model
+    (``dtype == "uint8"``) ``PixelsCHW``: the raw pixels. A config that says none of these gets
+    torchvision's ImageNet defaults for its ``size`` (224 if absent).
     """
     size = int(cfg.get("size", 224))
     interpolation = cfg.get("interpolation", "bilinear")
@@ -563,5 +576,7 @@ def pretrained_transforms(cfg: dict) -> Compose:
         else:
             shorter = int(cfg.get("resize", resize_size(size)))
         steps = [Resize(shorter, interpolation), CenterCrop(size)]
+    if cfg.get("dtype") == "uint8":
+        return Compose([*steps, PixelsCHW()])
     mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
     return Compose([*steps, Normalize(mean, std)])

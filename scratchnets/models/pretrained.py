@@ -9,7 +9,8 @@ model uses torchvision / timm names), or from ``model=`` (a registered name or a
 and ``**kwargs`` for ``create``. Files: ``.pth`` / ``.pt`` / ``.bin`` / ``.pth.tar`` (torch, read
 with ``weights_only=True``; a nested ``state_dict`` and ``module.`` prefixes are undone),
 ``.safetensors``, ``.npz`` (see ``checkpoint.read_state_dict``); float ``.tflite`` graphs
-(``tflite_import.model_from_tflite``).
+(``tflite_import.model_from_tflite``) and uint8 ones (``quantized.quantized_model_from_tflite``:
+a model taking uint8 pixels and returning TFLite's uint8 output, bit for bit).
 """
 
 from __future__ import annotations
@@ -149,9 +150,14 @@ def load_pretrained(path, model=None, **kwargs):
             raise TypeError(
                 "a .tflite file builds its own model from its graph: no model= / options"
             )
-        from .tflite_import import model_from_tflite
+        from ..formats.tflite import read_tflite
+        from .quantized import quantized_model_from_tflite
+        from .tflite_import import is_float_graph, model_from_tflite
 
-        model = model_from_tflite(path)
+        graph = read_tflite(path)
+        if not is_float_graph(graph):
+            return quantized_model_from_tflite(path, graph)
+        model = model_from_tflite(path, graph)
         model.pretrained_cfg |= _registered_twin(model.state_dict())
         return model
     state = read_state_dict(path)

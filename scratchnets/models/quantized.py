@@ -182,6 +182,20 @@ class QuantizedModel(Module):
             tensors[layer.output] = getattr(qops, layer.op)(*inputs, **arguments)
         return tensors if return_all else tensors[self.output_index]
 
+    def real_output(self, q) -> np.ndarray:
+        """The reals the uint8 output stands for, ``S (q - Z)`` in float64 (for the softmax of
+        Google's MobileNets: probabilities in steps of 1/256)."""
+        scale, zero_point = self.output_q
+        return scale * (np.asarray(q, dtype=np.float64) - zero_point)
+
+    def to(self, backend: str | None = None, dtype=None) -> QuantizedModel:
+        if backend == "cuda" or dtype is not None:
+            raise ValueError(
+                "a uint8 model runs on the CPU, in integers: no cuda backend, no dtype "
+                "(model.dequantize() gives a float model)"
+            )
+        return super().to(backend)
+
     def train(self, mode: bool = True) -> QuantizedModel:
         if mode:
             raise RuntimeError(

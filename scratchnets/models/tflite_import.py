@@ -61,14 +61,24 @@ def _convolution(graph: TFLiteModel, op: Operator, depthwise: bool) -> Conv2d:
     return conv
 
 
-def model_from_tflite(path) -> Sequential:
-    """The float TFLite model at ``path`` as a scratchnets ``Sequential`` in eval mode."""
-    graph = read_tflite(path)
-    dtypes = {np.dtype(graph.tensors[i].dtype) for op in graph.operators for i in op.inputs}
-    if dtypes != {np.dtype(np.float32)}:
+def _input_dtypes(graph: TFLiteModel) -> set[np.dtype]:
+    return {np.dtype(graph.tensors[i].dtype) for op in graph.operators for i in op.inputs}
+
+
+def is_float_graph(graph: TFLiteModel) -> bool:
+    """Whether every tensor the graph's ops read is float32 (else a quantized graph)."""
+    return _input_dtypes(graph) == {np.dtype(np.float32)}
+
+
+def model_from_tflite(path, graph: TFLiteModel | None = None) -> Sequential:
+    """The float TFLite model at ``path`` (``graph``: already read) as a scratchnets
+    ``Sequential`` in eval mode."""
+    graph = read_tflite(path) if graph is None else graph
+    if not is_float_graph(graph):
+        dtypes = sorted(d.name for d in _input_dtypes(graph))
         raise ValueError(
-            f"{path}: a quantized TFLite graph (tensor types {sorted(d.name for d in dtypes)}); "
-            "only float32 graphs import as a float model"
+            f"{path}: a quantized TFLite graph (tensor types {dtypes}); only float32 graphs "
+            "import as a float model (load_pretrained gives a uint8 model for it)"
         )
     layers: OrderedDict = OrderedDict()
     current, softmax = graph.inputs[0], False

@@ -164,8 +164,9 @@ def _register_predict(subparsers) -> None:
         help="class and probability for each image",
         usage="scratchnets predict CHECKPOINT IMAGE... | --weights FILE IMAGE... [options]",
         description="Classify images with a training checkpoint, or with published weights "
-        "(--weights: torchvision / timm .pth, .safetensors, .npz, float .tflite) using their "
-        "source's preprocessing and ImageNet class names.",
+        "(--weights: torchvision / timm .pth, .safetensors, .npz, float or uint8 .tflite; a "
+        "uint8 model computes TFLite's integer arithmetic bit for bit) using their source's "
+        "preprocessing and ImageNet class names.",
     )
     p.add_argument("inputs", nargs="+", metavar="CHECKPOINT IMAGE... | IMAGE")
     p.add_argument(

@@ -173,6 +173,15 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _probabilities(model, x: np.ndarray) -> np.ndarray:
+    """(N, K) class probabilities: the softmax of a float model's logits, or what a uint8
+    model's quantized softmax output stands for (``QuantizedModel.real_output``)."""
+    if hasattr(model, "real_output"):
+        real = model.real_output(model(x))
+        return real if model.pretrained_cfg.get("softmax") else np.exp(log_softmax64(real))
+    return np.exp(log_softmax64(to_numpy(model(as_input(x, model)))))
+
+
 def _classify(
     model, pipeline, images, classes: Sequence[str], top: int, every_class: bool
 ) -> list[dict]:
@@ -188,7 +197,7 @@ def _classify(
             out.append({"image": str(image), "error": str(exc)})
             continue
         x = pipeline(pixels)[None]  # (1, 3, S, S)
-        probs = np.exp(log_softmax64(to_numpy(model(as_input(x, model)))))[0]  # (K,)
+        probs = _probabilities(model, x)[0]  # (K,)
         best = np.argsort(-probs, kind="stable")[: max(1, top)]
         ranked = [
             {"class": classes[k], "index": int(k), "probability": float(probs[k])} for k in best
