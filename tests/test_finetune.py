@@ -18,7 +18,7 @@ from scratchnets.train import config, finetune, loop
 from scratchnets.train.checkpointing import load_checkpoint
 from scratchnets.train.evaluate import evaluate_checkpoint, load_for_inference
 from tests.model_twins import torch_twin
-from tests.test_tflite_reader import FLOAT, needs_files
+from tests.test_tflite_reader import FLOAT, WEIGHTS, needs_files
 from tests.test_train import BACKEND, dataset  # noqa: F401 (a fixture)
 
 TINY = dict(image_size=16, batch_size=8, epochs=1, backend=BACKEND, time_limit_min=0, workers=1)
@@ -28,6 +28,8 @@ def weight_file(tmp_path, kind: str):
     """A published-style weight file: (path, architecture, width)."""
     if kind == "tflite":
         return FLOAT, "tf_mobilenet_v1", 0.25
+    if kind == "uint8 tflite":  # dequantized (QuantizedModel.dequantize)
+        return WEIGHTS / "mobilenet_v1_0.25_128_quant.tflite", "tf_mobilenet_v1", 0.25
     arch, width = ("mobilenet_v2", 0.35) if kind != "npz" else ("mobilenet_v1", 0.25)
     state = torch_twin(arch, 1000, width, torch.float32).state_dict()
     path = tmp_path / f"weights.{kind}"
@@ -48,7 +50,7 @@ def backbone_and_head(model):
 
 
 @needs_files
-@pytest.mark.parametrize("kind", ["tflite", "pth", "safetensors", "npz"])
+@pytest.mark.parametrize("kind", ["tflite", "uint8 tflite", "pth", "safetensors", "npz"])
 def test_init_from_each_format_trains_an_epoch_and_reloads(dataset, tmp_path, kind):  # noqa: F811
     path, arch, width = weight_file(tmp_path, kind)
     out = tmp_path / "run"
@@ -60,7 +62,9 @@ def test_init_from_each_format_trains_an_epoch_and_reloads(dataset, tmp_path, ki
     assert (meta["name"], meta["width_mult"], meta["num_classes"]) == (arch, width, 2)
     assert meta["init"]["file"] == str(path) and meta["init"]["architecture"] == arch
     assert ckpt["config"]["recipe"] == "finetune" and ckpt["config"]["init"] == str(path)
-    expected_mean = [0.5] * 3 if kind in ("tflite", "npz") else [0.485, 0.456, 0.406]
+    expected_mean = {"tflite": [0.5] * 3, "npz": [0.5] * 3, "uint8 tflite": [128 / 255] * 3}.get(
+        kind, [0.485, 0.456, 0.406]
+    )  # the uint8 input's reals are (p - 128) / 128
     assert np.allclose(meta["normalize"]["mean"], expected_mean)  # the source's preprocessing
     model, _ = load_for_inference(out / "last.npz", BACKEND)
     assert set(model.state_dict()) == set(ckpt["weights"])

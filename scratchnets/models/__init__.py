@@ -20,6 +20,7 @@ from . import (
     mobilenet_v1,
     mobilenet_v2,
     tf_mobilenet_v1,
+    tf_mobilenet_v2,
     vgg,
     xception,
 )

@@ -47,6 +47,8 @@ PREPROCESSING = {
                      mean=INCEPTION_MEAN, std=INCEPTION_STD),
     "tf_mobilenet_v1": dict(source="tflite", size=224, crop="centre square",
                             interpolation="bilinear", mean=INCEPTION_MEAN, std=INCEPTION_STD),
+    "tf_mobilenet_v2": dict(source="tflite", size=224, crop="centre square",
+                            interpolation="bilinear", mean=INCEPTION_MEAN, std=INCEPTION_STD),
 }  # fmt: skip
 #: width multipliers tried when a file does not say (the published ones and common others)
 WIDTHS = (1.0, 0.75, 0.5, 0.35, 0.25, 1.3, 1.4, 1.25, 1.5, 1.6, 2.0)
@@ -55,6 +57,7 @@ CLASSIFIER = {
     "mobilenet_v2": "classifier.1.weight",
     "xception": "fc.weight",
     "tf_mobilenet_v1": "Conv2d_1c_1x1.weight",
+    "tf_mobilenet_v2": "Conv2d_1c_1x1.weight",
 } | {name: "classifier.6.weight" for name in ("vgg16", "vgg16_bn")}
 
 

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats.tflite import Operator, Tensor, TFLiteModel, read_tflite
-from ..nn import Module
+from ..nn import Conv2d, Module
 from ..reference import quantized as qops
 from ..reference.quantized import QuantParams
 from .blocks import tf_same_padding
 
+#: the registered float model of each TF-slim graph, by the scope its weight names start with
+TF_SLIM_ARCHITECTURES = {"MobilenetV1/": "tf_mobilenet_v1", "MobilenetV2/": "tf_mobilenet_v2"}
 #: the TFLite ops mapped, to the integer op that computes each (RESHAPE moves no numbers)
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D", "RESHAPE", "SOFTMAX")
 
@@ -195,6 +197,62 @@ class QuantizedModel(Module):
                 "(model.dequantize() gives a float model)"
             )
         return super().to(backend)
+
+    def dequantize(self):
+        """The float model of this graph: every constant as the real it stands for,
+        ``W = S_w (q - Z_w)`` and ``b = S_b q_b``, in the registered TF-slim architecture the graph
+        is (``tf_mobilenet_v1`` / ``tf_mobilenet_v2``: folded-BN convs, TF "SAME" padding), in
+        eval mode. It takes float NCHW inputs in the reals of the uint8 input (``S (p - Z)``,
+        [-1, 1) for Google's files: ``pretrained_cfg`` says how) and returns logits; it trains
+        and fine-tunes like any model."""
+        from .pretrained import PREPROCESSING, WIDTHS, _uninitialised
+
+        convs = [layer for layer in self.layers if layer.op == "quantized_conv2d"]
+        first_weight = self.graph.tensors[self.graph.operators[0].inputs[1]].name
+        arch = next(
+            (
+                arch
+                for prefix, arch in TF_SLIM_ARCHITECTURES.items()
+                if first_weight.startswith(prefix)
+            ),
+            None,
+        )
+        if arch is None:
+            raise ValueError(
+                f"{self.path}: no float architecture for this graph (its first weight is "
+                f"{first_weight!r}; known: {', '.join(TF_SLIM_ARCHITECTURES)})"
+            )
+        shapes = [layer.arguments["w"].shape for layer in convs]
+        num_classes = shapes[-1][0]
+        for width in WIDTHS:
+            model = _uninitialised(arch, num_classes=num_classes, width_mult=width)
+            model_convs = [m for m in model.modules() if isinstance(m, Conv2d)]
+            if [m.weight.shape for m in model_convs] == shapes:
+                break
+        else:
+            raise ValueError(
+                f"{self.path}: its {len(shapes)} convolutions fit no {arch} of width {WIDTHS}"
+            )
+        for layer, conv in zip(convs, model_convs, strict=True):
+            a = layer.arguments
+            conv.weight.data[...] = a["w_q"].scale * (
+                a["w"].astype(np.float64) - a["w_q"].zero_point
+            )
+            bias_scale = float(np.float32(a["x_q"].scale) * np.float32(a["w_q"].scale))
+            conv.bias.data[...] = bias_scale * a["bias"].astype(np.float64)
+        scale, zero_point = self.input_q
+        model.pretrained_cfg = dict(
+            PREPROCESSING[arch],
+            # the uint8 input's reals S (p - Z) = (p / 255 - mean) / std
+            mean=(zero_point / 255,) * 3,
+            std=(1 / (255 * scale),) * 3,
+            source="tflite (dequantized uint8)",
+            architecture=arch,
+            width_mult=width,
+            num_classes=num_classes,
+            file=self.path,
+        )
+        return model.eval()
 
     def train(self, mode: bool = True) -> QuantizedModel:
         if mode:

@@ -1,6 +1,7 @@
 """Training from published weights: ``train --init FILE``, a frozen backbone, a lower backbone lr.
 
-``start_from(path, ...)`` reads any file ``models.load_pretrained`` reads, builds the same
+``start_from(path, ...)`` reads any file ``models.load_pretrained`` reads (a uint8 TFLite graph
+dequantized to its float twin), builds the same
 architecture for the dataset's classes and copies every tensor but the classifier's: the head is
 rebuilt with its architecture's initialisation (torchvision's N(0, 0.01^2) weights and zero bias
 for MobileNetV2 and TF-slim's MobileNetV1), never loaded, since ImageNet's 1000 classes are not
@@ -32,10 +33,19 @@ def head_name(model: Module) -> str:
     return last.rsplit(".", 1)[0]
 
 
+def float_model(path: str | Path) -> Module:
+    """The float model of a weight file: ``load_pretrained``'s, dequantized when the file is a
+    uint8 TFLite graph (``QuantizedModel.dequantize``)."""
+    from ..models.quantized import QuantizedModel
+
+    model = models.load_pretrained(path)
+    return model.dequantize() if isinstance(model, QuantizedModel) else model
+
+
 def describe_init(path: str | Path) -> dict:
     """What a weight file holds: its ``pretrained_cfg`` (``architecture``, ``width_mult``,
     ``size``, ``mean``, ``std``, ``source`` ...), without keeping the model."""
-    cfg = dict(models.load_pretrained(path).pretrained_cfg)
+    cfg = dict(float_model(path).pretrained_cfg)
     if cfg.get("architecture") is None:
         raise ValueError(
             f"--init {path}: its graph is no registered architecture, so a model fine-tuned from "
@@ -50,7 +60,7 @@ def start_from(
     """``(model, info)``: ``model_name`` at ``width_mult`` with ``num_classes`` outputs, every
     tensor but the head's from the file at ``path``; ``info`` records the source. A file of
     another architecture or width is a ValueError naming what differs (before any training)."""
-    pretrained = models.load_pretrained(path)
+    pretrained = float_model(path)
     cfg = pretrained.pretrained_cfg
     arch, width = cfg.get("architecture"), cfg.get("width_mult")
     if arch != models.registry.resolve_name(model_name) or (
