@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from scratchnets import data as sn_data
 from scratchnets.formats import read_tflite
+from scratchnets.kernels.cpu import quantized as cpu_quantized
 from scratchnets.models.quantized import quantized_model_from_tflite
 from scratchnets.nn import Conv2d
 from scratchnets.reference import conv2d_forward
@@ -161,6 +162,65 @@ def test_quantized_ops_refuse_other_dtypes():
         qops.quantized_softmax(np.zeros((1, 3), np.uint8), q, 1.0, QuantParams(0.1, 0))
 
 
+# ------------------------------------------------------------- Numba kernels against the reference
+
+SCALES = st.floats(1e-3, 0.5)
+CODES = st.integers(0, 255)
+
+
+@st.composite
+def conv_cases(draw):
+    """A uint8 conv: dense, grouped or depthwise, any kernel, stride, asymmetric padding."""
+    n, groups = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    depthwise = draw(st.booleans())
+    c_in = groups * (1 if depthwise else draw(st.integers(1, 3)))
+    c_out = c_in if depthwise else groups * draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    pads = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    height = draw(st.integers(max(1, kh - pads[0] - pads[1]), 9))
+    width = draw(st.integers(max(1, kw - pads[2] - pads[3]), 9))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x_q, w_q = QuantParams(draw(SCALES), draw(CODES)), QuantParams(draw(SCALES), draw(CODES))
+    # an output scale that puts the accumulators' typical spread (sqrt(taps) * 74^2 for uniform
+    # codes) at about 40 codes, times 0.1 .. 3: most outputs neither 0 nor 255
+    taps = c_in // groups * kh * kw
+    y_scale = x_q.scale * w_q.scale * 74**2 * taps**0.5 / 40 * draw(st.floats(0.1, 3.0))
+    return dict(
+        x=rng.integers(0, 256, (n, c_in, height, width), dtype=np.uint8),
+        x_q=x_q,
+        w=rng.integers(0, 256, (c_out, c_in // groups, kh, kw), dtype=np.uint8),
+        w_q=w_q,
+        bias=rng.integers(-(2**12), 2**12, c_out).astype(np.int32),
+        y_q=QuantParams(y_scale, draw(CODES)),
+        stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        padding=pads,
+        groups=groups,
+        activation=draw(st.sampled_from([None, "RELU", "RELU6"])),
+    )
+
+
+@given(conv_cases())
+def test_cpu_quantized_conv2d_equals_the_reference(case):
+    """Every byte, for dense, grouped and depthwise (the Numba int32 kernel) convolutions."""
+    ours = cpu_quantized.quantized_conv2d(**case)
+    expected = qops.quantized_conv2d(**case)
+    assert ours.dtype == np.uint8
+    np.testing.assert_array_equal(ours, expected)
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)),
+    SCALES, CODES, SCALES, CODES, SCALES, CODES,
+    st.sampled_from([None, "RELU6"]),
+)  # fmt: skip
+def test_cpu_quantized_add_equals_the_reference(seed, shape, sa, za, sb, zb, sy, zy, activation):
+    rng = np.random.default_rng(seed)
+    a, b = (rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2))
+    args = (a, b, QuantParams(sa, za), QuantParams(sb, zb), QuantParams(sy, zy), activation)
+    np.testing.assert_array_equal(cpu_quantized.quantized_add(*args), qops.quantized_add(*args))
+
+
 # --------------------------------------------------------------------------- Google's MobileNets
 
 
@@ -170,10 +230,11 @@ def _photo_input(expected, model: str, photo: str) -> np.ndarray:
 
 
 @needs_files
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("name", QUANT_MODELS)
-def test_uint8_mobilenets_equal_tflite_bit_for_bit(name):
+def test_uint8_mobilenets_equal_tflite_bit_for_bit(name, backend):
     expected = np.load(WEIGHTS / "expected_tflite.npz")
-    model = quantized_model_from_tflite(WEIGHTS / f"{name}.tflite")
+    model = quantized_model_from_tflite(WEIGHTS / f"{name}.tflite").to(backend)
     batch = np.concatenate([_photo_input(expected, name, photo) for photo in PHOTOS])
     probabilities = model(batch)  # the five photos as one batch
     assert probabilities.dtype == np.uint8 and probabilities.shape == (5, 1001)
@@ -182,8 +243,9 @@ def test_uint8_mobilenets_equal_tflite_bit_for_bit(name):
 
 
 @needs_files
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("name", QUANT_MODELS)
-def test_every_intermediate_tensor_equals_the_tflite_reference_kernels(name):
+def test_every_intermediate_tensor_equals_the_tflite_reference_kernels(name, backend):
     litert = pytest.importorskip("ai_edge_litert.interpreter")
     path = str(WEIGHTS / f"{name}.tflite")
     interpreter = litert.Interpreter(
@@ -192,7 +254,7 @@ def test_every_intermediate_tensor_equals_the_tflite_reference_kernels(name):
         experimental_preserve_all_tensors=True,
     )
     interpreter.allocate_tensors()
-    model = quantized_model_from_tflite(path)
+    model = quantized_model_from_tflite(path).to(backend)
     shape = interpreter.get_input_details()[0]["shape"]
     rng = np.random.default_rng(sum(map(ord, name)))
     images = (

@@ -142,9 +142,18 @@ def _reshape_nchw(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
 
 
+def _cpu_ops():
+    """The Numba kernels (imported on first use: they compile)."""
+    from ..kernels.cpu import quantized
+
+    return quantized
+
+
 class QuantizedModel(Module):
     """A uint8 graph: ``forward(x)`` takes the uint8 NCHW input (TFLite's NHWC input
-    transposed) and returns TFLite's uint8 output tensor. Inference only."""
+    transposed) and returns TFLite's uint8 output tensor. Inference only. ``to("reference")``
+    runs ``reference/quantized.py``, ``to("cpu")`` (the default) its Numba kernels
+    (``kernels/cpu/quantized.py``); both give the same bytes."""
 
     def __init__(self, layers: list[QuantizedLayer], graph: TFLiteModel, path: str):
         super().__init__()
@@ -169,6 +178,7 @@ class QuantizedModel(Module):
                 f"a uint8 TFLite model takes uint8 pixels of shape (N, {expected[3]}, H, W) (its "
                 f"NHWC input {expected} transposed); got {x.dtype} {x.shape}"
             )
+        ops = qops if self.backend == "reference" else _cpu_ops()
         tensors = {self.input_index: x}
         for layer in self.layers:
             inputs = [tensors[i] for i in layer.inputs]
@@ -181,7 +191,7 @@ class QuantizedModel(Module):
                 pads = (*tf_same_padding(inputs[0].shape[2], kh, sh),
                         *tf_same_padding(inputs[0].shape[3], kw, sw))  # fmt: skip
                 arguments = arguments | {"padding": pads}
-            tensors[layer.output] = getattr(qops, layer.op)(*inputs, **arguments)
+            tensors[layer.output] = getattr(ops, layer.op)(*inputs, **arguments)
         return tensors if return_all else tensors[self.output_index]
 
     def real_output(self, q) -> np.ndarray:
