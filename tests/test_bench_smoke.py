@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from scratchnets.benchmarks import convs, models, ops, timing
+from scratchnets.benchmarks import convs, models, ops, quantized, timing
 from scratchnets.cli import main
+from tests.test_tflite_reader import WEIGHTS, needs_files
 
 TINY_CONVS = "--layers 2 --batch 2 --size 8 --channels 4 8 --passes 1 --repeat 1".split()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -136,6 +137,26 @@ def test_bench_models_cpu(capsys):
             row[f"ours_{phase}_ms"] / row[f"torch_{phase}_ms"]
         )
     assert "training step" in err
+
+
+@needs_files
+def test_bench_quantized_validates_and_times_every_side(capsys):
+    path = WEIGHTS / "mobilenet_v1_0.25_128_quant.tflite"
+    result, err = run_json(
+        capsys, ["bench", "quantized", str(path), "--batch", "2", "--repeat", "1"]
+    )
+    (row,) = result["rows"]
+    assert (row["model"], row["batch"]) == ("mobilenet_v1_0.25_128_quant", 2)
+    for side in quantized.SIDES:
+        assert row[f"{side}_ms"] > 0
+    assert row["cpu_vs_tflite_ref"] == pytest.approx(row["ours_cpu_ms"] / row["tflite_ref_ms"])
+    assert 0 <= row["xnnpack_max_steps"] <= 16  # XNNPACK rounds differently, by a few steps
+    assert "TFLite ref" in err
+
+
+def test_bench_quantized_names_a_missing_file(capsys, tmp_path):
+    assert main(["bench", "quantized", str(tmp_path / "none.tflite")]) == 1
+    assert "no such .tflite file" in capsys.readouterr().err
 
 
 def test_bench_convs_cuda_under_the_simulator(tmp_path):

@@ -16,6 +16,7 @@ BENCHMARKS = (
     ("train-step", "scratchnets.benchmarks.train_step"),
     ("convs", "scratchnets.benchmarks.convs"),
     ("models", "scratchnets.benchmarks.models"),
+    ("quantized", "scratchnets.benchmarks.quantized"),
 )
 
 
