@@ -289,6 +289,7 @@ def torch_results(twin, x: np.ndarray, dy: np.ndarray, eval_logits: bool = True)
 def our_results(model, x: np.ndarray, dy: np.ndarray, eval_logits: bool = True) -> dict:
     """The same quantities from our model (on its backend, x and dy in its dtype)."""
     x = x.astype(model.dtype)
+    model.fast_eval = False  # the training graph in eval mode: its kinks are the twin's
     out = {"eval y": to_numpy(model.eval()(x))} if eval_logits else {}
     model.train().zero_grad()
     out["train y"] = to_numpy(model(x))

@@ -43,7 +43,7 @@ from ..nn import (
     Sequential,
 )
 from .blocks import BatchNormAct2d, make_divisible
-from .fuse import fuse
+from .fuse import EvalFastPath, fuse
 from .registry import register_model
 
 #: Ghost bottleneck settings per stage, at width 1: (kernel k, expansion width, output width,
@@ -346,7 +346,7 @@ def ghost_bottleneck_v1(layer_idx, in_chs, mid_chs, out_chs, k, stride, se_ratio
     return GhostBottleneck(in_chs, mid_chs, out_chs, k, stride, se_ratio, rng=rng)
 
 
-class GhostNet(Sequential):
+class GhostNet(EvalFastPath, Sequential):
     """x (N, 3, H, W) -> logits (N, num_classes), for any H, W that survive the 32x downsampling
     (GhostNetV2/V3's DFC attention needs at least 2x2 maps at stride 32, so H, W >= 33).
 

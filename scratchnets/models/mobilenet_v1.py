@@ -29,6 +29,7 @@ import numpy as np
 
 from ..nn import Conv2d, Dropout, Linear, Sequential
 from .blocks import BatchNormAct2d, global_pool_flatten, make_divisible, timm_efficientnet_init
+from .fuse import EvalFastPath
 from .registry import register_model
 
 #: (output channels, number of blocks, stride of the first block) per stage, at alpha = 1
@@ -58,7 +59,7 @@ class DepthwiseSeparableConv(Sequential):
         )
 
 
-class MobileNetV1(Sequential):
+class MobileNetV1(EvalFastPath, Sequential):
     """x (N, 3, H, W) -> logits (N, num_classes), any H, W >= 1 (the net downsamples by 32).
 
     Children: ``conv_stem``, ``bn1``, ``blocks`` (stages of DepthwiseSeparableConv),

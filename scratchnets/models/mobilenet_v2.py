@@ -39,6 +39,7 @@ from .blocks import (
     make_divisible,
     torchvision_init,
 )
+from .fuse import EvalFastPath
 from .registry import register_model
 
 #: [V2] Table 2 bottleneck rows: expansion t, output channels c, repeats n, first stride s
@@ -101,7 +102,7 @@ class InvertedResidual(ResidualBlock):
         self.use_residual = stride == 1 and in_channels == out_channels
 
 
-class MobileNetV2(Sequential):
+class MobileNetV2(EvalFastPath, Sequential):
     """x (N, 3, H, W) -> logits (N, num_classes), any H, W >= 1 (the net downsamples by 32).
 
     Children: ``features`` (stem ConvBNAct, 17 InvertedResidual, 1x1 ConvBNAct), ``pool``

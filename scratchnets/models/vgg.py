@@ -18,6 +18,7 @@ import numpy as np
 
 from ..nn import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from .blocks import AdaptiveAvgPool2d, torchvision_init
+from .fuse import EvalFastPath
 from .registry import register_model
 
 #: configuration "D": conv output channels, "M" for a 2x2 stride-2 max pool
@@ -43,7 +44,7 @@ VGG16_CONFIG = (
 )
 
 
-class VGG(Sequential):
+class VGG(EvalFastPath, Sequential):
     """x (N, 3, H, W) -> logits (N, num_classes), H, W >= 32.
 
     Children: ``features``, ``avgpool``, ``flatten``, ``classifier``. ``batch_norm`` inserts a

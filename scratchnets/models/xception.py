@@ -23,6 +23,7 @@ import numpy as np
 
 from ..nn import BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d, ReLU, Sequential
 from .blocks import ResidualBlock, global_pool_flatten, torchvision_init
+from .fuse import EvalFastPath
 from .registry import register_model
 
 
@@ -88,7 +89,7 @@ class Block(ResidualBlock):
         ) + ((("skip", "skipbn"),) if self.shortcut else ())
 
 
-class Xception(Sequential):
+class Xception(EvalFastPath, Sequential):
     """x (N, 3, H, W) -> logits (N, num_classes), H, W >= 7 (Keras asks for >= 71).
 
     Children (timm's): ``conv1``, ``bn1``, ``act1``, ``conv2``, ``bn2``, ``act2``, ``block1`` ..

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import functional as F
 from ..arrays import to_numpy
+from ..backends import get_backend
 from . import init
 from .module import Module, Parameter, as_float_dtype
 
@@ -179,25 +180,46 @@ class Conv2d(Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.fused_activation is not None:
+            s += f", fused_activation={self.fused_activation!r}"
         return s
+
+    #: an activation absorbed by ``models.fuse(..., activations=True)`` ("relu" / "relu6"):
+    #: the conv then computes act(conv(x) + b) for inference only, with no cache and no backward
+    fused_activation: str | None = None
 
     def forward(self, x):
         self._check_input(x, ("N", self.in_channels, "H", "W"), match_dtype=True)
         b = None if self.bias is None else self.bias.data
-        y, cache = F.conv2d_forward(
-            x,
-            self.weight.data,
-            b,
-            stride=self.stride,
-            padding=self._op_padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            backend=self.backend,
-        )
+        args = dict(stride=self.stride, padding=self._op_padding, dilation=self.dilation,
+                    groups=self.groups)  # fmt: skip
+        if self.fused_activation is not None:
+            return self._forward_fused(x, b, args)
+        y, cache = F.conv2d_forward(x, self.weight.data, b, **args, backend=self.backend)
         self._save(cache, y.shape)
         return y
 
+    def _forward_fused(self, x, b, args: dict):
+        """act(conv(x) + b) in one kernel where the backend has one (cpu), else op by op."""
+        if self.training:
+            raise RuntimeError(
+                f"{self._get_name()} with a fused {self.fused_activation} is for inference "
+                "(eval mode) only: train the unfused model"
+            )
+        ops = get_backend(self.backend)
+        if hasattr(ops, "conv2d_bias_act_forward"):
+            return ops.conv2d_bias_act_forward(
+                x, self.weight.data, b, **args, activation=self.fused_activation
+            )
+        y, _ = ops.conv2d_forward(x, self.weight.data, b, **args)
+        return getattr(ops, f"{self.fused_activation}_forward")(y)[0]
+
     def backward(self, dy):
+        if self.fused_activation is not None:
+            raise RuntimeError(
+                f"{self._get_name()} with a fused {self.fused_activation} has no backward "
+                "(an inference-only layer of models.fuse(..., activations=True))"
+            )
         dx, dw, db = F.conv2d_backward(dy, self._saved(dy), backend=self.backend)
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)

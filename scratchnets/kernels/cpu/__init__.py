@@ -32,7 +32,12 @@ from .elementwise import (
     slice_backward,
     slice_forward,
 )
-from .fused import batch_norm2d_relu6_backward, batch_norm2d_relu6_forward, fold_bn_into_conv
+from .fused import (
+    batch_norm2d_relu6_backward,
+    batch_norm2d_relu6_forward,
+    conv2d_bias_act_forward,
+    fold_bn_into_conv,
+)
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
 from .pooling import (

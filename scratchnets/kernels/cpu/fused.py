@@ -11,15 +11,33 @@
   be vectorised differently from the plain one: differences of a few ulps, seen on AVX-512).
 * ``fold_bn_into_conv``: for inference, BN in eval mode is an affine map per output channel, so
   it can be folded into the preceding convolution's weights and bias, removing the BN pass.
+* ``conv2d_bias_act_forward``: inference's conv -> bias -> ReLU / ReLU6 (what a BN-folded
+  MobileNet is made of). Separately, the bias is one pass over the output (``y += b``) and the
+  activation another that also allocates its output and a mask for a backward that never comes.
+  Here the conv writes y, then one in-place Numba pass adds the bias and clamps (the depthwise
+  kernel adds the bias itself, so only the clamp is left); no cache is kept. Same values as the
+  three ops in sequence: the bias add and the clamp are the same float operations.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 from scratchnets.reference._checks import float_array
+from scratchnets.reference.conv import _prepare
 
 from .batchnorm import normalize, normalize_backward
+from .conv import (
+    _depthwise_forward,
+    _general_forward,
+    _pointwise_forward,
+    _pointwise_input,
+    conv_kind,
+)
+
+#: the clamp of each activation a conv can absorb: (low, high)
+ACTIVATION_RANGES = {None: (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
 
 
 def batch_norm2d_relu6_forward(
@@ -75,3 +93,46 @@ def fold_bn_into_conv(w, b, weight, bias, running_mean, running_var, eps=1e-5):
     w_folded = w.astype(np.float64) * s[:, None, None, None]  # (C_out, C_in/groups, kh, kw)
     b_folded = (vector(b, "b", 0.0) - mean) * s + beta  # (C_out,)
     return w_folded.astype(w.dtype), b_folded.astype(w.dtype)
+
+
+@njit(parallel=True, cache=True)
+def _bias_clamp_kernel(y, b, use_bias, low, high):
+    """y[n, c] = min(max(y[n, c] + b[c], low), high) in place; y (N, C, P), one plane per step.
+    ``max`` / ``min`` as written pass NaN through, like ReLU6's kernel."""
+    batch, channels, size = y.shape
+    for plane in prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        bias = b[c] if use_bias else 0.0
+        for i in range(size):
+            v = y[n, c, i] + bias
+            y[n, c, i] = low if v <= low else (high if v >= high else v)
+
+
+def conv2d_bias_act_forward(
+    x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None
+) -> np.ndarray:
+    """y = act(conv2d(x, w) + b) for inference: ``activation`` None, "relu" or "relu6".
+    Arguments as ``conv2d_forward``; returns y only (no cache: there is no backward)."""
+    if activation not in ACTIVATION_RANGES:
+        raise ValueError(f"activation must be one of {list(ACTIVATION_RANGES)}, got {activation!r}")
+    x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)  # the reference's checks
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    b = None if b is None else np.ascontiguousarray(b)
+    kind = conv_kind(g)
+    if kind == "depthwise":
+        y, _ = _depthwise_forward(x, w, b, g)  # bias added in the kernel
+        bias_left = None
+    else:
+        y = (
+            _pointwise_forward(_pointwise_input(x, g), w, g)
+            if kind == "pointwise"
+            else (_general_forward(x, w, g))
+        )
+        bias_left = b
+    if bias_left is None and activation is None:
+        return y
+    low, high = ACTIVATION_RANGES[activation]
+    bias = np.zeros(1, y.dtype) if bias_left is None else bias_left
+    planes = y.reshape(g.batch, g.out_channels, -1)
+    _bias_clamp_kernel(planes, bias, bias_left is not None, y.dtype.type(low), y.dtype.type(high))
+    return y

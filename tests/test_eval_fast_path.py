@@ -1,0 +1,143 @@
+"""The eval fast path (``models.fuse.EvalFastPath``): in eval mode a model runs its BN-folded,
+activation-fused inference copy; its logits equal the training graph's within float32 rounding
+on every model (random BN statistics), a changed parameter is seen, ``train()`` returns to the
+training graph, and a backward after a fast forward is a clear error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import scratchnets as sn
+from scratchnets.kernels.cpu import conv2d_bias_act_forward, conv2d_forward, relu6_forward
+from scratchnets.nn import BatchNorm2d, Conv2d
+from tests.model_twins import randomize_bn
+
+#: (model, create options, input size): every registered architecture with BatchNorm, small
+MODELS = [
+    ("mobilenet_v1", dict(width_mult=0.25), 48),
+    ("mobilenet_v2", dict(width_mult=0.35), 48),
+    ("ghostnet_100", dict(width_mult=0.25), 48),
+    ("ghostnetv2_100", dict(width_mult=0.25), 48),
+    ("ghostnetv3_100", dict(width_mult=0.25), 48),
+    ("vgg16_bn", dict(), 32),
+    ("xception", dict(), 71),
+]
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def make(name: str, options: dict, dtype, backend: str = "cpu"):
+    model = sn.models.create(name, num_classes=10, rng=0, dtype=dtype, **options)
+    randomize_bn(model, np.random.default_rng(1))
+    return model.to(backend).eval()
+
+
+def graph_eval(model, x):
+    """The training graph's eval-mode output (the fast path switched off for one call)."""
+    model.fast_eval = False
+    try:
+        return model(x)
+    finally:
+        model.fast_eval = True
+
+
+@pytest.mark.parametrize(("name", "options", "size"), MODELS, ids=[m[0] for m in MODELS])
+def test_fast_path_logits_equal_the_training_graph(name, options, size):
+    """float64: the same function (1e-10). float32: the fast path's error against the float64
+    training graph is at most 4x the float32 training graph's own, or a few float32 ulps of the
+    logits: folding and fusing reorder roundings, they do not add error."""
+    x = np.random.default_rng(2).standard_normal((2, 3, size, size))
+    model64 = make(name, options, np.float64)
+    exact = graph_eval(model64, x)
+    fast64 = model64(x)
+    assert np.max(np.abs(fast64 - exact)) <= 1e-10 * max(1.0, np.max(np.abs(exact)))
+    copy = model64.__dict__["_fast_eval_state"][2]
+    assert not any(isinstance(m, BatchNorm2d) for m in copy.modules()), "a BN was not folded"
+    model32 = make(name, options, np.float32)
+    x32 = x.astype(np.float32)
+    graph_error = np.max(np.abs(graph_eval(model32, x32) - exact))
+    fast_error = np.max(np.abs(model32(x32) - exact))
+    assert fast_error <= 4 * max(graph_error, 8 * EPS32 * np.max(np.abs(exact))), (
+        fast_error,
+        graph_error,
+    )
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_mobilenet_v2_fuses_every_relu6_into_its_conv(backend):
+    model = make("mobilenet_v2", dict(width_mult=0.35), np.float32, backend)
+    model(np.zeros((1, 3, 32, 32), np.float32))
+    copy = model.__dict__["_fast_eval_state"][2]
+    fused = [m for m in copy.modules() if isinstance(m, Conv2d) and m.fused_activation]
+    assert len(fused) == 35  # stem, 17 depthwise, 16 expansions, last 1x1 (projections: linear)
+    assert not any(isinstance(m, sn.nn.ReLU6) for m in copy.modules())
+
+
+def test_a_changed_parameter_invalidates_the_folded_copy():
+    model = make("mobilenet_v2", dict(width_mult=0.35), np.float64)
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32))
+    before = model(x)
+    first_copy = model.__dict__["_fast_eval_state"][2]
+    assert model.__dict__["_fast_eval_state"][2] is first_copy and np.array_equal(model(x), before)
+    # an in-place write into a weight, a BN statistic, and a new array assigned
+    for change in (
+        lambda: model.features[1].conv[0][0].weight.data.__setitem__((0, 0, 1, 1), 3.0),
+        lambda: model.features[2].conv[1][1].running_var.__setitem__(0, 9.0),
+        lambda: setattr(model.classifier[1].bias, "data", model.classifier[1].bias.data + 1.0),
+    ):
+        change()
+        after = model(x)
+        np.testing.assert_allclose(after, graph_eval(model, x), rtol=1e-12, atol=1e-12)
+        assert not np.array_equal(after, before)
+        before = after
+    state = model.state_dict()
+    state["classifier.1.weight"] = state["classifier.1.weight"] * 2
+    model.load_state_dict(state)
+    np.testing.assert_allclose(model(x), graph_eval(model, x), rtol=1e-12, atol=1e-12)
+
+
+def test_train_returns_to_the_training_graph_and_backward_needs_it():
+    model = make("mobilenet_v1", dict(width_mult=0.25), np.float64)
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32))
+    y = model(x)
+    with pytest.raises(RuntimeError, match="fast_eval = False"):
+        model.backward(np.ones_like(y))
+    model.train()
+    assert "_fast_eval_state" not in model.__dict__
+    y_train = model(x)
+    assert model.backward(np.ones_like(y_train)).shape == x.shape
+    model.eval()
+    model.fast_eval = False
+    assert model.backward(np.ones_like(model(x))).shape == x.shape  # gradients in eval mode
+
+
+def test_fused_conv_refuses_training_and_backward():
+    conv = Conv2d(4, 4, 3, padding=1, rng=np.random.default_rng(0))
+    conv.fused_activation = "relu6"
+    with pytest.raises(RuntimeError, match="inference"):
+        conv(np.zeros((1, 4, 5, 5), np.float32))
+    conv.eval()
+    conv(np.zeros((1, 4, 5, 5), np.float32))
+    with pytest.raises(RuntimeError, match="no backward"):
+        conv.backward(np.zeros((1, 4, 5, 5), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "kernel", "stride", "groups"),
+    [(8, 16, 1, 1, 1), (8, 16, 1, 2, 1), (8, 8, 3, 2, 8), (8, 8, 3, 1, 8), (3, 8, 3, 2, 1)],
+    ids=["pointwise", "pointwise-s2", "depthwise-s2", "depthwise", "general"],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_bias_act_equals_conv_then_relu6_bit_for_bit(
+    c_in, c_out, kernel, stride, groups, dtype
+):
+    rng = np.random.default_rng(5)
+    x = (3 * rng.standard_normal((2, c_in, 9, 9))).astype(dtype)
+    w = rng.standard_normal((c_out, c_in // groups, kernel, kernel)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    y = conv2d_bias_act_forward(x, w, b, stride, kernel // 2, 1, groups, "relu6")
+    expected, _ = relu6_forward(conv2d_forward(x, w, b, stride, kernel // 2, 1, groups)[0])
+    np.testing.assert_array_equal(y, expected)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        conv2d_bias_act_forward(x, w, b, stride, 0, 1, groups, "tanh")
