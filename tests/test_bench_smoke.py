@@ -139,6 +139,14 @@ def test_bench_models_cpu(capsys):
     assert "training step" in err
 
 
+def test_bench_models_inference_only(capsys):
+    argv = "bench models --models mobilenet_v2 --resolution 32 --batch 1 --repeat 1".split()
+    result, err = run_json(capsys, [*argv, "--num-classes", "5", "--inference-only"])
+    (row,) = result["rows"]
+    assert row["ours_infer_ms"] > 0 and "ours_train_ms" not in row
+    assert "training step" not in err and "inference" in err
+
+
 @needs_files
 def test_bench_quantized_validates_and_times_every_side(capsys):
     path = WEIGHTS / "mobilenet_v1_0.25_128_quant.tflite"

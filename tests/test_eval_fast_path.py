@@ -11,6 +11,7 @@ import pytest
 
 import scratchnets as sn
 from scratchnets.kernels.cpu import conv2d_bias_act_forward, conv2d_forward, relu6_forward
+from scratchnets.models.fuse import Snapshot
 from scratchnets.nn import BatchNorm2d, Conv2d
 from tests.model_twins import randomize_bn
 
@@ -52,7 +53,7 @@ def test_fast_path_logits_equal_the_training_graph(name, options, size):
     exact = graph_eval(model64, x)
     fast64 = model64(x)
     assert np.max(np.abs(fast64 - exact)) <= 1e-10 * max(1.0, np.max(np.abs(exact)))
-    copy = model64.__dict__["_fast_eval_state"][2]
+    copy = model64.__dict__["_fast_eval_state"][1]
     assert not any(isinstance(m, BatchNorm2d) for m in copy.modules()), "a BN was not folded"
     model32 = make(name, options, np.float32)
     x32 = x.astype(np.float32)
@@ -68,7 +69,7 @@ def test_fast_path_logits_equal_the_training_graph(name, options, size):
 def test_mobilenet_v2_fuses_every_relu6_into_its_conv(backend):
     model = make("mobilenet_v2", dict(width_mult=0.35), np.float32, backend)
     model(np.zeros((1, 3, 32, 32), np.float32))
-    copy = model.__dict__["_fast_eval_state"][2]
+    copy = model.__dict__["_fast_eval_state"][1]
     fused = [m for m in copy.modules() if isinstance(m, Conv2d) and m.fused_activation]
     assert len(fused) == 35  # stem, 17 depthwise, 16 expansions, last 1x1 (projections: linear)
     assert not any(isinstance(m, sn.nn.ReLU6) for m in copy.modules())
@@ -78,8 +79,8 @@ def test_a_changed_parameter_invalidates_the_folded_copy():
     model = make("mobilenet_v2", dict(width_mult=0.35), np.float64)
     x = np.random.default_rng(3).standard_normal((1, 3, 32, 32))
     before = model(x)
-    first_copy = model.__dict__["_fast_eval_state"][2]
-    assert model.__dict__["_fast_eval_state"][2] is first_copy and np.array_equal(model(x), before)
+    first_copy = model.__dict__["_fast_eval_state"][1]
+    assert model.__dict__["_fast_eval_state"][1] is first_copy and np.array_equal(model(x), before)
     # an in-place write into a weight, a BN statistic, and a new array assigned
     for change in (
         lambda: model.features[1].conv[0][0].weight.data.__setitem__((0, 0, 1, 1), 3.0),
@@ -141,3 +142,24 @@ def test_conv2d_bias_act_equals_conv_then_relu6_bit_for_bit(
     np.testing.assert_array_equal(y, expected)
     with pytest.raises(ValueError, match="activation must be one of"):
         conv2d_bias_act_forward(x, w, b, stride, 0, 1, groups, "tanh")
+
+
+def test_snapshot_sees_every_kind_of_change():
+    rng = np.random.default_rng(6)
+    weights = rng.standard_normal((3, 70_000)).astype(np.float32)  # several chunks
+    arrays = [weights, np.array([np.nan, 1.0]), np.array(5, dtype=np.int64), np.zeros(3, np.int16)]
+    snapshot = Snapshot(arrays)
+    assert snapshot.holds(arrays)  # NaN still NaN
+    for change in (
+        lambda: weights.__setitem__((2, 69_999), weights[2, 69_999] + 1e-3),  # the last element
+        lambda: weights[1].__setitem__([7, 65_540], weights[1, [65_540, 7]]),  # a swap
+        lambda: arrays[2].__setitem__((), 6),  # BN's counter
+        lambda: arrays[3].__setitem__(0, 1),  # an array the bit views do not cover
+    ):
+        before = [a.copy() for a in arrays]
+        change()
+        assert not snapshot.holds(arrays)
+        for array, old in zip(arrays, before, strict=True):
+            array[...] = old
+        assert snapshot.holds(arrays)
+    assert not snapshot.holds([weights.copy(), *arrays[1:]])  # another array object

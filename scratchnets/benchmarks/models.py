@@ -3,7 +3,8 @@
 For every model of ``scratchnets.models`` (or the ``--models`` given), at ``--resolution`` and
 ``--batch``, float32:
 
-* **inference**: one eval-mode forward pass (BatchNorm uses running statistics);
+* **inference**: one eval-mode forward pass: ours runs its eval fast path (BN folded, ReLU6
+  fused, ``models.fuse.EvalFastPath``), torch under ``no_grad``;
 * **training step**: train-mode forward, softmax cross-entropy on random labels, backward, and an
   SGD update (lr 0.001, momentum 0.9) of every parameter.
 
@@ -168,10 +169,8 @@ def bench_model(name: str, args, torch, bar) -> dict:
     row = {"model": name, "mmacs_per_image": macs / 1e6, "max_rel_err": error}
     sides = {"ours": ours, **({"torch": theirs} if args.compare_torch else {})}
     # (phase, method of a side, FLOPs per image, warm-up runs: validation warmed up inference)
-    for phase, method, flops_per_image, warmup in (
-        ("infer", "infer", 2 * macs, 0),
-        ("train", "train_step", 6 * macs, 1),
-    ):
+    phases = (("infer", "infer", 2 * macs, 0), ("train", "train_step", 6 * macs, 1))
+    for phase, method, flops_per_image, warmup in phases[: 1 if args.inference_only else 2]:
         for who, side in sides.items():
             bar.set_postfix_str(f"{name} {phase} {who}")
             seconds = median_time(getattr(side, method), args.repeat, warmup)
@@ -212,6 +211,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compare-torch", action="store_true", help="also time the torch twin on the same device"
     )
     parser.add_argument(
+        "--inference-only",
+        action="store_true",
+        help="time the eval forward only (no training step)",
+    )
+    parser.add_argument(
         "--json",
         nargs="?",
         const="-",
@@ -228,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch = setup_torch()
-    with tqdm(total=2 * len(args.models), desc="bench models", file=sys.stderr) as bar:
+    phases = 1 if args.inference_only else 2
+    with tqdm(total=phases * len(args.models), desc="bench models", file=sys.stderr) as bar:
         rows = [bench_model(name, args, torch, bar) for name in args.models]
     device = torch_device(torch, args.backend)
     peak = machine_peaks(device)
@@ -247,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
             f"# backend {args.backend}, batch {args.batch}, {args.resolution}x{args.resolution}, "
             f"float32, median of {args.repeat}; training FLOPs = 3x forward"
         )
-        for phase, title in (("infer", "inference (eval forward)"), ("train", "training step")):
+        titles = (("infer", "inference (eval forward)"), ("train", "training step"))
+        for phase, title in titles[:phases]:
             print(f"\n{title}")
             print(format_table(rows, columns(phase, peak["matmul_gflops"])))
     if args.json == "-":
