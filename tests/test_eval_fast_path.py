@@ -163,3 +163,16 @@ def test_snapshot_sees_every_kind_of_change():
             array[...] = old
         assert snapshot.holds(arrays)
     assert not snapshot.holds([weights.copy(), *arrays[1:]])  # another array object
+
+
+def test_a_model_with_a_fast_copy_deep_copies_and_fuses():
+    import copy
+
+    model = make("mobilenet_v1", dict(width_mult=0.25), np.float64, "reference")
+    x = np.random.default_rng(7).standard_normal((1, 3, 32, 32))
+    y = model(x)
+    assert "_fast_eval_state" in model.__dict__
+    twin = copy.deepcopy(model)
+    assert "_fast_eval_state" not in twin.__dict__
+    np.testing.assert_array_equal(twin(x), y)
+    np.testing.assert_allclose(sn.models.fuse(model)(x), y, rtol=1e-12, atol=1e-12)

@@ -188,7 +188,7 @@ class EvalFastPath:
         arrays = self._tracked_arrays()
         if state is not None and state[0].holds(arrays):
             return state[1]
-        self.__dict__.pop("_fast_eval_state", None)  # not copied into the new copy
+        self.__dict__.pop("_fast_eval_state", None)
         for module in self.modules():  # a backward must not use a training forward's caches
             module._cache = module._out_shape = None
         copy_ = _copy_model(self)
@@ -198,6 +198,12 @@ class EvalFastPath:
         copy_.fast_eval = False
         self.__dict__["_fast_eval_state"] = (Snapshot(arrays), copy_)
         return copy_
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the inference copy out (it is rebuilt when needed)."""
+        state = self.__dict__.copy()
+        state.pop("_fast_eval_state", None)
+        return state
 
     def train(self, mode: bool = True):
         if mode:  # free the copy; the next eval forward rebuilds it (and drops training caches)
