@@ -147,6 +147,18 @@ def test_bench_models_inference_only(capsys):
     assert "training step" not in err and "inference" in err
 
 
+def test_bench_models_compare_onnx(capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    argv = "bench models --models mobilenet_v2 --resolution 32 --batch 2 --repeat 1".split()
+    result, err = run_json(
+        capsys, [*argv, "--num-classes", "5", "--inference-only", "--compare-onnx"]
+    )
+    (row,) = result["rows"]
+    assert row["infer_onnx_ratio"] == pytest.approx(row["ours_infer_ms"] / row["onnx_infer_ms"])
+    assert "ours/onnx" in err
+
+
 @needs_files
 def test_bench_quantized_validates_and_times_every_side(capsys):
     path = WEIGHTS / "mobilenet_v1_0.25_128_quant.tflite"

@@ -19,6 +19,10 @@ layers (``scratchnets.profile.summary``) and, for a training step, 3x the forwar
 computes dx and dW, each as many MACs as the forward), next to the machine's measured peak (a
 2048^3 float32 matmul: NumPy's BLAS on the CPU, torch on the GPU).
 
+With ``--compare-onnx`` the torch twin is also exported to ONNX and timed in ONNX Runtime (CPU,
+one intra-op thread per usable core), its logits checked against ours first: inference only.
+``--inference-only`` skips the training step.
+
 Run: ``scratchnets bench models --compare-torch --models mobilenet_v2 ghostnet_100``.
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 
 import numpy as np
@@ -117,6 +122,42 @@ class OursSide:
         self.sync()
 
 
+class OnnxSide:
+    """The torch twin exported to ONNX (TorchScript exporter, in memory) and run by ONNX Runtime
+    on the CPU with one intra-op thread per usable core: what a user picks for CPU inference."""
+
+    def __init__(self, torch, twin, x: np.ndarray):
+        import io
+
+        import onnxruntime
+
+        buffer = io.BytesIO()
+        torch.onnx.export(
+            twin.eval(), (torch.from_numpy(x),), buffer, dynamo=False, input_names=["x"],
+            output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        )  # fmt: skip
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = len(os.sched_getaffinity(0))
+        self.session = onnxruntime.InferenceSession(
+            buffer.getvalue(), options, providers=["CPUExecutionProvider"]
+        )
+        self.x = x
+
+    def infer(self):
+        return self.session.run(None, {"x": self.x})[0]
+
+
+def check_onnx_available() -> None:
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+        import onnxruntime  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            f"--compare-onnx needs onnxruntime and onnx ({exc.name} is missing): "
+            "pip install onnxruntime onnx"
+        ) from None
+
+
 class TorchSide:
     """The torch twin on ``device``, same weights, input and labels."""
 
@@ -168,6 +209,15 @@ def bench_model(name: str, args, torch, bar) -> dict:
         )
     row = {"model": name, "mmacs_per_image": macs / 1e6, "max_rel_err": error}
     sides = {"ours": ours, **({"torch": theirs} if args.compare_torch else {})}
+    if args.compare_onnx:
+        bar.set_postfix_str(f"{name} onnx export")
+        onnx_side = OnnxSide(torch, twin, x)
+        error = max_rel_error(ours.infer(), onnx_side.infer())
+        if not error <= VALIDATION_TOLERANCE:
+            raise AssertionError(f"{name}: ONNX Runtime's logits differ from ours by {error:.2e}")
+        bar.set_postfix_str(f"{name} infer onnx")
+        row["onnx_infer_ms"] = 1e3 * median_time(onnx_side.infer, args.repeat, 1)
+        row["onnx_infer_img_s"] = args.batch / (row["onnx_infer_ms"] / 1e3)
     # (phase, method of a side, FLOPs per image, warm-up runs: validation warmed up inference)
     phases = (("infer", "infer", 2 * macs, 0), ("train", "train_step", 6 * macs, 1))
     for phase, method, flops_per_image, warmup in phases[: 1 if args.inference_only else 2]:
@@ -179,6 +229,8 @@ def bench_model(name: str, args, torch, bar) -> dict:
             row[f"{who}_{phase}_gflops"] = flops_per_image * args.batch / seconds / 1e9
         if args.compare_torch:
             row[f"{phase}_ratio"] = row[f"ours_{phase}_ms"] / row[f"torch_{phase}_ms"]
+        if f"onnx_{phase}_ms" in row:
+            row[f"{phase}_onnx_ratio"] = row[f"ours_{phase}_ms"] / row[f"onnx_{phase}_ms"]
         bar.update()
     return row
 
@@ -197,6 +249,8 @@ def columns(phase: str, peak: float) -> tuple:
         (f"ours_{phase}_peak", f"of peak {peak:.0f}", ".1%"),
         (f"torch_{phase}_gflops", "torch GFLOP/s", ".1f"),
         (f"torch_{phase}_peak", "of peak", ".1%"),
+        (f"onnx_{phase}_ms", "onnx ms", ".1f"),
+        (f"{phase}_onnx_ratio", "ours/onnx", ".2f"),
     )
 
 
@@ -210,6 +264,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare-torch", action="store_true", help="also time the torch twin on the same device"
     )
+    parser.add_argument(
+        "--compare-onnx", action="store_true", help="also time the torch twin exported to ONNX "
+        "in ONNX Runtime (inference; needs onnxruntime and onnx)",
+    )  # fmt: skip
     parser.add_argument(
         "--inference-only",
         action="store_true",
@@ -231,6 +289,10 @@ def run(args: argparse.Namespace) -> int:
     for name in ("resolution", "batch", "repeat", "num_classes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.compare_onnx:
+        if args.backend == "cuda":
+            raise ValueError("--compare-onnx times ONNX Runtime on the CPU: use a CPU backend")
+        check_onnx_available()
     torch = setup_torch()
     phases = 1 if args.inference_only else 2
     with tqdm(total=phases * len(args.models), desc="bench models", file=sys.stderr) as bar:
