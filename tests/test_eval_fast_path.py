@@ -93,9 +93,13 @@ def test_a_changed_parameter_invalidates_the_folded_copy():
         assert not np.array_equal(after, before)
         before = after
     state = model.state_dict()
-    state["classifier.1.weight"] = state["classifier.1.weight"] * 2
+    state["classifier.1.weight"] = state["classifier.1.weight"] * 2  # every weight, one factor
     model.load_state_dict(state)
     np.testing.assert_allclose(model(x), graph_eval(model, x), rtol=1e-12, atol=1e-12)
+    model.classifier.add_module(
+        "1", sn.nn.Linear(model.classifier[1].in_features, 4, dtype=np.float64)
+    )
+    assert model(x).shape == (1, 4)  # a new layer: the layout changed, the copy is rebuilt
 
 
 def test_train_returns_to_the_training_graph_and_backward_needs_it():

@@ -123,6 +123,10 @@ class Module:
     unless set; layers with parameters refuse inputs of another dtype).
     """
 
+    #: bumped whenever any module anywhere registers or removes a parameter, buffer or
+    #: submodule: lets a caller cache the layout of a module tree (models/fuse.py does)
+    layout_version = 0
+
     def __init__(self):
         # the three registries go straight into __dict__: __setattr__ below reads them
         object.__setattr__(self, "_parameters", {})
@@ -147,6 +151,7 @@ class Module:
             if name not in table:  # a re-assignment keeps its place in the order, like torch
                 self._forget(name)
             table[name] = value
+            Module.layout_version += 1
             return
         for table_name, kind in (("_parameters", "Parameter"), ("_modules", "Module")):
             table = self.__dict__.get(table_name)
@@ -157,9 +162,11 @@ class Module:
                         f"{kind} (assign a {kind} or None)"
                     )
                 table[name] = None
+                Module.layout_version += 1
                 return
         if registries and name in self._buffers:
             self._buffers[name] = value
+            Module.layout_version += 1
             return
         object.__setattr__(self, name, value)
 
@@ -180,6 +187,7 @@ class Module:
         found = self.__dict__.pop(name, _MISSING) is not _MISSING
         for table in (self._parameters, self._buffers, self._modules):
             found = table.pop(name, _MISSING) is not _MISSING or found
+        Module.layout_version += 1
         return found
 
     def _check_new_name(self, name: str) -> None:
@@ -198,6 +206,7 @@ class Module:
             raise TypeError(f"cannot register {type(param).__name__} {name!r} as a Parameter")
         self._forget(name)
         self._parameters[name] = param
+        Module.layout_version += 1
 
     def register_buffer(self, name: str, array) -> None:
         """Register a state array that is saved in ``state_dict`` but is not trained."""
@@ -206,6 +215,7 @@ class Module:
         self._buffers[name] = (
             array if array is None or is_device_array(array) else np.asarray(array)
         )
+        Module.layout_version += 1
 
     def add_module(self, name: str, module: Module | None) -> None:
         self._check_new_name(name)
@@ -213,6 +223,7 @@ class Module:
             raise TypeError(f"cannot register {type(module).__name__} {name!r} as a Module")
         self._forget(name)
         self._modules[name] = module
+        Module.layout_version += 1
 
     # ----------------------------------------------------------------------------- traversal
 
