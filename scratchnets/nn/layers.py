@@ -207,9 +207,15 @@ class Conv2d(Module):
                 "(eval mode) only: train the unfused model"
             )
         ops = get_backend(self.backend)
-        if hasattr(ops, "conv2d_bias_act_forward"):
-            return ops.conv2d_bias_act_forward(
-                x, self.weight.data, b, **args, activation=self.fused_activation
+        if hasattr(ops, "conv2d_bias_act_checked"):
+            # the arguments' checks and geometry, once per input shape and dtype
+            key = (x.shape, x.dtype, args["padding"])
+            cached = self.__dict__.get("_fused_geometry")
+            if cached is None or cached[0] != key:
+                x, w, b, g = ops.conv_prepare(x, self.weight.data, b, **args)
+                self.__dict__["_fused_geometry"] = cached = (key, g)
+            return ops.conv2d_bias_act_checked(
+                x, self.weight.data, b, cached[1], self.fused_activation
             )
         y, _ = ops.conv2d_forward(x, self.weight.data, b, **args)
         return getattr(ops, f"{self.fused_activation}_forward")(y)[0]

@@ -35,7 +35,9 @@ from .elementwise import (
 from .fused import (
     batch_norm2d_relu6_backward,
     batch_norm2d_relu6_forward,
+    conv2d_bias_act_checked,
     conv2d_bias_act_forward,
+    conv_prepare,
     fold_bn_into_conv,
 )
 from .linear import linear_backward, linear_forward
