@@ -53,8 +53,10 @@ def test_fast_path_logits_equal_the_training_graph(name, options, size):
     exact = graph_eval(model64, x)
     fast64 = model64(x)
     assert np.max(np.abs(fast64 - exact)) <= 1e-10 * max(1.0, np.max(np.abs(exact)))
-    copy = model64.__dict__["_fast_eval_state"][1]
-    assert not any(isinstance(m, BatchNorm2d) for m in copy.modules()), "a BN was not folded"
+    copy = model64.__dict__["_fast_eval_state"][-1]
+    bns = {id(m) for m in copy.modules() if isinstance(m, BatchNorm2d)}
+    attached = {id(m._modules["folded_bn"]) for m in copy.modules() if "folded_bn" in m._modules}
+    assert bns == attached, "a BN runs on its own instead of inside its conv's output pass"
     model32 = make(name, options, np.float32)
     x32 = x.astype(np.float32)
     graph_error = np.max(np.abs(graph_eval(model32, x32) - exact))
@@ -69,7 +71,7 @@ def test_fast_path_logits_equal_the_training_graph(name, options, size):
 def test_mobilenet_v2_fuses_every_relu6_into_its_conv(backend):
     model = make("mobilenet_v2", dict(width_mult=0.35), np.float32, backend)
     model(np.zeros((1, 3, 32, 32), np.float32))
-    copy = model.__dict__["_fast_eval_state"][1]
+    copy = model.__dict__["_fast_eval_state"][-1]
     fused = [m for m in copy.modules() if isinstance(m, Conv2d) and m.fused_activation]
     assert len(fused) == 35  # stem, 17 depthwise, 16 expansions, last 1x1 (projections: linear)
     assert not any(isinstance(m, sn.nn.ReLU6) for m in copy.modules())
@@ -79,8 +81,8 @@ def test_a_changed_parameter_invalidates_the_folded_copy():
     model = make("mobilenet_v2", dict(width_mult=0.35), np.float64)
     x = np.random.default_rng(3).standard_normal((1, 3, 32, 32))
     before = model(x)
-    first_copy = model.__dict__["_fast_eval_state"][1]
-    assert model.__dict__["_fast_eval_state"][1] is first_copy and np.array_equal(model(x), before)
+    first_copy = model.__dict__["_fast_eval_state"][-1]
+    assert model.__dict__["_fast_eval_state"][-1] is first_copy and np.array_equal(model(x), before)
     # an in-place write into a weight, a BN statistic, and a new array assigned
     for change in (
         lambda: model.features[1].conv[0][0].weight.data.__setitem__((0, 0, 1, 1), 3.0),
@@ -180,3 +182,18 @@ def test_a_model_with_a_fast_copy_deep_copies_and_fuses():
     assert "_fast_eval_state" not in twin.__dict__
     np.testing.assert_array_equal(twin(x), y)
     np.testing.assert_allclose(sn.models.fuse(model)(x), y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "snapshotted"), [("mobilenet_v2", False), ("ghostnetv3_100", True)]
+)
+def test_only_derived_weights_are_snapshotted(name, snapshotted):
+    """The copy uses the model's own arrays (BN applied from its live statistics), so nothing
+    is copied or compared per forward, except the branch weights GhostNetV3 sums into new ones."""
+    model = make(name, dict(width_mult=0.25), np.float32)
+    model(np.zeros((1, 3, 64, 64), np.float32))
+    arrays, _, derived, copy = model.__dict__["_fast_eval_state"]
+    assert bool(derived) == snapshotted
+    shared = {id(p.data) for p in copy.parameters()}
+    derived_ids = {id(d) for d in derived}
+    assert all(id(p.data) in shared for p in model.parameters() if id(p.data) not in derived_ids)

@@ -89,7 +89,7 @@ def _device_copy(array):
     return copied
 
 
-def _copy_model(model: Module) -> Module:
+def _copy_model(model: Module, share: tuple = ()) -> Module:
     """A deep copy of ``model`` without its forward caches.
 
     numba.cuda device arrays cannot be deep-copied (their memory handles would be shared), so
@@ -97,12 +97,12 @@ def _copy_model(model: Module) -> Module:
     and handed to ``deepcopy`` through its memo. The caches of the last forward are detached
     while copying (they may hold device arrays too) and put back afterwards.
     """
-    memo = {}
+    memo = {id(array): array for array in share}  # arrays the copy uses as they are
     arrays = [b for _, b in model.named_buffers()]
     for _, param in model.named_parameters():
         arrays += [param.data, param.grad]
     for array in arrays:
-        if is_device_array(array):
+        if is_device_array(array) and id(array) not in memo:
             memo[id(array)] = _device_copy(array)
     saved = [(m, m._cache, m._out_shape) for m in model.modules()]
     try:
@@ -159,18 +159,19 @@ def fuse(model: Module, inplace: bool = False, activations: bool = False) -> Mod
 
 
 class EvalFastPath:
-    """A model mixin: in eval mode ``model(x)`` runs the model's inference copy, BN folded into
-    the convs and ReLU / ReLU6 fused into them (``fuse(model, activations=True)``, after
-    ``reparameterize()`` where a model has one), with no backward caches; ``train()`` returns to the training graph, which holds the parameters.
+    """A model mixin: in eval mode ``model(x)`` runs the model's inference copy, with no
+    backward caches; ``train()`` returns to the training graph, which holds the parameters.
 
-    The copy is rebuilt whenever a parameter or buffer has changed since it was made: before
-    each eval forward every array is compared with a snapshot taken at folding time
-    (``Snapshot``), so an optimizer step, a ``load_state_dict`` or ``weight.data[0, 0] += 1`` are
-    all seen. The price is one read of the weights and their copy (28 MB for MobileNetV2's
-    3.5 M): 1.8 ms with warm caches, up to 3.8 ms right after a forward, 10-18 % of a batch-1
-    forward at 224 px on the 2-core machine. ``model.fast_eval = False``
-    keeps eval mode on the training graph (for gradients in eval mode: a backward after a
-    fast-path forward is an error). Host backends only: on "cuda" eval runs the training graph.
+    The copy (``inference_copy``) shares every parameter and buffer array with the model: each
+    BN is applied inside its conv's output pass, from its current statistics, and each ReLU /
+    ReLU6 after a conv in a Sequential is fused into it, so there is nothing to go stale when a
+    weight changes, however it changes (optimizer step, ``load_state_dict``,
+    ``weight.data[0, 0] += 1``). The copy is rebuilt when the module layout changes, when an
+    array is replaced (``p.data = new``), or when an array it derived values from changes
+    (GhostNetV3's re-parameterised branches: those alone are snapshotted and compared).
+    ``model.fast_eval = False`` keeps eval mode on the training graph (for gradients in eval
+    mode: a backward after a fast-path forward is an error). Host backends only: on "cuda" eval
+    runs the training graph.
     """
 
     fast_eval = True
@@ -195,19 +196,19 @@ class EvalFastPath:
                 for table, name, is_parameter in cached[1]]  # fmt: skip
 
     def _inference_copy(self) -> Module:
+        """The copy, rebuilt when the module layout changed, an array was replaced, or an array
+        it derived values from (GhostNetV3's re-parameterised branches) changed."""
         state = self.__dict__.get("_fast_eval_state")
         arrays = self._tracked_arrays()
-        if state is not None and state[0].holds(arrays):
-            return state[1]
+        if state is not None and _same_arrays(arrays, state[0]) and state[1].holds(state[2]):
+            return state[3]
         self.__dict__.pop("_fast_eval_state", None)
         for module in self.modules():  # a backward must not use a training forward's caches
             module._cache = module._out_shape = None
-        copy_ = _copy_model(self)
-        if callable(getattr(type(copy_), "reparameterize", None)):
-            copy_.reparameterize()  # GhostNetV3's branches folded into one conv each
-        fuse(copy_, inplace=True, activations=True)
-        copy_.fast_eval = False
-        self.__dict__["_fast_eval_state"] = (Snapshot(arrays), copy_)
+        copy_ = inference_copy(self, arrays)
+        in_copy = {id(a) for a in _arrays_of(copy_)}
+        derived = [a for a in arrays if id(a) not in in_copy]  # read once, at building time
+        self.__dict__["_fast_eval_state"] = (arrays, Snapshot(derived), derived, copy_)
         return copy_
 
     def __getstate__(self) -> dict:
@@ -230,6 +231,37 @@ class EvalFastPath:
                 "gradients in eval mode, or call model.train()"
             )
         return super().backward(dy)
+
+
+def inference_copy(model: Module, arrays: list) -> Module:
+    """The eval fast path's copy of ``model``: it shares ``arrays`` (every parameter and buffer)
+    instead of copying them, re-parameterises GhostNetV3's branches (new, derived weights),
+    attaches each declared BN to its conv as ``folded_bn`` (applied in the conv's output pass
+    from the BN's current statistics: nothing to go stale) and fuses the activations."""
+    copy_ = _copy_model(model, share=tuple(arrays))
+    for module in list(copy_.modules()):
+        if module is not copy_ and callable(getattr(type(module), "reparameterize", None)):
+            module.reparameterize()  # GhostNetV3 blocks: the branches summed into one conv
+    for _, block in list(copy_.named_modules()):
+        for conv_path, bn_path in getattr(block, "bn_folds", ()):
+            conv_parent, conv_name, conv = _locate(block, conv_path)
+            bn_parent, bn_name, bn = _locate(block, bn_path)
+            if not isinstance(bn, BatchNorm2d) or not isinstance(conv, Conv2d):
+                continue  # folded before
+            setattr(bn_parent, bn_name, _norm_remainder(bn))
+            conv.folded_bn = bn.eval()
+    fuse_activations(copy_)
+    copy_.fast_eval = False
+    return copy_.eval()
+
+
+def _arrays_of(model: Module) -> list:
+    arrays = [p.data for p in model.parameters()]
+    return arrays + [b for b in model.buffers() if isinstance(b, np.ndarray)]
+
+
+def _same_arrays(arrays: list, before: list) -> bool:
+    return len(arrays) == len(before) and all(a is b for a, b in zip(arrays, before, strict=True))
 
 
 #: elements compared per parallel task of ``_chunks_differ``

@@ -185,46 +185,71 @@ class Conv2d(Module):
         return s
 
     #: an activation absorbed by ``models.fuse(..., activations=True)`` ("relu" / "relu6"):
-    #: the conv then computes act(conv(x) + b) for inference only, with no cache and no backward
+    #: the conv then computes act(conv(x) + b) for inference only, with no cache and no backward.
+    #: A submodule ``folded_bn`` (an eval-mode BatchNorm2d the eval fast path attaches) is applied
+    #: in the same pass: act(BN(conv(x) + b)), reading the BN's current statistics each call.
     fused_activation: str | None = None
+
+    def _inference_only(self) -> bool:
+        return self.fused_activation is not None or "folded_bn" in self._modules
 
     def forward(self, x):
         self._check_input(x, ("N", self.in_channels, "H", "W"), match_dtype=True)
         b = None if self.bias is None else self.bias.data
         args = dict(stride=self.stride, padding=self._op_padding, dilation=self.dilation,
                     groups=self.groups)  # fmt: skip
-        if self.fused_activation is not None:
+        if self._inference_only():
             return self._forward_fused(x, b, args)
         y, cache = F.conv2d_forward(x, self.weight.data, b, **args, backend=self.backend)
         self._save(cache, y.shape)
         return y
 
+    def _bn_scale_shift(self, b, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """The attached BN as ``y * scale + shift`` after the conv (its bias ``b`` included):
+        scale = gamma / sqrt(running_var + eps), shift = (b - running_mean) * scale + beta, in
+        float64, returned in the input's dtype."""
+        bn = self._modules["folded_bn"]
+        gamma = 1.0 if bn.weight is None else np.asarray(to_numpy(bn.weight.data), np.float64)
+        beta = 0.0 if bn.bias is None else np.asarray(to_numpy(bn.bias.data), np.float64)
+        scale = gamma / np.sqrt(np.asarray(to_numpy(bn.running_var), np.float64) + bn.eps)
+        bias = 0.0 if b is None else np.asarray(to_numpy(b), np.float64)
+        shift = (bias - np.asarray(to_numpy(bn.running_mean), np.float64)) * scale + beta
+        return scale.astype(dtype), np.broadcast_to(shift, scale.shape).astype(dtype)
+
     def _forward_fused(self, x, b, args: dict):
-        """act(conv(x) + b) in one kernel where the backend has one (cpu), else op by op."""
+        """act(BN(conv(x) + b)) with the BN and the activation where present: in one kernel where
+        the backend has one (cpu), else op by op."""
         if self.training:
             raise RuntimeError(
-                f"{self._get_name()} with a fused {self.fused_activation} is for inference "
-                "(eval mode) only: train the unfused model"
+                f"{self._get_name()} with a fused BN / activation is for inference (eval mode) "
+                "only: train the unfused model"
             )
+        scale = None
+        if "folded_bn" in self._modules:
+            scale, b = self._bn_scale_shift(b, x.dtype)
         ops = get_backend(self.backend)
         if hasattr(ops, "conv2d_bias_act_checked"):
             # the arguments' checks and geometry, once per input shape and dtype
             key = (x.shape, x.dtype, args["padding"])
             cached = self.__dict__.get("_fused_geometry")
             if cached is None or cached[0] != key:
-                x, w, b, g = ops.conv_prepare(x, self.weight.data, b, **args)
+                x, _, _, g = ops.conv_prepare(x, self.weight.data, b, **args)
                 self.__dict__["_fused_geometry"] = cached = (key, g)
             return ops.conv2d_bias_act_checked(
-                x, self.weight.data, b, cached[1], self.fused_activation
+                x, self.weight.data, b, cached[1], self.fused_activation, scale
             )
-        y, _ = ops.conv2d_forward(x, self.weight.data, b, **args)
+        y, _ = ops.conv2d_forward(x, self.weight.data, None if scale is not None else b, **args)
+        if scale is not None:
+            y = y * scale[None, :, None, None] + b[None, :, None, None]
+        if self.fused_activation is None:
+            return y
         return getattr(ops, f"{self.fused_activation}_forward")(y)[0]
 
     def backward(self, dy):
-        if self.fused_activation is not None:
+        if self._inference_only():
             raise RuntimeError(
-                f"{self._get_name()} with a fused {self.fused_activation} has no backward "
-                "(an inference-only layer of models.fuse(..., activations=True))"
+                f"{self._get_name()} with a fused BN / activation has no backward (an "
+                "inference-only layer of models.fuse(..., activations=True) or the eval fast path)"
             )
         dx, dw, db = F.conv2d_backward(dy, self._saved(dy), backend=self.backend)
         self._accumulate(self.weight, dw)

@@ -99,15 +99,17 @@ def fold_bn_into_conv(w, b, weight, bias, running_mean, running_var, eps=1e-5):
 
 
 @njit(parallel=True, cache=True)
-def _bias_clamp_kernel(y, b, use_bias, low, high):
-    """y[n, c] = min(max(y[n, c] + b[c], low), high) in place; y (N, C, P), one plane per step.
+def _epilogue_kernel(y, scale, use_scale, shift, use_shift, low, high):
+    """y[n, c] = min(max(y[n, c] * scale[c] + shift[c], low), high) in place (the multiply only
+    with ``use_scale``, the add only with ``use_shift``); y (N, C, P), one plane per step.
     ``max`` / ``min`` as written pass NaN through, like ReLU6's kernel."""
     batch, channels, size = y.shape
     for plane in prange(batch * channels):
         n, c = plane // channels, plane % channels
-        bias = b[c] if use_bias else 0.0
+        s = scale[c] if use_scale else 1.0
+        b = shift[c] if use_shift else 0.0
         for i in range(size):
-            v = y[n, c, i] + bias
+            v = y[n, c, i] * s + b if use_scale else y[n, c, i] + b
             y[n, c, i] = low if v <= low else (high if v >= high else v)
 
 
@@ -122,16 +124,21 @@ def conv2d_bias_act_forward(
     return conv2d_bias_act_checked(x, w, b, g, activation)
 
 
-def conv2d_bias_act_checked(x, w, b, g, activation) -> np.ndarray:
+def conv2d_bias_act_checked(x, w, b, g, activation, scale=None) -> np.ndarray:
     """``conv2d_bias_act_forward`` for arguments already checked, with their geometry ``g``
     (``reference.conv._prepare``): what an inference layer calls once it has validated an input
-    shape, skipping the per-call checks (~50 us a layer, a tenth of a small layer's time)."""
+    shape, skipping the per-call checks (~50 us a layer, a tenth of a small layer's time).
+    With ``scale`` (C_out,): ``act(conv2d(x, w) * scale + b)``, an eval-mode BatchNorm applied
+    in the same pass (``b`` its shift) instead of folded into a copy of ``w``."""
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     b = None if b is None else np.ascontiguousarray(b)
     kind = conv_kind(g)
-    if kind == "depthwise":
+    if kind == "depthwise" and scale is None:
         y, _ = _depthwise_forward(x, w, b, g)  # bias added in the kernel
         bias_left = None
+    elif kind == "depthwise":
+        y, _ = _depthwise_forward(x, w, None, g)
+        bias_left = b
     else:
         y = (
             _pointwise_forward(_pointwise_input(x, g), w, g)
@@ -139,10 +146,12 @@ def conv2d_bias_act_checked(x, w, b, g, activation) -> np.ndarray:
             else (_general_forward(x, w, g))
         )
         bias_left = b
-    if bias_left is None and activation is None:
+    if bias_left is None and activation is None and scale is None:
         return y
     low, high = ACTIVATION_RANGES[activation]
-    bias = np.zeros(1, y.dtype) if bias_left is None else bias_left
+    dummy = np.zeros(1, y.dtype)
     planes = y.reshape(g.batch, g.out_channels, -1)
-    _bias_clamp_kernel(planes, bias, bias_left is not None, y.dtype.type(low), y.dtype.type(high))
+    _epilogue_kernel(planes, dummy if scale is None else np.ascontiguousarray(scale, y.dtype),
+                     scale is not None, dummy if bias_left is None else bias_left,
+                     bias_left is not None, y.dtype.type(low), y.dtype.type(high))  # fmt: skip
     return y
