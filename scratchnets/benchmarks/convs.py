@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,13 +51,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .timing import (
+    add_json_option,
     format_table,
+    json_to_stdout,
     machine_info,
     machine_peaks,
     max_rel_error,
     median_time,
     print_header,
     setup_torch,
+    write_json,
 )
 
 HELP = "conv-cost study: 16-layer 5x5/3x3/depthwise/1x1/1x3/3x1 stacks, scratchnets vs torch"
@@ -321,14 +323,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also time torch (CPU, and CUDA when available) in the same run",
     )
     parser.add_argument("--plot", default=None, metavar="FILE", help="draw the study to this PNG")
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        default=None,
-        metavar="FILE",
-        help="write the results as JSON to FILE, or to stdout (tables then go to stderr)",
-    )
+    add_json_option(parser)
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument(
         "--convs",
@@ -359,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
         "savings": savings(rows),
     }
     # with --json and no FILE, stdout carries only the JSON document
-    with contextlib.redirect_stdout(sys.stderr if args.json == "-" else sys.stdout):
+    with contextlib.redirect_stdout(sys.stderr if json_to_stdout(args) else sys.stdout):
         print_header(result["machine"] | {f"peak {d}": p for d, p in result["peaks"].items()})
         print(
             f"# batch {args.batch}, {args.size}x{args.size}, {args.layers} layers; seconds per "
@@ -374,9 +369,5 @@ def run(args: argparse.Namespace) -> int:
             title = f"{args.layers} convs, batch {args.batch}, {args.size}x{args.size}"
             plot_conv_study(rows, args.plot, title)
             print(f"plot written to {args.plot}")
-    if args.json == "-":
-        print(json.dumps(result, indent=2, default=str))
-    elif args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2, default=str)
+    write_json(result, args)
     return 0

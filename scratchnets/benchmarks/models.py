@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 
@@ -38,14 +37,17 @@ import numpy as np
 
 from .convs import torch_device
 from .timing import (
+    add_json_option,
     format_table,
     import_torchvision,
+    json_to_stdout,
     machine_info,
     machine_peaks,
     max_rel_error,
     median_time,
     print_header,
     setup_torch,
+    write_json,
 )
 
 HELP = "whole models: inference and training-step speed of every model vs its torch twin"
@@ -273,14 +275,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="time the eval forward only (no training step)",
     )
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        default=None,
-        metavar="FILE",
-        help="write the results as JSON to FILE, or to stdout (tables then go to stderr)",
-    )
+    add_json_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -308,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
         "args": {k: v for k, v in vars(args).items() if k != "func"},
         "rows": rows,
     }
-    with contextlib.redirect_stdout(sys.stderr if args.json == "-" else sys.stdout):
+    with contextlib.redirect_stdout(sys.stderr if json_to_stdout(args) else sys.stdout):
         print_header(result["machine"] | {f"peak {device}": peak})
         print(
             f"# backend {args.backend}, batch {args.batch}, {args.resolution}x{args.resolution}, "
@@ -318,9 +313,5 @@ def run(args: argparse.Namespace) -> int:
         for phase, title in titles[:phases]:
             print(f"\n{title}")
             print(format_table(rows, columns(phase, peak["matmul_gflops"])))
-    if args.json == "-":
-        print(json.dumps(result, indent=2, default=str))
-    elif args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2, default=str)
+    write_json(result, args)
     return 0

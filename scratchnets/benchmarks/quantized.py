@@ -25,14 +25,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .timing import format_table, machine_info, median_time, print_header
+from .timing import (
+    add_json_option,
+    format_table,
+    json_to_stdout,
+    machine_info,
+    median_time,
+    print_header,
+    write_json,
+)
 
 HELP = "uint8 MobileNets: our integer model vs TensorFlow Lite (reference and XNNPACK) and float"
 
@@ -131,10 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeat", type=int, default=5, help="timed runs (median)")
-    parser.add_argument(
-        "--json", nargs="?", const="-", default=None, metavar="FILE",
-        help="write the results as JSON to FILE, or to stdout (tables then go to stderr)",
-    )  # fmt: skip
+    add_json_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,14 +159,10 @@ def run(args: argparse.Namespace) -> int:
                  vars(args).items() if k != "func"},
         "rows": rows,
     }  # fmt: skip
-    with contextlib.redirect_stdout(sys.stderr if args.json == "-" else sys.stdout):
+    with contextlib.redirect_stdout(sys.stderr if json_to_stdout(args) else sys.stdout):
         print_header(result["machine"])
         print(f"# milliseconds per image, median of {args.repeat}; ours == TFLite ref, byte for "
               "byte, checked first")  # fmt: skip
         print(format_table(rows, COLUMNS))
-    if args.json == "-":
-        print(json.dumps(result, indent=2, default=str))
-    elif args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2, default=str)
+    write_json(result, args)
     return 0

@@ -227,3 +227,32 @@ def machine_peaks(device: str = "cpu", n: int = 2048, copy_mib: int = 256, repea
     gflops = 2.0 * n**3 / median_time(matmul, repeat) / 1e9
     gbs = 2.0 * 4 * floats / median_time(copy, repeat) / 1e9
     return {"matmul_gflops": gflops, "copy_gbs": gbs, "ridge_flop_per_byte": gflops / gbs}
+
+
+def add_json_option(parser) -> None:
+    """``--json [FILE]``: the results as JSON to FILE, or (no FILE) to stdout, the tables then
+    going to stderr (``json_to_stdout`` / ``write_json``)."""
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="write the results as JSON to FILE, or to stdout (tables then go to stderr)",
+    )
+
+
+def json_to_stdout(args) -> bool:
+    """Whether ``--json`` without a FILE was given (stdout holds the JSON alone)."""
+    return args.json == "-"
+
+
+def write_json(result: dict, args) -> None:
+    """``result`` as ``--json`` asked: to stdout, to its FILE, or nowhere."""
+    import json
+
+    if json_to_stdout(args):
+        print(json.dumps(result, indent=2, default=str))
+    elif args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=str)
