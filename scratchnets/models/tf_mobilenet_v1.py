@@ -63,7 +63,13 @@ def tf_mobilenet_v1(
         layers[f"Conv2d_{index}_pointwise"] = _conv(c_prev, c_out, 1, 1, 1, rng)
         layers[f"Conv2d_{index}_pointwise_relu6"] = ReLU6()
         c_prev = c_out
-    classifier = _conv(c_prev, num_classes, 1, 1, 1, rng)
+    return with_tf_slim_head(layers, c_prev, num_classes, width_mult, rng)
+
+
+def with_tf_slim_head(layers: dict, c_in: int, num_classes: int, width_mult: float, rng):
+    """``layers`` followed by TF-slim's head, global average pool, ``Conv2d_1c_1x1`` (a biased
+    1x1 conv, weights ~ N(0, 0.01^2)) and flatten, as a Sequential recording ``width_mult``."""
+    classifier = _conv(c_in, num_classes, 1, 1, 1, rng)
     classifier.weight.data[...] = rng.normal(0.0, 0.01, classifier.weight.shape)
     layers |= {"pool": AdaptiveAvgPool2d(1), "Conv2d_1c_1x1": classifier, "flatten": Flatten()}
     model = Sequential(layers)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn import Flatten, ReLU6, Sequential
-from .blocks import AdaptiveAvgPool2d, ResidualBlock, make_divisible
+from ..nn import ReLU6, Sequential
+from .blocks import ResidualBlock, make_divisible
 from .mobilenet_v2 import INVERTED_RESIDUAL_SETTING, LAST_CHANNELS, STEM_CHANNELS
 from .registry import register_model
-from .tf_mobilenet_v1 import _conv
+from .tf_mobilenet_v1 import _conv, with_tf_slim_head
 
 
 class FoldedInvertedResidual(ResidualBlock):
@@ -63,9 +63,4 @@ def tf_mobilenet_v2(
             c_prev, index = c_out, index + 1
     last = make_divisible(LAST_CHANNELS * width_mult)  # TF-slim thins it too, by default
     layers |= {"Conv_1": _conv(c_prev, last, 1, 1, 1, rng), "Conv_1_relu6": ReLU6()}
-    classifier = _conv(last, num_classes, 1, 1, 1, rng)
-    classifier.weight.data[...] = rng.normal(0.0, 0.01, classifier.weight.shape)
-    layers |= {"pool": AdaptiveAvgPool2d(1), "Conv2d_1c_1x1": classifier, "flatten": Flatten()}
-    model = Sequential(layers)
-    model.width_mult = width_mult
-    return model
+    return with_tf_slim_head(layers, last, num_classes, width_mult, rng)
