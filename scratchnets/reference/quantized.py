@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._padding import normalize_padding, pad_nchw, pair, sliding_windows
+from ._padding import conv_output_size, normalize_padding, pad_nchw, pair, sliding_windows
 from .conv import conv2d_forward
 from .fixed_point import (
     exp_on_negative_values,
@@ -129,16 +129,26 @@ def quantized_add(
     multiplies, each rounding once (TFLite's ``AddElementwise``).
     """
     a, b = _uint8(a, "a"), _uint8(b, "b")
-    twice_max_scale = 2.0 * float(max(np.float32(a_q.scale), np.float32(b_q.scale)))
+    a_multiplier, b_multiplier, out_multiplier = add_multipliers(a_q, b_q, y_q)
 
-    def to_common_scale(q, q_params: QuantParams):
+    def to_common_scale(q, q_params: QuantParams, real_multiplier: float):
         shifted = (q.astype(np.int64) - q_params.zero_point) << ADD_LEFT_SHIFT
-        m0, shift = quantize_multiplier(float(np.float32(q_params.scale)) / twice_max_scale)
-        return multiply_by_quantized_multiplier(shifted, m0, shift)
+        return multiply_by_quantized_multiplier(shifted, *quantize_multiplier(real_multiplier))
 
-    raw_sum = to_common_scale(a, a_q) + to_common_scale(b, b_q)
-    out_multiplier = twice_max_scale / ((1 << ADD_LEFT_SHIFT) * float(np.float32(y_q.scale)))
+    raw_sum = to_common_scale(a, a_q, a_multiplier) + to_common_scale(b, b_q, b_multiplier)
     return requantize(raw_sum, out_multiplier, y_q, activation_range(activation, y_q))
+
+
+def add_multipliers(a_q: QuantParams, b_q: QuantParams, y_q: QuantParams):
+    """The three real multipliers of ``quantized_add``: ``S_a / (2 max(S_a, S_b))``,
+    ``S_b / (2 max(S_a, S_b))`` and ``2 max(S_a, S_b) / (2^20 S_y)``, from the float32 scales
+    in float64 (TFLite's ``PrepareGeneralSubOp``)."""
+    twice_max_scale = 2.0 * float(max(np.float32(a_q.scale), np.float32(b_q.scale)))
+    return (
+        float(np.float32(a_q.scale)) / twice_max_scale,
+        float(np.float32(b_q.scale)) / twice_max_scale,
+        twice_max_scale / ((1 << ADD_LEFT_SHIFT) * float(np.float32(y_q.scale))),
+    )
 
 
 def quantized_avg_pool2d(
@@ -151,11 +161,9 @@ def quantized_avg_pool2d(
     kernel, stride = pair(kernel_size, "kernel_size", 1), pair(stride, "stride", 1)
     pads = normalize_padding(padding)
     top, bottom, left, right = pads
-    out_hw = tuple(
-        (size + before + after - k) // s + 1
-        for size, before, after, k, s in zip(
-            x.shape[2:], (top, left), (bottom, right), kernel, stride, strict=True
-        )
+    out_hw = (
+        conv_output_size(x.shape[2], kernel[0], stride[0], top, bottom),
+        conv_output_size(x.shape[3], kernel[1], stride[1], left, right),
     )
     padded = pad_nchw(x.astype(np.int64), pads)  # (N, C, Hp, Wp)
     real = pad_nchw(np.ones((1, 1, *x.shape[2:]), dtype=np.int64), pads)  # 1 on real pixels

@@ -26,16 +26,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from scratchnets.reference._padding import normalize_padding, pair
+from scratchnets.reference._padding import conv_output_size, normalize_padding, pair
 from scratchnets.reference.fixed_point import INT32_MAX, INT32_MIN, quantize_multiplier
 from scratchnets.reference.quantized import (
     ADD_LEFT_SHIFT,
     QuantParams,
     activation_range,
+    add_multipliers,
     conv_multiplier,
     quantized_avg_pool2d,
     quantized_softmax,
 )
+from scratchnets.reference.quantized import _uint8 as _checked_uint8
 
 from .conv import conv2d_forward
 
@@ -108,10 +110,7 @@ def _depthwise_kernel(
 
 
 def _uint8(q, name: str) -> np.ndarray:
-    q = np.asarray(q)
-    if q.dtype != np.uint8:
-        raise TypeError(f"{name} must be a uint8 array, got dtype {q.dtype}")
-    return np.ascontiguousarray(q)
+    return np.ascontiguousarray(_checked_uint8(q, name))
 
 
 def _shifts(real_multiplier: float) -> tuple[int, int, int]:
@@ -134,8 +133,8 @@ def quantized_conv2d(
         (sh, sw), pads = pair(stride, "stride", 1), normalize_padding(padding)
         top, bottom, left, right = pads
         kh, kw = w.shape[2:]
-        out_h = (x.shape[2] + top + bottom - kh) // sh + 1
-        out_w = (x.shape[3] + left + right - kw) // sw + 1
+        out_h = conv_output_size(x.shape[2], kh, sh, top, bottom)
+        out_w = conv_output_size(x.shape[3], kw, sw, left, right)
         if out_h < 1 or out_w < 1:
             raise ValueError(f"quantized_conv2d: kernel {(kh, kw)} does not fit x {x.shape}")
         out = np.empty((x.shape[0], out_channels, out_h, out_w), np.uint8)
@@ -173,11 +172,9 @@ def quantized_add(
     a, b = _uint8(a, "a"), _uint8(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"quantized_add: shapes {a.shape} and {b.shape} differ")
-    twice_max_scale = 2.0 * float(max(np.float32(a_q.scale), np.float32(b_q.scale)))
-    a_scale = np.array(_shifts(float(np.float32(a_q.scale)) / twice_max_scale), np.int64)
-    b_scale = np.array(_shifts(float(np.float32(b_q.scale)) / twice_max_scale), np.int64)
-    out_real = twice_max_scale / ((1 << ADD_LEFT_SHIFT) * float(np.float32(y_q.scale)))
-    out_scale = np.array(_shifts(out_real), np.int64)
+    a_scale, b_scale, out_scale = (
+        np.array(_shifts(real), np.int64) for real in add_multipliers(a_q, b_q, y_q)
+    )
     low, high = activation_range(activation, y_q)
     out = np.empty(a.shape, np.uint8)
     _add_kernel(a, b, a_q.zero_point, b_q.zero_point, a_scale, b_scale, out_scale,
