@@ -137,6 +137,28 @@ def fuse_activations(model: Module) -> Module:
     return model
 
 
+def _unfolded_pairs(model: Module) -> list:
+    """Every declared (conv, BN) pair of ``model`` whose BN is still there, as
+    ``((conv parent, name, conv), (bn parent, name, bn))``: the places ``fuse`` and the eval
+    fast path change."""
+    pairs = []
+    for _, block in list(model.named_modules()):
+        for conv_path, bn_path in getattr(block, "bn_folds", ()):
+            conv, bn = _locate(block, conv_path), _locate(block, bn_path)
+            if isinstance(bn[2], BatchNorm2d) and isinstance(conv[2], Conv2d):
+                pairs.append((conv, bn))
+    return pairs
+
+
+def reparameterize_blocks(model: Module) -> Module:
+    """Call ``reparameterize()`` on every block below ``model`` that has one (GhostNetV3's
+    multi-branch convs summed into one conv each); returns ``model``."""
+    for module in list(model.modules()):
+        if module is not model and callable(getattr(type(module), "reparameterize", None)):
+            module.reparameterize()
+    return model
+
+
 def fuse(model: Module, inplace: bool = False, activations: bool = False) -> Module:
     """Fold every declared (conv, BN) pair of ``model`` (see the module docstring), and with
     ``activations`` also the ReLU / ReLU6 after a conv into it (``fuse_activations``).
@@ -145,14 +167,9 @@ def fuse(model: Module, inplace: bool = False, activations: bool = False) -> Mod
     already been folded are skipped, so fusing twice is harmless.
     """
     fused = model if inplace else _copy_model(model)
-    for _, block in list(fused.named_modules()):
-        for conv_path, bn_path in getattr(block, "bn_folds", ()):
-            conv_parent, conv_name, conv = _locate(block, conv_path)
-            bn_parent, bn_name, bn = _locate(block, bn_path)
-            if not isinstance(bn, BatchNorm2d):
-                continue  # folded before
-            setattr(conv_parent, conv_name, fold_bn(conv, bn))
-            setattr(bn_parent, bn_name, _norm_remainder(bn))
+    for (conv_parent, conv_name, conv), (bn_parent, bn_name, bn) in _unfolded_pairs(fused):
+        setattr(conv_parent, conv_name, fold_bn(conv, bn))
+        setattr(bn_parent, bn_name, _norm_remainder(bn))
     if activations:
         fuse_activations(fused)
     return fused.eval()
@@ -176,8 +193,11 @@ class EvalFastPath:
 
     fast_eval = True
 
+    def _runs_fast(self) -> bool:
+        return not self.training and self.fast_eval and self.backend in ("cpu", "reference")
+
     def __call__(self, *args, **kwargs):
-        if self.training or not self.fast_eval or self.backend not in ("cpu", "reference"):
+        if not self._runs_fast():
             return self.forward(*args, **kwargs)
         return self._inference_copy().forward(*args, **kwargs)
 
@@ -224,7 +244,7 @@ class EvalFastPath:
         return super().train(mode)
 
     def backward(self, dy):
-        if not self.training and self.fast_eval and self.backend in ("cpu", "reference"):
+        if self._runs_fast():
             raise RuntimeError(
                 f"{type(self).__name__}.backward after an eval-mode forward: eval runs the fused "
                 "inference copy, which keeps no caches; set model.fast_eval = False for "
@@ -238,18 +258,10 @@ def inference_copy(model: Module, arrays: list) -> Module:
     instead of copying them, re-parameterises GhostNetV3's branches (new, derived weights),
     attaches each declared BN to its conv as ``folded_bn`` (applied in the conv's output pass
     from the BN's current statistics: nothing to go stale) and fuses the activations."""
-    copy_ = _copy_model(model, share=tuple(arrays))
-    for module in list(copy_.modules()):
-        if module is not copy_ and callable(getattr(type(module), "reparameterize", None)):
-            module.reparameterize()  # GhostNetV3 blocks: the branches summed into one conv
-    for _, block in list(copy_.named_modules()):
-        for conv_path, bn_path in getattr(block, "bn_folds", ()):
-            conv_parent, conv_name, conv = _locate(block, conv_path)
-            bn_parent, bn_name, bn = _locate(block, bn_path)
-            if not isinstance(bn, BatchNorm2d) or not isinstance(conv, Conv2d):
-                continue  # folded before
-            setattr(bn_parent, bn_name, _norm_remainder(bn))
-            conv.folded_bn = bn.eval()
+    copy_ = reparameterize_blocks(_copy_model(model, share=tuple(arrays)))
+    for (_, _, conv), (bn_parent, bn_name, bn) in _unfolded_pairs(copy_):
+        setattr(bn_parent, bn_name, _norm_remainder(bn))
+        conv.folded_bn = bn.eval()
     fuse_activations(copy_)
     copy_.fast_eval = False
     return copy_.eval()
@@ -269,8 +281,8 @@ SNAPSHOT_CHUNK = 1 << 16
 
 
 class Snapshot:
-    """A copy of a list of arrays, and one question: are these still the same arrays holding
-    the same bytes? Contiguous 4- and 8-byte arrays (weights, BN statistics and counters) are
+    """A copy of a list of arrays (the eval fast path's derived-from weights), and one
+    question: are these still the same arrays holding the same bytes? Contiguous 4- and 8-byte arrays (weights, BN statistics and counters) are
     compared as unsigned integers (bit patterns: NaN equals itself, a rewritten -0.0 is a
     change) by one parallel Numba pass over fixed-size chunks of all of them, one parallel
     region rather than one per array; anything else with ``np.array_equal``. (A checksum

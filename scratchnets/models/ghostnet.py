@@ -43,7 +43,7 @@ from ..nn import (
     Sequential,
 )
 from .blocks import BatchNormAct2d, make_divisible
-from .fuse import EvalFastPath, fuse
+from .fuse import EvalFastPath, fuse, reparameterize_blocks
 from .registry import register_model
 
 #: Ghost bottleneck settings per stage, at width 1: (kernel k, expansion width, output width,
@@ -402,10 +402,7 @@ class GhostNet(EvalFastPath, Sequential):
         folds them into one conv, then every declared conv -> BN pair is folded
         (``scratchnets.models.fuse``). Returns self in eval mode; eval outputs are unchanged up to
         rounding."""
-        for module in list(self.modules()):
-            if module is not self and hasattr(module, "reparameterize"):
-                module.reparameterize()
-        return fuse(self, inplace=True)
+        return fuse(reparameterize_blocks(self), inplace=True)
 
 
 @register_model("ghostnet_100", aliases=("ghostnet",))
