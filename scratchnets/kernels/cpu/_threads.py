@@ -29,6 +29,17 @@ The policy:
    container or under ``taskset`` fewer cores may be usable (``os.sched_getaffinity``);
    ``apply_policy`` lowers numba's active thread count to the usable cores (never raises it).
 
+4. **numba's OpenMP workers spin briefly** (``GOMP_SPINCOUNT``, set to ``SPIN_COUNT`` when this
+   module is imported unless the user set it; libgomp reads it once, when numba first loads it).
+   libgomp's default spins for about 300 000 iterations after each parallel region, so a GEMM
+   piece started right after a numba kernel found its core taken by a spinning worker: in the
+   eval forward, splitting the GEMMs over 2 cores gained nothing (MobileNetV2 224 px batch 32:
+   454 ms split, 396 ms unsplit). With 30 000 spins, back-to-back kernels still find their workers
+   awake and the split pays: 275-290 ms (see bench/NOTES.md, "Spinning workers").
+5. **Small GEMMs run on one core** (``SPLIT_MIN_MACS``): handing a piece to the pool and waiting
+   for it costs more than the second core gains below a few 10^7 multiply-adds (every pointwise
+   conv of MobileNetV2 at batch 1, 224 px: 5.3 ms split, 3.9 ms unsplit, measured alone).
+
 Splitting a product into pieces changes only which BLAS calls compute which outputs; sums over
 the pieces (``over_cores`` partial results) are added in piece order, so results are
 deterministic on a given machine (the number of pieces follows its core count).
@@ -47,6 +58,14 @@ import numba
 import numpy as np
 
 T = TypeVar("T")
+
+#: libgomp's spin count for numba's idle workers (policy 4); a user's own setting wins
+SPIN_COUNT = "30000"
+_SPIN_COUNT_APPLIED = "GOMP_SPINCOUNT" not in os.environ
+os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+
+#: a GEMM with fewer multiply-adds than this runs as one BLAS call (policy 5)
+SPLIT_MIN_MACS = 30_000_000
 
 
 def usable_cores() -> int:
@@ -97,11 +116,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``np.matmul(a, b, out=out)`` on every core; ``a`` (M, K) or (B, M, K), ``b`` (K, P) or
     (B, K, P), ``out`` (M, P) or (B, M, P).
 
-    Split along the batch axis B when it has at least one item per core (each piece a batch of
-    independent GEMMs), else along the rows M of ``out`` (pieces of one GEMM). Returns ``out``.
+    One BLAS call below ``SPLIT_MIN_MACS`` multiply-adds; above, split along the batch axis B
+    when it has at least one item per core (each piece a batch of independent GEMMs), else along
+    the rows M of ``out`` (pieces of one GEMM). Returns ``out``.
     """
     batch = out.shape[0] if out.ndim == 3 else 1
-    if out.ndim == 3 and batch >= usable_cores():
+    if out.size * a.shape[-1] < SPLIT_MIN_MACS:
+        np.matmul(a, b, out=out)
+    elif out.ndim == 3 and batch >= usable_cores():
 
         def piece(lo: int, hi: int) -> None:
             a_part = a[lo:hi] if a.ndim == 3 else a
@@ -155,4 +177,7 @@ def describe() -> dict:
         "numba_threading_layer": layer,
         "blas": _blas_description(),
         "gemm_threads": usable_cores(),
+        "gemm_split_min_macs": SPLIT_MIN_MACS,
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")
+        + ("" if _SPIN_COUNT_APPLIED else " (the user's)"),
     }
