@@ -14,6 +14,7 @@ from types import ModuleType
 #: Every op as a ``<op>_forward(...) -> (y, cache)`` / ``<op>_backward(dy, cache) -> grads`` pair.
 OPS = (
     "conv2d",
+    "pad2d",
     "batch_norm2d",
     "relu",
     "relu6",

@@ -164,6 +164,16 @@ def _cases(rng: np.random.Generator) -> list[Case]:
             lambda ops, v: ops.dropout_forward(v["x"], 0.3, True, seed=7),
             ("x",),
         ),
+        *(
+            Case(
+                f"pad2d {mode} (top, bottom, left, right) = (2, 1, 3, 0)",
+                "pad2d",
+                {"x": randn(2, 2, 4, 5)},
+                lambda ops, v, mode=mode: ops.pad2d_forward(v["x"], (2, 1, 3, 0), mode, 0.5),
+                ("x",),
+            )
+            for mode in ("constant", "reflect", "replicate", "circular")
+        ),
         Case(
             "upsample_nearest2d 3x4 -> 7x5",
             "upsample_nearest2d",

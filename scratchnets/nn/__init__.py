@@ -13,6 +13,8 @@ from .layers import (
     AdaptiveAvgPool2d,
     AvgPool2d,
     BatchNorm2d,
+    CircularPad2d,
+    ConstantPad2d,
     Conv2d,
     CrossEntropyLoss,
     Dropout,
@@ -20,10 +22,13 @@ from .layers import (
     Hardsigmoid,
     Linear,
     MaxPool2d,
+    ReflectionPad2d,
     ReLU,
     ReLU6,
+    ReplicationPad2d,
     Sigmoid,
     Upsample,
+    ZeroPad2d,
 )
 from .module import Identity, IncompatibleKeys, Module, Parameter, Sequential
 
@@ -47,5 +52,10 @@ __all__ = [
     "Dropout",
     "Flatten",
     "Upsample",
+    "ZeroPad2d",
+    "ConstantPad2d",
+    "ReflectionPad2d",
+    "ReplicationPad2d",
+    "CircularPad2d",
     "CrossEntropyLoss",
 ]

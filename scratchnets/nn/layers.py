@@ -125,7 +125,13 @@ class Conv2d(Module):
     Shapes: x (N, C_in, H, W), weight (C_out, C_in / groups, kh, kw), bias (C_out,),
     y (N, C_out, OH, OW). ``padding``: int, (ph, pw), (top, bottom, left, right), "valid" or
     "same" (stride 1). Depthwise: ``groups == in_channels``. See ``reference.conv2d_forward``.
+    ``padding_mode``: what the border holds, as torch: "zeros", or "reflect", "replicate",
+    "circular" (the input padded by ``pad2d`` first, then convolved without padding; the
+    backward scatter-adds the border's gradient back into the pixels it copied).
     """
+
+    PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
+                     "circular": "circular"}  # fmt: skip
 
     def __init__(
         self,
@@ -137,11 +143,18 @@ class Conv2d(Module):
         dilation=1,
         groups: int = 1,
         bias: bool = True,
+        padding_mode: str = "zeros",
         *,
         rng: np.random.Generator | None = None,
         dtype=np.float32,
     ):
         super().__init__()
+        if padding_mode not in self.PADDING_MODES:
+            raise ValueError(
+                f"padding_mode must be one of {', '.join(map(repr, self.PADDING_MODES))}, got "
+                f"{padding_mode!r}"
+            )
+        self.padding_mode = padding_mode
         in_channels, out_channels = (
             _count(in_channels, "in_channels"),
             _count(out_channels, "out_channels"),
@@ -180,6 +193,8 @@ class Conv2d(Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
         if self.fused_activation is not None:
             s += f", fused_activation={self.fused_activation!r}"
         return s
@@ -196,12 +211,17 @@ class Conv2d(Module):
     def forward(self, x):
         self._check_input(x, ("N", self.in_channels, "H", "W"), match_dtype=True)
         b = None if self.bias is None else self.bias.data
-        args = dict(stride=self.stride, padding=self._op_padding, dilation=self.dilation,
+        padding, pad_cache = self._op_padding, None
+        if self.padding_mode != "zeros":  # pad first, then a conv without padding
+            x, pad_cache = F.pad2d_forward(x, padding, self.PADDING_MODES[self.padding_mode],
+                                           backend=self.backend)  # fmt: skip
+            padding = 0
+        args = dict(stride=self.stride, padding=padding, dilation=self.dilation,
                     groups=self.groups)  # fmt: skip
         if self._inference_only():
             return self._forward_fused(x, b, args)
         y, cache = F.conv2d_forward(x, self.weight.data, b, **args, backend=self.backend)
-        self._save(cache, y.shape)
+        self._save((cache, pad_cache), y.shape)
         return y
 
     def _bn_scale_shift(self, b, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -251,9 +271,12 @@ class Conv2d(Module):
                 f"{self._get_name()} with a fused BN / activation has no backward (an "
                 "inference-only layer of models.fuse(..., activations=True) or the eval fast path)"
             )
-        dx, dw, db = F.conv2d_backward(dy, self._saved(dy), backend=self.backend)
+        cache, pad_cache = self._saved(dy)
+        dx, dw, db = F.conv2d_backward(dy, cache, backend=self.backend)
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
+        if pad_cache is not None:
+            dx = F.pad2d_backward(dx, pad_cache, backend=self.backend)
         return dx
 
 
@@ -374,6 +397,78 @@ class Hardsigmoid(_InplaceFlag):
     """y = relu6(x + 3) / 6; dx = dy / 6 * [-3 < x < 3]  (``torch.nn.Hardsigmoid``)."""
 
     _op = "hard_sigmoid"
+
+
+class _Pad2d(Module):
+    """Pads H and W of an NCHW input (``torch.nn.{Zero,Constant,Reflection,Replication,
+    Circular}Pad2d``). ``padding``: an int (every side) or, as torch orders it, ``(left, right,
+    top, bottom)``. See ``reference.pad`` for each mode's source index and the backward."""
+
+    _mode: str
+
+    def __init__(self, padding, value: float = 0.0):
+        super().__init__()
+        if _is_int(padding):
+            padding = (padding,) * 4
+        if not (isinstance(padding, (tuple, list)) and len(padding) == 4
+                and all(_is_int(p) and p >= 0 for p in padding)):  # fmt: skip
+            raise ValueError(
+                f"padding must be an int or (left, right, top, bottom) of ints >= 0, got {padding!r}"
+            )
+        self.padding, self.value = tuple(int(p) for p in padding), float(value)
+
+    def extra_repr(self) -> str:
+        return f"{self.padding}"
+
+    def forward(self, x):
+        self._check_input(x, ("N", "C", "H", "W"))
+        left, right, top, bottom = self.padding
+        y, cache = F.pad2d_forward(x, (top, bottom, left, right), self._mode, self.value,
+                                   backend=self.backend)  # fmt: skip
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        return F.pad2d_backward(dy, self._saved(dy), backend=self.backend)
+
+
+class ZeroPad2d(_Pad2d):
+    """Zeros around H and W (``torch.nn.ZeroPad2d``)."""
+
+    _mode = "constant"
+
+    def __init__(self, padding):
+        super().__init__(padding)
+
+
+class ConstantPad2d(_Pad2d):
+    """``value`` around H and W (``torch.nn.ConstantPad2d(padding, value)``)."""
+
+    _mode = "constant"
+
+    def __init__(self, padding, value: float):
+        super().__init__(padding, value)
+
+    def extra_repr(self) -> str:
+        return f"padding={self.padding}, value={self.value}"
+
+
+class ReflectionPad2d(_Pad2d):
+    """The input mirrored at its edges, the edge not repeated (``torch.nn.ReflectionPad2d``)."""
+
+    _mode = "reflect"
+
+
+class ReplicationPad2d(_Pad2d):
+    """The edge pixels repeated (``torch.nn.ReplicationPad2d``)."""
+
+    _mode = "replicate"
+
+
+class CircularPad2d(_Pad2d):
+    """The input wrapped around, as on a torus (``torch.nn.CircularPad2d``)."""
+
+    _mode = "circular"
 
 
 class _Pool2d(Module):

@@ -26,6 +26,7 @@ import numpy as np
 from ..arrays import FLOAT_DTYPES
 from ..backends import OPS
 from ..reference._padding import conv_output_size, normalize_padding, pair
+from ..reference.pad import check_pad
 
 Shape = tuple[int, ...]
 
@@ -135,6 +136,15 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
         "conv2d", ((N, C_in, H, W),), (N, C_out, OH, OW), w_shape, int(groups), b is not None,
         weight_id=id(w),
     )  # fmt: skip
+    return _emit(record, x.dtype)
+
+
+def pad2d_forward(x, padding, mode="constant", value=0.0):
+    """Shape of ``F.pad`` on H and W: (N, C, H, W) -> (N, C, top + H + bottom, left + W + right),
+    after the reference's checks of the mode and pad sizes."""
+    N, C, H, W = _nchw(x, "pad2d")
+    (top, bottom, left, right), _ = check_pad((N, C, H, W), padding, mode)
+    record = OpRecord("pad2d", ((N, C, H, W),), (N, C, top + H + bottom, left + W + right))
     return _emit(record, x.dtype)
 
 

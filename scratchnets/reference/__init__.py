@@ -7,6 +7,8 @@ Signatures (identical in ``scratchnets.kernels.cpu`` and ``scratchnets.kernels.c
 
     conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1) -> (y, cache)
     conv2d_backward(dy, cache) -> (dx, dw, db_or_None)
+    pad2d_forward(x, padding, mode="constant", value=0.0) -> (y, cache)   # constant / reflect /
+    pad2d_backward(dy, cache) -> dx                                        # replicate / circular
     batch_norm2d_forward(x, weight, bias, running_mean, running_var, training=True,
                          momentum=0.1, eps=1e-5) -> (y, cache)   # updates running stats in place
     batch_norm2d_backward(dy, cache) -> (dx, dweight, dbias)
@@ -53,6 +55,7 @@ from .elementwise import (
 )
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
+from .pad import pad2d_backward, pad2d_forward
 from .pooling import (
     avg_pool2d_backward,
     avg_pool2d_forward,

@@ -456,6 +456,32 @@ def test_upsample_matches_torch(mode, seed, dtype, hw, size):
 
 
 # ---------------------------------------------------------------------------------------------
+# padding
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
+@settings(max_examples=examples(3, 40))
+@given(seed=st.integers(0, 2**16), dtype=FLOATS, hw=st.tuples(st.integers(2, 4), st.integers(2, 4)))
+def test_pad2d_matches_torch(mode, seed, dtype, hw):
+    rng = np.random.default_rng(seed)
+    pads = tuple(int(p) for p in rng.integers(0, min(hw), size=4))  # < size: valid in every mode
+    x = rand(rng, (1, 2, *hw), dtype)
+    y, cache = K.pad2d_forward(x, pads, mode, 0.5)
+    y_ref, cache_ref = R.pad2d_forward(x, pads, mode, 0.5)
+    dy = rand(rng, y_ref.shape, dtype)
+    dx = K.pad2d_backward(dy, cache)
+    np.testing.assert_array_equal(to_numpy(y), y_ref)  # a selection
+    np.testing.assert_array_equal(to_numpy(dx), R.pad2d_backward(dy, cache_ref))  # same sums
+    xt = t(x, True)
+    top, bottom, left, right = pads
+    extra = {"value": 0.5} if mode == "constant" else {}
+    yt = TF.pad(xt, (left, right, top, bottom), mode=mode, **extra)
+    (dxt,) = torch_grads(yt, [xt], dy)
+    check("pad2d", "dx", dx, dxt, None, 4 * max(pads) + 4, _amax(dy))
+
+
+# ---------------------------------------------------------------------------------------------
 # add, mul, concat, slice
 # ---------------------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from .fused import (
 )
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
+from .pad import pad2d_backward, pad2d_forward
 from .pooling import (
     avg_pool2d_backward,
     avg_pool2d_forward,

@@ -46,6 +46,7 @@ from .elementwise import (
 )
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
+from .pad import pad2d_backward, pad2d_forward
 from .pooling import (
     avg_pool2d_backward,
     avg_pool2d_forward,
