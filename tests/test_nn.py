@@ -597,13 +597,14 @@ def test_input_errors_name_layer_and_shapes():
     x = np.zeros((2, 4, 5, 5), np.float32)
     with pytest.raises(ValueError, match=r"Conv2d\(3, 8.*\(N, 3, H, W\).*\(2, 4, 5, 5\)"):
         nn.Conv2d(3, 8, 3)(x)
-    with pytest.raises(ValueError, match=r"\(N, 3, H, W\), got \(3, 5, 5\)"):
-        nn.Conv2d(3, 8, 3)(x[0, :3])
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\) or \(3, H, W\), got \(4, 5, 5\)"):
+        nn.Conv2d(3, 8, 3)(x[0])
+    assert nn.Conv2d(3, 8, 3)(x[0, :3]).shape == (8, 3, 3)  # unbatched, as in torch
     with pytest.raises(ValueError, match=r"BatchNorm2d\(3.*\(N, 3, H, W\).*\(2, 4, 5, 5\)"):
         nn.BatchNorm2d(3)(x)
-    with pytest.raises(ValueError, match=r"Linear.*\(N, 6\).*\(2, 5\)"):
+    with pytest.raises(ValueError, match=r"Linear.*\(\*, 6\).*\(2, 5\)"):
         nn.Linear(6, 2)(x[:, 0, 0])
-    with pytest.raises(ValueError, match=r"MaxPool2d.*\(N, C, H, W\).*\(2, 4\)"):
+    with pytest.raises(ValueError, match=r"MaxPool2d.*\(N, C, H, W\) or \(C, H, W\).*\(2, 4\)"):
         nn.MaxPool2d(2)(x[:, :, 0, 0])
     conv = nn.Conv2d(4, 8, 3)
     y = conv(x)

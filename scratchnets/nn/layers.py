@@ -117,7 +117,25 @@ def _explicit_padding(padding, kernel_size, stride, dilation):
     return top, bottom, left, right
 
 
-class Conv2d(Module):
+class _AcceptsUnbatched:
+    """torch's unbatched inputs, for a layer whose input is (N, C, H, W): a (C, H, W) input runs
+    as a batch of one and comes back without the batch axis, in forward and in backward, like
+    ``torch.nn.Conv2d`` / ``MaxPool2d`` / ``ReflectionPad2d`` on a single image. The layer's
+    forward starts with ``x = self._add_batch(x, forward=True)`` and ends with
+    ``return self._drop_batch(y)``; its backward does the same with dy and dx."""
+
+    _without_batch = False  # the last forward's input had no batch axis
+
+    def _add_batch(self, a, forward: bool = False):
+        if forward:
+            self._without_batch = len(a.shape) == 3
+        return a.reshape((1, *tuple(a.shape))) if self._without_batch else a
+
+    def _drop_batch(self, a):
+        return a.reshape(tuple(a.shape)[1:]) if self._without_batch else a
+
+
+class Conv2d(_AcceptsUnbatched, Module):
     """2-D convolution (cross-correlation), ``torch.nn.Conv2d``.
 
     y[n, o, p, q] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * xpad[n, c, p*sh + i*dh, q*sw + j*dw]
@@ -209,7 +227,8 @@ class Conv2d(Module):
         return self.fused_activation is not None or "folded_bn" in self._modules
 
     def forward(self, x):
-        self._check_input(x, ("N", self.in_channels, "H", "W"), match_dtype=True)
+        self._check_input(x, ("N", self.in_channels, "H", "W"), match_dtype=True, unbatched=True)
+        x = self._add_batch(x, forward=True)
         b = None if self.bias is None else self.bias.data
         padding, pad_cache = self._op_padding, None
         if self.padding_mode != "zeros":  # pad first, then a conv without padding
@@ -219,10 +238,10 @@ class Conv2d(Module):
         args = dict(stride=self.stride, padding=padding, dilation=self.dilation,
                     groups=self.groups)  # fmt: skip
         if self._inference_only():
-            return self._forward_fused(x, b, args)
+            return self._drop_batch(self._forward_fused(x, b, args))
         y, cache = F.conv2d_forward(x, self.weight.data, b, **args, backend=self.backend)
         self._save((cache, pad_cache), y.shape)
-        return y
+        return self._drop_batch(y)
 
     def _bn_scale_shift(self, b, dtype) -> tuple[np.ndarray, np.ndarray]:
         """The attached BN as ``y * scale + shift`` after the conv (its bias ``b`` included):
@@ -271,13 +290,14 @@ class Conv2d(Module):
                 f"{self._get_name()} with a fused BN / activation has no backward (an "
                 "inference-only layer of models.fuse(..., activations=True) or the eval fast path)"
             )
+        dy = self._add_batch(dy)
         cache, pad_cache = self._saved(dy)
         dx, dw, db = F.conv2d_backward(dy, cache, backend=self.backend)
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         if pad_cache is not None:
             dx = F.pad2d_backward(dx, pad_cache, backend=self.backend)
-        return dx
+        return self._drop_batch(dx)
 
 
 class BatchNorm2d(Module):
@@ -399,7 +419,7 @@ class Hardsigmoid(_InplaceFlag):
     _op = "hard_sigmoid"
 
 
-class _Pad2d(Module):
+class _Pad2d(_AcceptsUnbatched, Module):
     """Pads H and W of an NCHW input (``torch.nn.{Zero,Constant,Reflection,Replication,
     Circular}Pad2d``). ``padding``: an int (every side) or, as torch orders it, ``(left, right,
     top, bottom)``. See ``reference.pad`` for each mode's source index and the backward."""
@@ -421,15 +441,17 @@ class _Pad2d(Module):
         return f"{self.padding}"
 
     def forward(self, x):
-        self._check_input(x, ("N", "C", "H", "W"))
+        self._check_input(x, NCHW, unbatched=True)
+        x = self._add_batch(x, forward=True)
         left, right, top, bottom = self.padding
         y, cache = F.pad2d_forward(x, (top, bottom, left, right), self._mode, self.value,
                                    backend=self.backend)  # fmt: skip
         self._save(cache, y.shape)
-        return y
+        return self._drop_batch(y)
 
     def backward(self, dy):
-        return F.pad2d_backward(dy, self._saved(dy), backend=self.backend)
+        dy = self._add_batch(dy)
+        return self._drop_batch(F.pad2d_backward(dy, self._saved(dy), backend=self.backend))
 
 
 class ZeroPad2d(_Pad2d):
@@ -471,7 +493,7 @@ class CircularPad2d(_Pad2d):
     _mode = "circular"
 
 
-class _Pool2d(Module):
+class _Pool2d(_AcceptsUnbatched, Module):
     """Shared argument handling of MaxPool2d and AvgPool2d (``stride=None`` means kernel_size)."""
 
     _op: str
@@ -497,13 +519,16 @@ class _Pool2d(Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
     def forward(self, x):
-        self._check_input(x, NCHW)
+        self._check_input(x, NCHW, unbatched=True)
+        x = self._add_batch(x, forward=True)
         y, cache = getattr(F, f"{self._op}_forward")(x, **self._op_kwargs(), backend=self.backend)
         self._save(cache, y.shape)
-        return y
+        return self._drop_batch(y)
 
     def backward(self, dy):
-        return getattr(F, f"{self._op}_backward")(dy, self._saved(dy), backend=self.backend)
+        dy = self._add_batch(dy)
+        dx = getattr(F, f"{self._op}_backward")(dy, self._saved(dy), backend=self.backend)
+        return self._drop_batch(dx)
 
 
 class MaxPool2d(_Pool2d):
@@ -532,7 +557,7 @@ class AvgPool2d(_Pool2d):
         )
 
 
-class AdaptiveAvgPool2d(_UnaryOp):
+class AdaptiveAvgPool2d(_AcceptsUnbatched, _UnaryOp):
     """Global average pooling, y[n, c, 0, 0] = mean_{h, w} x[n, c, h, w]: the ``output_size=1``
     case of ``torch.nn.AdaptiveAvgPool2d`` (the only one the models use)."""
 
@@ -551,10 +576,19 @@ class AdaptiveAvgPool2d(_UnaryOp):
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
 
+    def forward(self, x):
+        self._check_input(x, NCHW, unbatched=True)
+        return self._drop_batch(super().forward(self._add_batch(x, forward=True)))
+
+    def backward(self, dy):
+        return self._drop_batch(super().backward(self._add_batch(dy)))
+
 
 class Linear(Module):
     """y = x @ weight.T + bias  (``torch.nn.Linear``). Shapes: x (N, in_features),
-    weight (out_features, in_features), bias (out_features,), y (N, out_features)."""
+    weight (out_features, in_features), bias (out_features,), y (N, out_features). As in torch,
+    x may also have any number of leading axes, (*, in_features) -> (*, out_features), including
+    none: (in_features,) -> (out_features,)."""
 
     def __init__(
         self,
@@ -584,17 +618,28 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={has_bias}"
 
     def forward(self, x):
-        self._check_input(x, ("N", self.in_features), match_dtype=True)
+        self._check_input(x, None, match_dtype=True)
+        shape = tuple(x.shape)
+        if not shape or shape[-1] != self.in_features:
+            raise ValueError(
+                f"{self!r} expects an input of shape (*, {self.in_features}), got {shape}"
+            )
+        self._leading = shape[:-1]  # the ops see (N, in_features), N = prod(leading)
         b = None if self.bias is None else self.bias.data
-        y, cache = F.linear_forward(x, self.weight.data, b, backend=self.backend)
-        self._save(cache, y.shape)
-        return y
+        rows = math.prod(self._leading)
+        y, cache = F.linear_forward(x.reshape((rows, self.in_features)), self.weight.data, b,
+                                    backend=self.backend)  # fmt: skip
+        self._save(cache, (*self._leading, self.out_features))
+        return y.reshape((*self._leading, self.out_features))
 
     def backward(self, dy):
-        dx, dw, db = F.linear_backward(dy, self._saved(dy), backend=self.backend)
+        cache = self._saved(dy)  # dy checked against the output shape
+        rows = math.prod(self._leading)
+        dx, dw, db = F.linear_backward(dy.reshape((rows, self.out_features)), cache,
+                                       backend=self.backend)  # fmt: skip
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
-        return dx
+        return dx.reshape((*self._leading, self.in_features))
 
 
 class Dropout(Module):

@@ -431,12 +431,15 @@ class Module:
         else:
             param.grad = functional.add_forward(param.grad, grad, backend=self.backend)[0]
 
-    def _check_input(self, x, layout: tuple | None = None, match_dtype: bool = False) -> None:
+    def _check_input(
+        self, x, layout: tuple | None = None, match_dtype: bool = False, unbatched: bool = False
+    ) -> None:
         """Raise a clear error unless ``x`` suits this module.
 
         ``x`` must be an array of this backend's kind with a float dtype (TypeError), equal to the
         module's dtype when ``match_dtype``; with a ``layout`` such as ``("N", 3, "H", "W")`` it
-        must have that many dims and the given size wherever an int is given (ValueError).
+        must have that many dims and the given size wherever an int is given (ValueError). With
+        ``unbatched``, the layout without its first (batch) axis is accepted too.
         """
         on_device = self.backend in DEVICE_BACKENDS
         if not (is_device_array(x) if on_device else isinstance(x, np.ndarray)):
@@ -455,15 +458,16 @@ class Module:
                 f"{self._get_name()} holds {self.dtype} arrays but got a {dtype} input; convert the "
                 f"input with x.astype(np.{self.dtype}) or the module with .to(dtype=np.{dtype})"
             )
+        if layout is None:
+            return
         shape = tuple(x.shape)
-        if layout is not None and (
-            len(shape) != len(layout)
-            or any(
-                isinstance(want, int) and got != want
-                for got, want in zip(shape, layout, strict=True)
-            )
+        layouts = [layout, layout[1:]] if unbatched else [layout]
+        if not any(
+            len(shape) == len(want)
+            and all(not isinstance(w, int) or got == w for got, w in zip(shape, want, strict=True))
+            for want in layouts
         ):
-            expected = "(" + ", ".join(map(str, layout)) + ")"
+            expected = " or ".join("(" + ", ".join(map(str, want)) + ")" for want in layouts)
             raise ValueError(f"{self!r} expects an input of shape {expected}, got {shape}")
 
     # ---------------------------------------------------------------------------------- repr

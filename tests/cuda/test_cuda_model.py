@@ -82,3 +82,33 @@ def test_mobilenet_v2_step_matches_reference():
         )
 
     compare_steps(make, x, np.array([3, 7]), "mobilenet_v2")
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (
+            lambda rng: sn.nn.Conv2d(
+                2, 3, 3, padding=1, padding_mode="reflect", rng=rng, dtype=np.float64
+            ),
+            (2, 4, 5),
+        ),  # fmt: skip
+        (lambda rng: sn.nn.MaxPool2d(2), (2, 4, 4)),
+        (lambda rng: sn.nn.Linear(4, 3, rng=rng, dtype=np.float64), (2, 2, 4)),
+    ],
+)
+def test_unbatched_inputs_and_padding_modes_on_the_device(make, shape):
+    """torch's unbatched (C, H, W) and (*, in) inputs and Conv2d's padding_mode on cuda equal
+    the reference backend (forward, dx and parameter gradients)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    ours, ref = make(np.random.default_rng(1)).to("cuda"), make(np.random.default_rng(1))
+    y = ours(cuda.to_device(x))
+    y_ref = ref(x)
+    assert is_device_array(y) and tuple(y.shape) == y_ref.shape
+    dy = rng.standard_normal(y_ref.shape)
+    dx = ours.backward(cuda.to_device(dy))
+    assert_close_f64(y, y_ref, what="y")
+    assert_close_f64(dx, ref.backward(dy), what="dx")
+    for (name, p), (_, p_ref) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
+        assert_close_f64(p.grad, p_ref.grad, what=f"d{name}")
