@@ -20,6 +20,8 @@ OPS = (
     "relu6",
     "sigmoid",
     "hard_sigmoid",
+    "hard_swish",
+    "silu",
     "max_pool2d",
     "avg_pool2d",
     "global_avg_pool2d",

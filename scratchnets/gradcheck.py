@@ -127,7 +127,7 @@ def _cases(rng: np.random.Generator) -> list[Case]:
                 lambda ops, v, op=op: getattr(ops, f"{op}_forward")(v["x"]),
                 ("x",),
             )
-            for op in ("relu", "relu6", "sigmoid", "hard_sigmoid")
+            for op in ("relu", "relu6", "sigmoid", "hard_sigmoid", "hard_swish", "silu")
         ],
         Case(
             "max_pool2d 3x3 s2 p1",

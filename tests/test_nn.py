@@ -451,7 +451,10 @@ def test_repr_matches_torch():
         tnn.CrossEntropyLoss(),
     )
     assert repr(ours) == repr(theirs)
-    assert repr(nn.BatchNorm2d(4)) == "BatchNorm2d(4, eps=1e-05, momentum=0.1)"
+    for options in ({}, {"affine": False}, {"bias": False}, {"track_running_stats": False}):
+        assert repr(nn.BatchNorm2d(4, **options)) == repr(tnn.BatchNorm2d(4, **options))
+    assert repr(nn.Hardswish()) == repr(tnn.Hardswish())
+    assert repr(nn.SiLU()) == repr(tnn.SiLU())
     assert repr(nn.MaxPool2d(3, 2, 1)) == "MaxPool2d(kernel_size=3, stride=2, padding=1)"
 
 

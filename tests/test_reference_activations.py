@@ -1,4 +1,5 @@
-"""reference activations against torch: relu, relu6, sigmoid, hard_sigmoid (incl. kinks, +-1e6)."""
+"""reference activations against torch: relu, relu6, sigmoid, hard_sigmoid, hard_swish, silu
+(incl. kinks, +-1e6)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ OPS = {
     "relu6": (act.relu6_forward, act.relu6_backward, F.relu6),
     "sigmoid": (act.sigmoid_forward, act.sigmoid_backward, torch.sigmoid),
     "hard_sigmoid": (act.hard_sigmoid_forward, act.hard_sigmoid_backward, F.hardsigmoid),
+    "hard_swish": (act.hard_swish_forward, act.hard_swish_backward, F.hardswish),
+    "silu": (act.silu_forward, act.silu_backward, F.silu),
 }
 #: the kinks of relu / relu6 / hard_sigmoid, huge values, signed zero
 BOUNDARIES = np.array([0.0, -0.0, 6.0, -3.0, 3.0, 1e6, -1e6])
@@ -106,19 +109,32 @@ def test_hard_sigmoid(case):
         record_error("reference/hard_sigmoid dx", dx, dx_t)
 
 
+@pytest.mark.parametrize("name", ["sigmoid", "hard_swish", "silu"])
 @given(case=arrays_with_boundaries())
-def test_sigmoid(case):
+def test_smooth_and_swish_family(name, case):
+    """float64 within 1e-10 of torch (kinks of hard_swish at -3 and 3 included); float32 against
+    the float64 oracle. The slopes are at most 1.5 (hard_swish at x -> 3), ~1.1 (silu)."""
     x, dy = case
-    y, dx = run("sigmoid", x, dy)
-    y_t, dx_t = torch_f64(torch.sigmoid, x, dy)
+    y, dx = run(name, x, dy)
+    y_t, dx_t = torch_f64(OPS[name][2], x, dy)
     if x.dtype == np.float64:
-        record_error("reference/sigmoid y", y, y_t)
-        record_error("reference/sigmoid dx", dx, dx_t)
+        record_error(f"reference/{name} y", y, y_t)
+        record_error(f"reference/{name} dx", dx, dx_t)
         assert_close_f64(y, y_t, what="y")
         assert_close_f64(dx, dx_t, what="dx")
     else:
         assert_close_f32(y, y_t, 1, 1.0, what="y")
-        assert_close_f32(dx, dx_t, 1, float(np.max(np.abs(dy))), what="dx")
+        assert_close_f32(dx, dx_t, 1, 1.5 * float(np.max(np.abs(dy))), what="dx")
+
+
+def test_hard_swish_slope_at_the_kinks_is_torchs():
+    """The slope jumps at -3 (0 -> -1/2) and 3 (3/2 -> 1); torch takes the outer pieces there."""
+    x = np.array([-3.5, -3.0, -2.0, 0.0, 2.0, 3.0, 3.5])
+    _, cache = act.hard_swish_forward(x)
+    slope = act.hard_swish_backward(np.ones_like(x), cache)
+    np.testing.assert_array_equal(slope, [0.0, 0.0, -2 / 3 + 0.5, 0.5, 2 / 3 + 0.5, 1.0, 1.0])
+    _, torch_slope = torch_same_dtype(F.hardswish, x, np.ones_like(x))
+    np.testing.assert_array_equal(slope, torch_slope)
 
 
 def test_sigmoid_tails_keep_relative_accuracy():

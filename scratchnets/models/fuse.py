@@ -28,6 +28,7 @@ from numba.typed import List as TypedList
 
 from ..arrays import is_device_array, to_numpy
 from ..nn import BatchNorm2d, Conv2d, Identity, Module, ReLU, ReLU6, Sequential
+from ..reference.batchnorm import eval_scale_shift
 from .blocks import BatchNormAct2d, Conv2dSame
 
 
@@ -45,11 +46,12 @@ def fold_bn(conv: Conv2d, bn: BatchNorm2d) -> Conv2d:
             f"{conv.out_channels} output channels"
         )
 
-    def f64(a):
-        return np.asarray(to_numpy(a), dtype=np.float64)
-
-    scale = f64(bn.weight.data) / np.sqrt(f64(bn.running_var) + bn.eps)  # s, (C_out,)
-    bias = np.zeros(conv.out_channels) if conv.bias is None else f64(conv.bias.data)
+    if not bn.track_running_stats:
+        raise ValueError(
+            "cannot fold a BatchNorm2d with track_running_stats=False: it normalises with the "
+            "batch's statistics in eval mode too, so it is not a fixed affine map"
+        )
+    scale, shift = eval_scale_shift(*_bn_arrays(bn), bn.eps, _data(conv.bias))  # (C_out,) each
     fused = type(conv)(
         conv.in_channels,
         conv.out_channels,
@@ -59,12 +61,23 @@ def fold_bn(conv: Conv2d, bn: BatchNorm2d) -> Conv2d:
         conv.dilation,
         conv.groups,
         bias=True,
+        padding_mode=conv.padding_mode,
         rng=np.random.default_rng(0),  # overwritten below
         dtype=conv.dtype,
     )
-    fused.weight.data[...] = f64(conv.weight.data) * scale[:, None, None, None]  # s[o] * w[o]
-    fused.bias.data[...] = scale * (bias - f64(bn.running_mean)) + f64(bn.bias.data)
+    fused.weight.data[...] = _data(conv.weight) * scale[:, None, None, None]  # s[o] * w[o]
+    fused.bias.data[...] = shift
     return fused.to(conv.backend).eval()
+
+
+def _data(parameter) -> np.ndarray | None:
+    """A parameter's values as a host array (None for an absent parameter)."""
+    return None if parameter is None else to_numpy(parameter.data)
+
+
+def _bn_arrays(bn: BatchNorm2d) -> tuple:
+    """``(weight, bias, running_mean, running_var)`` of ``bn`` as host arrays (None if absent)."""
+    return _data(bn.weight), _data(bn.bias), to_numpy(bn.running_mean), to_numpy(bn.running_var)
 
 
 def _locate(root: Module, path: str) -> tuple[Module, str, Module]:
@@ -145,7 +158,8 @@ def _unfolded_pairs(model: Module) -> list:
     for _, block in list(model.named_modules()):
         for conv_path, bn_path in getattr(block, "bn_folds", ()):
             conv, bn = _locate(block, conv_path), _locate(block, bn_path)
-            if isinstance(bn[2], BatchNorm2d) and isinstance(conv[2], Conv2d):
+            if (isinstance(bn[2], BatchNorm2d) and isinstance(conv[2], Conv2d)
+                    and bn[2].track_running_stats):  # else eval uses batch statistics  # fmt: skip
                 pairs.append((conv, bn))
     return pairs
 

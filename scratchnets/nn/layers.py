@@ -19,6 +19,7 @@ import numpy as np
 from .. import functional as F
 from ..arrays import to_numpy
 from ..backends import get_backend
+from ..reference.batchnorm import eval_scale_shift
 from . import init
 from .module import Module, Parameter, as_float_dtype
 
@@ -248,11 +249,14 @@ class Conv2d(_AcceptsUnbatched, Module):
         scale = gamma / sqrt(running_var + eps), shift = (b - running_mean) * scale + beta, in
         float64, returned in the input's dtype."""
         bn = self._modules["folded_bn"]
-        gamma = 1.0 if bn.weight is None else np.asarray(to_numpy(bn.weight.data), np.float64)
-        beta = 0.0 if bn.bias is None else np.asarray(to_numpy(bn.bias.data), np.float64)
-        scale = gamma / np.sqrt(np.asarray(to_numpy(bn.running_var), np.float64) + bn.eps)
-        bias = 0.0 if b is None else np.asarray(to_numpy(b), np.float64)
-        shift = (bias - np.asarray(to_numpy(bn.running_mean), np.float64)) * scale + beta
+        scale, shift = eval_scale_shift(
+            None if bn.weight is None else to_numpy(bn.weight.data),
+            None if bn.bias is None else to_numpy(bn.bias.data),
+            to_numpy(bn.running_mean),
+            to_numpy(bn.running_var),
+            bn.eps,
+            None if b is None else to_numpy(b),
+        )
         return scale.astype(dtype), np.broadcast_to(shift, scale.shape).astype(dtype)
 
     def _forward_fused(self, x, b, args: dict):
@@ -307,6 +311,10 @@ class BatchNorm2d(Module):
     running_mean/var (unbiased var) move by ``momentum`` and ``num_batches_tracked`` counts the
     training forwards (``momentum=None``: cumulative average, factor 1 / num_batches_tracked, as in
     torch). Eval: the running statistics replace the batch ones. See ``reference.batch_norm2d_forward``.
+    ``affine=False``: no weight and bias (y = xhat); ``bias=False``: a weight only (torch 2.x's
+    keyword). ``track_running_stats=False``: no running
+    buffers (they are None), and the batch statistics are used in eval mode too, as in torch.
+    An empty batch (N = 0) gives an empty output and leaves the statistics as they are.
     """
 
     def __init__(
@@ -314,7 +322,10 @@ class BatchNorm2d(Module):
         num_features: int,
         eps: float = 1e-5,
         momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
         *,
+        bias: bool = True,
         dtype=np.float32,
     ):
         super().__init__()
@@ -326,30 +337,44 @@ class BatchNorm2d(Module):
         if momentum is not None:
             _fraction(momentum, "momentum")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         self.dtype = as_float_dtype(dtype)
-        self.weight = Parameter(np.ones(num_features, self.dtype))
-        self.bias = Parameter(np.zeros(num_features, self.dtype))
-        self.register_buffer("running_mean", np.zeros(num_features, self.dtype))
-        self.register_buffer("running_var", np.ones(num_features, self.dtype))
-        self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        if self.affine:
+            self.weight = Parameter(np.ones(num_features, self.dtype))
+        else:
+            self.register_parameter("weight", None)
+        if self.affine and bias:
+            self.bias = Parameter(np.zeros(num_features, self.dtype))
+        else:
+            self.register_parameter("bias", None)
+        tracked = self.track_running_stats
+        self.register_buffer(
+            "running_mean", np.zeros(num_features, self.dtype) if tracked else None
+        )
+        self.register_buffer("running_var", np.ones(num_features, self.dtype) if tracked else None)
+        self.register_buffer("num_batches_tracked", np.array(0, np.int64) if tracked else None)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
 
     def forward(self, x):
         self._check_input(x, ("N", self.num_features, "H", "W"), match_dtype=True)
         factor = 0.0 if self.momentum is None else self.momentum  # eval mode does not read it
-        if self.training:
+        if self.training and self.track_running_stats:
             self.num_batches_tracked += 1  # in place on the 0-d int64 buffer
             if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked)
         y, cache = F.batch_norm2d_forward(
             x,
-            self.weight.data,
-            self.bias.data,
+            None if self.weight is None else self.weight.data,
+            None if self.bias is None else self.bias.data,
             self.running_mean,
             self.running_var,
-            training=self.training,
+            training=self.training or not self.track_running_stats,  # no buffers: batch stats
             momentum=factor,
             eps=self.eps,
             backend=self.backend,
@@ -417,6 +442,19 @@ class Hardsigmoid(_InplaceFlag):
     """y = relu6(x + 3) / 6; dx = dy / 6 * [-3 < x < 3]  (``torch.nn.Hardsigmoid``)."""
 
     _op = "hard_sigmoid"
+
+
+class Hardswish(_InplaceFlag):
+    """y = x * relu6(x + 3) / 6; dx = dy * (0, x / 3 + 1/2, 1 for x <= -3, inside, >= 3)
+    (``torch.nn.Hardswish``, MobileNetV3's h-swish)."""
+
+    _op = "hard_swish"
+
+
+class SiLU(_InplaceFlag):
+    """y = x * sigmoid(x); dx = dy * s * (1 + x (1 - s)), s = sigmoid(x) (``torch.nn.SiLU``)."""
+
+    _op = "silu"
 
 
 class _Pad2d(_AcceptsUnbatched, Module):

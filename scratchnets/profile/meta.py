@@ -192,6 +192,8 @@ relu_forward = _same_shape("relu")
 relu6_forward = _same_shape("relu6")
 sigmoid_forward = _same_shape("sigmoid")
 hard_sigmoid_forward = _same_shape("hard_sigmoid")
+hard_swish_forward = _same_shape("hard_swish")
+silu_forward = _same_shape("silu")
 dropout_forward = _same_shape("dropout")  # (x, p=0.5, training=True, seed=None)
 
 

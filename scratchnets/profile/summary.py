@@ -46,6 +46,8 @@ OTHER_OP_CATEGORY = {
     "relu6": "activation",
     "sigmoid": "activation",
     "hard_sigmoid": "activation",
+    "hard_swish": "activation",
+    "silu": "activation",
     "max_pool2d": "pooling",
     "avg_pool2d": "pooling",
     "global_avg_pool2d": "pooling",

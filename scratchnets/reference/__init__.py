@@ -13,6 +13,7 @@ Signatures (identical in ``scratchnets.kernels.cpu`` and ``scratchnets.kernels.c
                          momentum=0.1, eps=1e-5) -> (y, cache)   # updates running stats in place
     batch_norm2d_backward(dy, cache) -> (dx, dweight, dbias)
     relu_forward(x) / relu6_forward(x) / sigmoid_forward(x) / hard_sigmoid_forward(x) -> (y, cache)
+    hard_swish_forward(x) / silu_forward(x) -> (y, cache)
     relu_backward(dy, cache) ... -> dx
     max_pool2d_forward(x, kernel_size, stride=None, padding=0) -> (y, cache)
     avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True) -> (y, cache)
@@ -33,12 +34,16 @@ Signatures (identical in ``scratchnets.kernels.cpu`` and ``scratchnets.kernels.c
 from .activations import (
     hard_sigmoid_backward,
     hard_sigmoid_forward,
+    hard_swish_backward,
+    hard_swish_forward,
     relu6_backward,
     relu6_forward,
     relu_backward,
     relu_forward,
     sigmoid_backward,
     sigmoid_forward,
+    silu_backward,
+    silu_forward,
 )
 from .batchnorm import batch_norm2d_backward, batch_norm2d_forward
 from .conv import conv2d_backward, conv2d_forward

@@ -1,4 +1,5 @@
-"""Elementwise activations and their gradients: ReLU, ReLU6, sigmoid, hard-sigmoid.
+"""Elementwise activations and their gradients: ReLU, ReLU6, sigmoid, hard-sigmoid, hard-swish,
+SiLU (swish).
 
 Each op is ``<op>_forward(x) -> (y, cache)`` and ``<op>_backward(dy, cache) -> dx``; x, y, dy and
 dx share one shape (any) and dtype (float32 or float64). At the kinks the gradient follows torch:
@@ -15,10 +16,7 @@ from ._checks import float_array
 
 def _masked_backward(dy, mask: np.ndarray, op: str) -> np.ndarray:
     """dx = dy where ``mask`` (bool, x's shape) is True, else 0; a where, not ``dy * mask``."""
-    dy = float_array(dy, "dy")
-    if dy.shape != mask.shape:
-        raise ValueError(f"{op}_backward: dy has shape {dy.shape}, y had {mask.shape}")
-    return np.where(mask, dy, 0)
+    return np.where(mask, _check_dy(dy, mask.shape, op), 0)
 
 
 def relu_forward(x):
@@ -72,7 +70,48 @@ def sigmoid_forward(x):
 def sigmoid_backward(dy, cache):
     """dx = dy * y * (1 - y) = dy * sigmoid(x) * sigmoid(-x)."""
     y, y_complement = cache
+    return _check_dy(dy, y.shape, "sigmoid") * y * y_complement
+
+
+def _check_dy(dy, shape, op: str) -> np.ndarray:
     dy = float_array(dy, "dy")
-    if dy.shape != y.shape:
-        raise ValueError(f"sigmoid_backward: dy has shape {dy.shape}, y had {y.shape}")
-    return dy * y * y_complement
+    if dy.shape != shape:
+        raise ValueError(f"{op}_backward: dy has shape {dy.shape}, y had {shape}")
+    return dy
+
+
+def hard_swish_forward(x):
+    """y = x * relu6(x + 3) / 6 (MobileNetV3's h-swish); like ``F.hardswish``. The cache is x."""
+    x = float_array(x, "x")
+    return x * np.minimum(np.maximum(x + 3, 0), 6) / 6, x
+
+
+def hard_swish_backward(dy, cache):
+    """dx = dy * slope(x), the derivative of x * (x + 3) / 6 in the middle piece::
+
+        slope = 0            for x <= -3   (y = 0)
+              = x / 3 + 1/2  for -3 < x < 3
+              = 1            for x >= 3    (y = x)
+
+    The slope jumps at both kinks (from 0 to -1/2 at -3, from 3/2 to 1 at 3); like torch, the
+    kinks take the outer pieces' values. A NaN x takes the last branch (dy), as torch.
+    """
+    x = cache
+    dy = _check_dy(dy, x.shape, "hard_swish")
+    middle = dy * (x / 3 + 0.5)
+    return np.where(x <= -3, 0, np.where(x < 3, middle, dy))
+
+
+def silu_forward(x):
+    """y = x * sigmoid(x) (SiLU, "swish"); like ``F.silu``. The cache holds x, sigmoid(x) and
+    sigmoid(-x) = 1 - sigmoid(x) (computed without cancellation, see ``sigmoid_forward``)."""
+    x = float_array(x, "x")
+    s, (_, s_complement) = sigmoid_forward(x)
+    return x * s, (x, s, s_complement)
+
+
+def silu_backward(dy, cache):
+    """dx = dy * d/dx [x s(x)] = dy * (s + x s (1 - s)) = dy * s * (1 + x (1 - s)), s = sigmoid(x)."""
+    x, s, s_complement = cache
+    dy = _check_dy(dy, x.shape, "silu")
+    return dy * s * (1 + x * s_complement)

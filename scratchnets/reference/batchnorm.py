@@ -54,6 +54,24 @@ def _channel_mean(a: np.ndarray) -> np.ndarray:
     return a.mean(axis=_AXES, dtype=np.float64).astype(a.dtype, copy=False)
 
 
+def eval_scale_shift(weight, bias, running_mean, running_var, eps, conv_bias=None):
+    """Eval-mode BN as an affine map per channel, ``y = z * scale + shift``, in float64::
+
+        scale = weight / sqrt(running_var + eps)
+        shift = (conv_bias - running_mean) * scale + bias
+
+    where z is the output of a conv without its bias ``conv_bias`` (so a BN after a conv folds
+    into it: ``w' = w * scale``, ``b' = shift``). ``weight`` / ``bias`` / ``conv_bias`` may be
+    None (1, 0, 0). Shapes (C,) -> ``(scale, shift)`` (C,) each.
+    """
+    var = np.asarray(running_var, np.float64)
+    scale = (1.0 if weight is None else np.asarray(weight, np.float64)) / np.sqrt(var + eps)
+    z_bias = 0.0 if conv_bias is None else np.asarray(conv_bias, np.float64)
+    shift = (z_bias - np.asarray(running_mean, np.float64)) * scale
+    shift = shift + (0.0 if bias is None else np.asarray(bias, np.float64))
+    return scale, shift
+
+
 def batch_norm2d_forward(
     x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5
 ):
@@ -64,7 +82,8 @@ def batch_norm2d_forward(
 
     In training mode the batch statistics are used and, when given, ``running_mean`` and
     ``running_var`` are updated IN PLACE (``running_var`` with the unbiased batch variance).
-    In eval mode the running statistics are used and must be given.
+    In eval mode the running statistics are used and must be given. An empty batch gives an
+    empty y and changes nothing, in both modes (as torch).
     Returns ``(y, cache)``; the cache is private to :func:`batch_norm2d_backward`.
     """
     x = float_array(x, "x")
@@ -76,6 +95,8 @@ def batch_norm2d_forward(
     running_mean = _channel_vector(running_mean, "running_mean", c, x.dtype, in_place=True)
     running_var = _channel_vector(running_var, "running_var", c, x.dtype, in_place=True)
 
+    if x.size == 0:  # an empty batch (torch): an empty y, the running statistics untouched
+        return x.copy(), (x.copy(), gamma, np.ones(c, x.dtype), False, beta is not None)
     if training:
         m = n * h * w  # values per channel
         if m < 2:

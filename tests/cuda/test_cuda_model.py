@@ -112,3 +112,25 @@ def test_unbatched_inputs_and_padding_modes_on_the_device(make, shape):
     assert_close_f64(dx, ref.backward(dy), what="dx")
     for (name, p), (_, p_ref) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
         assert_close_f64(p.grad, p_ref.grad, what=f"d{name}")
+
+
+@pytest.mark.parametrize(
+    "options, batch",
+    [(dict(affine=False), 2), (dict(bias=False), 2), (dict(track_running_stats=False), 2), ({}, 0)],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_options_on_the_device(options, batch, training):
+    """BatchNorm2d without affine terms, without running statistics, and on an empty batch, on
+    cuda, equal the reference backend (y, dx, parameter gradients, running statistics)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 3, 2, 3)) + 1
+    ours = sn.nn.BatchNorm2d(3, **options, dtype=np.float64).to("cuda").train(training)
+    ref = sn.nn.BatchNorm2d(3, **options, dtype=np.float64).train(training)
+    y, y_ref = ours(cuda.to_device(x)), ref(x)
+    dy = rng.standard_normal(y_ref.shape)
+    assert_close_f64(y, y_ref, what="y")
+    assert_close_f64(ours.backward(cuda.to_device(dy)), ref.backward(dy), what="dx")
+    for (name, p), (_, p_ref) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
+        assert_close_f64(p.grad, p_ref.grad, what=f"d{name}")
+    for name, buffer in ref.named_buffers():
+        assert_close_f64(getattr(ours, name), buffer, what=name)

@@ -12,12 +12,16 @@ normalise their inputs) and cached on disk (``cache=True``).
 from .activations import (
     hard_sigmoid_backward,
     hard_sigmoid_forward,
+    hard_swish_backward,
+    hard_swish_forward,
     relu6_backward,
     relu6_forward,
     relu_backward,
     relu_forward,
     sigmoid_backward,
     sigmoid_forward,
+    silu_backward,
+    silu_forward,
 )
 from .batchnorm import batch_norm2d_backward, batch_norm2d_forward
 from .conv import conv2d_backward, conv2d_forward
@@ -71,6 +75,12 @@ __all__ = [
     "sigmoid_backward",
     "hard_sigmoid_forward",
     "hard_sigmoid_backward",
+    "hard_swish_forward",
+    "hard_swish_backward",
+    "silu_forward",
+    "silu_backward",
+    "pad2d_forward",
+    "pad2d_backward",
     "max_pool2d_forward",
     "max_pool2d_backward",
     "avg_pool2d_forward",

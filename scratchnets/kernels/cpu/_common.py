@@ -25,7 +25,8 @@ def kernel_array(a, name: str, dtype=None) -> np.ndarray:
     made when ``a`` already qualifies.
     """
     arr = float_array(a, name)
-    return np.ascontiguousarray(arr, dtype=arr.dtype if dtype is None else dtype)
+    # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+    return np.asarray(arr, dtype=arr.dtype if dtype is None else dtype, order="C")
 
 
 def check_shape(a: np.ndarray, expected: tuple, op: str, name: str = "dy", of: str = "y"):

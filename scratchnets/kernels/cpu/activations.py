@@ -1,4 +1,4 @@
-"""Elementwise activations on the CPU: ReLU, ReLU6, sigmoid, hard-sigmoid (Numba).
+"""Elementwise activations on the CPU: ReLU, ReLU6, sigmoid, hard-sigmoid, hard-swish, SiLU (Numba).
 
 What is optimised and why: these ops are memory-bound, so the cost is the number of passes over
 memory. NumPy needs several for one activation (``np.minimum(np.maximum(x, 0), 6)`` writes a
@@ -12,7 +12,9 @@ NumPy 100 ms, this kernel 16 ms.
 
 Semantics follow ``scratchnets.reference.activations`` (and torch): the gradient is 0 at the
 kinks themselves (x = 0, 6 for ReLU6; x = -3, 3 for hard-sigmoid), NaN passes through y.
-The caches are the masks (1 byte per element) and, for sigmoid, y itself.
+The caches are the masks (1 byte per element) and, for sigmoid, y itself. Hard-swish and SiLU
+have no piecewise-constant slope, so they cache x and their backward recomputes the slope from
+it in the same single pass (SiLU: sigmoid(x) and sigmoid(-x) in float64, like sigmoid's kernel).
 """
 
 from __future__ import annotations
@@ -132,3 +134,83 @@ def sigmoid_backward(dy, cache):
     dx = np.empty_like(dy)
     _sigmoid_backward_kernel(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
     return dx
+
+
+@njit(parallel=True, cache=True)
+def _hard_swish_kernel(x, y, zero, three, six):
+    for i in prange(x.size):
+        v = x[i]
+        r = v + three  # every step in x's dtype (typed constants), as the reference's
+        if r <= zero:
+            r = zero
+        elif r >= six:
+            r = six
+        y[i] = v * r / six
+
+
+@njit(parallel=True, cache=True)
+def _hard_swish_backward_kernel(dy, x, dx, three, half):
+    for i in prange(dy.size):
+        v = x[i]
+        if v <= -three:
+            dx[i] = 0.0
+        elif v < three:
+            dx[i] = dy[i] * (v / three + half)
+        else:  # x >= 3, or NaN (as torch)
+            dx[i] = dy[i]
+
+
+@njit(cache=True, inline="always")
+def _sigmoid_pair(v):
+    """(sigmoid(v), sigmoid(-v)) in float64 from z = exp(-|v|) in (0, 1]: never overflows."""
+    z = np.exp(-abs(float(v)))
+    big, small = 1.0 / (1.0 + z), z / (1.0 + z)  # sigmoid(|v|), sigmoid(-|v|)
+    return (big, small) if v >= 0.0 else (small, big)
+
+
+@njit(parallel=True, cache=True)
+def _silu_kernel(x, y):
+    for i in prange(x.size):
+        y[i] = x[i] * _sigmoid_pair(x[i])[0]
+
+
+@njit(parallel=True, cache=True)
+def _silu_backward_kernel(dy, x, dx):
+    for i in prange(dy.size):
+        s, s_neg = _sigmoid_pair(x[i])
+        dx[i] = dy[i] * s * (1.0 + x[i] * s_neg)
+
+
+def hard_swish_forward(x):
+    """y = x * min(max(x + 3, 0), 6) / 6; like ``F.hardswish``. Returns ``(y, x)``."""
+    x = kernel_array(x, "x")
+    y = np.empty_like(x)
+    _hard_swish_kernel(x.reshape(-1), y.reshape(-1), *map(x.dtype.type, (0, 3, 6)))
+    return y, x
+
+
+def _recomputing_backward(kernel, dy, x, op: str, *constants):
+    """dx from ``kernel(dy_flat, x_flat, dx_flat, *constants)`` (constants in x's dtype)."""
+    dy = kernel_array(dy, "dy").astype(x.dtype, copy=False)
+    check_shape(dy, x.shape, f"{op}_backward")
+    dx = np.empty_like(dy)
+    kernel(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), *map(x.dtype.type, constants))
+    return dx
+
+
+def hard_swish_backward(dy, cache):
+    """dx = dy * (0 for x <= -3, x / 3 + 1/2 inside, 1 for x >= 3), the kinks as torch."""
+    return _recomputing_backward(_hard_swish_backward_kernel, dy, cache, "hard_swish", 3.0, 0.5)
+
+
+def silu_forward(x):
+    """y = x * sigmoid(x); like ``F.silu``. Returns ``(y, x)``."""
+    x = kernel_array(x, "x")
+    y = np.empty_like(x)
+    _silu_kernel(x.reshape(-1), y.reshape(-1))
+    return y, x
+
+
+def silu_backward(dy, cache):
+    """dx = dy * s * (1 + x (1 - s)), s = sigmoid(x) recomputed from the cached x."""
+    return _recomputing_backward(_silu_backward_kernel, dy, cache, "silu")

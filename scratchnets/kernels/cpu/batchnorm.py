@@ -141,6 +141,10 @@ def normalize(x, weight, bias, running_mean, running_var, training, momentum, ep
     running_var = _channel_vector(running_var, "running_var", c, None, in_place=True)
     x3 = x.reshape(n, c, h * w)  # (N, C, L)
 
+    if x.size == 0:  # an empty batch (torch): an empty y, the running statistics untouched
+        y = x.copy()
+        return y, BatchNormCache(x, y if relu6 else None, np.zeros(c), np.ones(c), gamma, False,
+                                 beta is not None)  # fmt: skip
     if training:
         m = n * h * w
         if m < 2:

@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from scratchnets.reference._checks import float_array
+from scratchnets.reference.batchnorm import eval_scale_shift
 from scratchnets.reference.conv import _prepare
 
 from .batchnorm import normalize, normalize_backward
@@ -90,11 +91,15 @@ def fold_bn_into_conv(w, b, weight, bias, running_mean, running_var, eps=1e-5):
 
     if running_mean is None or running_var is None:
         raise ValueError("fold_bn_into_conv needs running_mean and running_var")
-    gamma, beta = vector(weight, "weight", 1.0), vector(bias, "bias", 0.0)
-    mean, var = vector(running_mean, "running_mean", 0.0), vector(running_var, "running_var", 1.0)
-    s = gamma / np.sqrt(var + eps)  # (C_out,)
+    s, b_folded = eval_scale_shift(  # (C_out,) each
+        vector(weight, "weight", 1.0),
+        vector(bias, "bias", 0.0),
+        vector(running_mean, "running_mean", 0.0),
+        vector(running_var, "running_var", 1.0),
+        eps,
+        vector(b, "b", 0.0),
+    )
     w_folded = w.astype(np.float64) * s[:, None, None, None]  # (C_out, C_in/groups, kh, kw)
-    b_folded = (vector(b, "b", 0.0) - mean) * s + beta  # (C_out,)
     return w_folded.astype(w.dtype), b_folded.astype(w.dtype)
 
 

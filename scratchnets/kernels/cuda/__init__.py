@@ -24,12 +24,16 @@ numba's simulator (slow; for tests at tiny shapes).
 from .activations import (
     hard_sigmoid_backward,
     hard_sigmoid_forward,
+    hard_swish_backward,
+    hard_swish_forward,
     relu6_backward,
     relu6_forward,
     relu_backward,
     relu_forward,
     sigmoid_backward,
     sigmoid_forward,
+    silu_backward,
+    silu_forward,
 )
 from .batchnorm import batch_norm2d_backward, batch_norm2d_forward
 from .conv import conv2d_backward, conv2d_forward

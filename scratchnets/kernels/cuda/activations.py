@@ -1,4 +1,5 @@
-"""Elementwise activations on the GPU: ReLU, ReLU6, hard-sigmoid, sigmoid, and their gradients.
+"""Elementwise activations on the GPU: ReLU, ReLU6, hard-sigmoid, sigmoid, hard-swish, SiLU, and
+their gradients.
 
 One thread per element of the flattened (contiguous) array; semantics exactly as
 ``scratchnets.reference.activations`` (gradient 0 at the kinks, NaN propagates forward).
@@ -9,7 +10,8 @@ The three piecewise-linear ops are one clamp with different constants::
 
 and their backward is one select, ``dx = dy / divisor where lo < x < hi else 0``. The cache is
 the input x itself (no mask array): the backward recomputes the comparison. Sigmoid's backward
-recomputes sigmoid(x) and sigmoid(-x) from the cached x with the overflow-free formula.
+recomputes sigmoid(x) and sigmoid(-x) from the cached x with the overflow-free formula; so do
+hard-swish (its slope x / 3 + 1/2 between the kinks) and SiLU (s (1 + x (1 - s))).
 """
 
 from __future__ import annotations
@@ -111,16 +113,88 @@ def hard_sigmoid_backward(dy, cache):
 
 def sigmoid_forward(x):
     """y = 1 / (1 + exp(-x)); like ``torch.sigmoid``, without overflow for any finite x."""
-    x = device_array(x, "x")
-    y = empty(x.shape, x.dtype)
-    launch_1d(_sigmoid_kernel, x.size, flat(x), flat(y))
-    return y, x
+    return _elementwise(_sigmoid_kernel, x)
 
 
 def sigmoid_backward(dy, cache):
     """dx = dy * sigmoid(x) * sigmoid(-x) = dy * y * (1 - y)."""
-    x = cache
-    dy = device_dy(dy, tuple(x.shape), x.dtype, "sigmoid_backward")
+    return _elementwise_backward(_sigmoid_backward_kernel, dy, cache, "sigmoid")
+
+
+@cuda.jit
+def _hard_swish_kernel(x, y):
+    i = cuda.grid(1)
+    if i < x.size:
+        t = y.dtype.type
+        v = x[i]
+        r = v + t(3)
+        if r <= t(0):
+            r = t(0)
+        elif r >= t(6):
+            r = t(6)
+        y[i] = v * r / t(6)
+
+
+@cuda.jit
+def _hard_swish_backward_kernel(dy, x, dx):
+    i = cuda.grid(1)
+    if i < dy.size:
+        t = dx.dtype.type
+        v = x[i]
+        if v <= t(-3):
+            dx[i] = t(0)
+        elif v < t(3):
+            dx[i] = dy[i] * (v / t(3) + t(0.5))
+        else:  # x >= 3, or NaN (as torch)
+            dx[i] = dy[i]
+
+
+@cuda.jit
+def _silu_kernel(x, y):
+    i = cuda.grid(1)
+    if i < x.size:
+        y[i] = x[i] * _sigmoid_pair(x[i], y.dtype.type(1))[0]
+
+
+@cuda.jit
+def _silu_backward_kernel(dy, x, dx):
+    i = cuda.grid(1)
+    if i < dy.size:
+        one = dx.dtype.type(1)
+        s, s_neg = _sigmoid_pair(x[i], one)
+        dx[i] = dy[i] * s * (one + x[i] * s_neg)
+
+
+def _elementwise(kernel, x):
+    """y = kernel(x) elementwise; the cache is x (the backward recomputes from it)."""
+    x = device_array(x, "x")
+    y = empty(x.shape, x.dtype)
+    launch_1d(kernel, x.size, flat(x), flat(y))
+    return y, x
+
+
+def _elementwise_backward(kernel, dy, x, op: str):
+    dy = device_dy(dy, tuple(x.shape), x.dtype, f"{op}_backward")
     dx = empty(x.shape, x.dtype)
-    launch_1d(_sigmoid_backward_kernel, x.size, flat(dy), flat(x), flat(dx))
+    launch_1d(kernel, x.size, flat(dy), flat(x), flat(dx))
     return dx
+
+
+def hard_swish_forward(x):
+    """y = x * min(max(x + 3, 0), 6) / 6; like ``F.hardswish``."""
+    return _elementwise(_hard_swish_kernel, x)
+
+
+def hard_swish_backward(dy, cache):
+    """dx = dy * (0 for x <= -3, x / 3 + 1/2 inside, 1 for x >= 3), the kinks as torch."""
+    return _elementwise_backward(_hard_swish_backward_kernel, dy, cache, "hard_swish")
+
+
+def silu_forward(x):
+    """y = x * sigmoid(x); like ``F.silu``."""
+    return _elementwise(_silu_kernel, x)
+
+
+def silu_backward(dy, cache):
+    """dx = dy * s * (1 + x (1 - s)), s = sigmoid(x) recomputed from the cached x."""
+    return _elementwise_backward(_silu_backward_kernel, dy, cache, "silu")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import cuda
 
 from scratchnets.arrays import is_device_array
@@ -102,6 +103,9 @@ def batch_norm2d_forward(
     x = device_array(x, "x")
     m = n * h * w  # values per channel
 
+    if m == 0:  # an empty batch (torch): an empty y, the running statistics untouched
+        ones = device_array(np.ones(c, dtype), "inv_std")
+        return empty(x.shape, dtype), (empty(x.shape, dtype), gamma, ones, False, beta is not None)
     inv_std = empty((c,), dtype)
     if training:
         if m < 2:
