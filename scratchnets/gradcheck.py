@@ -144,6 +144,13 @@ def _cases(rng: np.random.Generator) -> list[Case]:
             ("x",),
         ),
         Case(
+            "avg_pool2d 2x3 s(1,2) p(1,1) divisor_override=5",
+            "avg_pool2d",
+            {"x": randn(2, 2, 5, 6)},
+            lambda ops, v: ops.avg_pool2d_forward(v["x"], (2, 3), (1, 2), 1, divisor_override=5),
+            ("x",),
+        ),
+        Case(
             "global_avg_pool2d",
             "global_avg_pool2d",
             {"x": randn(2, 3, 3, 5)},

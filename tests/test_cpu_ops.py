@@ -368,14 +368,19 @@ def test_max_pool_nan_and_all_minus_infinity_windows():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(case=pool_cases(), count_include_pad=st.booleans())
-def test_avg_pool(dtype, case, count_include_pad):
+@given(
+    case=pool_cases(),
+    count_include_pad=st.booleans(),
+    divisor_override=st.sampled_from([None, None, 1, 3, -2]),
+)
+def test_avg_pool(dtype, case, count_include_pad, divisor_override):
     shape, kernel, stride, padding, values, layout, seed = case
     x, rng = pool_input(shape, values, layout, seed, dtype)
-    y, cache = cpu.avg_pool2d_forward(x, kernel, stride, padding, count_include_pad)
+    args = (kernel, stride, padding, count_include_pad, divisor_override)
+    y, cache = cpu.avg_pool2d_forward(x, *args)
     dy = with_layout(rng.standard_normal(y.shape).astype(dtype), layout)
     dx = cpu.avg_pool2d_backward(dy, cache)
-    y_ref, cache_ref = ref.avg_pool2d_forward(x, kernel, stride, padding, count_include_pad)
+    y_ref, cache_ref = ref.avg_pool2d_forward(x, *args)
     dx_ref = ref.avg_pool2d_backward(dy, cache_ref)
     y_t, dx_t = torch_op(
         F.avg_pool2d,
@@ -385,6 +390,7 @@ def test_avg_pool(dtype, case, count_include_pad):
         stride=stride,
         padding=padding,
         count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
     )
     check("avg_pool2d", "y", y, y_ref, y_t, magnitude=amax(x))  # float64 sums: one rounding
     check("avg_pool2d", "dx", dx, dx_ref, dx_t, window_overlap(kernel, stride), amax(dy))

@@ -182,9 +182,11 @@ def test_max_pool_nan_propagates_and_routes_like_torch():
 # -- average pooling ----------------------------------------------------------------------------
 
 
-def run_avg(case: PoolCase, count_include_pad: bool, dtype):
+def run_avg(case: PoolCase, count_include_pad: bool, dtype, divisor_override=None):
     x, dy = make_inputs(case, dtype)
-    y, cache = avg_pool2d_forward(x, case.kernel, case.stride, case.padding, count_include_pad)
+    y, cache = avg_pool2d_forward(
+        x, case.kernel, case.stride, case.padding, count_include_pad, divisor_override
+    )
     dx = avg_pool2d_backward(dy, cache)
     y_t, dx_t = torch_pool(
         F.avg_pool2d,
@@ -194,13 +196,14 @@ def run_avg(case: PoolCase, count_include_pad: bool, dtype):
         stride=case.stride,
         padding=case.padding,
         count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
     )
     return x, dy, y, dx, y_t, dx_t
 
 
-@given(pool_cases(), st.booleans())
-def test_avg_pool_float64_matches_torch(case, count_include_pad):
-    _, _, y, dx, y_t, dx_t = run_avg(case, count_include_pad, np.float64)
+@given(pool_cases(), st.booleans(), st.sampled_from([None, 1, 4, -3]))
+def test_avg_pool_float64_matches_torch(case, count_include_pad, divisor_override):
+    _, _, y, dx, y_t, dx_t = run_avg(case, count_include_pad, np.float64, divisor_override)
     check_f64("avg_pool2d y", y, y_t)
     check_f64("avg_pool2d dx", dx, dx_t)
 
@@ -309,3 +312,13 @@ def test_backward_rejects_dy_of_the_wrong_shape():
     _, cache = global_avg_pool2d_forward(np.zeros((1, 2, 4, 4)))
     with pytest.raises(ValueError, match="dy has shape"):
         global_avg_pool2d_backward(np.zeros((1, 2)), cache)
+
+
+@pytest.mark.parametrize(
+    "divisor, error, message",
+    [(0, ValueError, "must not be zero"), (1.5, TypeError, "must be an int"),
+     (True, TypeError, "must be an int")],
+)  # fmt: skip
+def test_divisor_override_must_be_a_nonzero_int(divisor, error, message):
+    with pytest.raises(error, match=message):
+        avg_pool2d_forward(np.zeros((1, 1, 4, 4)), 2, divisor_override=divisor)

@@ -42,9 +42,6 @@ LAYERS = [
 
 #: (layer, sample description) -> the option that is still missing (issue 28)
 NOT_YET = {
-    ("AvgPool2d", "divisor"): "AvgPool2d divisor_override",
-    ("AvgPool2d", "divisor_stride"): "AvgPool2d divisor_override",
-    ("AvgPool2d", "divisor_stride_pad"): "AvgPool2d divisor_override",
     ("MaxPool2d", "return_indices"): "MaxPool2d return_indices",
     ("AdaptiveAvgPool2d", "single"): "AdaptiveAvgPool2d output sizes other than 1",
     ("AdaptiveAvgPool2d", "no_batch_dim"): "AdaptiveAvgPool2d output sizes other than 1",

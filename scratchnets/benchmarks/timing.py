@@ -38,8 +38,9 @@ def setup_torch(threads: int | None = None):
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.enabled = True
+    # set_flags, not attribute assignment: the latter raises once torch's own test utilities
+    # (torch.testing._internal, imported by the module_db tests) have frozen the global flags
+    torch.backends.cudnn.set_flags(_enabled=True, _allow_tf32=False)
     return torch
 
 

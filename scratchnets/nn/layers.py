@@ -20,6 +20,7 @@ from .. import functional as F
 from ..arrays import to_numpy
 from ..backends import get_backend
 from ..reference.batchnorm import eval_scale_shift
+from ..reference.pooling import fixed_divisor
 from . import init
 from .module import Module, Parameter, as_float_dtype
 
@@ -536,8 +537,10 @@ class _Pool2d(_AcceptsUnbatched, Module):
 
     _op: str
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
         super().__init__()
+        _not_yet(ceil_mode, "ceil_mode=True")
+        self.ceil_mode = False
         kernel = _pair(kernel_size, "kernel_size")
         _pair(kernel_size if stride is None else stride, "stride")
         pads = _pair(padding, "padding", minimum=0)
@@ -569,30 +572,46 @@ class _Pool2d(_AcceptsUnbatched, Module):
         return self._drop_batch(dx)
 
 
+def _not_yet(value, option: str) -> None:
+    """ValueError naming a torch option whose non-default value is not implemented yet."""
+    if value:
+        raise ValueError(f"{option} is not supported yet (see the README's layer table)")
+
+
 class MaxPool2d(_Pool2d):
     """y = max over each (padded with -inf) window; dx routes dy to the first maximum in scan
-    order (``torch.nn.MaxPool2d`` without dilation / ceil_mode)."""
+    order (``torch.nn.MaxPool2d``; its arguments in torch's order, ``dilation`` 1,
+    ``return_indices`` and ``ceil_mode`` False)."""
 
     _op = "max_pool2d"
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
+                 return_indices: bool = False, ceil_mode: bool = False):  # fmt: skip
+        _not_yet(_pair(dilation, "dilation") != (1, 1), f"dilation={dilation!r}")
+        _not_yet(return_indices, "return_indices=True")
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.dilation, self.return_indices = dilation, False
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", dilation={self.dilation}, ceil_mode={self.ceil_mode}"
 
 
 class AvgPool2d(_Pool2d):
     """y = mean over each window; padded zeros count in the divisor unless
-    ``count_include_pad=False`` (``torch.nn.AvgPool2d`` without ceil_mode / divisor_override)."""
+    ``count_include_pad=False``; ``divisor_override`` replaces the divisor
+    (``torch.nn.AvgPool2d``, arguments in torch's order; ``ceil_mode`` False)."""
 
     _op = "avg_pool2d"
 
-    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad: bool = True):
-        super().__init__(kernel_size, stride, padding)
-        self.count_include_pad = count_include_pad
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None):  # fmt: skip
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        fixed_divisor(_pair(kernel_size, "kernel_size"), count_include_pad, divisor_override)
+        self.count_include_pad, self.divisor_override = count_include_pad, divisor_override
 
     def _op_kwargs(self) -> dict:
-        return dict(super()._op_kwargs(), count_include_pad=self.count_include_pad)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (
-            "" if self.count_include_pad else ", count_include_pad=False"
-        )
+        return dict(super()._op_kwargs(), count_include_pad=self.count_include_pad,
+                    divisor_override=self.divisor_override)  # fmt: skip
 
 
 class AdaptiveAvgPool2d(_AcceptsUnbatched, _UnaryOp):

@@ -222,7 +222,9 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
     return _pool("max_pool2d", x, kernel_size, stride, padding)
 
 
-def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+def avg_pool2d_forward(
+    x, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None
+):
     """Shape of ``F.avg_pool2d`` (floor mode): (N, C, H, W) -> (N, C, OH, OW)."""
     return _pool("avg_pool2d", x, kernel_size, stride, padding)
 

@@ -16,7 +16,8 @@ Signatures (identical in ``scratchnets.kernels.cpu`` and ``scratchnets.kernels.c
     hard_swish_forward(x) / silu_forward(x) -> (y, cache)
     relu_backward(dy, cache) ... -> dx
     max_pool2d_forward(x, kernel_size, stride=None, padding=0) -> (y, cache)
-    avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True) -> (y, cache)
+    avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True,
+                       divisor_override=None) -> (y, cache)
     global_avg_pool2d_forward(x) -> (y of shape (N, C, 1, 1), cache)
     *_pool2d_backward(dy, cache) -> dx
     linear_forward(x, w, b=None) -> (y, cache); linear_backward(dy, cache) -> (dx, dw, db_or_None)

@@ -157,18 +157,36 @@ def max_pool2d_backward(dy, cache):
 # ---------------------------------------------------------------------------------------------
 
 
-def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True):
-    """y[n, c, p, q] = (1 / D[p, q]) * sum_{i<kh, j<kw} xp[n, c, p*sh + i, q*sw + j]; like
-    ``F.avg_pool2d`` (``ceil_mode=False``, no ``divisor_override``).
+def fixed_divisor(kernel: tuple[int, int], count_include_pad, divisor_override) -> int:
+    """The divisor of every window when it does not depend on the window, else 0 (count each
+    window's real pixels): ``divisor_override`` if given (a nonzero int, as torch), else kh*kw
+    with ``count_include_pad``. Every backend's average pooling uses this rule."""
+    if divisor_override is not None:
+        if isinstance(divisor_override, bool) or not isinstance(
+            divisor_override, (int, np.integer)
+        ):
+            raise TypeError(f"divisor_override must be an int, got {divisor_override!r}")
+        if divisor_override == 0:
+            raise ValueError("divisor_override must not be zero")
+        return int(divisor_override)
+    return kernel[0] * kernel[1] if count_include_pad else 0
 
-    ``xp`` is ``x`` zero-padded. The divisor ``D`` is ``kh*kw`` when ``count_include_pad`` (the
-    padded zeros count as pixels) and the number of real pixels in the window otherwise.
+
+def avg_pool2d_forward(
+    x, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None
+):
+    """y[n, c, p, q] = (1 / D[p, q]) * sum_{i<kh, j<kw} xp[n, c, p*sh + i, q*sw + j]; like
+    ``F.avg_pool2d`` (``ceil_mode=False``).
+
+    ``xp`` is ``x`` zero-padded. The divisor ``D`` is ``divisor_override`` when given, else
+    ``kh*kw`` when ``count_include_pad`` (the padded zeros count as pixels) and the number of
+    real pixels in the window otherwise (``fixed_divisor``).
     Shapes: ``x`` (N, C, H, W) -> ``y`` (N, C, OH, OW). Returns ``(y, cache)``.
     """
     x, g = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d")
-    kh, kw = g.kernel
-    if count_include_pad:
-        divisor = np.full(g.out_hw, kh * kw, dtype=x.dtype)  # (OH, OW)
+    fixed = fixed_divisor(g.kernel, count_include_pad, divisor_override)
+    if fixed:
+        divisor = np.full(g.out_hw, fixed, dtype=x.dtype)  # (OH, OW)
     else:
         divisor = g.real_mask().sum(axis=(-2, -1)).astype(x.dtype)  # (OH, OW) real pixels
     xp = pad_nchw(x, g.pads)  # (N, C, Hp, Wp)

@@ -310,7 +310,7 @@ def test_activation_matches_torch(op, seed, dtype, shape):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["max", "avg", "avg_exclude_pad"])
+@pytest.mark.parametrize("kind", ["max", "avg", "avg_exclude_pad", "avg_divisor_override"])
 @settings(max_examples=examples(4, 80))
 @given(
     seed=st.integers(0, 2**16),
@@ -331,6 +331,8 @@ def test_pooling_matches_torch(kind, seed, dtype, hw, kernel, stride, pad, ties)
         x = np.round(x).astype(dtype)
     op = "max_pool2d" if kind == "max" else "avg_pool2d"
     extra = {} if kind == "max" else {"count_include_pad": kind == "avg"}
+    if kind == "avg_divisor_override":
+        extra["divisor_override"] = 3
     y, cache = getattr(K, f"{op}_forward")(x, kernel, stride, padding, **extra)
     y_ref, cache_ref = getattr(R, f"{op}_forward")(x, kernel, stride, padding, **extra)
     dy = rand(rng, y_ref.shape, dtype)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from scratchnets.reference.pooling import PoolGeometry, _check_dy, _pool_geometry
+from scratchnets.reference.pooling import PoolGeometry, _check_dy, _pool_geometry, fixed_divisor
 
 from ._common import kernel_array
 
@@ -87,18 +87,19 @@ def _max_pool_backward_kernel(dy, argmax, dx):
 
 
 @njit(cache=True)
-def _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, count_include_pad, out):
-    """out[b] = D of window (a, b): kh*kw, or its number of real cells."""
+def _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, fixed, out):
+    """out[b] = D of window (a, b): ``fixed`` (``reference.pooling.fixed_divisor``) when nonzero,
+    else the window's number of real cells."""
     h0 = a * sh - top
     rows = min(kh, height - h0) - max(0, -h0)
     for b in range(ow):
         w0 = b * sw - left
         cols = min(kw, width - w0) - max(0, -w0)
-        out[b] = kh * kw if count_include_pad else rows * cols
+        out[b] = fixed if fixed != 0 else rows * cols
 
 
 @njit(parallel=True, cache=True)
-def _avg_pool_kernel(x, kh, kw, sh, sw, top, left, count_include_pad, y):
+def _avg_pool_kernel(x, kh, kw, sh, sw, top, left, fixed, y):
     """y[p, a, b] = sum of the window's real cells / D, summed in float64 tap by tap over a row
     of outputs (same loop order as ``_max_pool_kernel``)."""
     planes, height, width = x.shape
@@ -114,13 +115,13 @@ def _avg_pool_kernel(x, kh, kw, sh, sw, top, left, count_include_pad, y):
                     b_lo, b_hi = _tap_columns(j, sw, left, width, ow)
                     for b in range(b_lo, b_hi):
                         acc[b] += x[p, h0 + i, b * sw - left + j]
-            _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, count_include_pad, div)
+            _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, fixed, div)
             for b in range(ow):
                 y[p, a, b] = acc[b] / div[b]
 
 
 @njit(parallel=True, cache=True)
-def _avg_pool_backward_kernel(dy, kh, kw, sh, sw, top, left, count_include_pad, dx):
+def _avg_pool_backward_kernel(dy, kh, kw, sh, sw, top, left, fixed, dx):
     """dx[p, h, w] += dy[p, a, b] / D for every real cell (h, w) of window (a, b); dx zeroed."""
     planes, height, width = dx.shape
     _, oh, ow = dy.shape
@@ -128,7 +129,7 @@ def _avg_pool_backward_kernel(dy, kh, kw, sh, sw, top, left, count_include_pad, 
         share = np.empty(ow)
         for a in range(oh):
             h0 = a * sh - top
-            _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, count_include_pad, share)
+            _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, fixed, share)
             for b in range(ow):
                 share[b] = dy[p, a, b] / share[b]
             for i in range(max(0, -h0), min(kh, height - h0)):
@@ -166,7 +167,7 @@ class PoolCache:
     geometry: PoolGeometry
     dtype: np.dtype
     argmax: np.ndarray | None = None  # (N*C, OH*OW) int32, max pooling
-    count_include_pad: bool = True  # avg pooling
+    fixed_divisor: int = 0  # avg pooling: reference.pooling.fixed_divisor
 
 
 def _planes(x, kernel_size, stride, padding, name):
@@ -209,15 +210,19 @@ def max_pool2d_backward(dy, cache):
     return dx.reshape(cache.geometry.in_shape)
 
 
-def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+def avg_pool2d_forward(
+    x, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None
+):
     """y[n, c, p, q] = (1 / D) * sum_{i<kh, j<kw} xp[n, c, p*sh + i, q*sw + j], xp zero-padded;
-    D = kh*kw with ``count_include_pad``, else the number of real pixels in the window. Like
+    D = ``divisor_override`` if given, else kh*kw with ``count_include_pad``, else the number of
+    real pixels in the window. Like
     ``F.avg_pool2d`` (floor mode). Shapes: (N, C, H, W) -> (N, C, OH, OW). Returns ``(y, cache)``.
     """
     x3, g, window = _planes(x, kernel_size, stride, padding, "avg_pool2d")
     y = np.empty((x3.shape[0], *g.out_hw), dtype=x3.dtype)  # (N*C, OH, OW)
-    _avg_pool_kernel(x3, *window, bool(count_include_pad), y)
-    cache = PoolCache(g, x3.dtype, count_include_pad=bool(count_include_pad))
+    fixed = fixed_divisor(g.kernel, count_include_pad, divisor_override)
+    _avg_pool_kernel(x3, *window, fixed, y)
+    cache = PoolCache(g, x3.dtype, fixed_divisor=fixed)
     return y.reshape(g.out_shape), cache
 
 
@@ -230,7 +235,7 @@ def avg_pool2d_backward(dy, cache):
     n, c, h, w = g.in_shape
     dx = np.zeros((n * c, h, w), dtype=cache.dtype)
     window = (*g.kernel, *g.stride, g.pads[0], g.pads[2])
-    _avg_pool_backward_kernel(dy3, *window, cache.count_include_pad, dx)
+    _avg_pool_backward_kernel(dy3, *window, cache.fixed_divisor, dx)
     return dx.reshape(g.in_shape)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda
 
-from scratchnets.reference.pooling import PoolGeometry, _pool_geometry
+from scratchnets.reference.pooling import PoolGeometry, _pool_geometry, fixed_divisor
 
 from ._launch import check_float, device_array, device_dy, empty, host_proxy, launch_1d
 
@@ -33,7 +33,7 @@ class CudaPoolCache:
     geometry: PoolGeometry
     argmax: object
     dtype: np.dtype
-    count_include_pad: bool = True
+    fixed_divisor: int = 0  # avg pooling: reference.pooling.fixed_divisor
 
 
 def _window(g: PoolGeometry) -> tuple[int, int, int, int, int, int]:
@@ -92,11 +92,11 @@ def _max_backward_kernel(dy, argmax, window, dx):
 
 
 @cuda.jit(device=True)
-def _divisor(p, q, window, height, width, count_include_pad):
-    """D[p, q] (an int): kh*kw, or the number of real (unpadded) pixels of the window."""
+def _divisor(p, q, window, height, width, fixed):
+    """D[p, q] (an int): ``fixed`` when nonzero, or the number of real pixels of the window."""
     kh, kw, sh, sw, ph, pw = window
-    if count_include_pad:
-        return kh * kw
+    if fixed != 0:
+        return fixed
     r0, s0 = p * sh - ph, q * sw - pw
     rows = min(r0 + kh, height) - max(r0, 0)
     cols = min(s0 + kw, width) - max(s0, 0)
@@ -104,7 +104,7 @@ def _divisor(p, q, window, height, width, count_include_pad):
 
 
 @cuda.jit
-def _avg_forward_kernel(x, window, count_include_pad, y):
+def _avg_forward_kernel(x, window, fixed, y):
     kh, kw, sh, sw, ph, pw = window
     i = cuda.grid(1)
     if i >= y.size:
@@ -118,12 +118,12 @@ def _avg_forward_kernel(x, window, count_include_pad, y):
                 s = q * sw + kj - pw
                 if 0 <= s < x.shape[3]:
                     acc += x[n, c, r, s]  # padded cells add zero
-    divisor = _divisor(p, q, window, x.shape[2], x.shape[3], count_include_pad)
+    divisor = _divisor(p, q, window, x.shape[2], x.shape[3], fixed)
     y[n, c, p, q] = acc / y.dtype.type(divisor)
 
 
 @cuda.jit
-def _avg_backward_kernel(dy, window, count_include_pad, dx):
+def _avg_backward_kernel(dy, window, fixed, dx):
     kh, kw, sh, sw, ph, pw = window
     i = cuda.grid(1)
     if i >= dx.size:
@@ -139,7 +139,7 @@ def _avg_backward_kernel(dy, window, count_include_pad, dx):
                 ss = w + pw - kj
                 if ss >= 0 and ss % sw == 0 and ss // sw < dy.shape[3]:
                     q = ss // sw
-                    divisor = _divisor(p, q, window, H, W, count_include_pad)
+                    divisor = _divisor(p, q, window, H, W, fixed)
                     acc += dy[n, c, p, q] / dx.dtype.type(divisor)
     dx[n, c, h, w] = acc
 
@@ -168,13 +168,16 @@ def max_pool2d_backward(dy, cache):
     return dx
 
 
-def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+def avg_pool2d_forward(
+    x, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None
+):
     """y = window sum / D; like ``F.avg_pool2d``. Arguments and errors as
     ``reference.avg_pool2d_forward``. Returns ``(y, cache)``, y a device array."""
     x, g = _geometry(x, kernel_size, stride, padding, "avg_pool2d")
+    fixed = fixed_divisor(g.kernel, count_include_pad, divisor_override)
     y = empty(g.out_shape, x.dtype)
-    launch_1d(_avg_forward_kernel, y.size, x, _window(g), bool(count_include_pad), y)
-    return y, CudaPoolCache(g, None, x.dtype, bool(count_include_pad))
+    launch_1d(_avg_forward_kernel, y.size, x, _window(g), fixed, y)
+    return y, CudaPoolCache(g, None, x.dtype, fixed)
 
 
 def avg_pool2d_backward(dy, cache):
@@ -182,7 +185,7 @@ def avg_pool2d_backward(dy, cache):
     g = cache.geometry
     dy = device_dy(dy, g.out_shape, cache.dtype, "avg_pool2d_backward")
     dx = empty(g.in_shape, cache.dtype)
-    launch_1d(_avg_backward_kernel, dx.size, dy, _window(g), cache.count_include_pad, dx)
+    launch_1d(_avg_backward_kernel, dx.size, dy, _window(g), cache.fixed_divisor, dx)
     return dx
 
 
