@@ -25,6 +25,8 @@ OPS = (
     "max_pool2d",
     "avg_pool2d",
     "global_avg_pool2d",
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
     "linear",
     "dropout",
     "upsample_nearest2d",

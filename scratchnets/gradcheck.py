@@ -143,6 +143,18 @@ def _cases(rng: np.random.Generator) -> list[Case]:
             lambda ops, v: ops.avg_pool2d_forward(v["x"], 3, 2, 1, count_include_pad=False),
             ("x",),
         ),
+        *(
+            Case(
+                f"adaptive_{kind}_pool2d 5x7 -> (3, 4)",
+                f"adaptive_{kind}_pool2d",
+                {"x": distinct[:, :, :5, :] if kind == "max" else randn(2, 2, 5, 7)},
+                lambda ops, v, kind=kind: getattr(ops, f"adaptive_{kind}_pool2d_forward")(
+                    v["x"], (3, 4)
+                ),
+                ("x",),
+            )
+            for kind in ("avg", "max")
+        ),
         Case(
             "avg_pool2d 2x3 s(1,2) p(1,1) divisor_override=5",
             "avg_pool2d",

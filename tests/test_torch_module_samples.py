@@ -43,14 +43,6 @@ LAYERS = [
 #: (layer, sample description) -> the option that is still missing (issue 28)
 NOT_YET = {
     ("MaxPool2d", "return_indices"): "MaxPool2d return_indices",
-    ("AdaptiveAvgPool2d", "single"): "AdaptiveAvgPool2d output sizes other than 1",
-    ("AdaptiveAvgPool2d", "no_batch_dim"): "AdaptiveAvgPool2d output sizes other than 1",
-    ("AdaptiveAvgPool2d", "tuple"): "AdaptiveAvgPool2d output sizes other than 1",
-    ("AdaptiveAvgPool2d", "tuple_none"): "AdaptiveAvgPool2d output sizes other than 1",
-    **{
-        ("AdaptiveMaxPool2d", desc): "AdaptiveMaxPool2d"
-        for desc in ("single", "no_batch_dim", "tuple", "tuple_none")
-    },
 }
 
 

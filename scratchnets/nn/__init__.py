@@ -11,6 +11,7 @@
 from . import init
 from .layers import (
     AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
     AvgPool2d,
     BatchNorm2d,
     CircularPad2d,
@@ -52,6 +53,7 @@ __all__ = [
     "MaxPool2d",
     "AvgPool2d",
     "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
     "Linear",
     "Dropout",
     "Flatten",

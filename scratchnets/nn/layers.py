@@ -20,7 +20,7 @@ from .. import functional as F
 from ..arrays import to_numpy
 from ..backends import get_backend
 from ..reference.batchnorm import eval_scale_shift
-from ..reference.pooling import fixed_divisor
+from ..reference.pooling import adaptive_output_size, fixed_divisor
 from . import init
 from .module import Module, Parameter, as_float_dtype
 
@@ -614,31 +614,67 @@ class AvgPool2d(_Pool2d):
                     divisor_override=self.divisor_override)  # fmt: skip
 
 
-class AdaptiveAvgPool2d(_AcceptsUnbatched, _UnaryOp):
-    """Global average pooling, y[n, c, 0, 0] = mean_{h, w} x[n, c, h, w]: the ``output_size=1``
-    case of ``torch.nn.AdaptiveAvgPool2d`` (the only one the models use)."""
+class _AdaptivePool2d(_AcceptsUnbatched, Module):
+    """torch's adaptive pooling: the output size is given and each output reads a window of
+    ``reference.pooling.adaptive_windows`` (int or (OH, OW); None keeps that axis)."""
 
-    _op = "global_avg_pool2d"
-    _layout = NCHW
+    _op: str
 
-    def __init__(self, output_size=1):
+    def __init__(self, output_size):
         super().__init__()
-        if output_size not in (1, (1, 1), [1, 1]):
+        sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,)
+        if not (len(sizes) in (1, 2) and all(s is None or (_is_int(s) and s >= 1) for s in sizes)):
             raise ValueError(
-                f"AdaptiveAvgPool2d supports only output_size=1 or (1, 1) (global average "
-                f"pooling), got {output_size!r}"
+                f"output_size must be an int >= 1 or a pair of them (None keeps the input's "
+                f"size), got {output_size!r}"
             )
         self.output_size = output_size
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
 
+    def _op_name(self, in_hw) -> str:
+        return self._op
+
     def forward(self, x):
         self._check_input(x, NCHW, unbatched=True)
-        return self._drop_batch(super().forward(self._add_batch(x, forward=True)))
+        x = self._add_batch(x, forward=True)
+        self._active_op = self._op_name(tuple(x.shape)[2:])
+        if self._active_op == "global_avg_pool2d":
+            y, cache = F.global_avg_pool2d_forward(x, backend=self.backend)
+        else:
+            y, cache = getattr(F, f"{self._active_op}_forward")(x, self.output_size,
+                                                               backend=self.backend)  # fmt: skip
+        self._save(cache, y.shape)
+        return self._drop_batch(y)
 
     def backward(self, dy):
-        return self._drop_batch(super().backward(self._add_batch(dy)))
+        dy = self._add_batch(dy)
+        dx = getattr(F, f"{self._active_op}_backward")(dy, self._saved(dy), backend=self.backend)
+        return self._drop_batch(dx)
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """y[n, c, p, q] = mean of x over window (p, q) (``torch.nn.AdaptiveAvgPool2d``); an output
+    of 1 x 1 (every model's head) runs as the global average pooling op."""
+
+    _op = "adaptive_avg_pool2d"
+
+    def _op_name(self, in_hw) -> str:
+        one = adaptive_output_size(self.output_size, in_hw) == (1, 1)
+        return "global_avg_pool2d" if one else self._op
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """y[n, c, p, q] = max of x over window (p, q); dx routes dy to the window's first maximum
+    (``torch.nn.AdaptiveMaxPool2d``; ``return_indices`` False)."""
+
+    _op = "adaptive_max_pool2d"
+
+    def __init__(self, output_size, return_indices: bool = False):
+        _not_yet(return_indices, "return_indices=True")
+        super().__init__(output_size)
+        self.return_indices = False
 
 
 class Linear(Module):

@@ -27,6 +27,7 @@ from ..arrays import FLOAT_DTYPES
 from ..backends import OPS
 from ..reference._padding import conv_output_size, normalize_padding, pair
 from ..reference.pad import check_pad
+from ..reference.pooling import adaptive_output_size
 
 Shape = tuple[int, ...]
 
@@ -234,6 +235,22 @@ def global_avg_pool2d_forward(x):
     N, C, H, W = _nchw(x, "global_avg_pool2d")
     record = OpRecord("global_avg_pool2d", ((N, C, H, W),), (N, C, 1, 1), window=(H, W))
     return _emit(record, x.dtype)
+
+
+def _adaptive(op: str, x, output_size):
+    N, C, H, W = _nchw(x, op)
+    OH, OW = adaptive_output_size(output_size, (H, W))
+    return _emit(OpRecord(op, ((N, C, H, W),), (N, C, OH, OW)), x.dtype)
+
+
+def adaptive_avg_pool2d_forward(x, output_size):
+    """Shape of ``F.adaptive_avg_pool2d``: (N, C, H, W) -> (N, C, OH, OW)."""
+    return _adaptive("adaptive_avg_pool2d", x, output_size)
+
+
+def adaptive_max_pool2d_forward(x, output_size):
+    """Shape of ``F.adaptive_max_pool2d``: (N, C, H, W) -> (N, C, OH, OW)."""
+    return _adaptive("adaptive_max_pool2d", x, output_size)
 
 
 # ------------------------------------------------------------------------------ resizing

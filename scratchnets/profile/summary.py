@@ -35,6 +35,7 @@ import numpy as np
 
 from ..nn import Module
 from ..nn import init as nn_init
+from ..reference.pooling import adaptive_windows
 from . import meta
 from .conventions import MACS, ParamBreakdown, param_breakdown
 from .tables import markdown_table, millions, shape_text, text_table, thousands
@@ -51,6 +52,8 @@ OTHER_OP_CATEGORY = {
     "max_pool2d": "pooling",
     "avg_pool2d": "pooling",
     "global_avg_pool2d": "pooling",
+    "adaptive_avg_pool2d": "pooling",
+    "adaptive_max_pool2d": "pooling",
     "add": "elementwise",
     "mul": "elementwise",
     "upsample_nearest2d": "resize",
@@ -97,6 +100,10 @@ def op_other_work(record: meta.OpRecord) -> dict[str, int]:
     category = OTHER_OP_CATEGORY.get(record.op)
     if record.op in ("conv2d_fixed", "linear_fixed"):  # elements read by the constant kernel
         work["pooling"] = out * math.prod(record.weight_shape[1:])
+    elif record.op.startswith("adaptive_"):  # windows of varying size: sum their areas
+        (N, C, H, W), (OH, OW) = record.in_shapes[0], record.out_shape[2:]
+        rows, cols = (np.sum(e - s) for s, e in (adaptive_windows(H, OH), adaptive_windows(W, OW)))
+        work[category] = N * C * int(rows) * int(cols)
     elif category == "pooling":
         work[category] = out * math.prod(record.window)
     elif category is not None:

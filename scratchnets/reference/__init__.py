@@ -19,6 +19,7 @@ Signatures (identical in ``scratchnets.kernels.cpu`` and ``scratchnets.kernels.c
     avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True,
                        divisor_override=None) -> (y, cache)
     global_avg_pool2d_forward(x) -> (y of shape (N, C, 1, 1), cache)
+    adaptive_avg_pool2d_forward(x, output_size) / adaptive_max_pool2d_forward(x, output_size)
     *_pool2d_backward(dy, cache) -> dx
     linear_forward(x, w, b=None) -> (y, cache); linear_backward(dy, cache) -> (dx, dw, db_or_None)
     dropout_forward(x, p=0.5, training=True, seed=None) -> (y, cache); dropout_backward -> dx
@@ -63,6 +64,10 @@ from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
 from .pad import pad2d_backward, pad2d_forward
 from .pooling import (
+    adaptive_avg_pool2d_backward,
+    adaptive_avg_pool2d_forward,
+    adaptive_max_pool2d_backward,
+    adaptive_max_pool2d_forward,
     avg_pool2d_backward,
     avg_pool2d_forward,
     global_avg_pool2d_backward,

@@ -229,3 +229,103 @@ def global_avg_pool2d_backward(dy, cache):
     N, C, H, W = in_shape
     dy = _check_dy(dy, (N, C, 1, 1), dtype, "global_avg_pool2d_backward")
     return np.broadcast_to(dy / (H * W), in_shape).copy()  # every pixel gets an equal share
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptive pooling
+# ---------------------------------------------------------------------------------------------
+
+
+def adaptive_windows(size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """torch's window rule of adaptive pooling along one axis: output i reads input indices
+    ``[floor(i * size / out), ceil((i + 1) * size / out))``. Windows cover the axis, may
+    overlap by one and differ in length by at most one. Returns ``(start, end)``, (out,) int64."""
+    i = np.arange(out_size)
+    return (i * size) // out_size, -((-(i + 1) * size) // out_size)  # floor, ceil
+
+
+def adaptive_output_size(output_size, in_hw: tuple[int, int]) -> tuple[int, int]:
+    """``output_size`` (int, or a pair whose None entries keep the input's size) as (OH, OW)."""
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        sizes = tuple(in_hw[k] if v is None else v for k, v in enumerate(output_size))
+    else:
+        sizes = (output_size, output_size)
+    return pair(sizes, "output_size", minimum=1)
+
+
+@dataclass(frozen=True)
+class AdaptiveCache:
+    in_shape: tuple[int, int, int, int]
+    rows: tuple[np.ndarray, np.ndarray]  # (start, end) of each output row's window
+    cols: tuple[np.ndarray, np.ndarray]
+    dtype: np.dtype
+    argmax: np.ndarray | None = None  # max: flat input index h * W + w of each output's winner
+
+
+def _adaptive_setup(x, output_size, name: str):
+    x = float_array(x, "x")
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects x of shape (N, C, H, W), got shape {x.shape}")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{name}: x of shape {x.shape} has an empty spatial axis")
+    OH, OW = adaptive_output_size(output_size, x.shape[2:])
+    return x, adaptive_windows(x.shape[2], OH), adaptive_windows(x.shape[3], OW)
+
+
+def adaptive_avg_pool2d_forward(x, output_size):
+    """y[n, c, p, q] = mean of x[n, c, h0(p):h1(p), w0(q):w1(q)] with torch's windows
+    (``adaptive_windows``); like ``F.adaptive_avg_pool2d``. ``output_size``: int or (OH, OW),
+    None keeping that axis. Shapes: (N, C, H, W) -> (N, C, OH, OW). Returns ``(y, cache)``."""
+    x, (r0, r1), (c0, c1) = _adaptive_setup(x, output_size, "adaptive_avg_pool2d")
+    y = np.empty((*x.shape[:2], r0.size, c0.size), dtype=x.dtype)
+    for p in range(r0.size):
+        for q in range(c0.size):
+            y[:, :, p, q] = x[:, :, r0[p] : r1[p], c0[q] : c1[q]].mean(axis=(2, 3))
+    return y, AdaptiveCache(x.shape, (r0, r1), (c0, c1), x.dtype)
+
+
+def adaptive_avg_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum over the windows (p, q) holding (h, w) of dy[n, c, p, q] / area(p, q)."""
+    (r0, r1), (c0, c1) = cache.rows, cache.cols
+    dy = _check_dy(dy, (*cache.in_shape[:2], r0.size, c0.size), cache.dtype,
+                   "adaptive_avg_pool2d_backward")  # fmt: skip
+    dx = np.zeros(cache.in_shape, dtype=cache.dtype)
+    for p in range(r0.size):
+        for q in range(c0.size):
+            area = (r1[p] - r0[p]) * (c1[q] - c0[q])
+            dx[:, :, r0[p] : r1[p], c0[q] : c1[q]] += (dy[:, :, p, q] / area)[:, :, None, None]
+    return dx
+
+
+def adaptive_max_pool2d_forward(x, output_size):
+    """y[n, c, p, q] = max of x over torch's window (p, q) (``adaptive_windows``); like
+    ``F.adaptive_max_pool2d``. The winner is chosen like ``max_pool2d``'s: the first maximum in
+    row-major scan order, or the last NaN. The cache keeps its flat input index ``h * W + w``
+    (torch's ``return_indices``). Returns ``(y, cache)``."""
+    x, (r0, r1), (c0, c1) = _adaptive_setup(x, output_size, "adaptive_max_pool2d")
+    N, C, H, W = x.shape
+    y = np.empty((N, C, r0.size, c0.size), dtype=x.dtype)
+    argmax = np.empty(y.shape, dtype=np.int64)
+    for p in range(r0.size):
+        for q in range(c0.size):
+            window = x[:, :, r0[p] : r1[p], c0[q] : c1[q]]  # (N, C, h, w)
+            width = window.shape[3]
+            cells = window.reshape(N, C, -1)  # row-major scan order
+            y[:, :, p, q] = cells.max(axis=-1)  # NaN propagates
+            is_max = (cells == y[:, :, p, q, None]) | np.isnan(cells)
+            first = is_max.argmax(axis=-1)
+            last = cells.shape[-1] - 1 - is_max[..., ::-1].argmax(axis=-1)
+            k = np.where(np.isnan(y[:, :, p, q]), last, first)  # index within the window
+            argmax[:, :, p, q] = (r0[p] + k // width) * W + c0[q] + k % width
+    return y, AdaptiveCache(x.shape, (r0, r1), (c0, c1), x.dtype, argmax)
+
+
+def adaptive_max_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum of dy[n, c, p, q] over the outputs whose winner is (h, w)."""
+    (r0, _), (c0, _) = cache.rows, cache.cols
+    N, C, H, W = cache.in_shape
+    dy = _check_dy(dy, (N, C, r0.size, c0.size), cache.dtype, "adaptive_max_pool2d_backward")
+    dx = np.zeros((N, C, H * W), dtype=cache.dtype)
+    n, c = np.arange(N)[:, None, None, None], np.arange(C)[None, :, None, None]
+    np.add.at(dx, (n, c, cache.argmax), dy)  # dx[n, c, argmax[n, c, p, q]] += dy[n, c, p, q]
+    return dx.reshape(N, C, H, W)

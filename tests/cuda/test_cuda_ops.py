@@ -459,6 +459,33 @@ def test_upsample_matches_torch(mode, seed, dtype, hw, size):
     check(op, "dx", dx, dxt, dx_ref, fan, _amax(dy))
 
 
+@pytest.mark.parametrize("kind", ["avg", "max"])
+@settings(max_examples=examples(3, 40))
+@given(
+    seed=st.integers(0, 2**16),
+    dtype=FLOATS,
+    hw=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    output_size=st.sampled_from([1, 3, (2, None), (4, 2)]),
+)
+def test_adaptive_pooling_matches_torch(kind, seed, dtype, hw, output_size):
+    rng = np.random.default_rng(seed)
+    x = np.round(rand(rng, (1, 2, *hw), dtype) * 2)  # ties: the first maximum wins
+    op = f"adaptive_{kind}_pool2d"
+    y, cache = getattr(K, f"{op}_forward")(x, output_size)
+    y_ref, cache_ref = getattr(R, f"{op}_forward")(x, output_size)
+    dy = rand(rng, y_ref.shape, dtype)
+    dx = getattr(K, f"{op}_backward")(dy, cache)
+    dx_ref = getattr(R, f"{op}_backward")(dy, cache_ref)
+    if kind == "max":
+        np.testing.assert_array_equal(to_numpy(cache.argmax), cache_ref.argmax)
+    xt = t(x, True)
+    yt = getattr(TF, op)(xt, output_size)
+    (dxt,) = torch_grads(yt, [xt], dy)
+    window = hw[0] * hw[1]  # a window is at most the whole plane
+    check(op, "y", y, yt.detach().numpy(), y_ref, window, _amax(x))
+    check(op, "dx", dx, dxt, dx_ref, 4 * window, _amax(dy))
+
+
 # ---------------------------------------------------------------------------------------------
 # padding
 # ---------------------------------------------------------------------------------------------

@@ -48,6 +48,10 @@ from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
 from .pad import pad2d_backward, pad2d_forward
 from .pooling import (
+    adaptive_avg_pool2d_backward,
+    adaptive_avg_pool2d_forward,
+    adaptive_max_pool2d_backward,
+    adaptive_max_pool2d_forward,
     avg_pool2d_backward,
     avg_pool2d_forward,
     global_avg_pool2d_backward,
@@ -87,6 +91,10 @@ __all__ = [
     "avg_pool2d_backward",
     "global_avg_pool2d_forward",
     "global_avg_pool2d_backward",
+    "adaptive_avg_pool2d_forward",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d_forward",
+    "adaptive_max_pool2d_backward",
     "linear_forward",
     "linear_backward",
     "dropout_forward",

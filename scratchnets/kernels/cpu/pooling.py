@@ -26,12 +26,19 @@ the numbers show.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numba import njit, prange
 
-from scratchnets.reference.pooling import PoolGeometry, _check_dy, _pool_geometry, fixed_divisor
+from scratchnets.reference.pooling import (
+    AdaptiveCache,
+    PoolGeometry,
+    _adaptive_setup,
+    _check_dy,
+    _pool_geometry,
+    fixed_divisor,
+)
 
 from ._common import kernel_array
 
@@ -260,3 +267,116 @@ def global_avg_pool2d_backward(dy, cache):
     dx = np.empty(in_shape, dtype=dtype)
     _plane_fill_kernel(dy.reshape(n * c), dx.reshape(n * c, h * w))
     return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptive pooling: torch's variable windows (reference.pooling.adaptive_windows), one prange
+# step per (n, c) plane; the backward adds into its own plane only, so it needs no atomics
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _adaptive_avg_kernel(x, r0, r1, c0, c1, y):
+    """y[k, p, q] = mean of x[k, r0[p]:r1[p], c0[q]:c1[q]], summed in float64."""
+    for k in prange(x.shape[0]):
+        for p in range(r0.size):
+            for q in range(c0.size):
+                acc = 0.0
+                for h in range(r0[p], r1[p]):
+                    for w in range(c0[q], c1[q]):
+                        acc += x[k, h, w]
+                y[k, p, q] = acc / ((r1[p] - r0[p]) * (c1[q] - c0[q]))
+
+
+@njit(parallel=True, cache=True)
+def _adaptive_avg_backward_kernel(dy, r0, r1, c0, c1, dx):
+    """dx[k, h, w] += dy[k, p, q] / area(p, q) over the windows holding (h, w); dx zeroed."""
+    for k in prange(dx.shape[0]):
+        for p in range(r0.size):
+            for q in range(c0.size):
+                share = dy[k, p, q] / ((r1[p] - r0[p]) * (c1[q] - c0[q]))
+                for h in range(r0[p], r1[p]):
+                    for w in range(c0[q], c1[q]):
+                        dx[k, h, w] += share
+
+
+@njit(parallel=True, cache=True)
+def _adaptive_max_kernel(x, r0, r1, c0, c1, y, argmax):
+    """y = window max, argmax its flat index h * W + w: the first maximum in row-major scan
+    order, or the last NaN (a cell wins when greater than the best so far or NaN, as torch)."""
+    width = x.shape[2]
+    for k in prange(x.shape[0]):
+        for p in range(r0.size):
+            for q in range(c0.size):
+                best, where = -np.inf, r0[p] * width + c0[q]
+                for h in range(r0[p], r1[p]):
+                    for w in range(c0[q], c1[q]):
+                        v = x[k, h, w]
+                        if v > best or np.isnan(v):
+                            best, where = v, h * width + w
+                y[k, p, q] = best
+                argmax[k, p, q] = where
+
+
+@njit(parallel=True, cache=True)
+def _adaptive_max_backward_kernel(dy, argmax, dx):
+    """dx[k, argmax[k, p, q]] += dy[k, p, q]; dx (planes, H*W) zeroed."""
+    for k in prange(dy.shape[0]):
+        for o in range(dy.shape[1]):
+            dx[k, argmax[k, o]] += dy[k, o]
+
+
+def _adaptive_planes(x, output_size, name: str):
+    """Validate like the reference; (x as C-contiguous (N*C, H, W), cache without argmax)."""
+    x, rows, cols = _adaptive_setup(x, output_size, name)
+    x = kernel_array(x, "x")
+    n, c, h, w = x.shape
+    return x.reshape(n * c, h, w), AdaptiveCache(x.shape, rows, cols, x.dtype)
+
+
+def _adaptive_dy(dy, cache: AdaptiveCache, name: str) -> np.ndarray:
+    """dy checked against y's shape, in the forward's dtype, as (N*C, OH, OW) C-contiguous."""
+    n, c, _, _ = cache.in_shape
+    out_hw = (cache.rows[0].size, cache.cols[0].size)
+    dy = np.ascontiguousarray(_check_dy(dy, (n, c, *out_hw), cache.dtype, name))
+    return dy.reshape(n * c, *out_hw)
+
+
+def adaptive_avg_pool2d_forward(x, output_size):
+    """y[n, c, p, q] = mean of x over torch's adaptive window (p, q); like
+    ``F.adaptive_avg_pool2d``. Returns ``(y, cache)``."""
+    x3, cache = _adaptive_planes(x, output_size, "adaptive_avg_pool2d")
+    (r0, r1), (c0, c1) = cache.rows, cache.cols
+    y = np.empty((x3.shape[0], r0.size, c0.size), dtype=x3.dtype)
+    _adaptive_avg_kernel(x3, r0, r1, c0, c1, y)
+    return y.reshape(*cache.in_shape[:2], r0.size, c0.size), cache
+
+
+def adaptive_avg_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum over the windows holding (h, w) of dy[n, c, p, q] / area(p, q)."""
+    dy3 = _adaptive_dy(dy, cache, "adaptive_avg_pool2d_backward")
+    n, c, h, w = cache.in_shape
+    dx = np.zeros((n * c, h, w), dtype=cache.dtype)
+    _adaptive_avg_backward_kernel(dy3, *cache.rows, *cache.cols, dx)
+    return dx.reshape(cache.in_shape)
+
+
+def adaptive_max_pool2d_forward(x, output_size):
+    """y[n, c, p, q] = max of x over torch's adaptive window (p, q); like
+    ``F.adaptive_max_pool2d``. Returns ``(y, cache)``; the cache's argmax holds torch's indices."""
+    x3, cache = _adaptive_planes(x, output_size, "adaptive_max_pool2d")
+    (r0, r1), (c0, c1) = cache.rows, cache.cols
+    y = np.empty((x3.shape[0], r0.size, c0.size), dtype=x3.dtype)
+    argmax = np.empty(y.shape, dtype=np.int64)
+    _adaptive_max_kernel(x3, r0, r1, c0, c1, y, argmax)
+    out_shape = (*cache.in_shape[:2], r0.size, c0.size)
+    return y.reshape(out_shape), replace(cache, argmax=argmax.reshape(out_shape))
+
+
+def adaptive_max_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum of dy[n, c, p, q] over the outputs whose winner is (h, w)."""
+    dy3 = _adaptive_dy(dy, cache, "adaptive_max_pool2d_backward")
+    n, c, h, w = cache.in_shape
+    dx = np.zeros((n * c, h * w), dtype=cache.dtype)
+    _adaptive_max_backward_kernel(dy3.reshape(n * c, -1), cache.argmax.reshape(n * c, -1), dx)
+    return dx.reshape(cache.in_shape)

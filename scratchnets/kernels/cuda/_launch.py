@@ -47,6 +47,13 @@ def launch_1d(kernel, n: int, *args) -> None:
         kernel[blocks, per_block](*args)
 
 
+@cuda.jit(device=True)
+def nchw_index(i, shape):
+    """(n, c, h, w) of flat index i of a C-contiguous NCHW array of ``shape`` (device code)."""
+    N, C, H, W = shape
+    return i // (W * H * C), (i // (W * H)) % C, (i // W) % H, i % W
+
+
 def host_proxy(a) -> np.ndarray:
     """A read-only NumPy array of ``a``'s shape and dtype whose elements all share one zero.
 

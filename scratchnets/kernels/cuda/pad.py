@@ -16,7 +16,7 @@ from numba import cuda
 
 from scratchnets.reference.pad import OUTSIDE, check_pad, pad_readers, pad_source_index
 
-from ._launch import device_array, device_dy, empty, host_proxy, launch_1d
+from ._launch import device_array, device_dy, empty, host_proxy, launch_1d, nchw_index
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,9 @@ class CudaPadCache:
 @cuda.jit
 def _pad_kernel(x, rows, cols, value, y):
     i = cuda.grid(1)
-    N, C, OH, OW = y.shape
     if i >= y.size:
         return
-    n, c, p, q = i // (OW * OH * C), (i // (OW * OH)) % C, (i // OW) % OH, i % OW
+    n, c, p, q = nchw_index(i, y.shape)
     h, w = rows[p], cols[q]
     y[n, c, p, q] = value if h == OUTSIDE or w == OUTSIDE else x[n, c, h, w]
 
@@ -42,10 +41,9 @@ def _pad_kernel(x, rows, cols, value, y):
 @cuda.jit
 def _pad_backward_kernel(dy, row_offsets, row_readers, col_offsets, col_readers, dx):
     i = cuda.grid(1)
-    N, C, H, W = dx.shape
     if i >= dx.size:
         return
-    n, c, h, w = i // (W * H * C), (i // (W * H)) % C, (i // W) % H, i % W
+    n, c, h, w = nchw_index(i, dx.shape)
     acc = dx.dtype.type(0)
     for k in range(row_offsets[h], row_offsets[h + 1]):
         row = dx.dtype.type(0)

@@ -21,9 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda
 
-from scratchnets.reference.pooling import PoolGeometry, _pool_geometry, fixed_divisor
+from scratchnets.reference.pooling import (
+    PoolGeometry,
+    _adaptive_setup,
+    _pool_geometry,
+    fixed_divisor,
+)
 
-from ._launch import check_float, device_array, device_dy, empty, host_proxy, launch_1d
+from ._launch import check_float, device_array, device_dy, empty, host_proxy, launch_1d, nchw_index
 
 
 @dataclass(frozen=True)
@@ -41,20 +46,13 @@ def _window(g: PoolGeometry) -> tuple[int, int, int, int, int, int]:
     return (*g.kernel, *g.stride, g.pads[0], g.pads[2])
 
 
-@cuda.jit(device=True)
-def _output_index(i, shape):
-    """(n, c, p, q) of flat index i of an NCHW array of ``shape``."""
-    N, C, H, W = shape
-    return i // (W * H * C), (i // (W * H)) % C, (i // W) % H, i % W
-
-
 @cuda.jit
 def _max_forward_kernel(x, window, y, argmax):
     kh, kw, sh, sw, ph, pw = window
     i = cuda.grid(1)
     if i >= y.size:
         return
-    n, c, p, q = _output_index(i, y.shape)
+    n, c, p, q = nchw_index(i, y.shape)
     best = x.dtype.type(-math.inf)  # padding holds -inf: it never wins
     best_cell = -1
     for ki in range(kh):
@@ -78,7 +76,7 @@ def _max_backward_kernel(dy, argmax, window, dx):
     i = cuda.grid(1)
     if i >= dx.size:
         return
-    n, c, h, w = _output_index(i, dx.shape)
+    n, c, h, w = nchw_index(i, dx.shape)
     acc = dx.dtype.type(0)
     for ki in range(kh):  # windows whose tap (ki, kj) is the pixel (h, w)
         rr = h + ph - ki
@@ -109,7 +107,7 @@ def _avg_forward_kernel(x, window, fixed, y):
     i = cuda.grid(1)
     if i >= y.size:
         return
-    n, c, p, q = _output_index(i, y.shape)
+    n, c, p, q = nchw_index(i, y.shape)
     acc = y.dtype.type(0)
     for ki in range(kh):
         r = p * sh + ki - ph
@@ -128,7 +126,7 @@ def _avg_backward_kernel(dy, window, fixed, dx):
     i = cuda.grid(1)
     if i >= dx.size:
         return
-    n, c, h, w = _output_index(i, dx.shape)
+    n, c, h, w = nchw_index(i, dx.shape)
     H, W = dx.shape[2], dx.shape[3]
     acc = dx.dtype.type(0)
     for ki in range(kh):
@@ -207,7 +205,7 @@ def _global_avg_kernel(x, y):
 def _global_avg_backward_kernel(dy, dx):
     i = cuda.grid(1)
     if i < dx.size:
-        n, c, h, w = _output_index(i, dx.shape)
+        n, c, h, w = nchw_index(i, dx.shape)
         dx[n, c, h, w] = dy[n, c, 0, 0] / dx.dtype.type(dx.shape[2] * dx.shape[3])
 
 
@@ -231,3 +229,123 @@ def global_avg_pool2d_backward(dy, cache):
     dx = empty(in_shape, dtype)
     launch_1d(_global_avg_backward_kernel, dx.size, dy, dx)
     return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptive pooling: torch's variable windows (reference.pooling.adaptive_windows) as device
+# tables; one thread per output (forward) or per input pixel (backward: a gather, no atomics)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CudaAdaptiveCache:
+    in_shape: tuple[int, int, int, int]
+    out_hw: tuple[int, int]
+    windows: tuple  # (r0, r1, c0, c1) int64 device arrays
+    dtype: np.dtype
+    argmax: object = None  # max: flat input index h * W + w of each output's winner (int64)
+
+
+@cuda.jit
+def _adaptive_avg_kernel(x, r0, r1, c0, c1, y):
+    i = cuda.grid(1)
+    if i >= y.size:
+        return
+    n, c, p, q = nchw_index(i, y.shape)
+    acc = y.dtype.type(0)
+    for h in range(r0[p], r1[p]):
+        for w in range(c0[q], c1[q]):
+            acc += x[n, c, h, w]
+    y[n, c, p, q] = acc / y.dtype.type((r1[p] - r0[p]) * (c1[q] - c0[q]))
+
+
+@cuda.jit
+def _adaptive_avg_backward_kernel(dy, r0, r1, c0, c1, dx):
+    i = cuda.grid(1)
+    if i >= dx.size:
+        return
+    n, c, h, w = nchw_index(i, dx.shape)
+    acc = dx.dtype.type(0)
+    for p in range(r0.size):
+        if r0[p] <= h < r1[p]:
+            for q in range(c0.size):
+                if c0[q] <= w < c1[q]:
+                    area = (r1[p] - r0[p]) * (c1[q] - c0[q])
+                    acc += dy[n, c, p, q] / dx.dtype.type(area)
+    dx[n, c, h, w] = acc
+
+
+@cuda.jit
+def _adaptive_max_kernel(x, r0, r1, c0, c1, y, argmax):
+    i = cuda.grid(1)
+    if i >= y.size:
+        return
+    n, c, p, q = nchw_index(i, y.shape)
+    width = x.shape[3]
+    best, where = -math.inf, r0[p] * width + c0[q]
+    for h in range(r0[p], r1[p]):
+        for w in range(c0[q], c1[q]):
+            v = x[n, c, h, w]
+            if v > best or math.isnan(v):  # first maximum in scan order, or the last NaN
+                best, where = v, h * width + w
+    y[n, c, p, q] = best
+    argmax[n, c, p, q] = where
+
+
+@cuda.jit
+def _adaptive_max_backward_kernel(dy, argmax, r0, r1, c0, c1, dx):
+    i = cuda.grid(1)
+    if i >= dx.size:
+        return
+    n, c, h, w = nchw_index(i, dx.shape)
+    me = h * dx.shape[3] + w
+    acc = dx.dtype.type(0)
+    for p in range(r0.size):
+        if r0[p] <= h < r1[p]:
+            for q in range(c0.size):
+                if c0[q] <= w < c1[q] and argmax[n, c, p, q] == me:
+                    acc += dy[n, c, p, q]
+    dx[n, c, h, w] = acc
+
+
+def _adaptive_forward(x, output_size, name: str, kernel, with_argmax: bool):
+    _, rows, cols = _adaptive_setup(host_proxy(x), output_size, name)
+    x = device_array(x, "x")
+    windows = tuple(cuda.to_device(np.ascontiguousarray(t)) for t in (*rows, *cols))
+    out_shape = (*x.shape[:2], rows[0].size, cols[0].size)
+    y = empty(out_shape, x.dtype)
+    argmax = empty(out_shape, np.int64) if with_argmax else None
+    launch_1d(kernel, y.size, x, *windows, y, *((argmax,) if with_argmax else ()))
+    return y, CudaAdaptiveCache(tuple(x.shape), out_shape[2:], windows, x.dtype, argmax)
+
+
+def adaptive_avg_pool2d_forward(x, output_size):
+    """y[n, c, p, q] = mean of x over torch's adaptive window (p, q); like
+    ``F.adaptive_avg_pool2d``. Returns ``(y, cache)``, y a device array."""
+    return _adaptive_forward(x, output_size, "adaptive_avg_pool2d", _adaptive_avg_kernel, False)
+
+
+def _adaptive_backward(dy, cache, name: str, kernel, *tables):
+    """dx from ``kernel(dy, *tables, *windows, dx)``, one thread per input pixel."""
+    dy = device_dy(dy, (*cache.in_shape[:2], *cache.out_hw), cache.dtype, name)
+    dx = empty(cache.in_shape, cache.dtype)
+    launch_1d(kernel, dx.size, dy, *tables, *cache.windows, dx)
+    return dx
+
+
+def adaptive_avg_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum over the windows holding (h, w) of dy[n, c, p, q] / area(p, q)."""
+    name = "adaptive_avg_pool2d_backward"
+    return _adaptive_backward(dy, cache, name, _adaptive_avg_backward_kernel)
+
+
+def adaptive_max_pool2d_forward(x, output_size):
+    """y[n, c, p, q] = max of x over torch's adaptive window (p, q); like
+    ``F.adaptive_max_pool2d``. Returns ``(y, cache)``, y a device array."""
+    return _adaptive_forward(x, output_size, "adaptive_max_pool2d", _adaptive_max_kernel, True)
+
+
+def adaptive_max_pool2d_backward(dy, cache):
+    """dx[n, c, h, w] = sum of dy[n, c, p, q] over the outputs whose winner is (h, w)."""
+    name = "adaptive_max_pool2d_backward"
+    return _adaptive_backward(dy, cache, name, _adaptive_max_backward_kernel, cache.argmax)
