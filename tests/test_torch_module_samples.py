@@ -1,5 +1,6 @@
 """PyTorch's own layer samples: every sample input that torch's module test suite feeds to the
-layers we have (``torch.testing._internal.common_modules.module_db``) runs on our layer and matches.
+layers we have (``torch.testing._internal.common_modules.module_db``, and the Conv2d cases of the
+older ``common_nn`` module tests) runs on our layer and matches.
 
 Each sample is built with the same constructor arguments as torch's (float64, our layer's
 ``dtype`` where it has one), the torch layer's parameters and buffers copied in, then run in the
@@ -31,6 +32,7 @@ sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("stub
 common_modules = pytest.importorskip(
     "torch.testing._internal.common_modules", reason="needs expecttest (pip install expecttest)"
 )
+from torch.testing._internal import common_nn  # noqa: E402  (after the importorskip above)
 
 #: torch layer name -> ours (same name in scratchnets.nn)
 LAYERS = [
@@ -84,25 +86,21 @@ def _build_ours(name: str, args, kwargs, backend: str):
     return cls(*args, **kwargs).to(backend)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
-@pytest.mark.parametrize("name, training, index", SAMPLES)
-def test_module_db_sample_matches_torch(backend, name, training, index):
-    sample = _sample(name, training, index)
-    args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
+def _compare(name, args, kwargs, backend, training, x, seed):
+    """Our layer and torch's, built alike, on the same input x (a float64 tensor): y, dx,
+    parameter gradients and buffers afterwards within 1e-9 relative."""
     torch.manual_seed(0)
     theirs = getattr(torch.nn, name)(*args, **kwargs).double().train(training)
     ours = _build_ours(name, args, kwargs, backend).train(training)
     state = {k: v.detach().numpy().copy() for k, v in theirs.state_dict().items()}
     if state:
         ours.load_state_dict(state)
-    inputs = [*sample.forward_input.args, *sample.forward_input.kwargs.values()]
-    assert len(inputs) == 1, f"one input expected, got {len(inputs)}"
-    xt = inputs[0].detach().clone().requires_grad_(True)
+    xt = x.detach().clone().requires_grad_(True)
     yt = theirs(xt)
     y = ours(xt.detach().numpy().copy())
     assert y.shape == tuple(yt.shape), f"shape {y.shape} != torch's {tuple(yt.shape)}"
     assert_close_f64(y, yt.detach().numpy(), rtol=1e-9, what="y")
-    rng = np.random.default_rng(index)
+    rng = np.random.default_rng(seed)
     dy = rng.standard_normal(y.shape)
     params = list(theirs.parameters())
     expected = torch_grads(yt, [xt, *params], dy)
@@ -114,6 +112,35 @@ def test_module_db_sample_matches_torch(backend, name, training, index):
         np.testing.assert_allclose(
             getattr(ours, buffer_name), buffer.numpy(), rtol=1e-9, atol=1e-12, err_msg=buffer_name
         )
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("name, training, index", SAMPLES)
+def test_module_db_sample_matches_torch(backend, name, training, index):
+    sample = _sample(name, training, index)
+    inputs = [*sample.forward_input.args, *sample.forward_input.kwargs.values()]
+    assert len(inputs) == 1, f"one input expected, got {len(inputs)}"
+    args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
+    _compare(name, args, kwargs, backend, training, inputs[0], seed=index)
+
+
+#: common_nn's module tests of Conv2d (the older suite torch still runs): constructor arguments
+#: and an input size each
+COMMON_NN_CONV2D = [
+    case
+    for case in common_nn.module_tests + common_nn.get_new_module_tests()
+    if case.get("module_name") == "Conv2d"
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize(
+    "case", COMMON_NN_CONV2D, ids=[c.get("desc", "default") for c in COMMON_NN_CONV2D]
+)
+def test_common_nn_conv2d_case_matches_torch(backend, training, case):
+    x = torch.randn(case["input_size"], generator=torch.Generator().manual_seed(1))
+    _compare("Conv2d", case["constructor_args"], {}, backend, training, x.double(), seed=2)
 
 
 def test_every_layer_of_the_list_has_samples_or_is_absent_from_module_db():
