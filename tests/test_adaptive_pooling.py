@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+import scratchnets as sn
 from scratchnets import reference as R
 from scratchnets.kernels import cpu as K
 from scratchnets.reference.pooling import adaptive_windows
@@ -105,3 +107,30 @@ def test_invalid_arguments_raise_clear_errors(backend, shape, output_size, messa
             getattr(BACKENDS[backend], f"adaptive_{kind}_pool2d_forward")(
                 np.zeros(shape), output_size
             )
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize(
+    "layer, args, shape",
+    [
+        ("MaxPool2d", (3, 2, 1), (2, 3, 7, 6)),
+        ("MaxPool2d", ((2, 3), (1, 2), (1, 1)), (3, 5, 7)),  # unbatched
+        ("AdaptiveMaxPool2d", ((3, None),), (2, 3, 5, 4)),
+        ("AdaptiveMaxPool2d", (2,), (3, 5, 5)),  # unbatched
+    ],
+)
+def test_return_indices_equal_torchs(backend, layer, args, shape):
+    """``return_indices=True``: (y, indices), indices the flat h * W + w of each maximum, int64,
+    equal to torch's (ties on rounded inputs go to the first maximum); backward unchanged."""
+    ours = getattr(sn.nn, layer)(*args, return_indices=True).to(backend)
+    theirs = getattr(torch.nn, layer)(*args, return_indices=True)
+    rng = np.random.default_rng(0)
+    x = np.round(rng.standard_normal(shape) * 2)
+    xt = t(x, True)
+    yt, indices_t = theirs(xt)
+    y, indices = ours(x)
+    assert indices.dtype == np.int64
+    np.testing.assert_array_equal(indices, indices_t.numpy())
+    dy = rng.standard_normal(y.shape)
+    assert_close_f64(y, yt.detach().numpy(), what="y")
+    assert_close_f64(ours.backward(dy), torch_grads(yt, [xt], dy)[0], what="dx")

@@ -636,8 +636,10 @@ def test_constructor_errors():
         nn.Conv2d(4, 6, 3, stride=2, padding="same")
     with pytest.raises(ValueError, match=r"output_size must be an int >= 1 .* got 0"):
         nn.AdaptiveAvgPool2d(0)
-    with pytest.raises(ValueError, match=r"return_indices=True is not supported yet"):
-        nn.AdaptiveMaxPool2d(2, return_indices=True)
+    with pytest.raises(ValueError, match=r"ceil_mode=True is not supported yet"):
+        nn.MaxPool2d(2, ceil_mode=True)
+    with pytest.raises(ValueError, match=r"dilation=2 is not supported yet"):
+        nn.MaxPool2d(2, dilation=2)
     with pytest.raises(ValueError, match="exactly one"):
         nn.Upsample()
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):

@@ -43,9 +43,7 @@ LAYERS = [
 ]  # fmt: skip
 
 #: (layer, sample description) -> the option that is still missing (issue 28)
-NOT_YET = {
-    ("MaxPool2d", "return_indices"): "MaxPool2d return_indices",
-}
+NOT_YET: dict[tuple[str, str], str] = {}
 
 
 def _samples():
@@ -98,6 +96,9 @@ def _compare(name, args, kwargs, backend, training, x, seed):
     xt = x.detach().clone().requires_grad_(True)
     yt = theirs(xt)
     y = ours(xt.detach().numpy().copy())
+    if isinstance(yt, tuple):  # (y, indices) of return_indices: torch's indices exactly
+        (yt, indices_t), (y, indices) = yt, y
+        np.testing.assert_array_equal(indices, indices_t.numpy())
     assert y.shape == tuple(yt.shape), f"shape {y.shape} != torch's {tuple(yt.shape)}"
     assert_close_f64(y, yt.detach().numpy(), rtol=1e-9, what="y")
     rng = np.random.default_rng(seed)

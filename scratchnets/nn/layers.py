@@ -578,19 +578,30 @@ def _not_yet(value, option: str) -> None:
         raise ValueError(f"{option} is not supported yet (see the README's layer table)")
 
 
+def _with_indices(layer, y):
+    """``y``, or ``(y, indices)`` for a max pooling with ``return_indices``: torch's flat input
+    index ``h * W + w`` of each output's maximum (int64, the batch axis dropped like y's)."""
+    if not layer.return_indices:
+        return y
+    indices = getattr(get_backend(layer.backend), f"{layer._op}_indices")(layer._cache)
+    return y, layer._drop_batch(indices)
+
+
 class MaxPool2d(_Pool2d):
     """y = max over each (padded with -inf) window; dx routes dy to the first maximum in scan
-    order (``torch.nn.MaxPool2d``; its arguments in torch's order, ``dilation`` 1,
-    ``return_indices`` and ``ceil_mode`` False)."""
+    order (``torch.nn.MaxPool2d``; its arguments in torch's order, ``dilation`` 1 and
+    ``ceil_mode`` False). With ``return_indices`` the forward returns ``(y, indices)``."""
 
     _op = "max_pool2d"
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
                  return_indices: bool = False, ceil_mode: bool = False):  # fmt: skip
         _not_yet(_pair(dilation, "dilation") != (1, 1), f"dilation={dilation!r}")
-        _not_yet(return_indices, "return_indices=True")
         super().__init__(kernel_size, stride, padding, ceil_mode)
-        self.dilation, self.return_indices = dilation, False
+        self.dilation, self.return_indices = dilation, bool(return_indices)
+
+    def forward(self, x):
+        return _with_indices(self, super().forward(x))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", dilation={self.dilation}, ceil_mode={self.ceil_mode}"
@@ -667,14 +678,17 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
 
 class AdaptiveMaxPool2d(_AdaptivePool2d):
     """y[n, c, p, q] = max of x over window (p, q); dx routes dy to the window's first maximum
-    (``torch.nn.AdaptiveMaxPool2d``; ``return_indices`` False)."""
+    (``torch.nn.AdaptiveMaxPool2d``). With ``return_indices`` the forward returns
+    ``(y, indices)``."""
 
     _op = "adaptive_max_pool2d"
 
     def __init__(self, output_size, return_indices: bool = False):
-        _not_yet(return_indices, "return_indices=True")
         super().__init__(output_size)
-        self.return_indices = False
+        self.return_indices = bool(return_indices)
+
+    def forward(self, x):
+        return _with_indices(self, super().forward(x))
 
 
 class Linear(Module):

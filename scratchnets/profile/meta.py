@@ -253,6 +253,14 @@ def adaptive_max_pool2d_forward(x, output_size):
     return _adaptive("adaptive_max_pool2d", x, output_size)
 
 
+def max_pool2d_indices(record: OpRecord) -> np.ndarray:
+    """Shape of torch's ``return_indices``: the output's shape, int64 (values undefined)."""
+    return np.empty(record.out_shape, dtype=np.int64)
+
+
+adaptive_max_pool2d_indices = max_pool2d_indices
+
+
 # ------------------------------------------------------------------------------ resizing
 
 

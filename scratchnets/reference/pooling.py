@@ -152,6 +152,23 @@ def max_pool2d_backward(dy, cache):
     return g.scatter(routed.reshape(*dy.shape, kh, kw))  # overlapping windows add up
 
 
+def window_to_input_index(window_index: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    """torch's ``return_indices`` from each output's winning window cell ``k = i*kw + j``: the
+    flat input index ``h * W + w`` with ``h = p*sh - ph + i``, ``w = q*sw - pw + j``.
+    Shapes: (N, C, OH, OW) -> (N, C, OH, OW) int64. Every backend's max pooling uses this."""
+    kw, (sh, sw), (OH, OW), W = g.kernel[1], g.stride, g.out_hw, g.in_shape[3]
+    k = np.asarray(window_index, dtype=np.int64).reshape(*g.in_shape[:2], OH, OW)
+    p, q = np.arange(OH)[:, None], np.arange(OW)[None, :]
+    h, w = p * sh - g.pads[0] + k // kw, q * sw - g.pads[2] + k % kw
+    return h * W + w
+
+
+def max_pool2d_indices(cache):
+    """The flat input index ``h * W + w`` of each output's maximum (torch's ``return_indices``),
+    from the cache of ``max_pool2d_forward``. Shape (N, C, OH, OW), int64."""
+    return window_to_input_index(cache.saved, cache.geometry)
+
+
 # ---------------------------------------------------------------------------------------------
 # average pooling
 # ---------------------------------------------------------------------------------------------
@@ -329,3 +346,9 @@ def adaptive_max_pool2d_backward(dy, cache):
     n, c = np.arange(N)[:, None, None, None], np.arange(C)[None, :, None, None]
     np.add.at(dx, (n, c, cache.argmax), dy)  # dx[n, c, argmax[n, c, p, q]] += dy[n, c, p, q]
     return dx.reshape(N, C, H, W)
+
+
+def adaptive_max_pool2d_indices(cache):
+    """The flat input index ``h * W + w`` of each output's maximum (torch's ``return_indices``),
+    from the cache of ``adaptive_max_pool2d_forward``. Shape (N, C, OH, OW), int64."""
+    return cache.argmax

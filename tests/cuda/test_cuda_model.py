@@ -134,3 +134,20 @@ def test_batchnorm_options_on_the_device(options, batch, training):
         assert_close_f64(p.grad, p_ref.grad, what=f"d{name}")
     for name, buffer in ref.named_buffers():
         assert_close_f64(getattr(ours, name), buffer, what=name)
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: sn.nn.MaxPool2d(3, 2, 1, return_indices=True), (1, 2, 5, 4)),
+        (lambda: sn.nn.AdaptiveMaxPool2d(2, return_indices=True), (2, 3, 3)),  # unbatched
+    ],
+)
+def test_return_indices_on_the_device(make, shape):
+    """The indices of ``return_indices`` on cuda equal the reference's (a device int64 array)."""
+    x = np.round(np.random.default_rng(0).standard_normal(shape) * 2)  # ties: first maximum
+    y, indices = make().to("cuda")(cuda.to_device(x))
+    y_ref, indices_ref = make()(x)
+    assert is_device_array(indices) and np.dtype(indices.dtype) == np.int64
+    np.testing.assert_array_equal(indices.copy_to_host(), indices_ref)
+    assert_close_f64(y, y_ref, what="y")

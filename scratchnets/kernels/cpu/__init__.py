@@ -52,12 +52,14 @@ from .pooling import (
     adaptive_avg_pool2d_forward,
     adaptive_max_pool2d_backward,
     adaptive_max_pool2d_forward,
+    adaptive_max_pool2d_indices,
     avg_pool2d_backward,
     avg_pool2d_forward,
     global_avg_pool2d_backward,
     global_avg_pool2d_forward,
     max_pool2d_backward,
     max_pool2d_forward,
+    max_pool2d_indices,
 )
 from .upsample import (
     upsample_bilinear2d_backward,

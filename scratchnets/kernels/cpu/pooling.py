@@ -217,6 +217,12 @@ def max_pool2d_backward(dy, cache):
     return dx.reshape(cache.geometry.in_shape)
 
 
+def max_pool2d_indices(cache):
+    """torch's ``return_indices`` (flat input index h * W + w, int64) of a max_pool2d cache: the
+    kernel's argmax already is that index."""
+    return cache.argmax.astype(np.int64).reshape(cache.geometry.out_shape)
+
+
 def avg_pool2d_forward(
     x, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None
 ):
@@ -380,3 +386,8 @@ def adaptive_max_pool2d_backward(dy, cache):
     dx = np.zeros((n * c, h * w), dtype=cache.dtype)
     _adaptive_max_backward_kernel(dy3.reshape(n * c, -1), cache.argmax.reshape(n * c, -1), dx)
     return dx.reshape(cache.in_shape)
+
+
+def adaptive_max_pool2d_indices(cache):
+    """torch's ``return_indices`` (flat input index h * W + w, int64) of the forward's cache."""
+    return cache.argmax

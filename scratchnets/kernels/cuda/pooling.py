@@ -26,6 +26,7 @@ from scratchnets.reference.pooling import (
     _adaptive_setup,
     _pool_geometry,
     fixed_divisor,
+    window_to_input_index,
 )
 
 from ._launch import check_float, device_array, device_dy, empty, host_proxy, launch_1d, nchw_index
@@ -164,6 +165,12 @@ def max_pool2d_backward(dy, cache):
     dx = empty(g.in_shape, cache.dtype)
     launch_1d(_max_backward_kernel, dx.size, dy, cache.argmax, _window(g), dx)
     return dx
+
+
+def max_pool2d_indices(cache):
+    """torch's ``return_indices`` (flat input index h * W + w, int64) of a max_pool2d cache, as a
+    device array (worked out on the host from the winners' window cells)."""
+    return cuda.to_device(window_to_input_index(cache.argmax.copy_to_host(), cache.geometry))
 
 
 def avg_pool2d_forward(
@@ -349,3 +356,8 @@ def adaptive_max_pool2d_backward(dy, cache):
     """dx[n, c, h, w] = sum of dy[n, c, p, q] over the outputs whose winner is (h, w)."""
     name = "adaptive_max_pool2d_backward"
     return _adaptive_backward(dy, cache, name, _adaptive_max_backward_kernel, cache.argmax)
+
+
+def adaptive_max_pool2d_indices(cache):
+    """torch's ``return_indices`` (flat input index h * W + w, int64 device array)."""
+    return cache.argmax
