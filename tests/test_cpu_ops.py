@@ -354,12 +354,17 @@ def test_max_pool(dtype, case):
 
 
 def test_max_pool_nan_and_all_minus_infinity_windows():
-    """A NaN is the maximum and its first occurrence gets the gradient; a window of -inf routes
-    to a real pixel, never the padding. Same as the reference."""
-    x = np.array([[[[1.0, np.nan, 2.0, np.nan], [-np.inf, -np.inf, 0.5, 3.0]]]])
-    for args in ((2,), (2, 1, 1)):
+    """A NaN is the maximum and its LAST occurrence in scan order gets the gradient (torch's
+    indices); a window of -inf routes to a real pixel, never the padding. Same as the reference."""
+    one_nan = np.array([[[[1.0, np.nan, 2.0, np.nan], [-np.inf, -np.inf, 0.5, 3.0]]]])
+    two_nans = np.array([[[[np.nan, 1.0, 2.0, 0.0], [np.nan, 5.0, np.nan, np.nan]]]])
+    cases = ((one_nan, (2,)), (one_nan, (2, 1, 1)), (two_nans, (2,)), (two_nans, (2, 2, 1)))
+    for x, args in cases:
         y, cache = cpu.max_pool2d_forward(x, *args)
         y_ref, cache_ref = ref.max_pool2d_forward(x, *args)
+        _, indices_t = F.max_pool2d(torch.tensor(x), *args, return_indices=True)
+        np.testing.assert_array_equal(cpu.max_pool2d_indices(cache), indices_t.numpy())
+        np.testing.assert_array_equal(ref.max_pool2d_indices(cache_ref), indices_t.numpy())
         np.testing.assert_array_equal(y, y_ref)
         dy = np.arange(1.0, y.size + 1).reshape(y.shape)
         np.testing.assert_array_equal(

@@ -14,7 +14,8 @@ index h*W + w of its first maximum (int32), which makes its backward a single ro
 
 Argument checks and the output geometry are the reference's (``_pool_geometry``), so both
 backends accept and reject the same arguments. Tie and NaN rules are the reference's: the first
-maximum in row-major scan order wins; a NaN is the maximum and the first NaN gets the gradient.
+maximum in row-major scan order wins; a NaN is the maximum and the last NaN gets the gradient
+(torch's rule: a cell wins when greater than the best so far or NaN).
 Sums accumulate in float64.
 
 Measured on the shared (heavily loaded) 2-core dev box, one numba thread, best of 5, float32
@@ -55,11 +56,11 @@ def _tap_columns(j, sw, left, width, ow):
 @njit(parallel=True, cache=True)
 def _max_pool_kernel(x, kh, kw, sh, sw, top, left, y, argmax):
     """y[p, a, b] = max of the window at (a*sh - top, b*sw - left) of plane x[p] (P, H, W);
-    argmax[p, a, b] = flat index h*W + w of its first maximum (first NaN if any).
+    argmax[p, a, b] = flat index h*W + w of its first maximum (the last NaN if any).
 
     Per output row, every output starts at its first real cell; then the taps (i, j) are visited
     in scan order, each over the whole row of outputs (a unit-count inner loop without padding
-    tests), replacing the running maximum only when strictly larger or the first NaN.
+    tests), replacing the running maximum when strictly larger or NaN (so the last NaN wins).
     """
     planes, height, width = x.shape
     _, oh, ow = y.shape
@@ -79,7 +80,7 @@ def _max_pool_kernel(x, kh, kw, sh, sw, top, left, y, argmax):
                         c = b * sw - left + j
                         v = x[p, r, c]
                         best = y[p, a, b]
-                        if best == best and (v > best or v != v):
+                        if v > best or v != v:
                             y[p, a, b] = v
                             argmax[p, a, b] = r * width + c
 
