@@ -28,7 +28,6 @@ from numba.typed import List as TypedList
 
 from ..arrays import is_device_array, to_numpy
 from ..nn import BatchNorm2d, Conv2d, Identity, Module, ReLU, ReLU6, Sequential
-from ..reference.batchnorm import eval_scale_shift
 from .blocks import BatchNormAct2d, Conv2dSame
 
 
@@ -51,7 +50,7 @@ def fold_bn(conv: Conv2d, bn: BatchNorm2d) -> Conv2d:
             "cannot fold a BatchNorm2d with track_running_stats=False: it normalises with the "
             "batch's statistics in eval mode too, so it is not a fixed affine map"
         )
-    scale, shift = eval_scale_shift(*_bn_arrays(bn), bn.eps, _data(conv.bias))  # (C_out,) each
+    scale, shift = bn.eval_scale_shift(conv.bias)  # (C_out,) each
     fused = type(conv)(
         conv.in_channels,
         conv.out_channels,
@@ -65,19 +64,9 @@ def fold_bn(conv: Conv2d, bn: BatchNorm2d) -> Conv2d:
         rng=np.random.default_rng(0),  # overwritten below
         dtype=conv.dtype,
     )
-    fused.weight.data[...] = _data(conv.weight) * scale[:, None, None, None]  # s[o] * w[o]
+    fused.weight.data[...] = to_numpy(conv.weight.data) * scale[:, None, None, None]  # s[o] w[o]
     fused.bias.data[...] = shift
     return fused.to(conv.backend).eval()
-
-
-def _data(parameter) -> np.ndarray | None:
-    """A parameter's values as a host array (None for an absent parameter)."""
-    return None if parameter is None else to_numpy(parameter.data)
-
-
-def _bn_arrays(bn: BatchNorm2d) -> tuple:
-    """``(weight, bias, running_mean, running_var)`` of ``bn`` as host arrays (None if absent)."""
-    return _data(bn.weight), _data(bn.bias), to_numpy(bn.running_mean), to_numpy(bn.running_var)
 
 
 def _locate(root: Module, path: str) -> tuple[Module, str, Module]:

@@ -249,15 +249,7 @@ class Conv2d(_AcceptsUnbatched, Module):
         """The attached BN as ``y * scale + shift`` after the conv (its bias ``b`` included):
         scale = gamma / sqrt(running_var + eps), shift = (b - running_mean) * scale + beta, in
         float64, returned in the input's dtype."""
-        bn = self._modules["folded_bn"]
-        scale, shift = eval_scale_shift(
-            None if bn.weight is None else to_numpy(bn.weight.data),
-            None if bn.bias is None else to_numpy(bn.bias.data),
-            to_numpy(bn.running_mean),
-            to_numpy(bn.running_var),
-            bn.eps,
-            None if b is None else to_numpy(b),
-        )
+        scale, shift = self._modules["folded_bn"].eval_scale_shift(b)
         return scale.astype(dtype), np.broadcast_to(shift, scale.shape).astype(dtype)
 
     def _forward_fused(self, x, b, args: dict):
@@ -354,6 +346,17 @@ class BatchNorm2d(Module):
         )
         self.register_buffer("running_var", np.ones(num_features, self.dtype) if tracked else None)
         self.register_buffer("num_batches_tracked", np.array(0, np.int64) if tracked else None)
+
+    def eval_scale_shift(self, conv_bias=None) -> tuple[np.ndarray, np.ndarray]:
+        """This BN in eval mode as ``z * scale + shift`` per channel, float64 host arrays, where z
+        is a conv's output without its bias ``conv_bias`` (``reference.batchnorm.eval_scale_shift``):
+        what folding it into that conv uses."""
+
+        def host(a):
+            return None if a is None else to_numpy(a.data if isinstance(a, Parameter) else a)
+
+        return eval_scale_shift(host(self.weight), host(self.bias), host(self.running_mean),
+                                host(self.running_var), self.eps, host(conv_bias))  # fmt: skip
 
     def extra_repr(self) -> str:
         return (
