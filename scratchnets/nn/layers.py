@@ -647,18 +647,14 @@ class _AdaptivePool2d(_AcceptsUnbatched, Module):
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
 
-    def _op_name(self, in_hw) -> str:
-        return self._op
+    def _pool(self, x) -> tuple[str, np.ndarray, object]:
+        """``(op name, y, cache)`` of the op that pools the batched input x."""
+        y, cache = getattr(F, f"{self._op}_forward")(x, self.output_size, backend=self.backend)
+        return self._op, y, cache
 
     def forward(self, x):
         self._check_input(x, NCHW, unbatched=True)
-        x = self._add_batch(x, forward=True)
-        self._active_op = self._op_name(tuple(x.shape)[2:])
-        if self._active_op == "global_avg_pool2d":
-            y, cache = F.global_avg_pool2d_forward(x, backend=self.backend)
-        else:
-            y, cache = getattr(F, f"{self._active_op}_forward")(x, self.output_size,
-                                                               backend=self.backend)  # fmt: skip
+        self._active_op, y, cache = self._pool(self._add_batch(x, forward=True))
         self._save(cache, y.shape)
         return self._drop_batch(y)
 
@@ -674,9 +670,10 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
 
     _op = "adaptive_avg_pool2d"
 
-    def _op_name(self, in_hw) -> str:
-        one = adaptive_output_size(self.output_size, in_hw) == (1, 1)
-        return "global_avg_pool2d" if one else self._op
+    def _pool(self, x) -> tuple[str, np.ndarray, object]:
+        if adaptive_output_size(self.output_size, tuple(x.shape)[2:]) != (1, 1):
+            return super()._pool(x)
+        return "global_avg_pool2d", *F.global_avg_pool2d_forward(x, backend=self.backend)
 
 
 class AdaptiveMaxPool2d(_AdaptivePool2d):
