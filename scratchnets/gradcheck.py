@@ -137,6 +137,20 @@ def _cases(rng: np.random.Generator) -> list[Case]:
             ("x",),
         ),
         Case(
+            "max_pool2d 3x2 s2 p1 dilation (2, 1) ceil_mode",
+            "max_pool2d",
+            {"x": distinct},
+            lambda ops, v: ops.max_pool2d_forward(v["x"], (3, 2), 2, 1, (2, 1), ceil_mode=True),
+            ("x",),
+        ),
+        Case(
+            "avg_pool2d 3x3 s2 p1 ceil_mode (the last window overhangs)",
+            "avg_pool2d",
+            {"x": randn(2, 2, 6, 5)},
+            lambda ops, v: ops.avg_pool2d_forward(v["x"], 3, 2, 1, ceil_mode=True),
+            ("x",),
+        ),
+        Case(
             "avg_pool2d 3x3 s2 p1 exclude pad",
             "avg_pool2d",
             {"x": randn(2, 2, 5, 6)},

@@ -69,7 +69,8 @@ def test_reference_signatures_are_the_documented_ones():
         "(x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-05)"
     )
     assert str(sig(reference.avg_pool2d_forward)) == (
-        "(x, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None)"
+        "(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, "
+        "divisor_override=None)"
     )
     assert str(sig(reference.dropout_forward)) == "(x, p=0.5, training=True, seed=None)"
     assert str(sig(reference.cross_entropy_forward)) == "(logits, target, label_smoothing=0.0)"

@@ -19,6 +19,7 @@ C-ordered, Fortran-ordered or strided (non-contiguous) layouts.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -300,17 +301,20 @@ def test_fold_bn_into_conv_equals_conv_then_bn_eval(
 
 
 @st.composite
-def pool_cases(draw):
-    """(shape, kernel, stride, padding, values, layout, seed); padding <= half the kernel."""
+def pool_cases(draw, dilated=False):
+    """(shape, kernel, stride, padding, values, layout, seed, ceil_mode, dilation); padding <=
+    half the kernel; ``dilated`` draws a dilation of 1 to 3 (max pooling only)."""
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     kernel = kh if kh == kw and draw(st.booleans()) else (kh, kw)
     stride = draw(st.one_of(st.none(), st.integers(1, 3), st.tuples(*[st.integers(1, 3)] * 2)))
     ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
-    h = max(1, kh - 2 * ph) + draw(st.integers(0, 5))
-    w = max(1, kw - 2 * pw) + draw(st.integers(0, 5))
+    dh, dw = (draw(st.integers(1, 3)), draw(st.integers(1, 3))) if dilated else (1, 1)
+    h = max(1, dh * (kh - 1) + 1 - 2 * ph) + draw(st.integers(0, 5))
+    w = max(1, dw * (kw - 1) + 1 - 2 * pw) + draw(st.integers(0, 5))
     shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w)
     values = draw(st.sampled_from(["normal", "ties", "huge"]))
-    return shape, kernel, stride, (ph, pw), values, draw(layouts), draw(seeds)
+    case = shape, kernel, stride, (ph, pw), values, draw(layouts), draw(seeds)
+    return (*case, draw(st.booleans()), (dh, dw))
 
 
 def pool_input(shape, values, layout, seed, dtype):
@@ -324,11 +328,11 @@ def pool_input(shape, values, layout, seed, dtype):
     return with_layout(x.astype(dtype), layout), rng
 
 
-def window_overlap(kernel, stride) -> int:
+def window_overlap(kernel, stride, dilation=(1, 1)) -> int:
     """Most windows one input pixel belongs to: the terms added into one dx element."""
-    (kh, kw) = pair(kernel, "kernel")
+    (kh, kw), (dh, dw) = pair(kernel, "kernel"), dilation
     sh, sw = (kh, kw) if stride is None else pair(stride, "stride")
-    return math.ceil(kh / sh) * math.ceil(kw / sw)
+    return math.ceil((dh * (kh - 1) + 1) / sh) * math.ceil((dw * (kw - 1) + 1) / sw)
 
 
 def torch_op(fn, x, dy, **kwargs):
@@ -338,19 +342,27 @@ def torch_op(fn, x, dy, **kwargs):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(case=pool_cases())
+@given(case=pool_cases(dilated=True))
 def test_max_pool(dtype, case):
-    """Forward bit-exact; the gradient goes to the first maximum (ties, +-1e6 values)."""
-    shape, kernel, stride, padding, values, layout, seed = case
+    """Forward bit-exact; the gradient goes to the first maximum (ties, +-1e6 values); ceil
+    mode and dilation. A dilated window of padding only is refused like the reference's."""
+    shape, kernel, stride, padding, values, layout, seed, ceil_mode, dilation = case
     x, rng = pool_input(shape, values, layout, seed, dtype)
-    y, cache = cpu.max_pool2d_forward(x, kernel, stride, padding)
+    args = (kernel, stride, padding, dilation, ceil_mode)
+    try:
+        y_ref, cache_ref = ref.max_pool2d_forward(x, *args)
+    except ValueError as error:
+        with pytest.raises(ValueError, match=re.escape(str(error))):
+            cpu.max_pool2d_forward(x, *args)
+        return
+    y, cache = cpu.max_pool2d_forward(x, *args)
     dy = with_layout(rng.standard_normal(y.shape).astype(dtype), layout)
     dx = cpu.max_pool2d_backward(dy, cache)
-    y_ref, cache_ref = ref.max_pool2d_forward(x, kernel, stride, padding)
     dx_ref = ref.max_pool2d_backward(dy, cache_ref)
-    y_t, dx_t = torch_op(F.max_pool2d, x, dy, kernel_size=kernel, stride=stride, padding=padding)
+    y_t, dx_t = torch_op(lambda xt: F.max_pool2d(xt, *args), x, dy)
+    np.testing.assert_array_equal(cpu.max_pool2d_indices(cache), ref.max_pool2d_indices(cache_ref))
     check("max_pool2d", "y", y, y_ref, y_t, exact=True)
-    check("max_pool2d", "dx", dx, dx_ref, dx_t, window_overlap(kernel, stride), amax(dy))
+    check("max_pool2d", "dx", dx, dx_ref, dx_t, window_overlap(kernel, stride, dilation), amax(dy))
 
 
 def test_max_pool_nan_and_all_minus_infinity_windows():
@@ -379,24 +391,15 @@ def test_max_pool_nan_and_all_minus_infinity_windows():
     divisor_override=st.sampled_from([None, None, 1, 3, -2]),
 )
 def test_avg_pool(dtype, case, count_include_pad, divisor_override):
-    shape, kernel, stride, padding, values, layout, seed = case
+    shape, kernel, stride, padding, values, layout, seed, ceil_mode, _ = case
     x, rng = pool_input(shape, values, layout, seed, dtype)
-    args = (kernel, stride, padding, count_include_pad, divisor_override)
+    args = (kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
     y, cache = cpu.avg_pool2d_forward(x, *args)
     dy = with_layout(rng.standard_normal(y.shape).astype(dtype), layout)
     dx = cpu.avg_pool2d_backward(dy, cache)
     y_ref, cache_ref = ref.avg_pool2d_forward(x, *args)
     dx_ref = ref.avg_pool2d_backward(dy, cache_ref)
-    y_t, dx_t = torch_op(
-        F.avg_pool2d,
-        x,
-        dy,
-        kernel_size=kernel,
-        stride=stride,
-        padding=padding,
-        count_include_pad=count_include_pad,
-        divisor_override=divisor_override,
-    )
+    y_t, dx_t = torch_op(lambda xt: F.avg_pool2d(xt, *args), x, dy)
     check("avg_pool2d", "y", y, y_ref, y_t, magnitude=amax(x))  # float64 sums: one rounding
     check("avg_pool2d", "dx", dx, dx_ref, dx_t, window_overlap(kernel, stride), amax(dy))
 
@@ -404,7 +407,7 @@ def test_avg_pool(dtype, case, count_include_pad, divisor_override):
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(case=pool_cases())
 def test_global_avg_pool(dtype, case):
-    shape, _, _, _, values, layout, seed = case
+    shape, _, _, _, values, layout, seed, _, _ = case
     x, rng = pool_input(shape, values, layout, seed, dtype)
     dy = with_layout(rng.standard_normal((*shape[:2], 1, 1)).astype(dtype), layout)
     y, cache = cpu.global_avg_pool2d_forward(x)

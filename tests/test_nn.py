@@ -116,6 +116,18 @@ LAYER_CASES = [
     ("MaxPool2d-default-stride", lambda: nn.MaxPool2d(2), lambda: tnn.MaxPool2d(2), (2, 3, 6, 5)),
     ("AvgPool2d", lambda: nn.AvgPool2d(3, 2, 1), lambda: tnn.AvgPool2d(3, 2, 1), (2, 3, 7, 6)),
     (
+        "MaxPool2d-ceil-dilation",
+        lambda: nn.MaxPool2d(3, 2, 1, dilation=(2, 1), ceil_mode=True),
+        lambda: tnn.MaxPool2d(3, 2, 1, dilation=(2, 1), ceil_mode=True),
+        (2, 3, 8, 6),
+    ),
+    (
+        "AvgPool2d-ceil",
+        lambda: nn.AvgPool2d(3, 2, 1, ceil_mode=True),
+        lambda: tnn.AvgPool2d(3, 2, 1, ceil_mode=True),
+        (2, 3, 8, 6),
+    ),
+    (
         "AvgPool2d-exclude-pad",
         lambda: nn.AvgPool2d(3, 1, 1, count_include_pad=False),
         lambda: tnn.AvgPool2d(3, 1, 1, count_include_pad=False),
@@ -456,6 +468,9 @@ def test_repr_matches_torch():
     assert repr(nn.Hardswish()) == repr(tnn.Hardswish())
     assert repr(nn.SiLU()) == repr(tnn.SiLU())
     assert repr(nn.MaxPool2d(3, 2, 1)) == repr(tnn.MaxPool2d(3, 2, 1))  # dilation, ceil_mode shown
+    assert repr(nn.MaxPool2d(3, 2, 1, 2, ceil_mode=True)) == repr(
+        tnn.MaxPool2d(3, 2, 1, 2, ceil_mode=True)
+    )
 
 
 def test_sequential_container_and_registration():
@@ -636,10 +651,8 @@ def test_constructor_errors():
         nn.Conv2d(4, 6, 3, stride=2, padding="same")
     with pytest.raises(ValueError, match=r"output_size must be an int >= 1 .* got 0"):
         nn.AdaptiveAvgPool2d(0)
-    with pytest.raises(ValueError, match=r"ceil_mode=True is not supported yet"):
-        nn.MaxPool2d(2, ceil_mode=True)
-    with pytest.raises(ValueError, match=r"dilation=2 is not supported yet"):
-        nn.MaxPool2d(2, dilation=2)
+    with pytest.raises(ValueError, match=r"dilation must be at least 1, got 0"):
+        nn.MaxPool2d(2, dilation=0)
     with pytest.raises(ValueError, match="exactly one"):
         nn.Upsample()
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):

@@ -2,6 +2,7 @@
 
 Max pooling is a selection: its forward must match bit for bit in float32 and float64, including
 on ties (integer-valued inputs) and huge values; the gradient must follow torch's tie rule.
+Cases draw ``ceil_mode`` (both pools) and ``dilation`` (max pooling) too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from scratchnets.reference.pooling import (
     global_avg_pool2d_forward,
     max_pool2d_backward,
     max_pool2d_forward,
+    pool_output_size,
 )
 from tests.helpers import (
     LAYOUTS,
@@ -47,12 +49,19 @@ class PoolCase:
     values: str
     layout: str
     seed: int
+    ceil_mode: bool = False
+    dilation: int | tuple[int, int] = 1  # max pooling only
 
     def out_hw(self):
         (kh, kw), (ph, pw) = pair(self.kernel, "kernel"), pair(self.padding, "padding")
         sh, sw = (kh, kw) if self.stride is None else pair(self.stride, "stride")
-        H, W = self.shape[2:]
-        return (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        (dh, dw), (H, W) = pair(self.dilation, "dilation"), self.shape[2:]
+        return (pool_output_size(H, kh, sh, ph, dh, self.ceil_mode),
+                pool_output_size(W, kw, sw, pw, dw, self.ceil_mode))  # fmt: skip
+
+    def max_args(self) -> dict:
+        return dict(kernel_size=self.kernel, stride=self.stride, padding=self.padding,
+                    dilation=self.dilation, ceil_mode=self.ceil_mode)  # fmt: skip
 
     def overlap(self) -> int:
         """Most windows one input pixel can belong to (terms summed into one dx element)."""
@@ -66,7 +75,8 @@ def _int_or_pair(draw, lo, hi):
 
 
 @st.composite
-def pool_cases(draw, max_kernel=4, max_extra=5, values=VALUE_KINDS):
+def pool_cases(draw, max_kernel=4, max_extra=5, values=VALUE_KINDS, dilated=False):
+    """A pooling case; ``dilated`` draws a dilation of 1 to 3 too (max pooling only)."""
     kernel = _int_or_pair(draw, 1, max_kernel)
     kh, kw = pair(kernel, "kernel")
     stride = draw(
@@ -79,8 +89,10 @@ def pool_cases(draw, max_kernel=4, max_extra=5, values=VALUE_KINDS):
         )
     )
     ph, pw = pair(padding, "padding")
-    H = max(1, kh - 2 * ph) + draw(st.integers(0, max_extra))
-    W = max(1, kw - 2 * pw) + draw(st.integers(0, max_extra))
+    dilation = _int_or_pair(draw, 1, 3) if dilated else 1
+    dh, dw = pair(dilation, "dilation")
+    H = max(1, dh * (kh - 1) + 1 - 2 * ph) + draw(st.integers(0, max_extra))
+    W = max(1, dw * (kw - 1) + 1 - 2 * pw) + draw(st.integers(0, max_extra))
     shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), H, W)
     return PoolCase(
         shape,
@@ -90,6 +102,8 @@ def pool_cases(draw, max_kernel=4, max_extra=5, values=VALUE_KINDS):
         draw(st.sampled_from(values)),
         draw(st.sampled_from(LAYOUTS)),
         draw(st.integers(0, 2**32 - 1)),
+        draw(st.booleans()),
+        dilation,
     )
 
 
@@ -122,25 +136,34 @@ def check_f64(key, actual, expected):
 
 
 def run_max(case: PoolCase, dtype):
+    """Ours and torch's y and dx, or None when a dilated window holds only padding: we refuse
+    that by name, torch returns -inf there (x is finite, so its -inf proves the empty window)."""
     x, dy = make_inputs(case, dtype)
-    y, cache = max_pool2d_forward(x, case.kernel, case.stride, case.padding)
+    try:
+        y, cache = max_pool2d_forward(x, **case.max_args())
+    except ValueError as error:
+        assert "holds no pixel" in str(error)
+        assert np.isneginf(F.max_pool2d(t(x), **case.max_args()).numpy()).any()
+        return None
     dx = max_pool2d_backward(dy, cache)
-    y_t, dx_t = torch_pool(
-        F.max_pool2d, x, dy, kernel_size=case.kernel, stride=case.stride, padding=case.padding
-    )
+    y_t, dx_t = torch_pool(F.max_pool2d, x, dy, **case.max_args())
     return y, dx, y_t, dx_t, dy
 
 
-@given(pool_cases())
+@given(pool_cases(dilated=True))
 def test_max_pool_float64_matches_torch(case):
-    y, dx, y_t, dx_t, _ = run_max(case, np.float64)
+    if (result := run_max(case, np.float64)) is None:
+        return
+    y, dx, y_t, dx_t, _ = result
     np.testing.assert_array_equal(y, y_t)  # a selection: bit-exact
     check_f64("max_pool2d dx", dx, dx_t)  # wrong tie routing would be an O(1) error
 
 
-@given(pool_cases())
+@given(pool_cases(dilated=True))
 def test_max_pool_float32_forward_is_exact(case):
-    y, dx, y_t, dx_t, dy = run_max(case, np.float32)
+    if (result := run_max(case, np.float32)) is None:
+        return
+    y, dx, y_t, dx_t, dy = result
     assert y.dtype == dx.dtype == np.float32
     np.testing.assert_array_equal(y, y_t.astype(np.float32))
     assert_close_f32(dx, dx_t, case.overlap(), float(np.abs(dy).max()), "dx")
@@ -184,20 +207,11 @@ def test_max_pool_nan_propagates_and_routes_like_torch():
 
 def run_avg(case: PoolCase, count_include_pad: bool, dtype, divisor_override=None):
     x, dy = make_inputs(case, dtype)
-    y, cache = avg_pool2d_forward(
-        x, case.kernel, case.stride, case.padding, count_include_pad, divisor_override
-    )
+    args = (case.kernel, case.stride, case.padding, case.ceil_mode, count_include_pad,
+            divisor_override)  # fmt: skip
+    y, cache = avg_pool2d_forward(x, *args)
     dx = avg_pool2d_backward(dy, cache)
-    y_t, dx_t = torch_pool(
-        F.avg_pool2d,
-        x,
-        dy,
-        kernel_size=case.kernel,
-        stride=case.stride,
-        padding=case.padding,
-        count_include_pad=count_include_pad,
-        divisor_override=divisor_override,
-    )
+    y_t, dx_t = torch_pool(lambda xt: F.avg_pool2d(xt, *args), x, dy)
     return x, dy, y, dx, y_t, dx_t
 
 
@@ -229,6 +243,40 @@ def test_avg_pool_odd_sizes(hw, kernel, stride, padding, count_include_pad):
     assert y.shape == y_t.shape
     check_f64("avg_pool2d y", y, y_t)
     check_f64("avg_pool2d dx", dx, dx_t)
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, padding, dilation, windows",
+    [
+        (5, 2, 2, 1, 1, 3),  # rounding up gives 4, but the 4th would start in the padding: dropped
+        (6, 3, 2, 1, 1, 4),  # floor 3: the last window overhangs the padded input by one
+        (7, 3, 3, 0, 1, 3),  # floor 2: the last window holds the last pixel alone
+        (1, 2, 2, 1, 1, 1),  # rounding up gives 2, the 2nd would start in the padding
+        (2, 3, 3, 0, 1, 1),  # a kernel larger than the input: floor 0, one overhanging window
+        (4, 3, 2, 1, 2, 2),  # dilated (max pooling only): floor 1
+    ],
+)
+def test_ceil_mode_edges_match_torch(size, kernel, stride, padding, dilation, windows):
+    """Windows whose start or end sits in the padding or past it; both pools, every divisor."""
+    case = PoolCase((2, 3, size, size + 1), kernel, stride, padding, "normal", "C", 7,
+                    ceil_mode=True, dilation=dilation)  # fmt: skip
+    y, dx, y_t, dx_t, _ = run_max(case, np.float64)
+    assert y.shape[2] == windows and y.shape == y_t.shape
+    np.testing.assert_array_equal(y, y_t)
+    check_f64("max_pool2d ceil_mode dx", dx, dx_t)
+    if dilation != 1:
+        return
+    for count_include_pad, divisor_override in ((True, None), (False, None), (True, 2)):
+        _, _, y, dx, y_t, dx_t = run_avg(case, count_include_pad, np.float64, divisor_override)
+        assert y.shape == y_t.shape
+        check_f64("avg_pool2d ceil_mode y", y, y_t)
+        check_f64("avg_pool2d ceil_mode dx", dx, dx_t)
+
+
+def test_max_pool_window_of_padding_only_is_refused_by_name():
+    """torch returns -inf for such a window (and an index outside the input); we refuse it."""
+    with pytest.raises(ValueError, match=r"window of output row 0 holds no pixel .*\(1, 1, 2, 2\)"):
+        max_pool2d_forward(np.zeros((1, 1, 2, 2)), 2, 1, 1, dilation=3)
 
 
 # -- global average pooling ---------------------------------------------------------------------
@@ -266,13 +314,13 @@ def test_backwards_match_finite_differences(case):
         "max": (
             max_pool2d_forward,
             max_pool2d_backward,
-            (case.kernel, case.stride, case.padding),
+            (case.kernel, case.stride, case.padding, case.dilation, case.ceil_mode),
             dy,
         ),
         "avg": (
             avg_pool2d_forward,
             avg_pool2d_backward,
-            (case.kernel, case.stride, case.padding, False),
+            (case.kernel, case.stride, case.padding, case.ceil_mode, False),
             dy,
         ),
         "global": (global_avg_pool2d_forward, global_avg_pool2d_backward, (), dy_global),
@@ -296,6 +344,12 @@ def test_backwards_match_finite_differences(case):
         (np.zeros((1, 1, 5, 5), np.int64), {"kernel_size": 2}, TypeError, "float32 or float64"),
         (np.zeros((1, 1, 5, 5)), {"kernel_size": 0}, ValueError, "kernel_size"),
         (np.zeros((1, 1, 5, 5)), {"kernel_size": 2, "stride": 0}, ValueError, "stride"),
+        (
+            np.zeros((1, 1, 1, 1)),
+            {"kernel_size": 3, "stride": 1, "ceil_mode": True},
+            ValueError,
+            "does not fit",
+        ),
     ],
 )
 def test_invalid_arguments_raise_clear_errors(forward, x, kwargs, error, message):

@@ -20,7 +20,7 @@ from .. import functional as F
 from ..arrays import to_numpy
 from ..backends import get_backend
 from ..reference.batchnorm import eval_scale_shift
-from ..reference.pooling import adaptive_output_size, fixed_divisor
+from ..reference.pooling import adaptive_output_size, divisor_rule
 from . import init
 from .module import Module, Parameter, as_float_dtype
 
@@ -536,14 +536,14 @@ class CircularPad2d(_Pad2d):
 
 
 class _Pool2d(_AcceptsUnbatched, Module):
-    """Shared argument handling of MaxPool2d and AvgPool2d (``stride=None`` means kernel_size)."""
+    """Shared argument handling of MaxPool2d and AvgPool2d (``stride=None`` means kernel_size;
+    ``ceil_mode`` rounds the number of windows up, as torch)."""
 
     _op: str
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
         super().__init__()
-        _not_yet(ceil_mode, "ceil_mode=True")
-        self.ceil_mode = False
+        self.ceil_mode = bool(ceil_mode)
         kernel = _pair(kernel_size, "kernel_size")
         _pair(kernel_size if stride is None else stride, "stride")
         pads = _pair(padding, "padding", minimum=0)
@@ -557,7 +557,8 @@ class _Pool2d(_AcceptsUnbatched, Module):
         self.padding = padding
 
     def _op_kwargs(self) -> dict:
-        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
+        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                    ceil_mode=self.ceil_mode)  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -575,12 +576,6 @@ class _Pool2d(_AcceptsUnbatched, Module):
         return self._drop_batch(dx)
 
 
-def _not_yet(value, option: str) -> None:
-    """ValueError naming a torch option whose non-default value is not implemented yet."""
-    if value:
-        raise ValueError(f"{option} is not supported yet (see the README's layer table)")
-
-
 def _with_indices(layer, y):
     """``y``, or ``(y, indices)`` for a max pooling with ``return_indices``: torch's flat input
     index ``h * W + w`` of each output's maximum (int64, the batch axis dropped like y's)."""
@@ -591,17 +586,20 @@ def _with_indices(layer, y):
 
 
 class MaxPool2d(_Pool2d):
-    """y = max over each (padded with -inf) window; dx routes dy to the first maximum in scan
-    order (``torch.nn.MaxPool2d``; its arguments in torch's order, ``dilation`` 1 and
-    ``ceil_mode`` False). With ``return_indices`` the forward returns ``(y, indices)``."""
+    """y = max over each (padded with -inf) window, its taps ``dilation`` apart; dx routes dy to
+    the first maximum in scan order (``torch.nn.MaxPool2d``, its arguments in torch's order).
+    With ``return_indices`` the forward returns ``(y, indices)``."""
 
     _op = "max_pool2d"
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
                  return_indices: bool = False, ceil_mode: bool = False):  # fmt: skip
-        _not_yet(_pair(dilation, "dilation") != (1, 1), f"dilation={dilation!r}")
         super().__init__(kernel_size, stride, padding, ceil_mode)
+        _pair(dilation, "dilation")
         self.dilation, self.return_indices = dilation, bool(return_indices)
+
+    def _op_kwargs(self) -> dict:
+        return dict(super()._op_kwargs(), dilation=self.dilation)
 
     def forward(self, x):
         return _with_indices(self, super().forward(x))
@@ -613,14 +611,14 @@ class MaxPool2d(_Pool2d):
 class AvgPool2d(_Pool2d):
     """y = mean over each window; padded zeros count in the divisor unless
     ``count_include_pad=False``; ``divisor_override`` replaces the divisor
-    (``torch.nn.AvgPool2d``, arguments in torch's order; ``ceil_mode`` False)."""
+    (``torch.nn.AvgPool2d``, arguments in torch's order)."""
 
     _op = "avg_pool2d"
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True, divisor_override: int | None = None):  # fmt: skip
         super().__init__(kernel_size, stride, padding, ceil_mode)
-        fixed_divisor(_pair(kernel_size, "kernel_size"), count_include_pad, divisor_override)
+        divisor_rule(padding, count_include_pad, divisor_override)
         self.count_include_pad, self.divisor_override = count_include_pad, divisor_override
 
     def _op_kwargs(self) -> dict:

@@ -27,7 +27,7 @@ from ..arrays import FLOAT_DTYPES
 from ..backends import OPS
 from ..reference._padding import conv_output_size, normalize_padding, pair
 from ..reference.pad import check_pad
-from ..reference.pooling import adaptive_output_size
+from ..reference.pooling import adaptive_output_size, pool_geometry
 
 Shape = tuple[int, ...]
 
@@ -201,33 +201,22 @@ dropout_forward = _same_shape("dropout")  # (x, p=0.5, training=True, seed=None)
 # ------------------------------------------------------------------------------- pooling
 
 
-def _pool(op: str, x, kernel_size, stride, padding):
-    N, C, H, W = _nchw(x, op)
-    kh, kw = pair(kernel_size, "kernel_size", minimum=1)
-    sh, sw = (kh, kw) if stride is None else pair(stride, "stride", minimum=1)
-    ph, pw = pair(padding, "padding", minimum=0)
-    if ph > kh // 2 or pw > kw // 2:
-        raise ValueError(
-            f"{op}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}"
-        )
-    OH, OW = conv_output_size(H, kh, sh, ph, ph), conv_output_size(W, kw, sw, pw, pw)
-    if OH < 1 or OW < 1:
-        raise ValueError(
-            f"{op}: kernel {(kh, kw)} does not fit x of shape {(N, C, H, W)} with padding {(ph, pw)}"
-        )
-    return _emit(OpRecord(op, ((N, C, H, W),), (N, C, OH, OW), window=(kh, kw)), x.dtype)
+def _pool(op: str, x, kernel_size, stride, padding, dilation=1, ceil_mode=False):
+    g = pool_geometry(_nchw(x, op), kernel_size, stride, padding, op, dilation, ceil_mode)
+    return _emit(OpRecord(op, (g.in_shape,), g.out_shape, window=g.kernel), x.dtype)
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
-    """Shape of ``F.max_pool2d`` (floor mode): (N, C, H, W) -> (N, C, OH, OW)."""
-    return _pool("max_pool2d", x, kernel_size, stride, padding)
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Shape of ``F.max_pool2d``: (N, C, H, W) -> (N, C, OH, OW)."""
+    return _pool("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 def avg_pool2d_forward(
-    x, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None
-):
-    """Shape of ``F.avg_pool2d`` (floor mode): (N, C, H, W) -> (N, C, OH, OW)."""
-    return _pool("avg_pool2d", x, kernel_size, stride, padding)
+    x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+    divisor_override=None,
+):  # fmt: skip
+    """Shape of ``F.avg_pool2d``: (N, C, H, W) -> (N, C, OH, OW)."""
+    return _pool("avg_pool2d", x, kernel_size, stride, padding, ceil_mode=ceil_mode)
 
 
 def global_avg_pool2d_forward(x):

@@ -15,9 +15,10 @@ Signatures (identical in ``scratchnets.kernels.cpu`` and ``scratchnets.kernels.c
     relu_forward(x) / relu6_forward(x) / sigmoid_forward(x) / hard_sigmoid_forward(x) -> (y, cache)
     hard_swish_forward(x) / silu_forward(x) -> (y, cache)
     relu_backward(dy, cache) ... -> dx
-    max_pool2d_forward(x, kernel_size, stride=None, padding=0) -> (y, cache)
-    avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True,
-                       divisor_override=None) -> (y, cache)
+    max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1,
+                       ceil_mode=False) -> (y, cache)
+    avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                       count_include_pad=True, divisor_override=None) -> (y, cache)
     global_avg_pool2d_forward(x) -> (y of shape (N, C, 1, 1), cache)
     adaptive_avg_pool2d_forward(x, output_size) / adaptive_max_pool2d_forward(x, output_size)
     *_pool2d_backward(dy, cache) -> dx

@@ -7,8 +7,9 @@ Both windowed poolings read the same windows as a convolution with ``dilation = 
 
 and differ only in how a window is reduced (max or mean) and therefore in how ``dy`` flows back:
 max pooling routes ``dy[n, c, p, q]`` to one input (the first maximum of the window in row-major
-scan order), average pooling spreads it evenly over the window. Floor mode (``ceil_mode=False``).
-See docs/pooling.md.
+scan order), average pooling spreads it evenly over the window. Max pooling also takes torch's
+``dilation`` (taps ``i*dh`` apart); both take ``ceil_mode`` (``pool_output_size``), whose last
+window may overhang the padded input. See docs/pooling.md.
 """
 
 from __future__ import annotations
@@ -27,37 +28,62 @@ from ._padding import (
     unpad_nchw,
 )
 
-_NO_DILATION = (1, 1)
-
 
 @dataclass(frozen=True)
 class PoolGeometry:
-    """Shapes shared by the forward and backward pass of a windowed pooling."""
+    """Shapes shared by the forward and backward pass of a windowed pooling.
+
+    ``pads`` is what the window view needs around the input: torch's symmetric ``padding`` on
+    top / left, and on bottom / right that padding plus, in ceil mode, the overhang of the last
+    window past the padded input (cells there are neither pixels nor padding: ignored).
+    """
 
     in_shape: tuple[int, int, int, int]  # (N, C, H, W)
     kernel: tuple[int, int]  # (kh, kw)
     stride: tuple[int, int]  # (sh, sw)
-    pads: tuple[int, int, int, int]  # (top, bottom, left, right), symmetric here
-    padded_hw: tuple[int, int]
+    dilation: tuple[int, int]  # (dh, dw); 1 for average pooling
+    padding: tuple[int, int]  # (ph, pw), torch's symmetric padding
     out_hw: tuple[int, int]  # (OH, OW)
 
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
         return (*self.in_shape[:2], *self.out_hw)
 
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) of the padded array every window fits in."""
+        (H, W), (ph, pw) = self.in_shape[2:], self.padding
+        (kh, kw), (sh, sw), (dh, dw), (OH, OW) = (
+            self.kernel,
+            self.stride,
+            self.dilation,
+            self.out_hw,
+        )
+        reach_h = (OH - 1) * sh + dh * (kh - 1) + 1  # rows the windows span, from the top
+        reach_w = (OW - 1) * sw + dw * (kw - 1) + 1
+        return ph, max(ph, reach_h - H - ph), pw, max(pw, reach_w - W - pw)
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        top, bottom, left, right = self.pads
+        return self.in_shape[2] + top + bottom, self.in_shape[3] + left + right
+
     def windows(self, xp: np.ndarray) -> np.ndarray:
         """(N, C, Hp, Wp) -> (N, C, OH, OW, kh, kw) view of the windows of a padded array."""
-        return sliding_windows(xp, self.kernel, self.stride, _NO_DILATION, self.out_hw)
+        return sliding_windows(xp, self.kernel, self.stride, self.dilation, self.out_hw)
 
-    def real_mask(self) -> np.ndarray:
-        """(OH, OW, kh, kw) boolean: which window cells are inside the unpadded input."""
-        H, W = self.in_shape[2:]
-        inside = pad_nchw(np.ones((1, 1, H, W), dtype=bool), self.pads, value=False)
-        return self.windows(inside)[0, 0]
+    def cells_inside(self, grow: tuple[int, int]) -> np.ndarray:
+        """(OH, OW, kh, kw) boolean: which window cells lie in the input grown by ``grow`` =
+        (gh, gw) rows / columns on each side ((0, 0): the real pixels; ``padding``: the padded
+        input, without the overhang of ceil mode)."""
+        (H, W), (top, _, left, _), (gh, gw) = self.in_shape[2:], self.pads, grow
+        inside = np.zeros(self.padded_hw, dtype=bool)
+        inside[top - gh : top + H + gh, left - gw : left + W + gw] = True
+        return self.windows(inside[None, None])[0, 0]
 
     def scatter(self, windows: np.ndarray) -> np.ndarray:
         """Adjoint of ``windows``: (N, C, OH, OW, kh, kw) -> (N, C, H, W), padding dropped."""
-        dxp = scatter_windows(windows, self.padded_hw, self.stride, _NO_DILATION)
+        dxp = scatter_windows(windows, self.padded_hw, self.stride, self.dilation)
         return np.ascontiguousarray(unpad_nchw(dxp, self.pads))
 
 
@@ -70,35 +96,66 @@ class PoolCache:
     dtype: np.dtype
 
 
-def _pool_geometry(x, kernel_size, stride, padding, name: str) -> tuple[np.ndarray, PoolGeometry]:
-    """Validate pooling arguments like PyTorch does; returns ``(x, geometry)``."""
-    x = float_array(x, "x")
-    if x.ndim != 4:
-        raise ValueError(f"{name} expects x of shape (N, C, H, W), got shape {x.shape}")
+def pool_output_size(
+    size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode
+) -> int:
+    """torch's number of windows along one axis. Floor mode is the convolution's rule
+    ``floor((size + 2*pad - span) / stride) + 1`` with ``span = dilation*(kernel - 1) + 1``; ceil
+    mode rounds up instead (a last, partial window overhangs the padded input), then drops that
+    window again when it would start past the input and its left padding
+    (``(out - 1) * stride >= size + pad``)."""
+    if not ceil_mode:
+        return conv_output_size(size, kernel, stride, pad, pad, dilation)
+    span = dilation * (kernel - 1) + 1
+    out = -((span - size - 2 * pad) // stride) + 1  # ceil((size + 2*pad - span) / stride) + 1
+    return out - 1 if (out - 1) * stride >= size + pad else out
+
+
+def pool_geometry(
+    in_shape, kernel_size, stride, padding, name: str, dilation=1, ceil_mode=False
+) -> PoolGeometry:
+    """Validate pooling arguments like PyTorch does, for an input of shape ``in_shape``
+    (N, C, H, W). Every backend (and the shape-only meta backend) calls this."""
     kh, kw = pair(kernel_size, "kernel_size", minimum=1)
     sh, sw = (kh, kw) if stride is None else pair(stride, "stride", minimum=1)
     ph, pw = pair(padding, "padding", minimum=0)
+    dh, dw = pair(dilation, "dilation", minimum=1)
     if ph > kh // 2 or pw > kw // 2:
-        # the same rule as torch: it guarantees that every window holds at least one real pixel
+        # torch's rule: without dilation it guarantees that every window holds a real pixel
         raise ValueError(
             f"{name}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}"
         )
-    N, C, H, W = x.shape
-    OH = conv_output_size(H, kh, sh, ph, ph)
-    OW = conv_output_size(W, kw, sw, pw, pw)
+    N, C, H, W = in_shape
+    OH = pool_output_size(H, kh, sh, ph, dh, ceil_mode)
+    OW = pool_output_size(W, kw, sw, pw, dw, ceil_mode)
     if OH < 1 or OW < 1:
         raise ValueError(
-            f"{name}: kernel {(kh, kw)} does not fit x of shape {x.shape} with padding {(ph, pw)}"
+            f"{name}: kernel {(kh, kw)} with dilation {(dh, dw)} does not fit x of shape "
+            f"{tuple(in_shape)} with padding {(ph, pw)}"
         )
-    geometry = PoolGeometry(
-        in_shape=(N, C, H, W),
-        kernel=(kh, kw),
-        stride=(sh, sw),
-        pads=(ph, ph, pw, pw),
-        padded_hw=(H + 2 * ph, W + 2 * pw),
-        out_hw=(OH, OW),
-    )
-    return x, geometry
+    geometry = PoolGeometry((N, C, H, W), (kh, kw), (sh, sw), (dh, dw), (ph, pw), (OH, OW))
+    for axis, (size, k, s, p, d, out) in enumerate(
+        [(H, kh, sh, ph, dh, OH), (W, kw, sw, pw, dw, OW)]
+    ):
+        taps = (
+            np.arange(out)[:, None] * s - p + np.arange(k)[None, :] * d
+        )  # input index of each tap
+        empty = np.flatnonzero(~((taps >= 0) & (taps < size)).any(axis=1))
+        if empty.size:  # only a dilated window can fall between the pixels
+            raise ValueError(
+                f"{name}: with dilation {(dh, dw)} and padding {(ph, pw)} the window of output "
+                f"{'row' if axis == 0 else 'column'} {empty[0]} holds no pixel of x of shape "
+                f"{tuple(in_shape)} (only padding)"
+            )
+    return geometry
+
+
+def _pool_geometry(x, kernel_size, stride, padding, name: str, dilation=1, ceil_mode=False):
+    """``(x, geometry)``: x checked as a float (N, C, H, W) array, then ``pool_geometry``."""
+    x = float_array(x, "x")
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects x of shape (N, C, H, W), got shape {x.shape}")
+    return x, pool_geometry(x.shape, kernel_size, stride, padding, name, dilation, ceil_mode)
 
 
 def _check_dy(dy, expected_shape: tuple, dtype, name: str) -> np.ndarray:
@@ -114,25 +171,26 @@ def _check_dy(dy, expected_shape: tuple, dtype, name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
-    """y[n, c, p, q] = max_{i<kh, j<kw} xp[n, c, p*sh + i, q*sw + j]; like ``F.max_pool2d``.
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """y[n, c, p, q] = max_{i<kh, j<kw} xp[n, c, p*sh + i*dh, q*sw + j*dw]; like ``F.max_pool2d``.
 
-    ``xp`` is ``x`` padded with -inf (padding never wins). ``stride=None`` means ``kernel_size``;
-    ``padding`` (int or pair) must be at most half the kernel. Shapes: ``x`` (N, C, H, W) ->
-    ``y`` (N, C, OH, OW), ``OH = floor((H + 2*ph - kh) / sh) + 1``. The cache keeps, per output,
+    ``xp`` is ``x`` padded with -inf (padding and the overhang of ceil mode never win).
+    ``stride=None`` means ``kernel_size``; ``padding`` (int or pair) must be at most half the
+    kernel. Shapes: ``x`` (N, C, H, W) -> ``y`` (N, C, OH, OW), ``OH`` by ``pool_output_size``
+    (floor mode: ``floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1``). The cache keeps, per output,
     the flat window index ``i*kw + j`` of the winner of PyTorch's CPU scan: walk the window in
     row-major order and take a cell when it is greater than the best so far or is NaN. So ties go
     to the FIRST maximum; a window holding NaN gives y = NaN and routes dy to its LAST NaN.
     Returns ``(y, cache)``.
     """
-    x, g = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d")
+    x, g = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d", dilation, ceil_mode)
     (N, C, _, _), (OH, OW), (kh, kw) = g.in_shape, g.out_hw, g.kernel
     xp = pad_nchw(x, g.pads, value=-np.inf)  # (N, C, Hp, Wp)
     flat = g.windows(xp).reshape(N, C, OH, OW, kh * kw)  # window cells in scan order
     y = flat.max(axis=-1)  # (N, C, OH, OW); NaN propagates
     # candidates: cells equal to the max (or NaN), restricted to the real input so that an
     # all -inf window sends its gradient to a real pixel, never to the padding
-    real = g.real_mask().reshape(OH, OW, kh * kw)
+    real = g.cells_inside((0, 0)).reshape(OH, OW, kh * kw)
     is_max = ((flat == y[..., None]) | np.isnan(flat)) & real  # (N, C, OH, OW, kh*kw)
     first = is_max.argmax(axis=-1)  # first True: the first maximum in scan order
     last = kh * kw - 1 - is_max[..., ::-1].argmax(axis=-1)  # last True: the last NaN, if any
@@ -154,12 +212,13 @@ def max_pool2d_backward(dy, cache):
 
 def window_to_input_index(window_index: np.ndarray, g: PoolGeometry) -> np.ndarray:
     """torch's ``return_indices`` from each output's winning window cell ``k = i*kw + j``: the
-    flat input index ``h * W + w`` with ``h = p*sh - ph + i``, ``w = q*sw - pw + j``.
+    flat input index ``h * W + w`` with ``h = p*sh - ph + i*dh``, ``w = q*sw - pw + j*dw``.
     Shapes: (N, C, OH, OW) -> (N, C, OH, OW) int64. Every backend's max pooling uses this."""
-    kw, (sh, sw), (OH, OW), W = g.kernel[1], g.stride, g.out_hw, g.in_shape[3]
+    kw, (sh, sw), (dh, dw), (ph, pw) = g.kernel[1], g.stride, g.dilation, g.padding
+    (OH, OW), W = g.out_hw, g.in_shape[3]
     k = np.asarray(window_index, dtype=np.int64).reshape(*g.in_shape[:2], OH, OW)
     p, q = np.arange(OH)[:, None], np.arange(OW)[None, :]
-    h, w = p * sh - g.pads[0] + k // kw, q * sw - g.pads[2] + k % kw
+    h, w = p * sh - ph + (k // kw) * dh, q * sw - pw + (k % kw) * dw
     return h * W + w
 
 
@@ -174,10 +233,12 @@ def max_pool2d_indices(cache):
 # ---------------------------------------------------------------------------------------------
 
 
-def fixed_divisor(kernel: tuple[int, int], count_include_pad, divisor_override) -> int:
-    """The divisor of every window when it does not depend on the window, else 0 (count each
-    window's real pixels): ``divisor_override`` if given (a nonzero int, as torch), else kh*kw
-    with ``count_include_pad``. Every backend's average pooling uses this rule."""
+def divisor_rule(padding, count_include_pad, divisor_override) -> tuple[int, tuple[int, int]]:
+    """How average pooling divides, as ``(fixed, grow)``: every window's divisor is ``fixed``
+    when it is nonzero (``divisor_override``, a nonzero int as in torch), else the number of its
+    cells inside the input grown by ``grow`` = (gh, gw) on each side: torch's ``padding`` with
+    ``count_include_pad`` (padded zeros count, the overhang of ceil mode does not), else (0, 0)
+    (real pixels only). Every backend's average pooling uses this rule."""
     if divisor_override is not None:
         if isinstance(divisor_override, bool) or not isinstance(
             divisor_override, (int, np.integer)
@@ -185,27 +246,29 @@ def fixed_divisor(kernel: tuple[int, int], count_include_pad, divisor_override) 
             raise TypeError(f"divisor_override must be an int, got {divisor_override!r}")
         if divisor_override == 0:
             raise ValueError("divisor_override must not be zero")
-        return int(divisor_override)
-    return kernel[0] * kernel[1] if count_include_pad else 0
+        return int(divisor_override), (0, 0)
+    return 0, (pair(padding, "padding") if count_include_pad else (0, 0))
 
 
 def avg_pool2d_forward(
-    x, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None
-):
+    x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+    divisor_override=None,
+):  # fmt: skip
     """y[n, c, p, q] = (1 / D[p, q]) * sum_{i<kh, j<kw} xp[n, c, p*sh + i, q*sw + j]; like
-    ``F.avg_pool2d`` (``ceil_mode=False``).
+    ``F.avg_pool2d`` (arguments in its order).
 
-    ``xp`` is ``x`` zero-padded. The divisor ``D`` is ``divisor_override`` when given, else
-    ``kh*kw`` when ``count_include_pad`` (the padded zeros count as pixels) and the number of
-    real pixels in the window otherwise (``fixed_divisor``).
-    Shapes: ``x`` (N, C, H, W) -> ``y`` (N, C, OH, OW). Returns ``(y, cache)``.
+    ``xp`` is ``x`` zero-padded. The divisor ``D`` is ``divisor_override`` when given, else the
+    window's cells inside the padded input when ``count_include_pad`` (the padded zeros count as
+    pixels; in ceil mode the overhang past the padding does not) and its real pixels otherwise
+    (``divisor_rule``). Shapes: ``x`` (N, C, H, W) -> ``y`` (N, C, OH, OW), ``OH`` by
+    ``pool_output_size``. Returns ``(y, cache)``.
     """
-    x, g = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d")
-    fixed = fixed_divisor(g.kernel, count_include_pad, divisor_override)
+    x, g = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d", ceil_mode=ceil_mode)
+    fixed, grow = divisor_rule(g.padding, count_include_pad, divisor_override)
     if fixed:
         divisor = np.full(g.out_hw, fixed, dtype=x.dtype)  # (OH, OW)
     else:
-        divisor = g.real_mask().sum(axis=(-2, -1)).astype(x.dtype)  # (OH, OW) real pixels
+        divisor = g.cells_inside(grow).sum(axis=(-2, -1)).astype(x.dtype)  # (OH, OW) counted cells
     xp = pad_nchw(x, g.pads)  # (N, C, Hp, Wp)
     y = g.windows(xp).sum(axis=(-2, -1)) / divisor  # (N, C, OH, OW)
     return y, PoolCache(g, divisor, x.dtype)

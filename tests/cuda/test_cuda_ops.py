@@ -10,6 +10,7 @@ Shapes are tiny: under the simulator every GPU thread is a Python thread.
 
 from __future__ import annotations
 
+import re
 from unittest import mock
 
 import numpy as np
@@ -320,8 +321,11 @@ def test_activation_matches_torch(op, seed, dtype, shape):
     stride=st.sampled_from([None, 1, 2]),
     pad=st.booleans(),
     ties=st.booleans(),
+    ceil_mode=st.booleans(),
+    dilation=st.sampled_from([1, (2, 1)]),
 )
-def test_pooling_matches_torch(kind, seed, dtype, hw, kernel, stride, pad, ties):
+def test_pooling_matches_torch(kind, seed, dtype, hw, kernel, stride, pad, ties, ceil_mode,
+                               dilation):  # fmt: skip
     padding = (kernel[0] // 2, kernel[1] // 2) if pad else 0
     pads = padding if pad else (0, 0)
     assume(all(s + 2 * p >= k for s, p, k in zip(hw, pads, kernel, strict=True)))
@@ -330,17 +334,30 @@ def test_pooling_matches_torch(kind, seed, dtype, hw, kernel, stride, pad, ties)
     if ties:  # few distinct values: many ties, the gradient must go to the first maximum
         x = np.round(x).astype(dtype)
     op = "max_pool2d" if kind == "max" else "avg_pool2d"
-    extra = {} if kind == "max" else {"count_include_pad": kind == "avg"}
+    extra = {"ceil_mode": ceil_mode}
+    if kind == "max":
+        extra["dilation"] = dilation
+    else:
+        extra["count_include_pad"] = kind == "avg"
     if kind == "avg_divisor_override":
         extra["divisor_override"] = 3
+    try:
+        y_ref, cache_ref = getattr(R, f"{op}_forward")(x, kernel, stride, padding, **extra)
+    except ValueError as error:  # a dilated kernel that does not fit: refused the same way
+        with pytest.raises(ValueError, match=re.escape(str(error))):
+            getattr(K, f"{op}_forward")(x, kernel, stride, padding, **extra)
+        return
     y, cache = getattr(K, f"{op}_forward")(x, kernel, stride, padding, **extra)
-    y_ref, cache_ref = getattr(R, f"{op}_forward")(x, kernel, stride, padding, **extra)
     dy = rand(rng, y_ref.shape, dtype)
     dx = getattr(K, f"{op}_backward")(dy, cache)
     dx_ref = getattr(R, f"{op}_backward")(dy, cache_ref)
     xt = t(x, True)
     torch_op = getattr(TF, op)
     yt = torch_op(xt, kernel, stride, padding, **extra)
+    if kind == "max":
+        np.testing.assert_array_equal(
+            to_numpy(K.max_pool2d_indices(cache)), R.max_pool2d_indices(cache_ref)
+        )
     (dxt,) = torch_grads(yt, [xt], dy)
     overlap = int(np.prod(kernel))
     if kind == "max":

@@ -38,7 +38,7 @@ from scratchnets.reference.pooling import (
     _adaptive_setup,
     _check_dy,
     _pool_geometry,
-    fixed_divisor,
+    divisor_rule,
 )
 
 from ._common import kernel_array
@@ -54,30 +54,35 @@ def _tap_columns(j, sw, left, width, ow):
 
 
 @njit(parallel=True, cache=True)
-def _max_pool_kernel(x, kh, kw, sh, sw, top, left, y, argmax):
-    """y[p, a, b] = max of the window at (a*sh - top, b*sw - left) of plane x[p] (P, H, W);
-    argmax[p, a, b] = flat index h*W + w of its first maximum (the last NaN if any).
+def _max_pool_kernel(x, kh, kw, sh, sw, top, left, dh, dw, y, argmax):
+    """y[p, a, b] = max of the window at (a*sh - top, b*sw - left), taps (i*dh, j*dw) apart, of
+    plane x[p] (P, H, W); argmax[p, a, b] = flat index h*W + w of its first maximum (the last
+    NaN if any). Taps outside x (padding, the overhang of ceil mode) are skipped.
 
-    Per output row, every output starts at its first real cell; then the taps (i, j) are visited
-    in scan order, each over the whole row of outputs (a unit-count inner loop without padding
-    tests), replacing the running maximum when strictly larger or NaN (so the last NaN wins).
+    Per output row, every output starts at its first real cell (``pool_geometry`` guarantees
+    one); then the taps (i, j) are visited in scan order, each over the whole row of outputs (a
+    unit-count inner loop without padding tests), replacing the running maximum when strictly
+    larger or NaN (so the last NaN wins).
     """
     planes, height, width = x.shape
     _, oh, ow = y.shape
     for p in prange(planes):
         for a in range(oh):
             h0 = a * sh - top
-            i_lo, i_hi = max(0, -h0), min(kh, height - h0)  # real rows of the window
+            i_lo = max(0, (dh - 1 - h0) // dh)  # first tap row at or below input row 0
             for b in range(ow):
-                c = b * sw - left + max(0, left - b * sw)  # first real column
-                y[p, a, b] = x[p, h0 + i_lo, c]
-                argmax[p, a, b] = (h0 + i_lo) * width + c
-            for i in range(i_lo, i_hi):
-                r = h0 + i
+                w0 = b * sw - left
+                c = w0 + max(0, (dw - 1 - w0) // dw) * dw  # first real column
+                y[p, a, b] = x[p, h0 + i_lo * dh, c]
+                argmax[p, a, b] = (h0 + i_lo * dh) * width + c
+            for i in range(i_lo, kh):
+                r = h0 + i * dh
+                if r >= height:
+                    break
                 for j in range(kw):
-                    b_lo, b_hi = _tap_columns(j, sw, left, width, ow)
+                    b_lo, b_hi = _tap_columns(j * dw, sw, left, width, ow)
                     for b in range(b_lo, b_hi):
-                        c = b * sw - left + j
+                        c = b * sw - left + j * dw
                         v = x[p, r, c]
                         best = y[p, a, b]
                         if v > best or v != v:
@@ -95,19 +100,21 @@ def _max_pool_backward_kernel(dy, argmax, dx):
 
 
 @njit(cache=True)
-def _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, fixed, out):
-    """out[b] = D of window (a, b): ``fixed`` (``reference.pooling.fixed_divisor``) when nonzero,
-    else the window's number of real cells."""
+def _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, rule, out):
+    """out[b] = D of window (a, b) by ``rule`` = (fixed, gh, gw) (``reference.pooling.
+    divisor_rule``): ``fixed`` when nonzero, else the window's cells inside the input grown by
+    gh rows and gw columns on each side."""
+    fixed, gh, gw = rule
     h0 = a * sh - top
-    rows = min(kh, height - h0) - max(0, -h0)
+    rows = min(h0 + kh, height + gh) - max(h0, -gh)
     for b in range(ow):
         w0 = b * sw - left
-        cols = min(kw, width - w0) - max(0, -w0)
+        cols = min(w0 + kw, width + gw) - max(w0, -gw)
         out[b] = fixed if fixed != 0 else rows * cols
 
 
 @njit(parallel=True, cache=True)
-def _avg_pool_kernel(x, kh, kw, sh, sw, top, left, fixed, y):
+def _avg_pool_kernel(x, kh, kw, sh, sw, top, left, rule, y):
     """y[p, a, b] = sum of the window's real cells / D, summed in float64 tap by tap over a row
     of outputs (same loop order as ``_max_pool_kernel``)."""
     planes, height, width = x.shape
@@ -123,13 +130,13 @@ def _avg_pool_kernel(x, kh, kw, sh, sw, top, left, fixed, y):
                     b_lo, b_hi = _tap_columns(j, sw, left, width, ow)
                     for b in range(b_lo, b_hi):
                         acc[b] += x[p, h0 + i, b * sw - left + j]
-            _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, fixed, div)
+            _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, rule, div)
             for b in range(ow):
                 y[p, a, b] = acc[b] / div[b]
 
 
 @njit(parallel=True, cache=True)
-def _avg_pool_backward_kernel(dy, kh, kw, sh, sw, top, left, fixed, dx):
+def _avg_pool_backward_kernel(dy, kh, kw, sh, sw, top, left, rule, dx):
     """dx[p, h, w] += dy[p, a, b] / D for every real cell (h, w) of window (a, b); dx zeroed."""
     planes, height, width = dx.shape
     _, oh, ow = dy.shape
@@ -137,7 +144,7 @@ def _avg_pool_backward_kernel(dy, kh, kw, sh, sw, top, left, fixed, dx):
         share = np.empty(ow)
         for a in range(oh):
             h0 = a * sh - top
-            _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, fixed, share)
+            _divisors(a, kh, kw, sh, sw, top, left, height, width, ow, rule, share)
             for b in range(ow):
                 share[b] = dy[p, a, b] / share[b]
             for i in range(max(0, -h0), min(kh, height - h0)):
@@ -175,12 +182,12 @@ class PoolCache:
     geometry: PoolGeometry
     dtype: np.dtype
     argmax: np.ndarray | None = None  # (N*C, OH*OW) int32, max pooling
-    fixed_divisor: int = 0  # avg pooling: reference.pooling.fixed_divisor
+    divisor_rule: tuple[int, int, int] = (0, 0, 0)  # avg pooling: (fixed, gh, gw)
 
 
-def _planes(x, kernel_size, stride, padding, name):
+def _planes(x, kernel_size, stride, padding, name, dilation=1, ceil_mode=False):
     """Validate like the reference; returns (x as C-contiguous (N*C, H, W), geometry, window)."""
-    x, g = _pool_geometry(x, kernel_size, stride, padding, name)
+    x, g = _pool_geometry(x, kernel_size, stride, padding, name, dilation, ceil_mode)
     x = kernel_array(x, "x")
     n, c, h, w = g.in_shape
     window = (*g.kernel, *g.stride, g.pads[0], g.pads[2])  # kh, kw, sh, sw, top, left
@@ -194,15 +201,15 @@ def _dy_planes(dy, cache: PoolCache, name: str) -> np.ndarray:
     return dy.reshape(-1, *g.out_hw)
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
-    """y[n, c, p, q] = max_{i<kh, j<kw} x[n, c, p*sh + i - ph, q*sw + j - pw] over real pixels;
-    like ``F.max_pool2d`` (floor mode). ``stride=None`` means ``kernel_size``; padding at most
-    half the kernel. Shapes: (N, C, H, W) -> (N, C, OH, OW). Returns ``(y, cache)``.
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """y[n, c, p, q] = max_{i<kh, j<kw} x[n, c, p*sh + i*dh - ph, q*sw + j*dw - pw] over real
+    pixels; like ``F.max_pool2d``. ``stride=None`` means ``kernel_size``; padding at most half
+    the kernel. Shapes: (N, C, H, W) -> (N, C, OH, OW). Returns ``(y, cache)``.
     """
-    x3, g, window = _planes(x, kernel_size, stride, padding, "max_pool2d")
+    x3, g, window = _planes(x, kernel_size, stride, padding, "max_pool2d", dilation, ceil_mode)
     y = np.empty((x3.shape[0], *g.out_hw), dtype=x3.dtype)  # (N*C, OH, OW)
     argmax = np.empty(y.shape, dtype=np.int32)
-    _max_pool_kernel(x3, *window, y, argmax)
+    _max_pool_kernel(x3, *window, *g.dilation, y, argmax)
     cache = PoolCache(g, x3.dtype, argmax=argmax.reshape(y.shape[0], -1))
     return y.reshape(g.out_shape), cache
 
@@ -225,18 +232,19 @@ def max_pool2d_indices(cache):
 
 
 def avg_pool2d_forward(
-    x, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None
-):
+    x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+    divisor_override=None,
+):  # fmt: skip
     """y[n, c, p, q] = (1 / D) * sum_{i<kh, j<kw} xp[n, c, p*sh + i, q*sw + j], xp zero-padded;
-    D = ``divisor_override`` if given, else kh*kw with ``count_include_pad``, else the number of
-    real pixels in the window. Like
-    ``F.avg_pool2d`` (floor mode). Shapes: (N, C, H, W) -> (N, C, OH, OW). Returns ``(y, cache)``.
+    D by ``reference.pooling.divisor_rule`` (``divisor_override``, else the window's cells in the
+    padded input with ``count_include_pad``, else its real pixels). Like ``F.avg_pool2d``.
+    Shapes: (N, C, H, W) -> (N, C, OH, OW). Returns ``(y, cache)``.
     """
-    x3, g, window = _planes(x, kernel_size, stride, padding, "avg_pool2d")
+    x3, g, window = _planes(x, kernel_size, stride, padding, "avg_pool2d", ceil_mode=ceil_mode)
     y = np.empty((x3.shape[0], *g.out_hw), dtype=x3.dtype)  # (N*C, OH, OW)
-    fixed = fixed_divisor(g.kernel, count_include_pad, divisor_override)
-    _avg_pool_kernel(x3, *window, fixed, y)
-    cache = PoolCache(g, x3.dtype, fixed_divisor=fixed)
+    fixed, grow = divisor_rule(g.padding, count_include_pad, divisor_override)
+    _avg_pool_kernel(x3, *window, (fixed, *grow), y)
+    cache = PoolCache(g, x3.dtype, divisor_rule=(fixed, *grow))
     return y.reshape(g.out_shape), cache
 
 
@@ -249,7 +257,7 @@ def avg_pool2d_backward(dy, cache):
     n, c, h, w = g.in_shape
     dx = np.zeros((n * c, h, w), dtype=cache.dtype)
     window = (*g.kernel, *g.stride, g.pads[0], g.pads[2])
-    _avg_pool_backward_kernel(dy3, *window, cache.fixed_divisor, dx)
+    _avg_pool_backward_kernel(dy3, *window, cache.divisor_rule, dx)
     return dx.reshape(g.in_shape)
 
 

@@ -1,7 +1,7 @@
 """Max, average and global average pooling on the GPU, forward and backward.
 
-Same arguments, validation and semantics as ``scratchnets.reference.pooling`` (floor mode,
-padding at most half the kernel). One thread per output element in every forward; every
+Same arguments, validation and semantics as ``scratchnets.reference.pooling`` (max pooling's
+dilation, ceil mode, padding at most half the kernel; taps outside x are skipped). One thread per output element in every forward; every
 backward is a gather, one thread per dx element, with no atomics:
 
 * max: the forward scans its window in row-major order with PyTorch's CPU rule (take a cell when
@@ -9,7 +9,7 @@ backward is a gather, one thread per dx element, with no atomics:
   LAST NaN) and stores the winner's flat window index ``i*kw + j`` (int32). ``dx[n, c, h, w]``
   sums ``dy[n, c, p, q]`` over the windows (p, q) that contain (h, w) and whose winner is it.
 * avg: ``dx[n, c, h, w]`` sums ``dy[n, c, p, q] / D[p, q]`` over the windows containing (h, w);
-  the divisor D is recomputed in the kernel (kh*kw, or the real pixels of the window).
+  the divisor D is recomputed in the kernel (``reference.pooling.divisor_rule``).
 * global avg: y = mean over (h, w), one thread per (n, c); dx = dy / (H*W) per element.
 """
 
@@ -25,7 +25,7 @@ from scratchnets.reference.pooling import (
     PoolGeometry,
     _adaptive_setup,
     _pool_geometry,
-    fixed_divisor,
+    divisor_rule,
     window_to_input_index,
 )
 
@@ -39,17 +39,17 @@ class CudaPoolCache:
     geometry: PoolGeometry
     argmax: object
     dtype: np.dtype
-    fixed_divisor: int = 0  # avg pooling: reference.pooling.fixed_divisor
+    divisor_rule: tuple[int, int, int] = (0, 0, 0)  # avg pooling: (fixed, gh, gw)
 
 
-def _window(g: PoolGeometry) -> tuple[int, int, int, int, int, int]:
-    """``(kh, kw, sh, sw, ph, pw)`` for the kernels."""
-    return (*g.kernel, *g.stride, g.pads[0], g.pads[2])
+def _window(g: PoolGeometry) -> tuple[int, int, int, int, int, int, int, int]:
+    """``(kh, kw, sh, sw, ph, pw, dh, dw)`` for the kernels (average pooling has dh = dw = 1)."""
+    return (*g.kernel, *g.stride, *g.padding, *g.dilation)
 
 
 @cuda.jit
 def _max_forward_kernel(x, window, y, argmax):
-    kh, kw, sh, sw, ph, pw = window
+    kh, kw, sh, sw, ph, pw, dh, dw = window
     i = cuda.grid(1)
     if i >= y.size:
         return
@@ -57,10 +57,10 @@ def _max_forward_kernel(x, window, y, argmax):
     best = x.dtype.type(-math.inf)  # padding holds -inf: it never wins
     best_cell = -1
     for ki in range(kh):
-        r = p * sh + ki - ph
+        r = p * sh + ki * dh - ph
         if 0 <= r < x.shape[2]:
             for kj in range(kw):
-                s = q * sw + kj - pw
+                s = q * sw + kj * dw - pw
                 if 0 <= s < x.shape[3]:
                     v = x[n, c, r, s]
                     if best_cell < 0:
@@ -73,17 +73,17 @@ def _max_forward_kernel(x, window, y, argmax):
 
 @cuda.jit
 def _max_backward_kernel(dy, argmax, window, dx):
-    kh, kw, sh, sw, ph, pw = window
+    kh, kw, sh, sw, ph, pw, dh, dw = window
     i = cuda.grid(1)
     if i >= dx.size:
         return
     n, c, h, w = nchw_index(i, dx.shape)
     acc = dx.dtype.type(0)
     for ki in range(kh):  # windows whose tap (ki, kj) is the pixel (h, w)
-        rr = h + ph - ki
+        rr = h + ph - ki * dh
         if rr >= 0 and rr % sh == 0 and rr // sh < dy.shape[2]:
             for kj in range(kw):
-                ss = w + pw - kj
+                ss = w + pw - kj * dw
                 if ss >= 0 and ss % sw == 0 and ss // sw < dy.shape[3]:
                     if argmax[n, c, rr // sh, ss // sw] == ki * kw + kj:
                         acc += dy[n, c, rr // sh, ss // sw]
@@ -91,20 +91,22 @@ def _max_backward_kernel(dy, argmax, window, dx):
 
 
 @cuda.jit(device=True)
-def _divisor(p, q, window, height, width, fixed):
-    """D[p, q] (an int): ``fixed`` when nonzero, or the number of real pixels of the window."""
-    kh, kw, sh, sw, ph, pw = window
+def _divisor(p, q, window, height, width, rule):
+    """D[p, q] (an int) by ``rule`` = (fixed, gh, gw): ``fixed`` when nonzero, else the window's
+    cells inside the input grown by gh rows and gw columns on each side."""
+    kh, kw, sh, sw, ph, pw, _, _ = window
+    fixed, gh, gw = rule
     if fixed != 0:
         return fixed
     r0, s0 = p * sh - ph, q * sw - pw
-    rows = min(r0 + kh, height) - max(r0, 0)
-    cols = min(s0 + kw, width) - max(s0, 0)
+    rows = min(r0 + kh, height + gh) - max(r0, -gh)
+    cols = min(s0 + kw, width + gw) - max(s0, -gw)
     return rows * cols
 
 
 @cuda.jit
-def _avg_forward_kernel(x, window, fixed, y):
-    kh, kw, sh, sw, ph, pw = window
+def _avg_forward_kernel(x, window, rule, y):
+    kh, kw, sh, sw, ph, pw, _, _ = window
     i = cuda.grid(1)
     if i >= y.size:
         return
@@ -117,13 +119,13 @@ def _avg_forward_kernel(x, window, fixed, y):
                 s = q * sw + kj - pw
                 if 0 <= s < x.shape[3]:
                     acc += x[n, c, r, s]  # padded cells add zero
-    divisor = _divisor(p, q, window, x.shape[2], x.shape[3], fixed)
+    divisor = _divisor(p, q, window, x.shape[2], x.shape[3], rule)
     y[n, c, p, q] = acc / y.dtype.type(divisor)
 
 
 @cuda.jit
-def _avg_backward_kernel(dy, window, fixed, dx):
-    kh, kw, sh, sw, ph, pw = window
+def _avg_backward_kernel(dy, window, rule, dx):
+    kh, kw, sh, sw, ph, pw, _, _ = window
     i = cuda.grid(1)
     if i >= dx.size:
         return
@@ -138,20 +140,20 @@ def _avg_backward_kernel(dy, window, fixed, dx):
                 ss = w + pw - kj
                 if ss >= 0 and ss % sw == 0 and ss // sw < dy.shape[3]:
                     q = ss // sw
-                    divisor = _divisor(p, q, window, H, W, fixed)
+                    divisor = _divisor(p, q, window, H, W, rule)
                     acc += dy[n, c, p, q] / dx.dtype.type(divisor)
     dx[n, c, h, w] = acc
 
 
-def _geometry(x, kernel_size, stride, padding, name):
-    _, g = _pool_geometry(host_proxy(x), kernel_size, stride, padding, name)
+def _geometry(x, kernel_size, stride, padding, name, dilation=1, ceil_mode=False):
+    _, g = _pool_geometry(host_proxy(x), kernel_size, stride, padding, name, dilation, ceil_mode)
     return device_array(x, "x"), g
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """y[n, c, p, q] = max of the (-inf padded) window; like ``F.max_pool2d``. Arguments and
     errors as ``reference.max_pool2d_forward``. Returns ``(y, cache)``, y a device array."""
-    x, g = _geometry(x, kernel_size, stride, padding, "max_pool2d")
+    x, g = _geometry(x, kernel_size, stride, padding, "max_pool2d", dilation, ceil_mode)
     y = empty(g.out_shape, x.dtype)
     argmax = empty(g.out_shape, np.int32)  # flat window index of each output's winner
     launch_1d(_max_forward_kernel, y.size, x, _window(g), y, argmax)
@@ -174,15 +176,16 @@ def max_pool2d_indices(cache):
 
 
 def avg_pool2d_forward(
-    x, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None
-):
+    x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+    divisor_override=None,
+):  # fmt: skip
     """y = window sum / D; like ``F.avg_pool2d``. Arguments and errors as
     ``reference.avg_pool2d_forward``. Returns ``(y, cache)``, y a device array."""
-    x, g = _geometry(x, kernel_size, stride, padding, "avg_pool2d")
-    fixed = fixed_divisor(g.kernel, count_include_pad, divisor_override)
+    x, g = _geometry(x, kernel_size, stride, padding, "avg_pool2d", ceil_mode=ceil_mode)
+    fixed, grow = divisor_rule(g.padding, count_include_pad, divisor_override)
     y = empty(g.out_shape, x.dtype)
-    launch_1d(_avg_forward_kernel, y.size, x, _window(g), fixed, y)
-    return y, CudaPoolCache(g, None, x.dtype, fixed)
+    launch_1d(_avg_forward_kernel, y.size, x, _window(g), (fixed, *grow), y)
+    return y, CudaPoolCache(g, None, x.dtype, (fixed, *grow))
 
 
 def avg_pool2d_backward(dy, cache):
@@ -190,7 +193,7 @@ def avg_pool2d_backward(dy, cache):
     g = cache.geometry
     dy = device_dy(dy, g.out_shape, cache.dtype, "avg_pool2d_backward")
     dx = empty(g.in_shape, cache.dtype)
-    launch_1d(_avg_backward_kernel, dx.size, dy, _window(g), cache.fixed_divisor, dx)
+    launch_1d(_avg_backward_kernel, dx.size, dy, _window(g), cache.divisor_rule, dx)
     return dx
 
 
