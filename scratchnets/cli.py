@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "scratchnets.data.cli",  # data download
     "scratchnets.benchmarks.cli",  # bench ops | train-step | convs | models
     "scratchnets.gradcheck_cli",  # gradcheck
+    "scratchnets.explain.cli",  # explain
 )
 
 

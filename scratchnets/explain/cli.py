@@ -1,0 +1,83 @@
+"""``scratchnets explain OP|MODEL``: step through one op call (or a model) with its numbers."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+from .ops import EXPLAINERS, explain_op
+
+#: command-line option -> explainer argument, for the options an op may take
+OP_OPTIONS = {
+    "input": "input",
+    "out_channels": "out_channels",
+    "kernel": "kernel",
+    "stride": "stride",
+    "padding": "padding",
+    "dilation": "dilation",
+    "groups": "groups",
+    "no_bias": "bias",
+    "at": "at",
+}
+
+
+def sizes(text: str) -> tuple[int, ...]:
+    """``"1x4x7x7"`` or ``"1,4,7,7"`` -> (1, 4, 7, 7)."""
+    try:
+        return tuple(int(v) for v in text.replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 3 or 3x2, got {text!r}") from None
+
+
+def int_or_pair(text: str):
+    """``"3"`` -> 3, ``"3x2"`` -> (3, 2)."""
+    values = sizes(text)
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "explain",
+        help="step through one op call, forward and backward, with its numbers",
+        description="Explain OP for a concrete case: the output-size arithmetic, params and "
+        "multiply-adds (checked against the counter), the forward and backward equations with "
+        "the case's numbers, the reference code's lines, and single elements of y, dx and dw "
+        "written out as their sums and checked against the reference op and torch. "
+        f"OP: {', '.join(sorted(EXPLAINERS))}.",
+    )
+    p.add_argument("target", metavar="OP", help="the op to explain")
+    p.add_argument("--input", type=sizes, help="input shape, e.g. 1x4x7x7 (N x C x H x W)")
+    p.add_argument("--out-channels", type=int, help="conv2d: output channels")
+    p.add_argument("--kernel", type=int_or_pair, help="kernel size: 3 or 1x3")
+    p.add_argument("--stride", type=int_or_pair, help="stride: 2 or 2x1")
+    p.add_argument("--padding", type=int_or_pair, help="zero padding per side: 1 or 0x1")
+    p.add_argument("--dilation", type=int_or_pair, help="dilation: 1 or 2x1")
+    p.add_argument("--groups", type=int, help="conv2d: groups (= C_in: depthwise)")
+    p.add_argument("--no-bias", action="store_false", dest="no_bias", default=None,
+                   help="conv2d / linear: without a bias")  # fmt: skip
+    p.add_argument("--at", type=sizes, help="the output element to write out, e.g. 0,1,2,2")
+    p.add_argument("--seed", type=int, default=0, help="seed of the inputs and dy (default 0)")
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    p.set_defaults(func=run_explain)
+
+
+def run_explain(args) -> int:
+    if args.target not in EXPLAINERS:
+        raise ValueError(
+            f"unknown op {args.target!r}; expected one of: {', '.join(sorted(EXPLAINERS))}"
+        )
+    accepted = inspect.signature(EXPLAINERS[args.target]).parameters
+    arguments = {"seed": args.seed}
+    for option, name in OP_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if name not in accepted:
+            flag = "--no-bias" if option == "no_bias" else f"--{option.replace('_', '-')}"
+            raise ValueError(f"{flag} does not apply to {args.target}")
+        arguments[name] = value
+    explanation = explain_op(args.target, **arguments)
+    print(explanation.json() if args.json else explanation.text())
+    return 0 if explanation.all_checked else 1
