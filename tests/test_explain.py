@@ -24,32 +24,82 @@ from scratchnets.profile.summary import summary
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _torch_conv(case: dict, seed_values):
-    """torch's y, dx, dw, db for the explained case, from the explanation's own inputs."""
-    x, w, b, dy = seed_values
-    xt, wt = (torch.tensor(v, requires_grad=True) for v in (x, w))
-    bt = None if b is None else torch.tensor(b, requires_grad=True)
-    y = F.conv2d(xt, wt, bt, case["stride"], case["padding"], case["dilation"], case["groups"])
+def _torch_relu6_like(name):
+    return lambda a, case: getattr(F, name)(a["x"])
+
+
+#: op -> torch's forward of an explanation's drawn inputs (float64 tensors) and its case
+ORACLES = {
+    "conv2d": lambda a, c: F.conv2d(a["x"], a["w"], a.get("b"), c["stride"], c["padding"],
+                                    c["dilation"], c["groups"]),
+    "linear": lambda a, c: F.linear(a["x"], a["w"], a.get("b")),
+    "batch_norm2d": lambda a, c: F.batch_norm(a["x"], a["running_mean"], a["running_var"],
+                                              a["weight"], a["bias"], c["mode"] == "train",
+                                              c["momentum"], c["eps"]),
+    **{op: _torch_relu6_like(name) for op, name in [
+        ("relu", "relu"), ("relu6", "relu6"), ("sigmoid", "sigmoid"),
+        ("hard_sigmoid", "hardsigmoid"), ("hard_swish", "hardswish"), ("silu", "silu")]},
+}  # fmt: skip
+
+#: an input's name -> the name of its gradient's elements
+GRADIENT_NAMES = {"x": "dx", "w": "dw", "b": "db", "weight": "dgamma", "bias": "dbeta"}
+#: inputs that are state, not differentiated (torch updates them in place)
+BUFFERS = ("running_mean", "running_var")
+
+
+def torch_truth(e: Explanation) -> dict[str, np.ndarray]:
+    """torch's float64 y, gradients and updated buffers for the explanation's own inputs,
+    computed here independently of the explainer, by element name."""
+    tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in e.inputs.items() if k != "dy"}
+    for name, tensor in tensors.items():
+        tensor.requires_grad_(name not in BUFFERS)
+    y = ORACLES[e.op](tensors, e.case)
+    differentiable = [k for k in tensors if k not in BUFFERS]
     grads = torch.autograd.grad(
-        (y * torch.tensor(dy)).sum(), [xt, wt] + ([bt] if b is not None else [])
+        (y * torch.tensor(e.inputs["dy"])).sum(), [tensors[k] for k in differentiable]
     )
-    return y.detach().numpy(), [g.numpy() for g in grads]
+    truth = {"y": y.detach().numpy()}
+    truth |= {GRADIENT_NAMES[k]: g.numpy() for k, g in zip(differentiable, grads, strict=True)}
+    truth |= {k: tensors[k].numpy() for k in BUFFERS if k in tensors}
+    return truth
 
 
-def _conv_values(case: dict):
-    """The inputs the explainer draws for ``case`` (same seed, same order, same rounding)."""
-    from scratchnets.explain.ops import values
+def assert_elements_are_torchs(e: Explanation):
+    assert e.all_checked, e.text()
+    truth = torch_truth(e)
+    for element in e.elements:
+        expected = truth[element.name][element.index]
+        rel = 1e-7 if e.op == "hard_sigmoid" and element.name == "dx" else 1e-12  # torch's 1/6
+        assert element.value == pytest.approx(expected, rel=rel, abs=1e-12), element.name
+        assert element.reference == pytest.approx(element.value, rel=1e-12, abs=1e-12)
 
-    rng = np.random.default_rng(case["seed"])
-    N, C_in, H, W = case["input"]
-    kh, kw = case["kernel"]
-    C_out = case["out_channels"]
-    x, w = values(rng, (N, C_in, H, W)), values(rng, (C_out, C_in // case["groups"], kh, kw), 0.5)
-    b = values(rng, (C_out,), 0.1) if case["bias"] else None
-    OH = (H + 2 * case["padding"][0] - case["dilation"][0] * (kh - 1) - 1) // case["stride"][0] + 1
-    OW = (W + 2 * case["padding"][1] - case["dilation"][1] * (kw - 1) - 1) // case["stride"][1] + 1
-    dy = values(rng, (N, C_out, OH, OW))
-    return x, w, b, dy
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("op", sorted(ORACLES))
+def test_every_element_equals_torchs_at_its_index(op, seed):
+    assert_elements_are_torchs(explain_op(op, seed=seed))
+
+
+def test_every_explainer_is_checked_against_torch_here():
+    from scratchnets.explain import EXPLAINERS
+
+    assert set(EXPLAINERS) <= set(ORACLES)
+
+
+def test_batch_norm_in_eval_mode_and_its_three_term_dx():
+    assert_elements_are_torchs(explain_op("batch_norm2d", training=False, seed=4))
+    text = explain_op("batch_norm2d", input=(2, 2, 3, 3)).text()
+    assert (
+        "through mu" in text and "through var" in text and "M = N * H * W = 2 * 3 * 3 = 18" in text
+    )
+
+
+def test_relu6_shows_its_mask_at_0_and_6():
+    e = explain_op("relu6")
+    kinks = {float(e.inputs["x"][el.index]): el for el in e.elements if el.name == "dx"}
+    assert kinks[0.0].value == kinks[6.0].value == 0.0
+    assert "slope(6) = " in kinks[6.0].terms[0]
+    assert "at exactly x = 0 and at exactly x = 6" in e.text()
 
 
 @st.composite
@@ -70,18 +120,8 @@ def conv_cases(draw):
 
 @settings(max_examples=25, deadline=None)
 @given(conv_cases())
-def test_conv2d_elements_equal_the_op_and_torch(case):
-    e = explain_op("conv2d", **case)
-    assert e.all_checked
-    y_t, grads_t = _torch_conv(e.case, _conv_values(e.case))
-    expected = {"y": y_t, "dx": grads_t[0], "dw": grads_t[1]} | (
-        {"db": grads_t[2]} if case["bias"] else {}
-    )
-    assert [el.name for el in e.elements] == list(expected)
-    for element in e.elements:
-        truth = expected[element.name][element.index]
-        assert element.value == pytest.approx(truth, rel=1e-12, abs=1e-12), element.name
-        assert element.reference == pytest.approx(truth, rel=1e-12, abs=1e-12), element.name
+def test_conv2d_elements_equal_torchs_for_any_geometry(case):
+    assert_elements_are_torchs(explain_op("conv2d", **case))
 
 
 @settings(max_examples=10, deadline=None)
@@ -175,5 +215,9 @@ def test_cli_prints_the_walkthrough_and_json():
     assert {e["name"] for e in data["elements"]} == {"y", "dx", "dw", "db"}
     bad = _cli("conv2d", "--input", "1x4x5x5", "--out-channels", "4", "--groups", "3")
     assert bad.returncode == 1 and "divisible by groups" in bad.stderr
+    bn = _cli("batch_norm2d", "--input", "2x2x3x3", "--eval")
+    assert bn.returncode == 0 and "mode=eval" in bn.stdout
+    misplaced = _cli("relu6", "--groups", "2")
+    assert misplaced.returncode == 1 and "--groups does not apply to relu6" in misplaced.stderr
     unknown = _cli("convolution")
     assert unknown.returncode == 1 and "unknown op 'convolution'" in unknown.stderr

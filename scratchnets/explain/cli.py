@@ -17,6 +17,8 @@ OP_OPTIONS = {
     "dilation": "dilation",
     "groups": "groups",
     "no_bias": "bias",
+    "out_features": "out_features",
+    "eval": "training",
     "at": "at",
 }
 
@@ -57,6 +59,9 @@ def register(subparsers) -> None:
     p.add_argument("--groups", type=int, help="conv2d: groups (= C_in: depthwise)")
     p.add_argument("--no-bias", action="store_false", dest="no_bias", default=None,
                    help="conv2d / linear: without a bias")  # fmt: skip
+    p.add_argument("--out-features", type=int, help="linear: output features")
+    p.add_argument("--eval", action="store_false", dest="eval", default=None,
+                   help="batch_norm2d: eval mode (running statistics; default: training)")  # fmt: skip
     p.add_argument("--at", type=sizes, help="the output element to write out, e.g. 0,1,2,2")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and dy (default 0)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
@@ -75,7 +80,7 @@ def run_explain(args) -> int:
         if value is None:
             continue
         if name not in accepted:
-            flag = "--no-bias" if option == "no_bias" else f"--{option.replace('_', '-')}"
+            flag = {"no_bias": "--no-bias"}.get(option, f"--{option.replace('_', '-')}")
             raise ValueError(f"{flag} does not apply to {args.target}")
         arguments[name] = value
     explanation = explain_op(args.target, **arguments)

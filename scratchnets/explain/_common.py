@@ -1,0 +1,94 @@
+"""Shared by the explainers: the registry, seeded readable inputs, torch's results for the same
+case, and the arithmetic lines every windowed op prints."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from .core import Explanation
+
+#: op name -> explainer; every op of ``scratchnets.reference`` has one
+EXPLAINERS: dict[str, Callable[..., Explanation]] = {}
+
+
+def explainer(name: str):
+    """Register the decorated function as the explainer of ``name``."""
+
+    def register(func):
+        EXPLAINERS[name] = func
+        return func
+
+    return register
+
+
+def values(rng: np.random.Generator, shape, scale: float = 1.0) -> np.ndarray:
+    """Seeded float64 values rounded to two decimals: readable, and exact enough to check."""
+    return np.round(rng.standard_normal(shape) * scale, 2)
+
+
+def torch_results(fn, inputs: dict[str, np.ndarray], dy: np.ndarray):
+    """torch's output and gradients of ``sum(fn(F, **inputs) * dy)`` w.r.t. every input (F:
+    ``torch.nn.functional``), float64; None when torch is not installed."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    tensors = {
+        k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in inputs.items()
+    }
+    y = fn(F, **tensors)
+    grads = torch.autograd.grad((y * torch.tensor(dy)).sum(), list(tensors.values()))
+    return y.detach().numpy(), {k: g.numpy() for k, g in zip(tensors, grads, strict=True)}
+
+
+def window_count_lines(axis: str, size: int, kernel: int, stride: int, pad: int, dilation: int):
+    """The output-size arithmetic of one axis, symbols then numbers, and what the floor drops:
+    ``OH = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1``."""
+    s = "H" if axis == "h" else "W"
+    k, st, pd, dl = (f"{c}{axis}" for c in ("k", "s", "p", "d"))
+    numerator = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = numerator // stride + 1
+    lines = [
+        f"O{s} = floor(({s} + 2*{pd} - {dl}*({k} - 1) - 1) / {st}) + 1",
+        f"   = floor(({size} + 2*{pad} - {dilation}*({kernel} - 1) - 1) / {stride}) + 1"
+        f" = floor({numerator} / {stride}) + 1 = {out}",
+    ]
+    if numerator >= 0 and numerator % stride:
+        lines.append(
+            f"   (the floor drops {numerator % stride}: the last {numerator % stride} padded "
+            f"{'rows' if axis == 'h' else 'columns'} are never read)"
+        )
+    return lines
+
+
+def product_line(name: str, factor_names: list[str], factors: list[int]) -> str:
+    return f"{name} = {' * '.join(factor_names)} = {' * '.join(map(str, factors))} = {math.prod(factors):,}"
+
+
+def output_index(at, shape, default) -> tuple[int, ...]:
+    """The index to write out: ``at`` (checked against ``shape``) or ``default``."""
+    if at is None:
+        return tuple(default)
+    at = tuple(int(i) for i in at)
+    if len(at) != len(shape) or not all(0 <= i < s for i, s in zip(at, shape, strict=True)):
+        raise ValueError(f"--at {at} is not an index of the output of shape {tuple(shape)}")
+    return at
+
+
+def nchw(shape) -> tuple[int, int, int, int]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"--input must be N x C x H x W with every size >= 1, got {shape}")
+    return shape
+
+
+def counted(layer, input_shape) -> tuple[int, int]:
+    """(params, mult-adds for the whole batch) of a layer by the model counter."""
+    from ..profile.summary import summary
+
+    report = summary(layer, input_shape)
+    return report.total_params, report.total_macs * input_shape[0]
