@@ -36,6 +36,14 @@ ORACLES = {
     "batch_norm2d": lambda a, c: F.batch_norm(a["x"], a["running_mean"], a["running_var"],
                                               a["weight"], a["bias"], c["mode"] == "train",
                                               c["momentum"], c["eps"]),
+    "max_pool2d": lambda a, c: F.max_pool2d(a["x"], c["kernel"], c["stride"], c["padding"],
+                                            c["dilation"], c["ceil_mode"]),
+    "avg_pool2d": lambda a, c: F.avg_pool2d(a["x"], c["kernel"], c["stride"], c["padding"],
+                                            c["ceil_mode"], c["count_include_pad"],
+                                            c["divisor_override"]),
+    "global_avg_pool2d": lambda a, c: F.adaptive_avg_pool2d(a["x"], 1),
+    "adaptive_avg_pool2d": lambda a, c: F.adaptive_avg_pool2d(a["x"], c["output_size"]),
+    "adaptive_max_pool2d": lambda a, c: F.adaptive_max_pool2d(a["x"], c["output_size"]),
     **{op: _torch_relu6_like(name) for op, name in [
         ("relu", "relu"), ("relu6", "relu6"), ("sigmoid", "sigmoid"),
         ("hard_sigmoid", "hardsigmoid"), ("hard_swish", "hardswish"), ("silu", "silu")]},
@@ -92,6 +100,32 @@ def test_batch_norm_in_eval_mode_and_its_three_term_dx():
     assert (
         "through mu" in text and "through var" in text and "M = N * H * W = 2 * 3 * 3 = 18" in text
     )
+
+
+@pytest.mark.parametrize(
+    "op, arguments",
+    [
+        ("max_pool2d", dict(input=(2, 2, 6, 6), kernel=3, stride=2, padding=1, ceil_mode=True)),
+        ("max_pool2d", dict(input=(1, 2, 7, 6), kernel=(3, 2), stride=1, padding=1, dilation=2)),
+        ("avg_pool2d", dict(input=(1, 2, 6, 6), kernel=3, stride=2, padding=1, ceil_mode=True)),
+        ("avg_pool2d", dict(input=(1, 1, 5, 5), kernel=3, stride=1, padding=1,
+                            count_include_pad=False)),
+        ("avg_pool2d", dict(input=(1, 1, 5, 4), kernel=2, divisor_override=3)),
+        ("adaptive_max_pool2d", dict(input=(2, 1, 4, 9), output_size=(3, 2))),
+        ("adaptive_avg_pool2d", dict(input=(1, 2, 3, 3), output_size=(4, 5))),
+    ],
+)  # fmt: skip
+def test_pooling_options_are_explained_and_checked(op, arguments):
+    assert_elements_are_torchs(explain_op(op, **arguments))
+
+
+def test_ceil_mode_says_whether_the_last_window_overhangs_or_is_dropped():
+    kept = explain_op("max_pool2d", input=(1, 1, 6, 6), kernel=3, stride=2, padding=1,
+                      ceil_mode=True).text()  # fmt: skip
+    assert "ceil(5 / 2) + 1 = 4" in kept and "overhangs the padded input" in kept
+    dropped = explain_op("avg_pool2d", input=(1, 1, 5, 5), kernel=2, stride=2, padding=1,
+                         ceil_mode=True).text()  # fmt: skip
+    assert "past the input: dropped, OH = 3" in dropped
 
 
 def test_relu6_shows_its_mask_at_0_and_6():

@@ -45,22 +45,38 @@ def torch_results(fn, inputs: dict[str, np.ndarray], dy: np.ndarray):
     return y.detach().numpy(), {k: g.numpy() for k, g in zip(tensors, grads, strict=True)}
 
 
-def window_count_lines(axis: str, size: int, kernel: int, stride: int, pad: int, dilation: int):
-    """The output-size arithmetic of one axis, symbols then numbers, and what the floor drops:
-    ``OH = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1``."""
+def window_count_lines(
+    axis: str, size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode=False
+) -> list[str]:
+    """The output-size arithmetic of one axis, symbols then numbers, and what the rounding does:
+    ``OH = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1`` (ceil in pooling's ceil mode, whose
+    last window is dropped again when it would start past the input and its left padding)."""
     s = "H" if axis == "h" else "W"
     k, st, pd, dl = (f"{c}{axis}" for c in ("k", "s", "p", "d"))
+    cells = "rows" if axis == "h" else "columns"
     numerator = size + 2 * pad - dilation * (kernel - 1) - 1
-    out = numerator // stride + 1
+    rounding = "ceil" if ceil_mode else "floor"
+    out = (-(-numerator // stride) if ceil_mode else numerator // stride) + 1
     lines = [
-        f"O{s} = floor(({s} + 2*{pd} - {dl}*({k} - 1) - 1) / {st}) + 1",
-        f"   = floor(({size} + 2*{pad} - {dilation}*({kernel} - 1) - 1) / {stride}) + 1"
-        f" = floor({numerator} / {stride}) + 1 = {out}",
+        f"O{s} = {rounding}(({s} + 2*{pd} - {dl}*({k} - 1) - 1) / {st}) + 1",
+        f"   = {rounding}(({size} + 2*{pad} - {dilation}*({kernel} - 1) - 1) / {stride}) + 1"
+        f" = {rounding}({numerator} / {stride}) + 1 = {out}",
     ]
-    if numerator >= 0 and numerator % stride:
+    if ceil_mode and numerator % stride:
+        if (out - 1) * stride >= size + pad:
+            lines.append(
+                f"   (the last window would start at padded {cells[:-1]} {(out - 1) * stride} >= "
+                f"{s} + {pd} = {size + pad}, past the input: dropped, O{s} = {out - 1})"
+            )
+        else:
+            lines.append(
+                f"   (ceil keeps a last window that overhangs the padded input by "
+                f"{stride - numerator % stride} of its {cells}: those cells are ignored)"
+            )
+    elif numerator >= 0 and numerator % stride:
         lines.append(
             f"   (the floor drops {numerator % stride}: the last {numerator % stride} padded "
-            f"{'rows' if axis == 'h' else 'columns'} are never read)"
+            f"{cells} are never read)"
         )
     return lines
 

@@ -19,6 +19,10 @@ OP_OPTIONS = {
     "no_bias": "bias",
     "out_features": "out_features",
     "eval": "training",
+    "ceil_mode": "ceil_mode",
+    "exclude_pad": "count_include_pad",
+    "divisor_override": "divisor_override",
+    "output_size": "output_size",
     "at": "at",
 }
 
@@ -62,6 +66,21 @@ def register(subparsers) -> None:
     p.add_argument("--out-features", type=int, help="linear: output features")
     p.add_argument("--eval", action="store_false", dest="eval", default=None,
                    help="batch_norm2d: eval mode (running statistics; default: training)")  # fmt: skip
+    p.add_argument(
+        "--ceil-mode",
+        action="store_true",
+        default=None,
+        help="pooling: round the number of windows up (torch's ceil_mode)",
+    )
+    p.add_argument(
+        "--exclude-pad",
+        action="store_false",
+        dest="exclude_pad",
+        default=None,
+        help="avg_pool2d: divide by the real pixels only (count_include_pad=False)",
+    )
+    p.add_argument("--divisor-override", type=int, help="avg_pool2d: divide every window by it")
+    p.add_argument("--output-size", type=int_or_pair, help="adaptive pooling: 3 or 3x4")  # fmt: skip
     p.add_argument("--at", type=sizes, help="the output element to write out, e.g. 0,1,2,2")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and dy (default 0)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
