@@ -44,21 +44,35 @@ ORACLES = {
     "global_avg_pool2d": lambda a, c: F.adaptive_avg_pool2d(a["x"], 1),
     "adaptive_avg_pool2d": lambda a, c: F.adaptive_avg_pool2d(a["x"], c["output_size"]),
     "adaptive_max_pool2d": lambda a, c: F.adaptive_max_pool2d(a["x"], c["output_size"]),
+    "pad2d": lambda a, c: F.pad(a["x"], [c["padding"][k] for k in (2, 3, 0, 1)], c["mode"],
+                                *([c["value"]] if c["mode"] == "constant" else [])),
+    "upsample_nearest2d": lambda a, c: F.interpolate(a["x"], size=c["size"], mode="nearest"),
+    "upsample_bilinear2d": lambda a, c: F.interpolate(a["x"], size=c["size"], mode="bilinear",
+                                                      align_corners=False),
+    "add": lambda a, c: a["a"] + a["b"],
+    "mul": lambda a, c: a["a"] * a["b"],
+    "concat": lambda a, c: torch.cat([a["x0"], a["x1"]], 1),
+    "slice": lambda a, c: a["x"].narrow(1, c["start"], c["stop"] - c["start"]),
+    "dropout": lambda a, c: a["x"] * a["mask"] / (1 - c["p"]) if c["mode"] == "train" else a["x"],
+    "cross_entropy": lambda a, c: F.cross_entropy(a["logits"], a["target"],
+                                                  label_smoothing=c["label_smoothing"]),
     **{op: _torch_relu6_like(name) for op, name in [
         ("relu", "relu"), ("relu6", "relu6"), ("sigmoid", "sigmoid"),
         ("hard_sigmoid", "hardsigmoid"), ("hard_swish", "hardswish"), ("silu", "silu")]},
 }  # fmt: skip
 
 #: an input's name -> the name of its gradient's elements
-GRADIENT_NAMES = {"x": "dx", "w": "dw", "b": "db", "weight": "dgamma", "bias": "dbeta"}
-#: inputs that are state, not differentiated (torch updates them in place)
-BUFFERS = ("running_mean", "running_var")
+GRADIENT_NAMES = {"x": "dx", "w": "dw", "b": "db", "weight": "dgamma", "bias": "dbeta",
+                  "a": "da", "x0": "dx0", "x1": "dx1", "logits": "dlogits"}  # fmt: skip
+#: inputs that are state or data, not differentiated (torch updates the statistics in place)
+BUFFERS = ("running_mean", "running_var", "mask", "target")
 
 
 def torch_truth(e: Explanation) -> dict[str, np.ndarray]:
     """torch's float64 y, gradients and updated buffers for the explanation's own inputs,
     computed here independently of the explainer, by element name."""
-    tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in e.inputs.items() if k != "dy"}
+    tensors = {k: torch.tensor(v, dtype=torch.int64 if k == "target" else torch.float64)
+               for k, v in e.inputs.items() if k != "dy"}  # fmt: skip
     for name, tensor in tensors.items():
         tensor.requires_grad_(name not in BUFFERS)
     y = ORACLES[e.op](tensors, e.case)
@@ -66,9 +80,9 @@ def torch_truth(e: Explanation) -> dict[str, np.ndarray]:
     grads = torch.autograd.grad(
         (y * torch.tensor(e.inputs["dy"])).sum(), [tensors[k] for k in differentiable]
     )
-    truth = {"y": y.detach().numpy()}
+    truth = {"loss" if e.op == "cross_entropy" else "y": y.detach().numpy()}
     truth |= {GRADIENT_NAMES[k]: g.numpy() for k, g in zip(differentiable, grads, strict=True)}
-    truth |= {k: tensors[k].numpy() for k in BUFFERS if k in tensors}
+    truth |= {k: tensors[k].numpy() for k in BUFFERS[:2] if k in tensors}
     return truth
 
 
@@ -88,10 +102,11 @@ def test_every_element_equals_torchs_at_its_index(op, seed):
     assert_elements_are_torchs(explain_op(op, seed=seed))
 
 
-def test_every_explainer_is_checked_against_torch_here():
+def test_every_op_of_the_backends_has_an_explainer_checked_here():
+    from scratchnets.backends import OPS
     from scratchnets.explain import EXPLAINERS
 
-    assert set(EXPLAINERS) <= set(ORACLES)
+    assert set(OPS) == set(EXPLAINERS) == set(ORACLES)
 
 
 def test_batch_norm_in_eval_mode_and_its_three_term_dx():
@@ -116,6 +131,24 @@ def test_batch_norm_in_eval_mode_and_its_three_term_dx():
     ],
 )  # fmt: skip
 def test_pooling_options_are_explained_and_checked(op, arguments):
+    assert_elements_are_torchs(explain_op(op, **arguments))
+
+
+@pytest.mark.parametrize(
+    "op, arguments",
+    [
+        ("pad2d", dict(mode="constant", value=1.5)),
+        ("pad2d", dict(input=(1, 2, 3, 3), padding=(3, 3, 0, 2), mode="circular")),
+        ("pad2d", dict(mode="replicate", padding=(1, 2, 3, 0))),
+        ("upsample_bilinear2d", dict(input=(1, 2, 5, 4), size=(2, 3))),
+        ("upsample_nearest2d", dict(input=(2, 1, 14, 3), size=(46, 5))),  # torch's float32 index
+        ("dropout", dict(training=False)),
+        ("dropout", dict(p=0.2, input=(2, 3, 2, 2), seed=5)),
+        ("slice", dict(start=0, stop=2)),
+        ("cross_entropy", dict(input=(3, 5), label_smoothing=0.1)),
+    ],
+)
+def test_data_movement_and_loss_options_are_explained_and_checked(op, arguments):
     assert_elements_are_torchs(explain_op(op, **arguments))
 
 
@@ -253,5 +286,7 @@ def test_cli_prints_the_walkthrough_and_json():
     assert bn.returncode == 0 and "mode=eval" in bn.stdout
     misplaced = _cli("relu6", "--groups", "2")
     assert misplaced.returncode == 1 and "--groups does not apply to relu6" in misplaced.stderr
+    pad = _cli("pad2d", "--input", "1x1x3x3", "--padding", "2x1x0x3", "--mode", "circular")
+    assert pad.returncode == 0 and "every element checked" in pad.stdout, pad.stderr
     unknown = _cli("convolution")
     assert unknown.returncode == 1 and "unknown op 'convolution'" in unknown.stderr

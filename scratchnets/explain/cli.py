@@ -23,6 +23,13 @@ OP_OPTIONS = {
     "exclude_pad": "count_include_pad",
     "divisor_override": "divisor_override",
     "output_size": "output_size",
+    "size": "size",
+    "mode": "mode",
+    "value": "value",
+    "p": "p",
+    "label_smoothing": "label_smoothing",
+    "start": "start",
+    "stop": "stop",
     "at": "at",
 }
 
@@ -43,6 +50,14 @@ def int_or_pair(text: str):
     return values[0] if len(values) == 1 else values
 
 
+def padding(text: str):
+    """``"1"``, ``"1x2"`` (ph x pw) or ``"2x1x1x2"`` (top x bottom x left x right)."""
+    values = sizes(text)
+    if len(values) not in (1, 2, 4):
+        raise argparse.ArgumentTypeError(f"expected P, PHxPW or TxBxLxR, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "explain",
@@ -58,14 +73,15 @@ def register(subparsers) -> None:
     p.add_argument("--out-channels", type=int, help="conv2d: output channels")
     p.add_argument("--kernel", type=int_or_pair, help="kernel size: 3 or 1x3")
     p.add_argument("--stride", type=int_or_pair, help="stride: 2 or 2x1")
-    p.add_argument("--padding", type=int_or_pair, help="zero padding per side: 1 or 0x1")
+    p.add_argument("--padding", type=padding,
+                   help="padding per side: 1, 0x1, or for pad2d top x bottom x left x right")  # fmt: skip
     p.add_argument("--dilation", type=int_or_pair, help="dilation: 1 or 2x1")
     p.add_argument("--groups", type=int, help="conv2d: groups (= C_in: depthwise)")
     p.add_argument("--no-bias", action="store_false", dest="no_bias", default=None,
                    help="conv2d / linear: without a bias")  # fmt: skip
     p.add_argument("--out-features", type=int, help="linear: output features")
     p.add_argument("--eval", action="store_false", dest="eval", default=None,
-                   help="batch_norm2d: eval mode (running statistics; default: training)")  # fmt: skip
+                   help="batch_norm2d / dropout: eval mode (default: training)")  # fmt: skip
     p.add_argument(
         "--ceil-mode",
         action="store_true",
@@ -81,6 +97,14 @@ def register(subparsers) -> None:
     )
     p.add_argument("--divisor-override", type=int, help="avg_pool2d: divide every window by it")
     p.add_argument("--output-size", type=int_or_pair, help="adaptive pooling: 3 or 3x4")  # fmt: skip
+    p.add_argument("--size", type=int_or_pair, help="upsample: output size, 5 or 5x7")
+    p.add_argument("--mode", choices=("constant", "reflect", "replicate", "circular"),
+                   help="pad2d: padding mode")  # fmt: skip
+    p.add_argument("--value", type=float, help="pad2d: the constant mode's value")
+    p.add_argument("--p", type=float, help="dropout: drop probability")
+    p.add_argument("--label-smoothing", type=float, help="cross_entropy: label smoothing")
+    p.add_argument("--start", type=int, help="slice: first channel kept")
+    p.add_argument("--stop", type=int, help="slice: one past the last channel kept")
     p.add_argument("--at", type=sizes, help="the output element to write out, e.g. 0,1,2,2")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and dy (default 0)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")

@@ -42,8 +42,8 @@ def num(v: float) -> str:
 
 
 def index_text(name: str, index) -> str:
-    """``name[i, j, ...]``."""
-    return f"{name}[{', '.join(str(int(i)) for i in index)}]"
+    """``name[i, j, ...]`` (``name`` alone for a scalar's empty index)."""
+    return f"{name}[{', '.join(str(int(i)) for i in index)}]" if len(index) else name
 
 
 @dataclass
