@@ -46,27 +46,34 @@ def torch_results(fn, inputs: dict[str, np.ndarray], dy: np.ndarray):
 
 
 def window_count_lines(
-    axis: str, size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode=False
+    axis: str, size: int, kernel: int, stride: int, pad, dilation: int, ceil_mode=False
 ) -> list[str]:
     """The output-size arithmetic of one axis, symbols then numbers, and what the rounding does:
-    ``OH = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1`` (ceil in pooling's ceil mode, whose
-    last window is dropped again when it would start past the input and its left padding)."""
+    ``OH = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1`` (``pad`` an int, or (before, after)
+    for asymmetric padding; ceil in pooling's ceil mode, whose last window is dropped again when
+    it would start past the input and its left padding)."""
     s = "H" if axis == "h" else "W"
     k, st, pd, dl = (f"{c}{axis}" for c in ("k", "s", "p", "d"))
+    before, after = (pad, pad) if isinstance(pad, int) else pad
+    if before == after:
+        pad_symbols, pad_numbers = f"2*{pd}", f"2*{before}"
+    else:
+        names = ("top", "bottom") if axis == "h" else ("left", "right")
+        pad_symbols, pad_numbers = " + ".join(names), f"{before} + {after}"
     cells = "rows" if axis == "h" else "columns"
-    numerator = size + 2 * pad - dilation * (kernel - 1) - 1
+    numerator = size + before + after - dilation * (kernel - 1) - 1
     rounding = "ceil" if ceil_mode else "floor"
     out = (-(-numerator // stride) if ceil_mode else numerator // stride) + 1
     lines = [
-        f"O{s} = {rounding}(({s} + 2*{pd} - {dl}*({k} - 1) - 1) / {st}) + 1",
-        f"   = {rounding}(({size} + 2*{pad} - {dilation}*({kernel} - 1) - 1) / {stride}) + 1"
+        f"O{s} = {rounding}(({s} + {pad_symbols} - {dl}*({k} - 1) - 1) / {st}) + 1",
+        f"   = {rounding}(({size} + {pad_numbers} - {dilation}*({kernel} - 1) - 1) / {stride}) + 1"
         f" = {rounding}({numerator} / {stride}) + 1 = {out}",
     ]
     if ceil_mode and numerator % stride:
-        if (out - 1) * stride >= size + pad:
+        if (out - 1) * stride >= size + before:
             lines.append(
                 f"   (the last window would start at padded {cells[:-1]} {(out - 1) * stride} >= "
-                f"{s} + {pd} = {size + pad}, past the input: dropped, O{s} = {out - 1})"
+                f"{s} + {pd} = {size + before}, past the input: dropped, O{s} = {out - 1})"
             )
         else:
             lines.append(

@@ -14,6 +14,9 @@ from ..reference import activations as ref_act
 from ._common import explainer, output_index, torch_results, values
 from .core import CHECK_RTOL, Element, Explanation, Source, index_text, num
 
+#: how many elements the table of x and slopes shows (a model layer's input has many)
+SHOWN_ELEMENTS = 16
+
 
 def _sigmoid(v: float) -> float:
     return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
@@ -74,14 +77,17 @@ def _make(name: str, spec: Activation):
     forward = getattr(ref_act, f"{name}_forward")
     backward = getattr(ref_act, f"{name}_backward")
 
-    def explain(input=(1, 1, 2, 4), seed=0, at=None) -> Explanation:
-        shape = tuple(int(s) for s in input)
+    def explain(input=(1, 1, 2, 4), seed=0, at=None, *, arrays=None) -> Explanation:
+        shape = tuple(int(s) for s in (input if arrays is None else arrays["x"].shape))
         if not shape or min(shape) < 1:
             raise ValueError(f"--input must be a shape with every size >= 1, got {shape}")
         rng = np.random.default_rng(seed)
-        x = values(rng, shape, 4.0)
+        if arrays is None:
+            x = values(rng, shape, 4.0)
+            x.reshape(-1)[: len(spec.kinks)] = spec.kinks[: x.size]  # the kinks, exactly
+        else:
+            x = np.array(arrays["x"], np.float64)
         flat = x.reshape(-1)
-        flat[: len(spec.kinks)] = spec.kinks[: flat.size]  # the kinks, exactly
         y, cache = forward(x)
         dy = values(rng, shape)
         dx = backward(dy, cache)
@@ -93,14 +99,15 @@ def _make(name: str, spec: Activation):
         )
         e.section("forward", spec.forward)
         e.section("backward (dy = dL/dy given)", spec.backward)
-        slopes = [spec.slope(float(v)) for v in flat]
+        shown = flat[:SHOWN_ELEMENTS]
         e.section(
-            "every element",
-            "x     " + "  ".join(f"{num(v):>8}" for v in flat),
-            "slope " + "  ".join(f"{num(s):>8}" for s in slopes),
+            "every element" if flat.size <= SHOWN_ELEMENTS else f"the first {SHOWN_ELEMENTS}",
+            "x     " + "  ".join(f"{num(v):>8}" for v in shown),
+            "slope " + "  ".join(f"{num(spec.slope(float(v))):>8}" for v in shown),
         )
         e.sources = [Source.of(forward), Source.of(backward)]
-        chosen = [np.unravel_index(k, shape) for k in range(min(len(spec.kinks), flat.size))]
+        kinks = np.flatnonzero(np.isin(flat, spec.kinks))[: len(spec.kinks)]
+        chosen = [np.unravel_index(k, shape) for k in kinks]
         chosen.append(output_index(at, shape, np.unravel_index(flat.size - 1, shape)))
         for index in chosen:
             v, g = float(x[index]), float(dy[index])

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import nn
 from ..reference import conv as ref_conv
-from ..reference._padding import pair
+from ..reference._padding import normalize_padding, pair
 from ._common import (
     counted,
     explainer,
@@ -56,37 +56,47 @@ def _conv_kind(c_in: int, c_out: int, kernel: tuple[int, int], groups: int) -> l
 @explainer("conv2d")
 def explain_conv2d(
     input=(1, 4, 7, 7), out_channels=4, kernel=3, stride=1, padding=0, dilation=1, groups=1,
-    bias=True, seed=0, at=None,
+    bias=True, seed=0, at=None, *, arrays=None,
 ) -> Explanation:  # fmt: skip
-    """A 2-d convolution, forward and backward (``reference.conv``)."""
-    N, C_in, H, W = nchw(input)
+    """A 2-d convolution, forward and backward (``reference.conv``). ``padding``: int, (ph, pw)
+    or (top, bottom, left, right). ``arrays`` ({"x", "w", "b"}): explain these instead of drawn
+    values (a model layer's real input and weights)."""
+    N, C_in, H, W = nchw(input if arrays is None else arrays["x"].shape)
     layer = nn.Conv2d(
         C_in, out_channels, kernel, stride, padding, dilation, groups, bias, dtype=np.float64
     )  # built first: bad arguments get the layer's own errors
     (kh, kw), (sh, sw) = pair(kernel, "kernel"), pair(stride, "stride")
-    (ph, pw), (dh, dw) = pair(padding, "padding"), pair(dilation, "dilation")
+    pads, (dh, dw) = normalize_padding(padding), pair(dilation, "dilation")
+    top, bottom, left, right = pads
+    ph, pw = top, left  # the offsets of the first window
     C_out, Cg, Mg = out_channels, C_in // groups, out_channels // groups
     rng = np.random.default_rng(seed)
-    x, w = values(rng, (N, C_in, H, W)), values(rng, (C_out, Cg, kh, kw), 0.5)
-    b = values(rng, (C_out,), 0.1) if bias else None
-    y, cache = ref_conv.conv2d_forward(x, w, b, (sh, sw), (ph, pw), (dh, dw), groups)
+    if arrays is None:
+        x, w = values(rng, (N, C_in, H, W)), values(rng, (C_out, Cg, kh, kw), 0.5)
+        b = values(rng, (C_out,), 0.1) if bias else None
+    else:
+        x, w, b = (None if arrays.get(k) is None else np.asarray(arrays[k], np.float64)
+                   for k in ("x", "w", "b"))  # fmt: skip
+    y, cache = ref_conv.conv2d_forward(x, w, b, (sh, sw), pads, (dh, dw), groups)
     OH, OW = y.shape[2:]
     dy = values(rng, y.shape)
     dx, dw_, db = ref_conv.conv2d_backward(dy, cache)
     inputs = {"x": x, "w": w} | ({"b": b} if bias else {})
     theirs = torch_results(
-        lambda F, x, w, b=None: F.conv2d(x, w, b, (sh, sw), (ph, pw), (dh, dw), groups), inputs, dy
-    )
+        lambda F, x, w, b=None: F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, (sh, sw), 0,
+                                         (dh, dw), groups), inputs, dy,
+    )  # fmt: skip
 
     case = dict(input=(N, C_in, H, W), out_channels=C_out, kernel=(kh, kw), stride=(sh, sw),
-                padding=(ph, pw), dilation=(dh, dw), groups=groups, bias=bias, seed=seed)  # fmt: skip
+                padding=pads if (top, left) != (bottom, right) else (ph, pw), dilation=(dh, dw),
+                groups=groups, bias=bias, seed=seed)  # fmt: skip
     e = Explanation("conv2d", case, inputs=inputs | {"dy": dy})
     e.section(
         "shapes",
         f"x (N, C_in, H, W) = {x.shape};  w (C_out, C_in/groups, kh, kw) = {w.shape}"
         + (f";  b (C_out,) = {b.shape}" if bias else ";  no bias"),
-        *window_count_lines("h", H, kh, sh, ph, dh),
-        *window_count_lines("w", W, kw, sw, pw, dw),
+        *window_count_lines("h", H, kh, sh, (top, bottom), dh),
+        *window_count_lines("w", W, kw, sw, (left, right), dw),
         f"y (N, C_out, OH, OW) = {y.shape}",
     )
     e.section("what kind of conv", *_conv_kind(C_in, C_out, (kh, kw), groups))

@@ -11,16 +11,23 @@ from .core import Element, Explanation, Source, index_text, num
 
 
 @explainer("linear")
-def explain_linear(input=(2, 4), out_features=3, bias=True, seed=0, at=None) -> Explanation:
-    """A fully connected layer (``reference.linear``)."""
-    shape = tuple(int(s) for s in input)
+def explain_linear(
+    input=(2, 4), out_features=3, bias=True, seed=0, at=None, *, arrays=None
+) -> Explanation:
+    """A fully connected layer (``reference.linear``). ``arrays`` ({"x", "w", "b"}): explain
+    these instead of drawn values."""
+    shape = tuple(int(s) for s in (input if arrays is None else arrays["x"].shape))
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"--input must be N x in_features with sizes >= 1, got {shape}")
     N, F_in = shape
     layer = nn.Linear(F_in, out_features, bias, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    x, w = values(rng, (N, F_in)), values(rng, (out_features, F_in), 0.5)
-    b = values(rng, (out_features,), 0.1) if bias else None
+    if arrays is None:
+        x, w = values(rng, (N, F_in)), values(rng, (out_features, F_in), 0.5)
+        b = values(rng, (out_features,), 0.1) if bias else None
+    else:
+        x, w, b = (None if arrays.get(k) is None else np.asarray(arrays[k], np.float64)
+                   for k in ("x", "w", "b"))  # fmt: skip
     y, cache = ref_linear.linear_forward(x, w, b)
     dy = values(rng, y.shape)
     dx, dw, db = ref_linear.linear_backward(dy, cache)

@@ -14,16 +14,24 @@ from .core import Element, Explanation, Source, index_text, num
 
 @explainer("batch_norm2d")
 def explain_batch_norm2d(
-    input=(2, 3, 4, 4), training=True, momentum=0.1, eps=1e-5, seed=0, at=None
+    input=(2, 3, 4, 4), training=True, momentum=0.1, eps=1e-5, seed=0, at=None, *, arrays=None
 ) -> Explanation:
-    """BatchNorm2d in training (batch statistics) or eval mode (running statistics)."""
-    N, C, H, W = nchw(input)
+    """BatchNorm2d in training (batch statistics) or eval mode (running statistics).
+    ``arrays`` ({"x", "weight", "bias", "running_mean", "running_var"}): explain these instead
+    of drawn values (a model layer's real input and state)."""
+    N, C, H, W = nchw(input if arrays is None else arrays["x"].shape)
     layer = nn.BatchNorm2d(C, eps=eps, momentum=momentum, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    offsets = np.round(rng.standard_normal(C), 1)[None, :, None, None]  # per-channel means != 0
-    x = values(rng, (N, C, H, W)) + offsets
-    gamma, beta = np.round(1 + 0.2 * rng.standard_normal(C), 2), values(rng, (C,), 0.1)
-    running_mean, running_var = values(rng, (C,), 0.5), np.round(0.5 + rng.random(C), 2)
+    if arrays is None:
+        offsets = np.round(rng.standard_normal(C), 1)[None, :, None, None]  # channel means != 0
+        x = values(rng, (N, C, H, W)) + offsets
+        gamma, beta = np.round(1 + 0.2 * rng.standard_normal(C), 2), values(rng, (C,), 0.1)
+        running_mean, running_var = values(rng, (C,), 0.5), np.round(0.5 + rng.random(C), 2)
+    else:
+        x, gamma, beta, running_mean, running_var = (
+            np.array(arrays[k], np.float64)
+            for k in ("x", "weight", "bias", "running_mean", "running_var")
+        )
     mean_before, var_before = running_mean.copy(), running_var.copy()
     y, cache = ref_bn.batch_norm2d_forward(
         x, gamma, beta, running_mean, running_var, training, momentum, eps

@@ -31,11 +31,12 @@ def _window_cells(x, n, c, p, q, g: ref_pool.PoolGeometry):
             yield i, j, r, s, (x[n, c, r, s] if 0 <= r < H and 0 <= s < W else None)
 
 
-def _windowed_case(op, input, kernel, stride, padding, ceil_mode, seed, **extra):
-    """Shared setup of max / avg pooling: the drawn x, geometry, sections on shapes and work."""
-    shape = nchw(input)
+def _windowed_case(op, input, kernel, stride, padding, ceil_mode, seed, arrays, **extra):
+    """Shared setup of max / avg pooling: x (drawn, or ``arrays["x"]``), the geometry, the
+    sections on shapes and work."""
+    shape = nchw(input if arrays is None else arrays["x"].shape)
     rng = np.random.default_rng(seed)
-    x = values(rng, shape)
+    x = values(rng, shape) if arrays is None else np.asarray(arrays["x"], np.float64)
     forward = getattr(ref_pool, f"{op}_forward")
     y, cache = forward(x, kernel, stride, padding, ceil_mode=ceil_mode, **extra)
     g = cache.geometry
@@ -68,12 +69,12 @@ def _windowed_case(op, input, kernel, stride, padding, ceil_mode, seed, **extra)
 @explainer("max_pool2d")
 def explain_max_pool2d(
     input=(1, 1, 5, 5), kernel=3, stride=2, padding=1, dilation=1, ceil_mode=False, seed=0,
-    at=None,
+    at=None, *, arrays=None,
 ) -> Explanation:  # fmt: skip
     """Max pooling: a selection forward, a routing backward."""
     nn.MaxPool2d(kernel, stride, padding, dilation, ceil_mode=ceil_mode)  # the layer's checks
     e, x, y, dy, dx, g = _windowed_case("max_pool2d", input, kernel, stride, padding, ceil_mode,
-                                        seed, dilation=dilation)  # fmt: skip
+                                        seed, arrays, dilation=dilation)  # fmt: skip
     theirs = torch_results(
         lambda F, x: F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode), {"x": x}, dy
     )
@@ -129,12 +130,12 @@ def explain_max_pool2d(
 @explainer("avg_pool2d")
 def explain_avg_pool2d(
     input=(1, 1, 5, 5), kernel=3, stride=2, padding=1, ceil_mode=False, count_include_pad=True,
-    divisor_override=None, seed=0, at=None,
+    divisor_override=None, seed=0, at=None, *, arrays=None,
 ) -> Explanation:  # fmt: skip
     """Average pooling: a window mean forward, an even spread backward."""
     nn.AvgPool2d(kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
     e, x, y, dy, dx, g = _windowed_case(
-        "avg_pool2d", input, kernel, stride, padding, ceil_mode, seed,
+        "avg_pool2d", input, kernel, stride, padding, ceil_mode, seed, arrays,
         count_include_pad=count_include_pad, divisor_override=divisor_override,
     )  # fmt: skip
     theirs = torch_results(
@@ -193,11 +194,11 @@ def explain_avg_pool2d(
 
 
 @explainer("global_avg_pool2d")
-def explain_global_avg_pool2d(input=(1, 2, 3, 3), seed=0, at=None) -> Explanation:
+def explain_global_avg_pool2d(input=(1, 2, 3, 3), seed=0, at=None, *, arrays=None):
     """The mean of each channel's plane (``adaptive_avg_pool2d(x, 1)``)."""
-    N, C, H, W = nchw(input)
+    N, C, H, W = nchw(input if arrays is None else arrays["x"].shape)
     rng = np.random.default_rng(seed)
-    x = values(rng, (N, C, H, W))
+    x = values(rng, (N, C, H, W)) if arrays is None else np.asarray(arrays["x"], np.float64)
     y, cache = ref_pool.global_avg_pool2d_forward(x)
     dy = values(rng, y.shape)
     dx = ref_pool.global_avg_pool2d_backward(dy, cache)
@@ -229,12 +230,12 @@ def explain_global_avg_pool2d(input=(1, 2, 3, 3), seed=0, at=None) -> Explanatio
     return e
 
 
-def _explain_adaptive(kind: str, input, output_size, seed, at) -> Explanation:
+def _explain_adaptive(kind: str, input, output_size, seed, at, arrays) -> Explanation:
     op = f"adaptive_{kind}_pool2d"
-    N, C, H, W = nchw(input)
+    N, C, H, W = nchw(input if arrays is None else arrays["x"].shape)
     (nn.AdaptiveAvgPool2d if kind == "avg" else nn.AdaptiveMaxPool2d)(output_size)
     rng = np.random.default_rng(seed)
-    x = values(rng, (N, C, H, W))
+    x = values(rng, (N, C, H, W)) if arrays is None else np.asarray(arrays["x"], np.float64)
     y, cache = getattr(ref_pool, f"{op}_forward")(x, output_size)
     dy = values(rng, y.shape)
     dx = getattr(ref_pool, f"{op}_backward")(dy, cache)
@@ -303,12 +304,16 @@ def _explain_adaptive(kind: str, input, output_size, seed, at) -> Explanation:
 
 
 @explainer("adaptive_avg_pool2d")
-def explain_adaptive_avg_pool2d(input=(1, 1, 5, 7), output_size=(3, 4), seed=0, at=None):
+def explain_adaptive_avg_pool2d(
+    input=(1, 1, 5, 7), output_size=(3, 4), seed=0, at=None, *, arrays=None
+):
     """Adaptive average pooling: torch's variable windows, their means."""
-    return _explain_adaptive("avg", input, output_size, seed, at)
+    return _explain_adaptive("avg", input, output_size, seed, at, arrays)
 
 
 @explainer("adaptive_max_pool2d")
-def explain_adaptive_max_pool2d(input=(1, 1, 5, 7), output_size=(3, 4), seed=0, at=None):
+def explain_adaptive_max_pool2d(
+    input=(1, 1, 5, 7), output_size=(3, 4), seed=0, at=None, *, arrays=None
+):
     """Adaptive max pooling: torch's variable windows, their maxima."""
-    return _explain_adaptive("max", input, output_size, seed, at)
+    return _explain_adaptive("max", input, output_size, seed, at, arrays)
