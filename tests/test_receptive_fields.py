@@ -120,7 +120,7 @@ def measured_fields(model, resolution: int, layers: int) -> list[tuple[tuple, tu
 def test_recurrence_equals_brute_force_for_every_layer(name):
     R = RESOLUTION.get(name, 64)
     model = positive_model(name, R)
-    expected = receptive_fields(model, (1, 3, R, R))
+    expected = [f for f in receptive_fields(model, (1, 3, R, R)) if len(f.output_shape) == 4]
     measured = measured_fields(model, R, len(expected))
     assert len(measured) == len(expected)
     for field, (rows, cols) in zip(expected, measured, strict=True):

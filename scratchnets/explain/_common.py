@@ -37,8 +37,12 @@ def torch_results(fn, inputs: dict[str, np.ndarray], dy: np.ndarray):
         import torch.nn.functional as F
     except ImportError:
         return None
+    # contiguous copies: torch 2.13's CPU batch_norm backward in eval mode returns wrong
+    # gradients for a (1, C, H, W) input whose batch stride equals its row stride (a layout our
+    # conv output can have when N = 1; found by this tool)
     tensors = {
-        k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in inputs.items()
+        k: torch.tensor(np.ascontiguousarray(v), dtype=torch.float64, requires_grad=True)
+        for k, v in inputs.items()
     }
     y = fn(F, **tensors)
     grads = torch.autograd.grad((y * torch.tensor(dy)).sum(), list(tensors.values()))

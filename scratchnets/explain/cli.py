@@ -59,16 +59,22 @@ def padding(text: str):
 
 
 def register(subparsers) -> None:
+    from ..models import list_models
+
     p = subparsers.add_parser(
         "explain",
-        help="step through one op call, forward and backward, with its numbers",
+        help="step through an op or a model with its numbers: equations, elements, receptive fields",
+        usage="scratchnets explain OP [case options] | MODEL [--resolution R] [--layer NAME] "
+        "[--weights FILE] [--image IMG] [--save-maps DIR]",
         description="Explain OP for a concrete case: the output-size arithmetic, params and "
         "multiply-adds (checked against the counter), the forward and backward equations with "
         "the case's numbers, the reference code's lines, and single elements of y, dx and dw "
         "written out as their sums and checked against the reference op and torch. "
-        f"OP: {', '.join(sorted(EXPLAINERS))}.",
+        f"OP: {', '.join(sorted(EXPLAINERS))}. Or explain MODEL ({', '.join(list_models())}): "
+        "its layers with shapes, params, multiply-adds and receptive fields; --layer walks "
+        "through one layer on its real weights and real input; --save-maps writes PNGs.",
     )
-    p.add_argument("target", metavar="OP", help="the op to explain")
+    p.add_argument("target", metavar="OP|MODEL", help="the op or model to explain")
     p.add_argument("--input", type=sizes, help="input shape, e.g. 1x4x7x7 (N x C x H x W)")
     p.add_argument("--out-channels", type=int, help="conv2d: output channels")
     p.add_argument("--kernel", type=int_or_pair, help="kernel size: 3 or 1x3")
@@ -107,14 +113,40 @@ def register(subparsers) -> None:
     p.add_argument("--stop", type=int, help="slice: one past the last channel kept")
     p.add_argument("--at", type=sizes, help="the output element to write out, e.g. 0,1,2,2")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and dy (default 0)")
+    model = p.add_argument_group("MODEL options")
+    model.add_argument("--resolution", type=int, help="input H = W (default: the weights' size, "
+                       "else 224; 299 for xception)")  # fmt: skip
+    model.add_argument("--layer", metavar="NAME", help="walk through this layer (a name from "
+                       "the table or `scratchnets summary`)")  # fmt: skip
+    model.add_argument("--weights", metavar="FILE", help="published weights (any file "
+                       "`scratchnets predict --weights` reads)")  # fmt: skip
+    model.add_argument("--image", metavar="IMG", help="the input image (default: seeded noise)")
+    model.add_argument("--save-maps", metavar="DIR", help="write the layer's (else the first "
+                       "conv's) feature maps, the first conv's filters and the receptive field "
+                       "by depth as PNGs")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
     p.set_defaults(func=run_explain)
 
 
+MODEL_OPTIONS = ("resolution", "layer", "weights", "image", "save_maps")
+
+
+def _flag(option: str) -> str:
+    return {"no_bias": "--no-bias"}.get(option, f"--{option.replace('_', '-')}")
+
+
 def run_explain(args) -> int:
+    from ..models import list_models
+
+    if args.target in list_models():
+        return run_explain_model(args)
+    for option in MODEL_OPTIONS:
+        if getattr(args, option) is not None:
+            raise ValueError(f"{_flag(option)} applies to a MODEL, not to the op {args.target}")
     if args.target not in EXPLAINERS:
         raise ValueError(
-            f"unknown op {args.target!r}; expected one of: {', '.join(sorted(EXPLAINERS))}"
+            f"unknown op or model {args.target!r}; ops: {', '.join(sorted(EXPLAINERS))}; "
+            f"models: {', '.join(list_models())}"
         )
     accepted = inspect.signature(EXPLAINERS[args.target]).parameters
     arguments = {"seed": args.seed}
@@ -123,9 +155,22 @@ def run_explain(args) -> int:
         if value is None:
             continue
         if name not in accepted:
-            flag = {"no_bias": "--no-bias"}.get(option, f"--{option.replace('_', '-')}")
-            raise ValueError(f"{flag} does not apply to {args.target}")
+            raise ValueError(f"{_flag(option)} does not apply to {args.target}")
         arguments[name] = value
     explanation = explain_op(args.target, **arguments)
     print(explanation.json() if args.json else explanation.text())
     return 0 if explanation.all_checked else 1
+
+
+def run_explain_model(args) -> int:
+    from .model import explain_model
+
+    for option in OP_OPTIONS:
+        if getattr(args, option) is not None:
+            raise ValueError(f"{_flag(option)} applies to an OP, not to the model {args.target}")
+    result = explain_model(
+        args.target, resolution=args.resolution, layer=args.layer, weights=args.weights,
+        image=args.image, seed=args.seed, save_maps=args.save_maps,
+    )  # fmt: skip
+    print(result.json() if args.json else result.text())
+    return 0 if result.layer is None or result.layer.all_checked else 1

@@ -308,8 +308,9 @@ def _describe(name: str, module, out: FieldArray, image_hw) -> LayerField:
 
 
 def receptive_fields(model, input_shape) -> list[LayerField]:
-    """The receptive field of every leaf layer's output, in the order the layers ran (a layer
-    called twice appears twice), for an input of ``input_shape`` (N, C, H, W). Runs the model's
+    """The receptive field of every leaf layer's output (a map, or the features of a linear
+    layer), in the order the layers ran (a layer called twice appears twice), for an input of
+    ``input_shape`` (N, C, H, W). Runs the model's
     forward on the "receptive" backend; its backends, modes and caches are restored."""
     N, C, H, W = input_shape
     fields: list[LayerField] = []
@@ -335,7 +336,7 @@ def receptive_fields(model, input_shape) -> list[LayerField]:
 def _recording(name, module, forward, fields, image_hw):
     def recorded(*args, **kwargs):
         out = forward(*args, **kwargs)
-        if isinstance(out, FieldArray) and out.rows is not None and out.ndim == 4:
+        if isinstance(out, FieldArray) and out.rows is not None and out.ndim in (2, 4):
             fields.append(_describe(name, module, out, image_hw))
         return out
 

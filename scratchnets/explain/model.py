@@ -1,0 +1,296 @@
+"""``explain_model(name, ...)``: a model's layers with their shapes, params, multiply-adds and
+receptive fields, and, for one ``layer``, the op walk-through on that layer's real weights and
+real input (``explain_op`` with the arrays the model hands it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import models, nn
+from ..backends import get_backend
+from ..profile.summary import skip_init, summary
+from .core import Explanation, num
+from .ops import explain_op
+from .receptive import receptive_fields
+
+
+@dataclass
+class ModelExplanation:
+    """The table of layers (``rows``: name, type, output shape, params, mult-adds, receptive
+    field) and, with ``layer``, that layer's op explanation."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    rows: list[dict]
+    layer: Explanation | None = None
+    notes: list[str] = field(default_factory=list)
+    saved: list[str] = field(default_factory=list)  # files written by --save-maps
+
+    def text(self) -> str:
+        out = [f"== {self.model}, input {self.input_shape}", ""]
+        header = ["layer", "type", "output", "params", "mult-adds", "RF (rows x cols)", "jump",
+                  "start"]  # fmt: skip
+        cells = [[r["name"], r["type"], "x".join(map(str, r["output_shape"][1:])),
+                  f"{r['params']:,}", f"{r['mult_adds']:,}", _rf_text(r),
+                  "x".join(f"{v:g}" for v in r["jump"]), ", ".join(f"{v:g}" for v in r["start"])]
+                 for r in self.rows]  # fmt: skip
+        widths = [max(len(h), *(len(c[k]) for c in cells)) for k, h in enumerate(header)]
+        out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+        out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+        out += ["", *self.notes]
+        if self.saved:
+            out += ["", "wrote " + ", ".join(self.saved)]
+        if self.layer is not None:
+            out += ["", self.layer.text()]
+        return "\n".join(out)
+
+    def to_dict(self) -> dict:
+        data = asdict(self) | {"layer": None if self.layer is None else self.layer.to_dict()}
+        return data
+
+    def json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_jsonable)
+
+
+def _jsonable(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def _rf_text(row: dict) -> str:
+    size = "x".join(f"{v:g}" for v in row["rf_size"])
+    return size + (" (whole image)" if row["whole_image"] else "")
+
+
+RECURRENCE_NOTES = [
+    "RF: the input pixels one unit of the layer's output sees, by the standard recurrence",
+    "  r_out = r_in + d*(k - 1)*j_in,  j_out = j_in * s,  start_out = start_in + (d*(k - 1)/2 - p)*j_in",
+    "  (r: size, j: jump between neighbouring units in input pixels, start: centre of the first",
+    "  unit's field; padding counts as virtual pixels past the edge). Branches take the union of",
+    "  their inputs' fields; a global pooling (an SE or attention gate) lets every later unit see",
+    "  the whole image. Rows: every conv / linear layer, and the other layers that change the",
+    "  shape or the field.",
+]
+
+
+def build_model(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
+    """The model (published weights from ``weights``, else freshly initialised) and its input
+    resolution (the weights' config, else 299 for Xception and 224 otherwise)."""
+    if weights is not None:
+        model = models.load_pretrained(weights)
+        return model, int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    default = 299 if models.registry.resolve_name(name) == "xception" else 224
+    return models.create(name, rng=0), default
+
+
+def layer_rows(model: nn.Module, input_shape) -> list[dict]:
+    """One row per conv / linear layer and per other leaf layer whose output shape or receptive
+    field differs from the row before (BN and activations are left out): params and
+    multiply-adds (per image) from the counter, the receptive field from ``receptive_fields``."""
+    counted = {}
+    for row in summary(model, input_shape).rows:
+        counted.setdefault(row.name, (row.params, row.macs))
+    rows, last = [], None
+    for f in receptive_fields(model, input_shape):
+        key = (f.output_shape, f.size, f.jump, f.start, f.whole_image)
+        params, macs = counted.get(f.name, (0, 0))
+        if key == last and not macs:
+            continue
+        last = key
+        rows.append(dict(name=f.name, type=f.type, output_shape=f.output_shape, params=params,
+                         mult_adds=macs, rf_size=f.size, jump=f.jump, start=f.start,
+                         whole_image=f.whole_image))  # fmt: skip
+    return rows
+
+
+def explain_model(
+    name: str, resolution: int | None = None, layer: str | None = None,
+    weights: str | None = None, image: str | None = None, seed: int = 0,
+    save_maps: str | None = None,
+) -> ModelExplanation:  # fmt: skip
+    """The layer table of ``name`` and, with ``layer``, that layer explained on its real
+    weights and on the input it receives for ``image`` (else for a seeded random image).
+    ``save_maps``: a directory for the PNGs of ``save_maps_to``."""
+    needs_weights = layer is not None or weights is not None or save_maps is not None
+    with _nothing() if needs_weights else skip_init():
+        model, default = build_model(name, weights)
+    R = default if resolution is None else int(resolution)
+    if R < 1:
+        raise ValueError(f"--resolution must be at least 1 pixel, got {R}")
+    shape = (1, 3, R, R)
+    result = ModelExplanation(
+        model=name if weights is None else f"{name} ({weights})",
+        input_shape=shape,
+        rows=layer_rows(model, shape),
+        notes=list(RECURRENCE_NOTES),
+    )
+    if layer is not None or save_maps is not None:
+        x = model_input(model, R, image, seed)
+    if layer is not None:
+        result.layer = explain_layer(model, layer, x, seed)
+    if save_maps is not None:
+        result.saved = [str(p) for p in save_maps_to(Path(save_maps), model, result, layer, x)]
+    return result
+
+
+def first_conv(model) -> tuple[str, nn.Conv2d]:
+    return next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+
+def save_maps_to(directory: Path, model, result: ModelExplanation, layer, x) -> list[Path]:
+    """Writes ``<layer>_feature_maps.png`` (the maps of ``layer``, else of the first conv, for
+    the input x), ``first_conv_filters.png`` and ``receptive_field.png``; returns their paths."""
+    from .maps import feature_maps_png, filters_png, receptive_field_png
+
+    conv_name, conv = first_conv(model)
+    name = layer if layer is not None else conv_name
+    _, _, out = layer_input(model, name, x)
+    out = np.asarray(out)
+    if out.ndim != 4:
+        raise ValueError(f"layer {name!r} has no feature maps: its output has shape {out.shape}")
+    return [
+        feature_maps_png(out[0], directory / f"{name}_feature_maps.png"),
+        filters_png(conv.weight.data, directory / "first_conv_filters.png"),
+        receptive_field_png(
+            result.rows,
+            result.input_shape[-1],
+            directory / "receptive_field.png",
+            f"{result.model}: receptive field by depth",
+        ),  # fmt: skip
+    ]
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def model_input(model, resolution: int, image: str | None, seed: int) -> np.ndarray:
+    """(1, 3, R, R) float64: ``image`` through the weights' preprocessing (or ImageNet's
+    defaults), else a seeded standard normal image."""
+    if image is None:
+        return np.random.default_rng(seed).standard_normal((1, 3, resolution, resolution))
+    from .. import data
+
+    cfg = getattr(model, "pretrained_cfg", None) or {"input_size": (3, resolution, resolution)}
+    pixels = np.asarray(data.open_rgb(image))
+    return np.asarray(data.pretrained_transforms(cfg)(pixels)[None], dtype=np.float64)
+
+
+def layer_input(model, layer_name: str, x: np.ndarray):
+    """(the module called ``layer_name``, the input it receives when the model runs on x, its
+    output): the model runs in float64 on the reference backend, in eval mode."""
+    modules = dict(model.named_modules())
+    if layer_name not in modules:
+        leaves = [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+        raise ValueError(
+            f"no layer {layer_name!r} in {type(model).__name__}; layers are e.g. "
+            f"{', '.join(leaves[:6])} ... ({len(leaves)} in all; `scratchnets summary` lists them)"
+        )
+    module = modules[layer_name]
+    seen = {}
+    forward = module.forward
+
+    def recording(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        seen.setdefault("io", (args[0], out))
+        return out
+
+    model.to("reference", dtype=np.float64).eval()
+    model.fast_eval = False
+    module.forward = recording
+    try:
+        model(x)
+    finally:
+        del module.__dict__["forward"]
+    if "io" not in seen:
+        raise ValueError(f"layer {layer_name!r} is not called by the model's forward")
+    return module, *seen["io"]
+
+
+def explain_layer(model, layer_name: str, x: np.ndarray, seed: int = 0) -> Explanation:
+    """The op walk-through of one layer on its real weights and its real input; its y element
+    is also checked against what the layer itself output in the model (so the explanation
+    explains the layer, not a look-alike)."""
+    module, layer_x, layer_y = layer_input(model, layer_name, x)
+    layer_x = np.asarray(layer_x, np.float64)
+    arguments = _op_arguments(module, layer_x)
+    if arguments is None:
+        raise ValueError(
+            f"layer {layer_name!r} is a {type(module).__name__}: explain takes a Conv2d, "
+            "BatchNorm2d, Linear, an activation or a pooling layer (its blocks are made of them)"
+        )
+    op, kwargs = arguments
+    explanation = explain_op(op, seed=seed, **kwargs)
+    explanation.case = {"layer": layer_name, **explanation.case}
+    y_element = next(e for e in explanation.elements if e.name == "y")
+    actual = float(np.asarray(layer_y)[y_element.index])
+    expected, then = y_element.value, ""
+    act = getattr(module, "act", None)  # BatchNormAct2d: y = act(BN(x))
+    if type(act).__name__ in _ACTIVATIONS:
+        op_name = _ACTIVATIONS[type(act).__name__]
+        reference = get_backend("reference")
+        expected = float(getattr(reference, f"{op_name}_forward")(np.array(expected))[0])
+        then = f", after its {op_name} ({num(y_element.value)} -> {num(expected)})"
+    if abs(actual - expected) > 1e-9 * max(1.0, abs(actual)):
+        raise RuntimeError(
+            f"layer {layer_name!r} output {actual} at {y_element.index}, but its explanation as "
+            f"{op} gives {expected}: the layer does more than the op (please report)"
+        )
+    explanation.section(
+        "this layer in the model",
+        f"{layer_name} ({type(module).__name__}) output {actual:.6g} at {y_element.index} in the "
+        f"model's own forward (float64, reference backend): the element below{then}",
+    )
+    return explanation
+
+
+_ACTIVATIONS = {"ReLU": "relu", "ReLU6": "relu6", "Sigmoid": "sigmoid",
+                "Hardsigmoid": "hard_sigmoid", "Hardswish": "hard_swish", "SiLU": "silu"}  # fmt: skip
+
+
+def _op_arguments(module, x) -> tuple[str, dict] | None:
+    """(op, explainer arguments) that reproduce ``module`` on its input x; None if unsupported."""
+    kind = type(module).__name__
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros" or module._inference_only():
+            return None
+        padding = module._op_padding  # what its forward just used (TF "same" works it out then)
+        b = None if module.bias is None else module.bias.data
+        return "conv2d", dict(
+            out_channels=module.out_channels, kernel=module.kernel_size, stride=module.stride,
+            padding=padding, dilation=module.dilation, groups=module.groups, bias=b is not None,
+            arrays={"x": x, "w": module.weight.data, "b": b},
+        )  # fmt: skip
+    if isinstance(module, nn.BatchNorm2d):
+        state = {k: getattr(module, k) for k in ("running_mean", "running_var")}
+        state |= {"weight": module.weight.data, "bias": module.bias.data}
+        return "batch_norm2d", dict(training=False, eps=module.eps, arrays={"x": x, **state})
+    if isinstance(module, nn.Linear):
+        b = None if module.bias is None else module.bias.data
+        return "linear", dict(out_features=module.out_features, bias=b is not None,
+                              arrays={"x": x, "w": module.weight.data, "b": b})  # fmt: skip
+    if kind in _ACTIVATIONS:
+        return _ACTIVATIONS[kind], dict(arrays={"x": x})
+    if isinstance(module, nn.MaxPool2d):
+        return "max_pool2d", dict(kernel=module.kernel_size, stride=module.stride,
+                                  padding=module.padding, dilation=module.dilation,
+                                  ceil_mode=module.ceil_mode, arrays={"x": x})  # fmt: skip
+    if isinstance(module, nn.AvgPool2d):
+        return "avg_pool2d", dict(kernel=module.kernel_size, stride=module.stride,
+                                  padding=module.padding, ceil_mode=module.ceil_mode,
+                                  count_include_pad=module.count_include_pad,
+                                  divisor_override=module.divisor_override, arrays={"x": x})  # fmt: skip
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return "adaptive_avg_pool2d", dict(output_size=module.output_size, arrays={"x": x})
+    return None

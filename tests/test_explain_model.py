@@ -1,0 +1,119 @@
+"""``scratchnets explain MODEL``: the layer table's counts equal the counter's and its fields the
+recurrence's, ``--layer`` explains a layer on its real weights and real input (and equals what
+the layer output in the model), ``--save-maps`` writes PNGs of the expected grid sizes, and bad
+arguments get clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scratchnets.explain.maps import GAP, TILE, grid_shape
+from scratchnets.explain.model import explain_model, layer_input, model_input
+from scratchnets.explain.receptive import receptive_fields
+from scratchnets.models import create
+from scratchnets.profile.summary import skip_init, summary
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO.parent / "shared" / "weights"
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "ghostnet_100"])
+def test_table_counts_are_the_counters_and_fields_the_recurrences(name):
+    result = explain_model(name, resolution=96)
+    with skip_init():
+        model = create(name)
+    report = summary(model, (1, 3, 96, 96))
+    assert sum(r["mult_adds"] for r in result.rows) == report.total_macs  # every conv / linear
+    fields = {f.name: f for f in receptive_fields(model, (1, 3, 96, 96))}
+    for row in result.rows:
+        assert row["rf_size"] == fields[row["name"]].size
+        assert row["jump"] == fields[row["name"]].jump
+    text = result.text()
+    assert "r_out = r_in + d*(k - 1)*j_in" in text and "(whole image)" in text
+
+
+def test_mobilenet_v2_receptive_field_is_the_known_491():
+    rows = explain_model("mobilenet_v2").rows
+    last_conv = [r for r in rows if r["type"] == "Conv2d"][-1]
+    assert last_conv["rf_size"] == (491.0, 491.0) and last_conv["jump"] == (32.0, 32.0)
+
+
+@pytest.mark.parametrize(
+    "layer", ["features.0.0", "features.2.conv.1.0", "features.0.1", "features.1.conv.0.2",
+              "features.18.2", "classifier.1"],
+)  # fmt: skip
+def test_a_layer_is_explained_on_its_real_weights_and_input(layer):
+    result = explain_model("mobilenet_v2", resolution=64, layer=layer, seed=3)
+    e = result.layer
+    assert e.all_checked and e.case["layer"] == layer
+    model = create("mobilenet_v2", rng=0)
+    module, x, y = layer_input(model, layer, model_input(model, 64, None, 3))
+    np.testing.assert_array_equal(e.inputs["x"], np.asarray(x, np.float64))  # its real input
+    weight = getattr(module, "weight", None)
+    if weight is not None:
+        drawn = e.inputs.get("w", e.inputs.get("weight"))
+        np.testing.assert_array_equal(drawn, np.asarray(weight.data, np.float64))
+    element = next(el for el in e.elements if el.name == "y")
+    assert element.value == pytest.approx(float(np.asarray(y)[element.index]), rel=1e-9, abs=1e-12)
+
+
+def test_a_composite_or_unknown_layer_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"'features\.1' is a .*: explain takes a Conv2d"):
+        explain_model("mobilenet_v2", resolution=32, layer="features.1")
+    with pytest.raises(ValueError, match=r"no layer 'features\.99' in MobileNetV2; layers are"):
+        explain_model("mobilenet_v2", resolution=32, layer="features.99")
+
+
+def test_save_maps_writes_grids_of_the_expected_size(tmp_path):
+    result = explain_model("mobilenet_v2", resolution=64, save_maps=str(tmp_path))
+    maps, filters, plot = (Path(p) for p in result.saved)
+    assert maps.name == "features.0.0_feature_maps.png" and plot.name == "receptive_field.png"
+
+    def expected(count, side):  # a near-square grid of enlarged tiles with gaps
+        rows, columns = grid_shape(count)
+        tile = side * max(1, math.ceil(TILE / side))
+        return columns * (tile + GAP) - GAP, rows * (tile + GAP) - GAP
+
+    assert Image.open(maps).size == expected(32, 32)  # 32 maps of 32 x 32 (64 px, stride 2)
+    assert Image.open(filters).size == expected(32, 3)  # 32 filters of 3 x 3, RGB
+    assert Image.open(filters).mode == "RGB"
+    assert Image.open(plot).size[0] > 0
+
+
+@pytest.mark.skipif(not (WEIGHTS / "mobilenet_v1_0.25_224_float.tflite").exists(),
+                    reason="needs the shared published weights")  # fmt: skip
+def test_published_weights_and_a_real_image():
+    result = explain_model(
+        "mobilenet_v1", weights=str(WEIGHTS / "mobilenet_v1_0.25_224_float.tflite"),
+        layer="Conv2d_1_depthwise", image=str(WEIGHTS / "images" / "grace_hopper.bmp"),
+    )  # fmt: skip
+    assert result.input_shape == (1, 3, 224, 224) and result.layer.all_checked
+    assert result.layer.case["padding"] == (1, 1)  # TF "same", stride 1
+    first = result.rows[0]
+    assert first["start"] == (1.0, 1.0)  # TF "same" at stride 2 pads only after: centre at 1
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "scratchnets.cli", "explain", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_model_table_layer_and_errors():
+    done = _cli("mobilenet_v1", "--resolution", "64", "--layer", "blocks.0.0.conv_dw", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["layer"]["all_checked"] and data["rows"][0]["name"] == "conv_stem"
+    wrong = _cli("mobilenet_v1", "--groups", "2")
+    assert wrong.returncode == 1 and "--groups applies to an OP" in wrong.stderr
+    wrong = _cli("relu6", "--layer", "x")
+    assert wrong.returncode == 1 and "--layer applies to a MODEL" in wrong.stderr
