@@ -289,4 +289,4 @@ def test_cli_prints_the_walkthrough_and_json():
     pad = _cli("pad2d", "--input", "1x1x3x3", "--padding", "2x1x0x3", "--mode", "circular")
     assert pad.returncode == 0 and "every element checked" in pad.stdout, pad.stderr
     unknown = _cli("convolution")
-    assert unknown.returncode == 1 and "unknown op 'convolution'" in unknown.stderr
+    assert unknown.returncode == 1 and "unknown op or model 'convolution'" in unknown.stderr
