@@ -111,7 +111,8 @@ def register(subparsers) -> None:
     p.add_argument("--label-smoothing", type=float, help="cross_entropy: label smoothing")
     p.add_argument("--start", type=int, help="slice: first channel kept")
     p.add_argument("--stop", type=int, help="slice: one past the last channel kept")
-    p.add_argument("--at", type=sizes, help="the output element to write out, e.g. 0,1,2,2")
+    p.add_argument("--at", type=sizes, help="the output element to write out, e.g. 0,1,2,2 "
+                   "(also with a MODEL's --layer)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and dy (default 0)")
     model = p.add_argument_group("MODEL options")
     model.add_argument("--resolution", type=int, help="input H = W (default: the weights' size, "
@@ -166,11 +167,13 @@ def run_explain_model(args) -> int:
     from .model import explain_model
 
     for option in OP_OPTIONS:
-        if getattr(args, option) is not None:
+        if option != "at" and getattr(args, option) is not None:
             raise ValueError(f"{_flag(option)} applies to an OP, not to the model {args.target}")
+    if args.at is not None and args.layer is None:
+        raise ValueError("--at picks the element of --layer's output to write out: give --layer")
     result = explain_model(
         args.target, resolution=args.resolution, layer=args.layer, weights=args.weights,
-        image=args.image, seed=args.seed, save_maps=args.save_maps,
+        image=args.image, seed=args.seed, save_maps=args.save_maps, at=args.at,
     )  # fmt: skip
     print(result.json() if args.json else result.text())
     return 0 if result.layer is None or result.layer.all_checked else 1

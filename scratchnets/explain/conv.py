@@ -164,8 +164,12 @@ def explain_conv2d(
         f"{on_padding} of the {Cg * kh * kw} taps fall on the padding (zeros)" if on_padding else "",
     ))  # fmt: skip
 
-    # dx element
-    n, ci, h, w0 = 0, C_in - 1, H // 2, W // 2
+    # dx element: the pixel under the centre tap of the y element's window (clipped into x), in
+    # the last input channel of its group; dw: the centre tap of that output channel's filter
+    y_co, y_p, y_q = co, p, q
+    ci = (y_co // Mg) * Cg + Cg - 1
+    h = min(max(y_p * sh - ph + (kh // 2) * dh, 0), H - 1)
+    w0 = min(max(y_q * sw - pw + (kw // 2) * dw, 0), W - 1)
     grp, c = ci // Cg, ci % Cg
     terms, total, unreached = [], 0.0, 0
     for i in reversed(range(kh)):  # ascending p: dy's window in order, the kernel reversed
@@ -187,7 +191,7 @@ def explain_conv2d(
     ))  # fmt: skip
 
     # dw element
-    co, c, i, j = C_out - 1, Cg - 1, kh // 2, kw // 2
+    co, c, i, j = y_co, Cg - 1, kh // 2, kw // 2
     grp = co // Mg
     terms, total = [], 0.0
     for n in range(N):

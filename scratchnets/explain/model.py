@@ -113,11 +113,12 @@ def layer_rows(model: nn.Module, input_shape) -> list[dict]:
 def explain_model(
     name: str, resolution: int | None = None, layer: str | None = None,
     weights: str | None = None, image: str | None = None, seed: int = 0,
-    save_maps: str | None = None,
+    save_maps: str | None = None, at=None,
 ) -> ModelExplanation:  # fmt: skip
     """The layer table of ``name`` and, with ``layer``, that layer explained on its real
     weights and on the input it receives for ``image`` (else for a seeded random image).
-    ``save_maps``: a directory for the PNGs of ``save_maps_to``."""
+    ``save_maps``: a directory for the PNGs of ``save_maps_to``; ``at``: the element of the
+    layer's output to write out."""
     needs_weights = layer is not None or weights is not None or save_maps is not None
     with _nothing() if needs_weights else skip_init():
         model, default = build_model(name, weights)
@@ -134,7 +135,7 @@ def explain_model(
     if layer is not None or save_maps is not None:
         x = model_input(model, R, image, seed)
     if layer is not None:
-        result.layer = explain_layer(model, layer, x, seed)
+        result.layer = explain_layer(model, layer, x, seed, at)
     if save_maps is not None:
         result.saved = [str(p) for p in save_maps_to(Path(save_maps), model, result, layer, x)]
     return result
@@ -218,7 +219,7 @@ def layer_input(model, layer_name: str, x: np.ndarray):
     return module, *seen["io"]
 
 
-def explain_layer(model, layer_name: str, x: np.ndarray, seed: int = 0) -> Explanation:
+def explain_layer(model, layer_name: str, x: np.ndarray, seed: int = 0, at=None) -> Explanation:
     """The op walk-through of one layer on its real weights and its real input; its y element
     is also checked against what the layer itself output in the model (so the explanation
     explains the layer, not a look-alike)."""
@@ -231,7 +232,7 @@ def explain_layer(model, layer_name: str, x: np.ndarray, seed: int = 0) -> Expla
             "BatchNorm2d, Linear, an activation or a pooling layer (its blocks are made of them)"
         )
     op, kwargs = arguments
-    explanation = explain_op(op, seed=seed, **kwargs)
+    explanation = explain_op(op, seed=seed, at=at, **kwargs)
     explanation.case = {"layer": layer_name, **explanation.case}
     y_element = next(e for e in explanation.elements if e.name == "y")
     actual = float(np.asarray(layer_y)[y_element.index])
