@@ -18,7 +18,7 @@ from PIL import Image
 from scratchnets.explain.maps import GAP, TILE, grid_shape
 from scratchnets.explain.model import explain_model, layer_input, model_input
 from scratchnets.explain.receptive import receptive_fields
-from scratchnets.models import create
+from scratchnets.models import create, list_models
 from scratchnets.profile.summary import skip_init, summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +38,13 @@ def test_table_counts_are_the_counters_and_fields_the_recurrences(name):
         assert row["jump"] == fields[row["name"]].jump
     text = result.text()
     assert "r_out = r_in + d*(k - 1)*j_in" in text and "(whole image)" in text
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_can_be_explained(name):
+    result = explain_model(name, resolution=96)
+    assert result.rows and all(r["rf_size"][0] >= 1 for r in result.rows)
+    assert result.rows[0]["mult_adds"] > 0  # the stem conv comes first
 
 
 def test_mobilenet_v2_receptive_field_is_the_known_491():
