@@ -178,10 +178,11 @@ class Explanation:
         return data
 
     def json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_jsonable)
+        return json.dumps(self.to_dict(), indent=2, default=jsonable)
 
 
-def _jsonable(v):
+def jsonable(v):
+    """``json.dumps``'s ``default`` for NumPy scalars and arrays."""
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, np.ndarray):

@@ -5,6 +5,7 @@ real input (``explain_op`` with the arrays the model hands it)."""
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 from .. import models, nn
 from ..backends import get_backend
 from ..profile.summary import skip_init, summary
-from .core import Explanation, num
+from .core import Explanation, jsonable, num
 from .ops import explain_op
 from .receptive import receptive_fields
 
@@ -53,15 +54,7 @@ class ModelExplanation:
         return data
 
     def json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_jsonable)
-
-
-def _jsonable(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+        return json.dumps(self.to_dict(), indent=2, default=jsonable)
 
 
 def _rf_text(row: dict) -> str:
@@ -120,7 +113,7 @@ def explain_model(
     ``save_maps``: a directory for the PNGs of ``save_maps_to``; ``at``: the element of the
     layer's output to write out."""
     needs_weights = layer is not None or weights is not None or save_maps is not None
-    with _nothing() if needs_weights else skip_init():
+    with nullcontext() if needs_weights else skip_init():  # the table reads no weight
         model, default = build_model(name, weights)
     R = default if resolution is None else int(resolution)
     if R < 1:
@@ -166,14 +159,6 @@ def save_maps_to(directory: Path, model, result: ModelExplanation, layer, x) -> 
             f"{result.model}: receptive field by depth",
         ),  # fmt: skip
     ]
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def model_input(model, resolution: int, image: str | None, seed: int) -> np.ndarray:
