@@ -6,6 +6,7 @@ source lines are the file's, bad arguments get the layers' errors, and the CLI p
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,11 +103,44 @@ def test_every_element_equals_torchs_at_its_index(op, seed):
     assert_elements_are_torchs(explain_op(op, seed=seed))
 
 
-def test_every_op_of_the_backends_has_an_explainer_checked_here():
+QUANTIZED = ["quantized_conv2d", "quantized_add", "quantized_avg_pool2d", "quantized_softmax"]
+
+
+def test_every_op_of_the_reference_has_an_explainer_checked_here():
     from scratchnets.backends import OPS
     from scratchnets.explain import EXPLAINERS
 
-    assert set(OPS) == set(EXPLAINERS) == set(ORACLES)
+    assert set(OPS) == set(ORACLES)  # the float ops, each against torch
+    assert set(EXPLAINERS) == set(OPS) | set(QUANTIZED)  # and the uint8 ops of reference.quantized
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("op", QUANTIZED)
+def test_quantized_elements_equal_the_integer_ops(op, seed):
+    """The integer pipeline written out equals TFLite's reference kernel as ours computes it
+    (tests/test_quantized.py checks that against TensorFlow Lite itself), exactly."""
+    arguments = (
+        {"activation": "RELU6"} if op in ("quantized_conv2d", "quantized_add") and seed % 2 else {}
+    )
+    e = explain_op(op, seed=seed, **arguments)
+    assert e.all_checked and e.elements
+    for element in e.elements:
+        assert element.value == element.reference and float(element.value).is_integer()
+
+
+def test_quantized_conv_element_is_the_float_conv_within_a_step():
+    for seed in range(10):
+        y = explain_op("quantized_conv2d", seed=seed).elements[0]
+        real, floats = (
+            float(v)
+            for v in re.findall(
+                r"S_y \(y - Z_y\) = (\S+); the float conv of "
+                r"the reals gives (\S+?)[,( ]",
+                y.note,
+            )[0]
+        )
+        if "clamped" not in y.note:
+            assert abs(real - floats) <= 0.25  # one output step S_y
 
 
 def test_batch_norm_in_eval_mode_and_its_three_term_dx():

@@ -30,6 +30,7 @@ OP_OPTIONS = {
     "label_smoothing": "label_smoothing",
     "start": "start",
     "stop": "stop",
+    "activation": "activation",
     "at": "at",
 }
 
@@ -111,6 +112,8 @@ def register(subparsers) -> None:
     p.add_argument("--label-smoothing", type=float, help="cross_entropy: label smoothing")
     p.add_argument("--start", type=int, help="slice: first channel kept")
     p.add_argument("--stop", type=int, help="slice: one past the last channel kept")
+    p.add_argument("--activation", choices=("RELU", "RELU6"),
+                   help="quantized_conv2d / quantized_add: the fused activation's clamp")  # fmt: skip
     p.add_argument("--at", type=sizes, help="the output element to write out, e.g. 0,1,2,2 "
                    "(also with a MODEL's --layer)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and dy (default 0)")

@@ -64,6 +64,7 @@ class Element:
     torch: float | None = None
     note: str = ""
     torch_rtol: float = CHECK_RTOL  # looser only where torch itself rounds (the note says why)
+    steps: list[str] = field(default_factory=list)  # what follows the sum (always shown)
 
     @property
     def checked(self) -> bool:
@@ -78,6 +79,7 @@ class Element:
         out += [f"    {t}" for t in shown]
         if len(shown) < len(self.terms):
             out.append(f"    ... {len(self.terms) - len(shown)} more terms (--json lists all)")
+        out += [f"    {step}" for step in self.steps]
         if self.note:
             out.append(f"    ({self.note})")
         check = f"reference op {num(self.reference)}"

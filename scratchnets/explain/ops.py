@@ -10,7 +10,7 @@ One module per family registers its explainers (``_common.explainer``).
 
 from __future__ import annotations
 
-from . import activations, conv, elementwise, linear, norm, pooling, resize  # noqa: F401  (each registers its explainers)
+from . import activations, conv, elementwise, linear, norm, pooling, quantized, resize  # noqa: F401
 from ._common import EXPLAINERS
 from .core import Explanation
 
