@@ -28,6 +28,7 @@ import numpy as np
 
 from ..backends import OPS, register_backend
 from ..profile import meta
+from ..profile.summary import ForwardSwap
 from ..reference._padding import normalize_padding, pair
 from ..reference.pad import OUTSIDE, pad_source_index
 from ..reference.pooling import adaptive_output_size, adaptive_windows, pool_geometry
@@ -310,34 +311,26 @@ def _describe(name: str, module, out: FieldArray, image_hw) -> LayerField:
 def receptive_fields(model, input_shape) -> list[LayerField]:
     """The receptive field of every leaf layer's output (a map, or the features of a linear
     layer), in the order the layers ran (a layer called twice appears twice), for an input of
-    ``input_shape`` (N, C, H, W). Runs the model's
-    forward on the "receptive" backend; its backends, modes and caches are restored."""
+    ``input_shape`` (N, C, H, W). Runs the model's forward on the "receptive" backend
+    (``profile.summary.ForwardSwap``); its backends, modes and caches are restored."""
     N, C, H, W = input_shape
     fields: list[LayerField] = []
-    saved = []
-    for name, module in model.named_modules():
-        state = (module.backend, module.training, module._cache, module._out_shape)
-        saved.append((module, state, module.__dict__.get("forward")))
-        module.backend, module.training = "receptive", False
-        if not any(True for _ in module.children()):
-            module.forward = _recording(name, module, module.forward, fields, (H, W))
+
+    def wrap(name, module, forward):
+        if any(True for _ in module.children()):
+            return None  # composite: its leaves report
+
+        def recorded(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            if isinstance(out, FieldArray) and out.rows is not None and out.ndim in (2, 4):
+                fields.append(_describe(name, module, out, (H, W)))
+            return out
+
+        return recorded
+
+    swap = ForwardSwap(model, "receptive", wrap)
     try:
         model(field_array(input_shape, model.dtype, Axis.identity(H), Axis.identity(W)))
     finally:
-        for module, (backend, training, cache, out_shape), forward in saved:
-            module.__dict__.pop("forward", None)
-            if forward is not None:
-                module.__dict__["forward"] = forward
-            module.backend, module.training = backend, training
-            module._cache, module._out_shape = cache, out_shape
+        swap.restore()
     return fields
-
-
-def _recording(name, module, forward, fields, image_hw):
-    def recorded(*args, **kwargs):
-        out = forward(*args, **kwargs)
-        if isinstance(out, FieldArray) and out.rows is not None and out.ndim in (2, 4):
-            fields.append(_describe(name, module, out, image_hw))
-        return out
-
-    return recorded

@@ -319,22 +319,43 @@ def _shape_of(value) -> tuple[int, ...] | None:
     return tuple(int(n) for n in value.shape) if hasattr(value, "shape") else None
 
 
-class _Tracer:
-    """Wraps every module's ``forward`` on the instance; remembers what to put back."""
+class ForwardSwap:
+    """Every module of ``model`` switched to ``backend`` in eval mode, its ``forward`` replaced
+    by ``wrap(name, module, forward)`` (a return of None keeps it); ``restore()`` puts back the
+    backends, modes, caches and forwards. How the counter (backend "meta") and the receptive
+    fields (backend "receptive") run a model's own forward without values."""
+
+    def __init__(self, model: Module, backend: str, wrap):
+        self.saved = []
+        for name, module in model.named_modules():
+            state = (module.backend, module.training, module._cache, module._out_shape)
+            self.saved.append((module, state, module.__dict__.get("forward")))
+            wrapped = wrap(name, module, module.forward)
+            if wrapped is not None:
+                module.forward = wrapped
+            module.backend, module.training = backend, False
+
+    def restore(self) -> None:
+        for module, (backend, training, cache, out_shape), forward in self.saved:
+            module.__dict__.pop("forward", None)
+            if forward is not None:
+                module.__dict__["forward"] = forward
+            module.backend, module.training = backend, training
+            module._cache, module._out_shape = cache, out_shape
+
+
+class _Tracer(ForwardSwap):
+    """Wraps every module's ``forward`` on the instance to see each call and the ops it emits."""
 
     def __init__(self, model: Module, tape: list[meta.OpRecord]):
         self.tape = tape
         self.calls: list[_Call] = []
         self.owner: list[_Call | None] = []  # owner[i]: the innermost call that emitted tape[i]
         self.called: set[int] = set()
-        self.saved = []
-        for name, module in model.named_modules():
-            state = (module.backend, module.training, module._cache, module._out_shape)
-            self.saved.append((module, state, module.__dict__.get("forward")))
-            module.forward = self._wrap(name or type(module).__name__, module, module.forward)
-            module.backend, module.training = "meta", False
+        super().__init__(model, "meta", self._wrap)
 
     def _wrap(self, name: str, module: Module, forward):
+        name = name or type(module).__name__  # the model itself
         leaf = not any(True for _ in module.children())
 
         def traced(*args, **kwargs):
@@ -352,14 +373,6 @@ class _Tracer:
             return out
 
         return traced
-
-    def restore(self) -> None:
-        for module, (backend, training, cache, out_shape), forward in self.saved:
-            del module.__dict__["forward"]
-            if forward is not None:
-                module.__dict__["forward"] = forward
-            module.backend, module.training = backend, training
-            module._cache, module._out_shape = cache, out_shape
 
 
 def _row(
