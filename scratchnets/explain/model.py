@@ -125,12 +125,14 @@ def explain_model(
         rows=layer_rows(model, shape),
         notes=list(RECURRENCE_NOTES),
     )
-    if layer is not None or save_maps is not None:
-        x = model_input(model, R, image, seed)
+    if layer is not None or save_maps is not None:  # one float64 forward serves both
+        shown = layer if layer is not None else first_conv(model)[0]
+        module, layer_x, layer_y = layer_input(model, shown, model_input(model, R, image, seed))
     if layer is not None:
-        result.layer = explain_layer(model, layer, x, seed, at)
+        result.layer = explain_layer(module, layer, layer_x, layer_y, seed, at)
     if save_maps is not None:
-        result.saved = [str(p) for p in save_maps_to(Path(save_maps), model, result, layer, x)]
+        paths = save_maps_to(Path(save_maps), model, result, shown, layer_y)
+        result.saved = [str(p) for p in paths]
     return result
 
 
@@ -138,14 +140,12 @@ def first_conv(model) -> tuple[str, nn.Conv2d]:
     return next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
 
 
-def save_maps_to(directory: Path, model, result: ModelExplanation, layer, x) -> list[Path]:
-    """Writes ``<layer>_feature_maps.png`` (the maps of ``layer``, else of the first conv, for
-    the input x), ``first_conv_filters.png`` and ``receptive_field.png``; returns their paths."""
+def save_maps_to(directory: Path, model, result: ModelExplanation, name: str, out) -> list[Path]:
+    """Writes ``<name>_feature_maps.png`` (``out``, the output of the layer ``name`` for one
+    image), ``first_conv_filters.png`` and ``receptive_field.png``; returns their paths."""
     from .maps import feature_maps_png, filters_png, receptive_field_png
 
-    conv_name, conv = first_conv(model)
-    name = layer if layer is not None else conv_name
-    _, _, out = layer_input(model, name, x)
+    _, conv = first_conv(model)
     out = np.asarray(out)
     if out.ndim != 4:
         raise ValueError(f"layer {name!r} has no feature maps: its output has shape {out.shape}")
@@ -204,11 +204,10 @@ def layer_input(model, layer_name: str, x: np.ndarray):
     return module, *seen["io"]
 
 
-def explain_layer(model, layer_name: str, x: np.ndarray, seed: int = 0, at=None) -> Explanation:
-    """The op walk-through of one layer on its real weights and its real input; its y element
-    is also checked against what the layer itself output in the model (so the explanation
-    explains the layer, not a look-alike)."""
-    module, layer_x, layer_y = layer_input(model, layer_name, x)
+def explain_layer(module, layer_name: str, layer_x, layer_y, seed: int = 0, at=None):
+    """The op walk-through of one layer on its real weights and the input ``layer_x`` it got in
+    the model (``layer_input``); its y element is also checked against what the layer output
+    there, ``layer_y`` (so the explanation explains the layer, not a look-alike)."""
     layer_x = np.asarray(layer_x, np.float64)
     arguments = _op_arguments(module, layer_x)
     if arguments is None:
