@@ -18,7 +18,7 @@ from scratchnets import nn
 from scratchnets.explain.receptive import receptive_fields
 from scratchnets.models import create, list_models
 from scratchnets.models.ghostnet import SqueezeExcite
-from scratchnets.profile.summary import skip_init
+from scratchnets.profile.summary import ForwardSwap, skip_init
 
 #: every conv's mean output on the constant input (``positive_model``)
 LEVEL = 0.25
@@ -83,9 +83,11 @@ def measured_fields(model, resolution: int, layers: int) -> list[tuple[tuple, tu
         x[1 + i, :, i, :] += 1.0  # raise row i
         x[1 + R + i, :, :, i] += 1.0  # raise column i
     found = []
-    saved = []
 
-    def wrap(module, forward):
+    def wrap(name, module, forward):
+        if any(True for _ in module.children()):
+            return None
+
         def recorded(*args, **kwargs):
             out = forward(*args, **kwargs)
             if isinstance(out, np.ndarray) and out.ndim == 4:
@@ -102,17 +104,13 @@ def measured_fields(model, resolution: int, layers: int) -> list[tuple[tuple, tu
 
         return recorded
 
-    for module in model.modules():
-        if not any(True for _ in module.children()):
-            saved.append(module)
-            module.forward = wrap(module, module.forward)
+    swap = ForwardSwap(model, "cpu", wrap)  # the model is on cpu in eval mode already
     try:
         model(x)
     except _Done:
         pass
     finally:
-        for module in saved:
-            del module.__dict__["forward"]
+        swap.restore()
     return found
 
 
