@@ -1,4 +1,4 @@
-"""Every backend module exports every op of ``OP_NAMES`` with the reference's exact signature.
+"""Every backend module exports exactly the op table's names, with the reference's signatures.
 
 The nn layers call ops by name through ``scratchnets.functional``, positionally and by keyword,
 so a backend whose parameter names, kinds or defaults drift from the reference would break (or
@@ -13,16 +13,23 @@ import inspect
 
 import pytest
 
-import scratchnets.profile  # noqa: F401  (registers the "meta" backend)
-from scratchnets.backends import OP_NAMES, available_backends, get_backend
+from scratchnets.backends import (
+    COMPUTE_BACKENDS,
+    OP_NAMES,
+    OP_TABLE,
+    available_backends,
+    exported_names,
+    get_backend,
+)
 
 #: backends whose import failure is an environment matter, not a bug
 OPTIONAL = {"cuda"}
 
-#: the shape-only backend (registered by ``scratchnets.profile``, imported above so that it is
-#: always tested): it must export every op, but some of its forwards take the reference's
-#: arguments as ``*args`` by design; that it runs every layer is shown by tests/test_profile.py
-SHAPES_ONLY = "meta"
+#: the values-free backends (shapes; receptive fields): they must export every op, but some of
+#: their forwards take the reference's arguments as ``*args`` by design; that they run every
+#: layer is shown by tests/test_profile.py and tests/test_receptive_fields.py
+VALUES_FREE = set(available_backends()) - set(COMPUTE_BACKENDS)
+INDICES = [f"{op.name}_indices" for op in OP_TABLE if op.indices]
 
 
 def load(name: str):
@@ -39,17 +46,26 @@ def parameters(fn) -> list[tuple]:
     return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
 
+def test_every_backend_is_known_without_importing_its_package_first():
+    """meta and receptive resolve by name alone (they used to register on their package's
+    import, so ``model.to("meta")`` failed unless scratchnets.profile had been imported)."""
+    assert {"reference", "cpu", "cuda", "meta", "receptive"} <= set(available_backends())
+
+
 @pytest.mark.parametrize("backend", available_backends())
-def test_backend_exports_every_op(backend):
+def test_backend_exports_exactly_the_op_tables_names(backend):
     module = load(backend)
-    missing = [name for name in OP_NAMES if not callable(getattr(module, name, None))]
+    expected = exported_names(backend)
+    missing = [name for name in expected if not callable(getattr(module, name, None))]
     assert not missing, f"backend {backend!r} lacks {missing}"
+    assert sorted(module.__all__) == sorted(expected), (
+        f"backend {backend!r} exports names outside the op table: "
+        f"{sorted(set(module.__all__) - set(expected))}"
+    )
 
 
-@pytest.mark.parametrize(
-    "backend", [b for b in available_backends() if b not in ("reference", SHAPES_ONLY)]
-)
-@pytest.mark.parametrize("op", OP_NAMES)
+@pytest.mark.parametrize("backend", [b for b in COMPUTE_BACKENDS if b != "reference"])
+@pytest.mark.parametrize("op", OP_NAMES + tuple(INDICES))
 def test_signature_equals_the_reference(backend, op):
     module, reference = load(backend), get_backend("reference")
     assert parameters(getattr(module, op)) == parameters(getattr(reference, op)), (

@@ -1,6 +1,7 @@
 """The "cpu" backend (Numba kernels) against torch float64 and the reference backend.
 
-Every op except conv2d (tests/test_cpu_conv.py), forward and backward, plus the fused extras.
+Every op except conv2d (tests/test_cpu_conv.py), forward and backward, and the eval fast path's
+BN folding.
 Each comparison (``check``) asserts, for one result of one op:
 
 * float64: agreement with torch float64 with a random dy to ~1e-10 (recorded under
@@ -28,9 +29,10 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+import scratchnets as sn
 from scratchnets import reference as ref
 from scratchnets.kernels import cpu
-from scratchnets.kernels.cpu import fused
+from scratchnets.models.fuse import fold_bn
 from scratchnets.reference._padding import pair
 from tests.helpers import (
     LAYOUTS,
@@ -224,45 +226,6 @@ def test_batch_norm(dtype, case):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(case=bn_cases())
-def test_fused_bn_relu6_equals_bn_then_relu6(dtype, case):
-    """Against cpu BN followed by cpu ReLU6: y and the running stats bit-identical, also where
-    y is exactly 0 or 6 (channels with weight 0 and bias 0 or 6); dx, dweight, dbias equal up to
-    the order of the per-channel sums (the reduction is compiled with ``reassoc``, and LLVM may
-    vectorise the gated loop of the fused kernel differently from the plain one: a few ulps of
-    the sum of N*H*W terms). And float64 against torch relu6(batch_norm(x))."""
-    training = case[4]
-    x, weight, bias, running_mean, running_var, dy = bn_inputs(case, dtype)
-    if weight is not None:
-        weight[::2], bias[::2] = 0, np.resize(np.array([0.0, 6.0], dtype), bias[::2].size)
-    stats_split, stats_torch = copies(running_mean, running_var), copies(running_mean, running_var)
-    y, cache = fused.batch_norm2d_relu6_forward(
-        x, weight, bias, running_mean, running_var, training
-    )
-    grads = fused.batch_norm2d_relu6_backward(dy, cache)
-    y_bn, cache_bn = cpu.batch_norm2d_forward(x, weight, bias, *stats_split, training)
-    y_split, cache_relu6 = cpu.relu6_forward(y_bn)
-    grads_split = cpu.batch_norm2d_backward(cpu.relu6_backward(dy, cache_relu6), cache_bn)
-    np.testing.assert_array_equal(y, y_split)
-    for got, want in zip((running_mean, running_var), stats_split, strict=True):
-        assert (got is None) == (want is None)
-        if got is not None:
-            np.testing.assert_array_equal(got, want)
-    sum_terms = x.size // x.shape[1]  # N*H*W values per channel sum
-    for got, want in zip(grads, grads_split, strict=True):
-        assert (got is None) == (want is None)
-        if got is not None:
-            ulps = 4 * sum_terms * np.finfo(dtype).eps * max(1.0, float(np.max(np.abs(want))))
-            np.testing.assert_allclose(got, want, rtol=0, atol=ulps)
-    if dtype == np.float64:
-        y_t, grads_t, _ = torch_batch_norm(x, weight, bias, *stats_torch, training, dy, F.relu6)
-        check("batch_norm2d_relu6", "y", y, None, y_t)
-        for what, got, want in zip(("dx", "dweight", "dbias"), grads, grads_t, strict=True):
-            if got is not None:
-                check("batch_norm2d_relu6", what, got, None, want)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "c_in, c_out, kernel, stride, padding, groups, conv_bias",
     [
@@ -273,24 +236,31 @@ def test_fused_bn_relu6_equals_bn_then_relu6(dtype, case):
         (4, 6, (1, 5), 1, (0, 2), 2, False),  # grouped, asymmetric kernel
     ],
 )
-def test_fold_bn_into_conv_equals_conv_then_bn_eval(
+def test_fold_bn_equals_conv_then_bn_eval(
     dtype, c_in, c_out, kernel, stride, padding, groups, conv_bias
 ):
+    """``models.fuse.fold_bn`` (the eval fast path's folding): the folded conv's weights give
+    torch's conv then eval-mode BN."""
     rng = np.random.default_rng(c_in * 10 + c_out)
     kh, kw = pair(kernel, "kernel")
     x = rng.standard_normal((2, c_in, 7, 9))
-    w = rng.standard_normal((c_out, c_in // groups, kh, kw)).astype(dtype)
-    b = rng.standard_normal(c_out).astype(dtype) if conv_bias else None
+    conv = sn.nn.Conv2d(c_in, c_out, kernel, stride, padding, groups=groups, bias=conv_bias,
+                        dtype=dtype)  # fmt: skip
+    bn = sn.nn.BatchNorm2d(c_out, eps=EPS, dtype=np.float64)
+    w, b = conv.weight.data, None if conv.bias is None else conv.bias.data
     gamma, beta = rng.uniform(-2, 2, c_out), rng.uniform(-1, 1, c_out)
     mean, var = rng.standard_normal(c_out), rng.uniform(0.1, 3.0, c_out)
-    w_f, b_f = fused.fold_bn_into_conv(w, b, gamma, beta, mean, var, EPS)
+    bn.load_state_dict({"weight": gamma, "bias": beta, "running_mean": mean, "running_var": var,
+                        "num_batches_tracked": np.array(1)})  # fmt: skip
+    folded = fold_bn(conv, bn.eval())
+    w_f, b_f = folded.weight.data, folded.bias.data
     assert w_f.dtype == b_f.dtype == dtype and w_f.shape == w.shape and b_f.shape == (c_out,)
     conv = dict(stride=stride, padding=padding, groups=groups)
     y_fold = F.conv2d(t(x), t(w_f), t(b_f), **conv).numpy()
     y_conv = F.conv2d(t(x), t(w), None if b is None else t(b), **conv)
     y_bn = F.batch_norm(y_conv, t(mean), t(var), t(gamma), t(beta), training=False, eps=EPS).numpy()
     if dtype == np.float64:
-        record_error("cpu/fold_bn_into_conv y", y_fold, y_bn)
+        record_error("fold_bn y", y_fold, y_bn)
         assert_close_f64(y_fold, y_bn)
     else:  # w' and b' each rounded once to float32, then summed over C_in/groups * kh * kw terms
         terms = (c_in // groups) * kh * kw

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import models, nn
-from ..backends import get_backend
+from ..backends import OP_BY_NAME, get_backend
 from ..profile.summary import skip_init, summary
 from .core import Explanation, jsonable, num
 from .ops import explain_op
@@ -222,8 +222,8 @@ def explain_layer(module, layer_name: str, layer_x, layer_y, seed: int = 0, at=N
     actual = float(np.asarray(layer_y)[y_element.index])
     expected, then = y_element.value, ""
     act = getattr(module, "act", None)  # BatchNormAct2d: y = act(BN(x))
-    if type(act).__name__ in _ACTIVATIONS:
-        op_name = _ACTIVATIONS[type(act).__name__]
+    op_name = activation_op(act)
+    if op_name is not None:
         reference = get_backend("reference")
         expected = float(getattr(reference, f"{op_name}_forward")(np.array(expected))[0])
         then = f", after its {op_name} ({num(y_element.value)} -> {num(expected)})"
@@ -240,13 +240,15 @@ def explain_layer(module, layer_name: str, layer_x, layer_y, seed: int = 0, at=N
     return explanation
 
 
-_ACTIVATIONS = {"ReLU": "relu", "ReLU6": "relu6", "Sigmoid": "sigmoid",
-                "Hardsigmoid": "hard_sigmoid", "Hardswish": "hard_swish", "SiLU": "silu"}  # fmt: skip
+def activation_op(module) -> str | None:
+    """The op an activation layer runs (the ``_op`` its class names, an op of the table's
+    activations family); None for any other module."""
+    op = getattr(type(module), "_op", None)
+    return op if op in OP_BY_NAME and OP_BY_NAME[op].family == "activations" else None
 
 
 def _op_arguments(module, x) -> tuple[str, dict] | None:
     """(op, explainer arguments) that reproduce ``module`` on its input x; None if unsupported."""
-    kind = type(module).__name__
     if isinstance(module, nn.Conv2d):
         if module.padding_mode != "zeros" or module._inference_only():
             return None
@@ -265,8 +267,8 @@ def _op_arguments(module, x) -> tuple[str, dict] | None:
         b = None if module.bias is None else module.bias.data
         return "linear", dict(out_features=module.out_features, bias=b is not None,
                               arrays={"x": x, "w": module.weight.data, "b": b})  # fmt: skip
-    if kind in _ACTIVATIONS:
-        return _ACTIVATIONS[kind], dict(arrays={"x": x})
+    if activation_op(module) is not None:
+        return activation_op(module), dict(arrays={"x": x})
     if isinstance(module, nn.MaxPool2d):
         return "max_pool2d", dict(kernel=module.kernel_size, stride=module.stride,
                                   padding=module.padding, dilation=module.dilation,

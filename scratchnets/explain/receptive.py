@@ -16,7 +16,7 @@ later unit see the whole image). Padding taps read virtual pixels past the image
 continuing the outermost unit's field by the jump, as the recurrence does; the measured field of
 a unit is its field clipped to the image.
 
-The pass runs the model's own forward on the "receptive" backend (registered here): like the
+The pass runs the model's own forward on the "receptive" backend (this module): like the
 meta backend it computes no values, its arrays (``FieldArray``) carry the bounds instead.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends import OPS, register_backend
+from ..backends import OPS, exported_names
 from ..profile import meta
 from ..profile.summary import ForwardSwap
 from ..reference._padding import normalize_padding, pair
@@ -265,9 +265,7 @@ def _no_backward(op: str):
 for _op in OPS:
     globals()[f"{_op}_backward"] = _no_backward(_op)
 
-__all__ = [f"{op}_{direction}" for op in OPS for direction in ("forward", "backward")]
-
-register_backend("receptive", __name__)
+__all__ = list(exported_names("receptive"))
 
 
 # ------------------------------------------------------------------------------- per layer

@@ -4,17 +4,13 @@
     verify_all() -> list of VerifiedRow                           # every published number, recomputed
 
 Shapes are propagated by running the model's own forward on the "meta" backend
-(``scratchnets.profile.meta``, registered here): no arithmetic, so counting is instant at any
+(``scratchnets.profile.meta``): no arithmetic, so counting is instant at any
 resolution. ``conventions`` holds the parameter-count conventions of each source, ``papers`` the
 published tables.
 """
 
-from ..backends import register_backend
-
-register_backend("meta", "scratchnets.profile.meta")
-
-from .conventions import CONVENTIONS, ParamBreakdown, count_params, param_breakdown  # noqa: E402
-from .summary import LayerRow, Summary, skip_init, summary  # noqa: E402
+from .conventions import CONVENTIONS, ParamBreakdown, count_params, param_breakdown
+from .summary import LayerRow, Summary, skip_init, summary
 
 __all__ = [
     "CONVENTIONS",

@@ -11,8 +11,7 @@ shape and, for conv / linear / pooling, the weight shape or window) and, inside 
 block, the record is also appended to the tape. Backward ops raise: there is nothing to
 differentiate.
 
-The module registers itself with ``scratchnets.backends`` under the name "meta" (done by
-``scratchnets.profile``), so ``model.to("meta")`` also works.
+``scratchnets.backends`` knows it as "meta", so ``model.to("meta")`` works too.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arrays import FLOAT_DTYPES
-from ..backends import OPS
+from ..backends import OPS, exported_names
 from ..reference._padding import conv_output_size, normalize_padding, pair
 from ..reference.pad import check_pad
 from ..reference.pooling import adaptive_output_size, pool_geometry
@@ -337,4 +336,4 @@ def cross_entropy_forward(logits, target, label_smoothing=0.0):
 for _op in OPS:
     globals()[f"{_op}_backward"] = _no_backward(_op)
 
-__all__ = [f"{op}_{direction}" for op in OPS for direction in ("forward", "backward")]
+__all__ = list(exported_names("meta"))

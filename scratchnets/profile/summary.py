@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from ..backends import OP_BY_NAME, OP_TABLE
 from ..nn import Module
 from ..nn import init as nn_init
 from ..reference.pooling import adaptive_windows
@@ -40,24 +41,10 @@ from . import meta
 from .conventions import MACS, ParamBreakdown, param_breakdown
 from .tables import markdown_table, millions, shape_text, text_table, thousands
 
-#: op -> the category its non-MAC work is reported under (ops absent here only move data)
+#: op -> the category its non-MAC work is reported under (the op table's cost; the mult-adds of
+#: conv / linear are counted apart, and ops that only move data have no other work)
 OTHER_OP_CATEGORY = {
-    "batch_norm2d": "batch_norm",
-    "relu": "activation",
-    "relu6": "activation",
-    "sigmoid": "activation",
-    "hard_sigmoid": "activation",
-    "hard_swish": "activation",
-    "silu": "activation",
-    "max_pool2d": "pooling",
-    "avg_pool2d": "pooling",
-    "global_avg_pool2d": "pooling",
-    "adaptive_avg_pool2d": "pooling",
-    "adaptive_max_pool2d": "pooling",
-    "add": "elementwise",
-    "mul": "elementwise",
-    "upsample_nearest2d": "resize",
-    "upsample_bilinear2d": "resize",
+    op.name: op.cost for op in OP_TABLE if op.cost not in ("mult_adds", "data", "loss")
 }
 
 FOOTER = (
@@ -75,7 +62,7 @@ def op_macs(record: meta.OpRecord) -> int:
         N * OH * OW * C_out  *  (C_in/groups) * kh * kw   (every output sums a C_in/groups*kh*kw window)
     linear: out (N, out), w (out, in):  N * out  *  in
     """
-    if record.op not in ("conv2d", "linear"):
+    if record.op not in OP_BY_NAME or OP_BY_NAME[record.op].cost != "mult_adds":
         return 0
     return math.prod(record.out_shape) * math.prod(record.weight_shape[1:])
 

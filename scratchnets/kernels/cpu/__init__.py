@@ -3,7 +3,8 @@
 Every ``<op>_forward`` / ``<op>_backward`` pair of ``scratchnets.backends.OP_NAMES`` is exported
 here, with the same arguments and PyTorch semantics as ``scratchnets.reference``; caches are
 private to each backend. Each file's header says what it optimises over the reference and
-why. ``fused`` holds extra operations outside the shared op list (BN + ReLU6, BN folding).
+why. ``fused`` holds the eval fast path's conv -> bias -> activation (the op table's ``fused``
+names of conv2d).
 
 Kernels are compiled on first use for C-contiguous float32 / float64 arrays (the wrappers
 normalise their inputs) and cached on disk (``cache=True``).
@@ -37,12 +38,9 @@ from .elementwise import (
     slice_forward,
 )
 from .fused import (
-    batch_norm2d_relu6_backward,
-    batch_norm2d_relu6_forward,
     conv2d_bias_act_checked,
     conv2d_bias_act_forward,
     conv_prepare,
-    fold_bn_into_conv,
 )
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
@@ -68,54 +66,6 @@ from .upsample import (
     upsample_nearest2d_forward,
 )
 
-__all__ = [
-    "conv2d_forward",
-    "conv2d_backward",
-    "batch_norm2d_forward",
-    "batch_norm2d_backward",
-    "relu_forward",
-    "relu_backward",
-    "relu6_forward",
-    "relu6_backward",
-    "sigmoid_forward",
-    "sigmoid_backward",
-    "hard_sigmoid_forward",
-    "hard_sigmoid_backward",
-    "hard_swish_forward",
-    "hard_swish_backward",
-    "silu_forward",
-    "silu_backward",
-    "pad2d_forward",
-    "pad2d_backward",
-    "max_pool2d_forward",
-    "max_pool2d_backward",
-    "avg_pool2d_forward",
-    "avg_pool2d_backward",
-    "global_avg_pool2d_forward",
-    "global_avg_pool2d_backward",
-    "adaptive_avg_pool2d_forward",
-    "adaptive_avg_pool2d_backward",
-    "adaptive_max_pool2d_forward",
-    "adaptive_max_pool2d_backward",
-    "linear_forward",
-    "linear_backward",
-    "dropout_forward",
-    "dropout_backward",
-    "upsample_nearest2d_forward",
-    "upsample_nearest2d_backward",
-    "upsample_bilinear2d_forward",
-    "upsample_bilinear2d_backward",
-    "add_forward",
-    "add_backward",
-    "mul_forward",
-    "mul_backward",
-    "concat_forward",
-    "concat_backward",
-    "slice_forward",
-    "slice_backward",
-    "cross_entropy_forward",
-    "cross_entropy_backward",
-    "batch_norm2d_relu6_forward",
-    "batch_norm2d_relu6_backward",
-    "fold_bn_into_conv",
-]
+#: what this backend exports: ``scratchnets.backends.exported_names("cpu")``, the op table's names
+#: (checked by tests/test_backend_conformance.py)
+__all__ = sorted(name for name, value in globals().items() if callable(value) and name[0] != "_")

@@ -25,13 +25,8 @@ channels, so there are no shared accumulators); the elementwise passes are paral
 N*C planes, which balances better when C is small. The cache holds x (not the reference's
 full-size xhat), and the backward recomputes xhat on the fly: one array fewer written and read.
 
-The same kernels take a ``relu6`` flag that clamps the output to [0, 6] in the write pass and
-gates dy by 0 < y < 6 in the backward: ``fused.batch_norm2d_relu6_*`` uses it to do BN + ReLU6
-without an intermediate tensor.
-
 Measured on the shared 2-core dev box, (32, 64, 56, 56) float32, one numba thread, best of 7:
-forward (training) 16 ms vs the reference's 60 ms, backward 15 ms vs 63 ms; BN + ReLU6 fused
-22 ms forward / 30 ms backward vs 32 / 39 ms as two ops.
+forward (training) 16 ms vs the reference's 60 ms, backward 15 ms vs 63 ms.
 """
 
 from __future__ import annotations
@@ -69,24 +64,19 @@ def _moments_kernel(x, mean, var):
 
 
 @njit(parallel=True, cache=True)
-def _normalize_kernel(x, mean, scale, beta, relu6, y):
-    """y = (x - mean[c]) * scale[c] + beta[c], clamped to [0, 6] when relu6; x, y (N, C, L)."""
+def _normalize_kernel(x, mean, scale, beta, y):
+    """y = (x - mean[c]) * scale[c] + beta[c]; x, y (N, C, L)."""
     n, c, l = x.shape
     for k in prange(n * c):
         i, ch = k // c, k % c
         mu, a, b = mean[ch], scale[ch], beta[ch]
         for j in range(l):
-            v = (x[i, ch, j] - mu) * a + b
-            if relu6:
-                v = 0.0 if v <= 0.0 else (6.0 if v >= 6.0 else v)
-            y[i, ch, j] = v
+            y[i, ch, j] = (x[i, ch, j] - mu) * a + b
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
-def _grad_sums_kernel(dy, x, y, mean, inv_std, relu6, dsum, dxhat_sum):
-    """dsum[c] = sum(g), dxhat_sum[c] = sum(g * xhat) over (N, L), with g = dy, or dy gated by
-    0 < y < 6 when relu6 (``y`` is read only then). dy, x, y (N, C, L); the sums (C,).
-    """
+def _grad_sums_kernel(dy, x, mean, inv_std, dsum, dxhat_sum):
+    """dsum[c] = sum(dy), dxhat_sum[c] = sum(dy * xhat) over (N, L); dy, x (N, C, L), the sums (C,)."""
     n, c, l = dy.shape
     for ch in prange(c):
         mu, r = mean[ch], inv_std[ch]
@@ -94,7 +84,7 @@ def _grad_sums_kernel(dy, x, y, mean, inv_std, relu6, dsum, dxhat_sum):
         sgx = 0.0
         for i in range(n):
             for j in range(l):
-                g = dy[i, ch, j] if not relu6 or 0.0 < y[i, ch, j] < 6.0 else 0.0
+                g = dy[i, ch, j]
                 sg += g
                 sgx += g * ((x[i, ch, j] - mu) * r)
         dsum[ch] = sg
@@ -102,15 +92,14 @@ def _grad_sums_kernel(dy, x, y, mean, inv_std, relu6, dsum, dxhat_sum):
 
 
 @njit(parallel=True, cache=True)
-def _grad_input_kernel(dy, x, y, mean, inv_std, scale, g_mean, gx_mean, relu6, dx):
-    """dx = scale[c] * (g - g_mean[c] - xhat * gx_mean[c]), g as in ``_grad_sums_kernel``."""
+def _grad_input_kernel(dy, x, mean, inv_std, scale, g_mean, gx_mean, dx):
+    """dx = scale[c] * (dy - g_mean[c] - xhat * gx_mean[c]); dy, x, dx (N, C, L)."""
     n, c, l = dy.shape
     for k in prange(n * c):
         i, ch = k // c, k % c
         mu, r, a, gm, gxm = mean[ch], inv_std[ch], scale[ch], g_mean[ch], gx_mean[ch]
         for j in range(l):
-            g = dy[i, ch, j] if not relu6 or 0.0 < y[i, ch, j] < 6.0 else 0.0
-            dx[i, ch, j] = a * (g - gm - ((x[i, ch, j] - mu) * r) * gxm)
+            dx[i, ch, j] = a * (dy[i, ch, j] - gm - ((x[i, ch, j] - mu) * r) * gxm)
 
 
 @dataclass(frozen=True)
@@ -118,7 +107,6 @@ class BatchNormCache:
     """What the backward needs; the per-channel vectors are float64."""
 
     x: np.ndarray  # (N, C, H, W), C-contiguous
-    y: np.ndarray | None  # the clamped output, kept only by the fused BN + ReLU6
     mean: np.ndarray  # (C,) the mean used: batch mean (training) or running mean (eval)
     inv_std: np.ndarray  # (C,) 1 / sqrt(var + eps)
     gamma: np.ndarray | None  # (C,) float64, None without affine weight
@@ -126,10 +114,14 @@ class BatchNormCache:
     has_bias: bool
 
 
-def normalize(x, weight, bias, running_mean, running_var, training, momentum, eps, relu6: bool):
-    """Batch norm forward (optionally followed by ReLU6); returns ``(y, BatchNormCache)``.
+def batch_norm2d_forward(
+    x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5
+):
+    """y = weight * (x - mu) / sqrt(var + eps) + bias, per channel; like ``F.batch_norm``.
 
-    Shapes as in ``batch_norm2d_forward``; running statistics are updated in place in training.
+    Shapes: ``x`` (N, C, H, W); ``weight``, ``bias``, ``running_mean``, ``running_var`` (C,), each
+    may be None. Training uses the batch statistics and updates the running ones IN PLACE
+    (running_var with the unbiased variance); eval uses the running ones. Returns ``(y, cache)``.
     """
     x = kernel_array(x, "x")
     if x.ndim != 4:
@@ -143,8 +135,7 @@ def normalize(x, weight, bias, running_mean, running_var, training, momentum, ep
 
     if x.size == 0:  # an empty batch (torch): an empty y, the running statistics untouched
         y = x.copy()
-        return y, BatchNormCache(x, y if relu6 else None, np.zeros(c), np.ones(c), gamma, False,
-                                 beta is not None)  # fmt: skip
+        return y, BatchNormCache(x, np.zeros(c), np.ones(c), gamma, False, beta is not None)
     if training:
         m = n * h * w
         if m < 2:
@@ -168,52 +159,29 @@ def normalize(x, weight, bias, running_mean, running_var, training, momentum, ep
     scale = inv_std if gamma is None else gamma * inv_std  # (C,) gamma / sigma
     shift = np.zeros(c) if beta is None else beta
     y3 = np.empty_like(x3)
-    _normalize_kernel(x3, mean, scale, shift, relu6, y3)
-    y = y3.reshape(x.shape)
-    cache = BatchNormCache(
-        x, y if relu6 else None, mean, inv_std, gamma, training, beta is not None
-    )
-    return y, cache
+    _normalize_kernel(x3, mean, scale, shift, y3)
+    return y3.reshape(x.shape), BatchNormCache(x, mean, inv_std, gamma, training, beta is not None)
 
 
-def normalize_backward(dy, cache: BatchNormCache, relu6: bool):
-    """``(dx, dweight, dbias)`` of ``normalize``; dy is cast to the forward's dtype."""
+def batch_norm2d_backward(dy, cache):
+    """``(dx, dweight, dbias)``: dbias = sum(dy), dweight = sum(dy * xhat) and
+    dx = gamma / sigma * (dy - mean(dy) - xhat * mean(dy * xhat)) in training, gamma / sigma * dy
+    in eval. dweight / dbias are None when the forward had no weight / bias; dy is cast to the
+    forward's dtype.
+    """
     n, c, h, w = cache.x.shape
     dy = kernel_array(dy, "dy", cache.x.dtype)
     check_shape(dy, cache.x.shape, "batch_norm2d_backward")
     as3 = (n, c, h * w)  # (N, C, L) views for the kernel
     scale = cache.inv_std if cache.gamma is None else cache.gamma * cache.inv_std  # (C,)
     dy3, x3 = dy.reshape(as3), cache.x.reshape(as3)
-    y3 = (cache.y if relu6 else cache.x).reshape(as3)  # read by the kernels only when relu6
     dsum, dxhat_sum = np.empty(c), np.empty(c)  # (C,) float64
-    _grad_sums_kernel(dy3, x3, y3, cache.mean, cache.inv_std, relu6, dsum, dxhat_sum)
+    _grad_sums_kernel(dy3, x3, cache.mean, cache.inv_std, dsum, dxhat_sum)
     m = n * h * w
     # training: the paths through mu and var; eval: the statistics are constants
     g_mean, gx_mean = (dsum / m, dxhat_sum / m) if cache.training else (np.zeros(c), np.zeros(c))
     dx = np.empty_like(dy)
-    _grad_input_kernel(
-        dy3, x3, y3, cache.mean, cache.inv_std, scale, g_mean, gx_mean, relu6, dx.reshape(as3)
-    )
+    _grad_input_kernel(dy3, x3, cache.mean, cache.inv_std, scale, g_mean, gx_mean, dx.reshape(as3))
     dweight = None if cache.gamma is None else dxhat_sum.astype(dy.dtype)
     dbias = dsum.astype(dy.dtype) if cache.has_bias else None
     return dx, dweight, dbias
-
-
-def batch_norm2d_forward(
-    x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5
-):
-    """y = weight * (x - mu) / sqrt(var + eps) + bias, per channel; like ``F.batch_norm``.
-
-    Shapes: ``x`` (N, C, H, W); ``weight``, ``bias``, ``running_mean``, ``running_var`` (C,), each
-    may be None. Training uses the batch statistics and updates the running ones IN PLACE
-    (running_var with the unbiased variance); eval uses the running ones. Returns ``(y, cache)``.
-    """
-    return normalize(x, weight, bias, running_mean, running_var, training, momentum, eps, False)
-
-
-def batch_norm2d_backward(dy, cache):
-    """``(dx, dweight, dbias)``: dbias = sum(dy), dweight = sum(dy * xhat) and
-    dx = gamma / sigma * (dy - mean(dy) - xhat * mean(dy * xhat)) in training, gamma / sigma * dy
-    in eval. dweight / dbias are None when the forward had no weight / bias.
-    """
-    return normalize_backward(dy, cache, False)

@@ -72,4 +72,6 @@ from .upsample import (
     upsample_nearest2d_forward,
 )
 
-__all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))]
+#: what this backend exports: ``scratchnets.backends.exported_names("cuda")``, the op table's names
+#: (checked by tests/test_backend_conformance.py)
+__all__ = sorted(name for name, value in globals().items() if callable(value) and name[0] != "_")
