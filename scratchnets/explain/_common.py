@@ -1,5 +1,6 @@
 """Shared by the explainers: the registry, seeded readable inputs, torch's results for the same
-case, and the arithmetic lines every windowed op prints."""
+case, the arithmetic lines every windowed op prints, and the y / dx elements of a gather (pad2d,
+the resizes)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .core import Explanation
+from ..reference.pad import OUTSIDE
+from .core import Element, Explanation, Source, index_text, num
 
 #: op name -> explainer; every op of ``scratchnets.reference`` has one
 EXPLAINERS: dict[str, Callable[..., Explanation]] = {}
@@ -119,3 +121,52 @@ def counted(layer, input_shape) -> tuple[int, int]:
 
     report = summary(layer, input_shape)
     return report.total_params, report.total_macs * input_shape[0]
+
+
+def gather_explanation(op, case, x, y, dy, dx, theirs, taps_h, taps_w, at, default_at):
+    """The y and dx elements of a separable gather: output (p, q) reads rows ``taps_h`` and
+    columns ``taps_w`` (lists of (index array, weight array or None)) with product weights."""
+    e = Explanation(op, case, inputs={"x": x, "dy": dy})
+    n, c, p, q = output_index(at, y.shape, default_at)
+
+    def reads(p, q):
+        """(h, w, weight) of the input pixels output (p, q) reads."""
+        return [(int(rows[p]), int(cols[q]), (1.0 if wr is None else wr[p]) * (1.0 if wc is None else wc[q]))
+                for rows, wr in taps_h for cols, wc in taps_w
+                if rows[p] != OUTSIDE and cols[q] != OUTSIDE]  # fmt: skip
+
+    terms, total = [], 0.0
+    for h, w, weight in reads(p, q):
+        total += weight * x[n, c, h, w]
+        terms.append(f"{num(weight)} * {index_text('x', (n, c, h, w))} = {num(weight)} * "
+                     f"{num(x[n, c, h, w])} = {num(weight * x[n, c, h, w])}")  # fmt: skip
+    if not terms:  # the constant border of pad2d
+        total = float(y[n, c, p, q])
+        terms = [f"outside x: the constant value {num(total)}"]
+    e.elements.append(Element(
+        "y", (n, c, p, q), "sum over the pixels this output reads of weight * x", terms, total,
+        y[n, c, p, q], None if theirs is None else theirs[0][n, c, p, q],
+    ))  # fmt: skip
+    h, w = (reads(p, q) or [(0, 0, 1.0)])[0][:2]
+    terms, total = [], 0.0
+    for a in range(y.shape[2]):
+        for b in range(y.shape[3]):
+            for r, s, weight in reads(a, b):
+                if (r, s) == (h, w):
+                    total += weight * dy[n, c, a, b]
+                    terms.append(f"output ({a}, {b}) read it: {num(weight)} * "
+                                 f"{index_text('dy', (n, c, a, b))} = {num(weight)} * "
+                                 f"{num(dy[n, c, a, b])}")  # fmt: skip
+    e.elements.append(Element(
+        "dx", (n, c, h, w), "sum of weight * dy over the outputs that read this pixel", terms,
+        total, dx[n, c, h, w], None if theirs is None else theirs[1]["x"][n, c, h, w],
+    ))  # fmt: skip
+    return e
+
+
+def sources(module, op: str) -> list[Source]:
+    """The source lines of ``op``'s forward and backward in ``module``."""
+    return [
+        Source.of(getattr(module, f"{op}_forward")),
+        Source.of(getattr(module, f"{op}_backward")),
+    ]

@@ -1,24 +1,13 @@
 """The joins and elementwise ops of the blocks explained: add (a residual splits dy in two), mul
-(a gate: its gradient sums over the broadcast axes), concat / slice (dy cut and placed back),
-dropout (a seeded mask), and the cross-entropy loss (softmax minus the smoothed target)."""
+(a gate: its gradient sums over the broadcast axes), concat / slice (dy cut and placed back)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import nn
-from ..reference import dropout as ref_dropout
 from ..reference import elementwise as ref_ew
-from ..reference import loss as ref_loss
-from ._common import explainer, nchw, output_index, torch_results, values
-from .core import Element, Explanation, Source, index_text, num
-
-
-def _sources(module, op: str) -> list[Source]:
-    return [
-        Source.of(getattr(module, f"{op}_forward")),
-        Source.of(getattr(module, f"{op}_backward")),
-    ]
+from ._common import explainer, nchw, output_index, sources, torch_results, values
+from .core import Element, Explanation, index_text, num
 
 
 def _binary(op: str, input, seed, at) -> Explanation:
@@ -48,7 +37,7 @@ def _binary(op: str, input, seed, at) -> Explanation:
         "connection hands dy to both paths unchanged)" if op == "add" else
         "   (a gate's gradient sums over every pixel it scaled)",
     )  # fmt: skip
-    e.sources = _sources(ref_ew, op)
+    e.sources = sources(ref_ew, op)
     n, c, h, w = output_index(at, y.shape, (0, C - 1, H // 2, W // 2))
     value = a[n, c, h, w] + b[n, c, 0, 0] if op == "add" else a[n, c, h, w] * b[n, c, 0, 0]
     e.elements.append(Element(
@@ -111,7 +100,7 @@ def explain_concat(input=(1, 2, 2, 2), seed=0, at=None) -> Explanation:
         f"y[:, :{C}] = x0, y[:, {C}:] = x1     (a copy: no arithmetic)",
         f"dx0 = dy[:, :{C}], dx1 = dy[:, {C}:]  (dy cut back at the same boundary)",
     )
-    e.sources = _sources(ref_ew, "concat")
+    e.sources = sources(ref_ew, "concat")
     n, c, h, w = output_index(at, y.shape, (0, C, H // 2, W // 2))
     source, k = ("x0", c) if c < C else ("x1", c - C)
     piece = x0 if c < C else x1
@@ -147,7 +136,7 @@ def explain_slice(input=(1, 4, 2, 2), start=1, stop=3, seed=0, at=None) -> Expla
         f"y[:, k] = x[:, {start} + k]",
         f"dx[:, {start}:{stop}] = dy, zero elsewhere (the dropped channels get no gradient)",
     )
-    e.sources = _sources(ref_ew, "slice")
+    e.sources = sources(ref_ew, "slice")
     n, k, h, w = output_index(at, y.shape, (0, y.shape[1] - 1, 0, 0))
     e.elements.append(Element(
         "y", (n, k, h, w), f"x[n, {start} + k, h, w]",
@@ -161,108 +150,5 @@ def explain_slice(input=(1, 4, 2, 2), start=1, stop=3, seed=0, at=None) -> Expla
                                         else f"dy = {num(dy[n, dropped - start, h, w])}"],
         0.0 if not start <= dropped < stop else dy[n, dropped - start, h, w], dx[n, dropped, h, w],
         None if theirs is None else theirs[1]["x"][n, dropped, h, w],
-    ))  # fmt: skip
-    return e
-
-
-@explainer("dropout")
-def explain_dropout(input=(1, 1, 2, 4), p=0.5, training=True, seed=0, at=None) -> Explanation:
-    """Inverted dropout with the seeded mask every backend draws (``dropout_mask``)."""
-    shape = tuple(int(s) for s in input)
-    nn.Dropout(p)  # the layer's check of p
-    rng = np.random.default_rng(seed)
-    x = values(rng, shape)
-    y, cache = ref_dropout.dropout_forward(x, p, training, seed)
-    dy = values(rng, shape)
-    dx = ref_dropout.dropout_backward(dy, cache)
-    kept = ref_dropout.dropout_mask(shape, p, seed) if training else np.ones(shape, bool)
-    scale = 1.0 if not training else (0.0 if p == 1 else 1 / (1 - p))
-    e = Explanation("dropout", dict(input=shape, p=p, mode="train" if training else "eval",
-                                    seed=seed), inputs={"x": x, "mask": kept, "dy": dy})  # fmt: skip
-    e.section(
-        "forward / backward",
-        "train: y = x * mask / (1 - p), mask[i] = (u[i] >= p) with u uniform from the seed; "
-        "E[y] = x"
-        if training
-        else "eval: y = x (the identity)",
-        "dx = dy * mask / (1 - p)   (the same multiplier)" if training else "dx = dy",
-        "torch draws its own random stream, so the check is against the reference op (the "
-        "cpu and cuda backends draw this same mask)",
-    )
-    e.section("the mask", "kept  " + " ".join("1" if k else "0" for k in kept.reshape(-1)),
-              f"scale 1 / (1 - p) = {num(scale)}")  # fmt: skip
-    e.sources = [Source.of(ref_dropout.dropout_forward), Source.of(ref_dropout.dropout_backward)]
-    index = output_index(at, shape, np.unravel_index(0, shape))
-    multiplier = scale * kept[index]
-    e.elements.append(Element(
-        "y", index, "x * mask * scale",
-        [f"{num(x[index])} * {int(kept[index])} * {num(scale)}"], x[index] * multiplier, y[index],
-    ))  # fmt: skip
-    e.elements.append(Element(
-        "dx", index, "dy * mask * scale",
-        [f"{num(dy[index])} * {int(kept[index])} * {num(scale)}"], dy[index] * multiplier,
-        dx[index],
-    ))  # fmt: skip
-    return e
-
-
-@explainer("cross_entropy")
-def explain_cross_entropy(input=(2, 4), label_smoothing=0.0, seed=0, at=None) -> Explanation:
-    """Mean softmax cross-entropy over N rows of K logits (``F.cross_entropy``)."""
-    shape = tuple(int(s) for s in input)
-    if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"--input must be N x K (rows x classes) with sizes >= 1, got {shape}")
-    N, K = shape
-    rng = np.random.default_rng(seed)
-    logits, target = values(rng, shape, 2.0), rng.integers(0, K, N)
-    loss, cache = ref_loss.cross_entropy_forward(logits, target, label_smoothing)
-    dloss = 1.0
-    dlogits = ref_loss.cross_entropy_backward(dloss, cache)
-
-    def torch_ce(F, logits):
-        return F.cross_entropy(
-            logits, logits.new_tensor(target).long(), label_smoothing=label_smoothing
-        )
-
-    theirs = torch_results(torch_ce, {"logits": logits}, np.asarray(dloss))
-    e = Explanation("cross_entropy", dict(input=shape, label_smoothing=label_smoothing, seed=seed),
-                    inputs={"logits": logits, "target": target, "dy": np.asarray(dloss)})  # fmt: skip
-    eps = label_smoothing
-    e.section(
-        "forward",
-        "log p[n, k] = z[n, k] - m[n] - log sum_j exp(z[n, j] - m[n]),  m[n] = max_j z[n, j] "
-        "(no overflow)",
-        f"q[n, k] = {eps:g} / K + (1 - {eps:g}) [k = target[n]]   (the smoothed target)",
-        "loss = -(1/N) sum_{n, k} q[n, k] log p[n, k]",
-    )
-    e.section(
-        "backward", "dlogits[n, k] = dloss * (p[n, k] - q[n, k]) / N   (softmax minus target)"
-    )
-    e.sources = [
-        Source.of(ref_loss.cross_entropy_forward),
-        Source.of(ref_loss.cross_entropy_backward),
-    ]
-    n, k = output_index(at, shape, (N - 1, int(target[N - 1])))
-    terms, total = [], 0.0
-    for row in range(N):
-        z = logits[row]
-        m = z.max()
-        logp = z - m - np.log(np.exp(z - m).sum())
-        q = np.full(K, eps / K)
-        q[target[row]] += 1 - eps
-        total -= (q * logp).sum() / N
-        terms.append(f"row {row}: target {target[row]}, log p[target] = {num(logp[target[row]])}, "
-                     f"-sum q log p = {num(-(q * logp).sum())}")  # fmt: skip
-    torch_loss = None if theirs is None else float(theirs[0])
-    e.elements.append(Element("loss", (), "mean over the rows of -sum_k q log p", terms, total,
-                              float(loss), torch_loss))  # fmt: skip
-    z = logits[n]
-    p_nk = np.exp(z[k] - z.max()) / np.exp(z - z.max()).sum()
-    q_nk = eps / K + (1 - eps) * (k == target[n])
-    e.elements.append(Element(
-        "dlogits", (n, k), "(p - q) / N",
-        [f"p = softmax(z[{n}])[{k}] = {num(p_nk)}, q = {num(q_nk)}: ({num(p_nk)} - {num(q_nk)}) / {N}"],
-        (p_nk - q_nk) / N * dloss, dlogits[n, k],
-        None if theirs is None else theirs[1]["logits"][n, k],
     ))  # fmt: skip
     return e

@@ -5,12 +5,25 @@ be followed by hand, and a seeded upstream gradient dy), validates the arguments
 layer a user would (so bad arguments get the layer's own errors), runs the reference op forward
 and backward, and then writes single elements of y and of the gradients out as the equation says,
 each summed here independently and checked against the op's result at that index and torch's.
-One module per family registers its explainers (``_common.explainer``).
+One module per family (``explain/<family>.py``, the op table's family names) registers its
+explainers (``_common.explainer``).
 """
 
 from __future__ import annotations
 
-from . import activations, conv, elementwise, linear, norm, pooling, quantized, resize  # noqa: F401
+from . import (  # noqa: F401  (each family's module registers its explainers)
+    activations,
+    batchnorm,
+    conv,
+    dropout,
+    elementwise,
+    linear,
+    loss,
+    pad,
+    pooling,
+    quantized,
+    upsample,
+)
 from ._common import EXPLAINERS
 from .core import Explanation
 

@@ -3,7 +3,7 @@ SiLU (swish).
 
 Each op is ``<op>_forward(x) -> (y, cache)`` and ``<op>_backward(dy, cache) -> dx``; x, y, dy and
 dx share one shape (any) and dtype (float32 or float64). At the kinks the gradient follows torch:
-the derivative is taken as 0 at the boundary points themselves (see docs/activations_and_loss.md).
+the derivative is taken as 0 at the boundary points themselves (see docs/activations.md).
 The piecewise-linear ops cache a bool mask of x's shape: where their slope is nonzero.
 """
 

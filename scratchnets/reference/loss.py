@@ -6,7 +6,7 @@ logp = z - logsumexp(z) and the smoothed target distribution q_ik = (1 - eps) [k
     loss = mean_i sum_k -q_ik * logp_ik = mean_i [(1 - eps) * nll_i + eps * mean_k(-logp_ik)]
     dloss/dz = (softmax(z) - q) / N
 
-Derivation and the log-sum-exp shift: docs/activations_and_loss.md.
+Derivation and the log-sum-exp shift: docs/loss.md.
 """
 
 from __future__ import annotations
