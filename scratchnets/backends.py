@@ -59,8 +59,7 @@ def _family(family: str, cost: str, *names: str) -> list[Op]:
 
 
 OP_TABLE: tuple[Op, ...] = (
-    Op("conv2d", "conv", "mult_adds",
-       fused=("conv2d_bias_act_forward", "conv2d_bias_act_checked", "conv_prepare")),
+    Op("conv2d", "conv", "mult_adds", fused=("conv2d_bias_act_forward", "conv2d_bias_act_checked")),
     Op("pad2d", "pad", "data"),
     Op("batch_norm2d", "batchnorm", "batch_norm"),
     *_family("activations", "activation",

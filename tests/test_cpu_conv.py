@@ -72,7 +72,7 @@ def kind_of(case: ConvCase) -> str:
 
 def geometry_of(case: ConvCase):
     x, w, b, _ = make_inputs(case, np.float64)
-    return cpu_conv._prepare(x, w, b, case.stride, case.padding, case.dilation, case.groups)[3]
+    return cpu_conv.prepare_conv(x, w, b, case.stride, case.padding, case.dilation, case.groups)[3]
 
 
 @contextmanager

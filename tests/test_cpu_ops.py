@@ -33,7 +33,7 @@ import scratchnets as sn
 from scratchnets import reference as ref
 from scratchnets.kernels import cpu
 from scratchnets.models.fuse import fold_bn
-from scratchnets.reference._padding import pair
+from scratchnets.reference.windows import pair
 from tests.helpers import (
     LAYOUTS,
     assert_close_f32,

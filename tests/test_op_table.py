@@ -68,5 +68,22 @@ def test_every_public_module_of_the_reference_is_a_family_of_the_table():
     """No op family outside the table (the uint8 family, reference/quantized.py with its
     fixed_point.py helpers, is the integer path's, listed in explain's QUANTIZED ops)."""
     modules = {p.stem for p in (ROOT / "scratchnets" / "reference").glob("*.py")}
-    public = {m for m in modules if not m.startswith("_")} - {"quantized", "fixed_point"}
+    helpers = {"quantized", "fixed_point", "checks", "windows"}  # shared checks and geometry
+    public = {m for m in modules if not m.startswith("_")} - helpers
     assert public == set(FAMILIES)
+
+
+def test_kernels_import_no_private_name_of_the_reference():
+    """The cpu and cuda kernels share the reference's checks and geometry through its public
+    names (``prepare_conv``, ``conv_geometry``, ``prepare_pool``, ``checks.check_dy``, ...)."""
+    import ast
+
+    private = []
+    for path in sorted((ROOT / "scratchnets" / "kernels").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "scratchnets.reference"
+            ):
+                parts = node.module.split(".") + [alias.name for alias in node.names]
+                private += [f"{path.name}: {node.module}.{p}" for p in parts if p.startswith("_")]
+    assert not private, private

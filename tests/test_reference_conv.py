@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratchnets.reference._padding import normalize_padding, pair
 from scratchnets.reference.conv import (
     conv2d_backward,
     conv2d_backward_loops,
     conv2d_forward,
     conv2d_forward_loops,
 )
+from scratchnets.reference.windows import normalize_padding, pair
 from tests.helpers import (
     LAYOUTS,
     assert_close_f32,

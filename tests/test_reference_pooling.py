@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratchnets.reference._padding import pair
 from scratchnets.reference.pooling import (
     avg_pool2d_backward,
     avg_pool2d_forward,
@@ -26,6 +25,7 @@ from scratchnets.reference.pooling import (
     max_pool2d_forward,
     pool_output_size,
 )
+from scratchnets.reference.windows import pair
 from tests.helpers import (
     LAYOUTS,
     assert_close_f32,

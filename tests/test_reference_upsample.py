@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratchnets.reference._padding import pair
 from scratchnets.reference.upsample import (
     nearest_source_index,
     upsample_bilinear2d_backward,
@@ -23,6 +22,7 @@ from scratchnets.reference.upsample import (
     upsample_nearest2d_backward,
     upsample_nearest2d_forward,
 )
+from scratchnets.reference.windows import pair
 from tests.helpers import (
     LAYOUTS,
     assert_close_f32,

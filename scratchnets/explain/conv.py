@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import nn
 from ..reference import conv as ref_conv
-from ..reference._padding import normalize_padding, pair
+from ..reference.windows import pair
 from ._common import (
     counted,
     explainer,
@@ -65,8 +65,9 @@ def explain_conv2d(
     layer = nn.Conv2d(
         C_in, out_channels, kernel, stride, padding, dilation, groups, bias, dtype=np.float64
     )  # built first: bad arguments get the layer's own errors
-    (kh, kw), (sh, sw) = pair(kernel, "kernel"), pair(stride, "stride")
-    pads, (dh, dw) = normalize_padding(padding), pair(dilation, "dilation")
+    w_shape = (out_channels, C_in // groups, *pair(kernel, "kernel"))
+    g = ref_conv.conv_geometry((N, C_in, H, W), w_shape, stride, padding, dilation, groups)
+    (kh, kw), (sh, sw), (dh, dw), pads = g.kernel, g.stride, g.dilation, g.pads
     top, bottom, left, right = pads
     ph, pw = top, left  # the offsets of the first window
     C_out, Cg, Mg = out_channels, C_in // groups, out_channels // groups

@@ -11,8 +11,8 @@ import numpy as np
 
 from ..reference import fixed_point as fp
 from ..reference import quantized as ref_q
-from ..reference._padding import normalize_padding, pair
 from ..reference.conv import conv2d_forward
+from ..reference.windows import normalize_padding, pair
 from ._common import explainer, nchw, output_index, window_count_lines
 from .core import Element, Explanation, Source, index_text, num
 

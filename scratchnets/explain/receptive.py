@@ -29,10 +29,11 @@ import numpy as np
 from ..backends import OPS, exported_names
 from ..profile import meta
 from ..profile.summary import ForwardSwap
-from ..reference._padding import normalize_padding, pair
+from ..reference.conv import conv_geometry
 from ..reference.pad import OUTSIDE, pad_source_index
 from ..reference.pooling import adaptive_output_size, adaptive_windows, pool_geometry
 from ..reference.upsample import bilinear_taps, nearest_source_index
+from ..reference.windows import normalize_padding, pair
 
 
 @dataclass(frozen=True)
@@ -115,13 +116,12 @@ def _like(x, shape, rows: Axis, cols: Axis):
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-    y, _ = meta.conv2d_forward(x, w, b, stride, padding, dilation, groups)
-    (kh, kw), (sh, sw), (dh, dw) = w.shape[2:], pair(stride, "stride"), pair(dilation, "dilation")
-    OH, OW = y.shape[2:]
-    top, _, left, _ = normalize_padding(padding)  # the layers turn "same" into numbers
+    g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    (kh, kw), (sh, sw), (dh, dw), (top, _, left, _) = g.kernel, g.stride, g.dilation, g.pads
+    OH, OW = g.out_hw
     rows = x.rows.windows(np.arange(OH) * sh - top, kh, dh, sh)
     cols = x.cols.windows(np.arange(OW) * sw - left, kw, dw, sw)
-    return _like(x, y.shape, rows, cols)
+    return _like(x, g.out_shape, rows, cols)
 
 
 def _pool(x, kernel_size, stride, padding, dilation=1, ceil_mode=False):

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import nn
 from ..reference import upsample as ref_up
-from ..reference._padding import pair
+from ..reference.windows import pair
 from ._common import explainer, gather_explanation, nchw, torch_results, values
 from .core import Explanation, Source
 

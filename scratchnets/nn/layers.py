@@ -3,7 +3,9 @@
 Each forward checks its input, calls ``scratchnets.functional.<op>_forward(..., backend=self.backend)``
 and keeps the op's cache; each backward calls ``<op>_backward`` on that cache, adds the parameter
 gradients to ``.grad`` and returns dx. The math lives in ``scratchnets.reference`` (see each op's
-docstring); this file is only wiring, argument handling and torch's defaults.
+docstring); this file is the wiring, argument handling and torch's defaults, plus Conv2d's
+inference path (a conv with a BN / activation absorbed by the eval fast path runs the backend's
+fused kernel where it has one, with the checked geometry cached per input shape).
 
 Layers with parameters take ``rng`` (a NumPy Generator used by the initialisation; default a fresh
 ``default_rng()``) and ``dtype`` (float32 by default) as keyword arguments.
@@ -20,6 +22,7 @@ from .. import functional as F
 from ..arrays import to_numpy
 from ..backends import get_backend
 from ..reference.batchnorm import eval_scale_shift
+from ..reference.conv import prepare_conv
 from ..reference.pooling import adaptive_output_size, divisor_rule
 from . import init
 from .module import Module, Parameter, as_float_dtype
@@ -140,7 +143,11 @@ class _AcceptsUnbatched:
 class Conv2d(_AcceptsUnbatched, Module):
     """2-D convolution (cross-correlation), ``torch.nn.Conv2d``.
 
-    y[n, o, p, q] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * xpad[n, c, p*sh + i*dh, q*sw + j*dw]
+    y[n, o, p, q] = b[o] + sum_{c in group g of o, i, j} w[o, c - g*Cg, i, j]
+                                                      * xpad[n, c, p*sh + i*dh, q*sw + j*dw]
+
+    (c the input channel, ``Cg = C_in / groups``: the weight's second index counts the channels
+    within the group).
 
     Shapes: x (N, C_in, H, W), weight (C_out, C_in / groups, kh, kw), bias (C_out,),
     y (N, C_out, OH, OW). ``padding``: int, (ph, pw), (top, bottom, left, right), "valid" or
@@ -269,7 +276,7 @@ class Conv2d(_AcceptsUnbatched, Module):
             key = (x.shape, x.dtype, args["padding"])
             cached = self.__dict__.get("_fused_geometry")
             if cached is None or cached[0] != key:
-                x, _, _, g = ops.conv_prepare(x, self.weight.data, b, **args)
+                x, _, _, g = prepare_conv(x, self.weight.data, b, **args)
                 self.__dict__["_fused_geometry"] = cached = (key, g)
             return ops.conv2d_bias_act_checked(
                 x, self.weight.data, b, cached[1], self.fused_activation, scale

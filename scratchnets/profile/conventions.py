@@ -162,28 +162,3 @@ def count_params(model: Module, convention: str) -> int:
             f"unknown parameter convention {convention!r}; expected one of {sorted(CONVENTIONS)}"
         )
     return CONVENTIONS[convention](model)
-
-
-def weights_only(model: Module) -> int:
-    """[V1]: conv + FC weights only."""
-    return count_params(model, "weights")
-
-
-def slim_v2(model: Module) -> int:
-    """[slim-V2]: conv + FC weights and biases, no BN (build the model with 1001 classes)."""
-    return count_params(model, "slim")
-
-
-def slim_v1(model: Module) -> int:
-    """[slim-V1]: weights + biases + BN beta + moving mean/var (build with 1001 classes)."""
-    return count_params(model, "slim_v1")
-
-
-def trainable(model: Module) -> int:
-    """torchvision / timm: every parameter, BN gamma and beta included."""
-    return count_params(model, "trainable")
-
-
-def keras_total(model: Module) -> int:
-    """Keras "Total params": trainable + the BN moving mean and variance."""
-    return count_params(model, "keras")

@@ -24,9 +24,10 @@ import numpy as np
 
 from ..arrays import FLOAT_DTYPES
 from ..backends import OPS, exported_names
-from ..reference._padding import conv_output_size, normalize_padding, pair
+from ..reference.conv import conv_geometry
 from ..reference.pad import check_pad
 from ..reference.pooling import adaptive_output_size, pool_geometry
+from ..reference.windows import pair
 
 Shape = tuple[int, ...]
 
@@ -105,37 +106,14 @@ def _no_backward(op: str):
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-    """Shape of ``F.conv2d``: x (N, C_in, H, W), w (C_out, C_in/groups, kh, kw) -> (N, C_out, OH, OW)
-
-    with ``OH = floor((H + top + bottom - dilation*(kh-1) - 1) / stride) + 1`` (likewise OW).
-    """
-    N, C_in, H, W = _nchw(x, "conv2d")
-    w_shape = _shape(w, "w")
-    if len(w_shape) != 4:
-        raise ValueError(f"conv2d expects w of shape (C_out, C_in/groups, kh, kw), got {w_shape}")
-    C_out, Cg, kh, kw = w_shape
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
-    if C_in != Cg * groups or C_out % groups:
-        raise ValueError(
-            f"conv2d: x of shape {(N, C_in, H, W)} and w of shape {w_shape} do not fit "
-            f"groups={groups} (need C_in = {Cg} * {groups} and C_out divisible by {groups})"
-        )
-    if b is not None and _shape(b, "b") != (C_out,):
-        raise ValueError(f"conv2d: b must have shape ({C_out},), got {_shape(b, 'b')}")
-    (sh, sw), (dh, dw) = pair(stride, "stride", minimum=1), pair(dilation, "dilation", minimum=1)
-    top, bottom, left, right = normalize_padding(padding)
-    OH = conv_output_size(H, kh, sh, top, bottom, dh)
-    OW = conv_output_size(W, kw, sw, left, right, dw)
-    if OH < 1 or OW < 1:
-        raise ValueError(
-            f"conv2d: kernel {(kh, kw)} with dilation {(dh, dw)} does not fit x of shape "
-            f"{(N, C_in, H, W)} padded by (top, bottom, left, right) = {(top, bottom, left, right)}"
-        )
-    record = OpRecord(
-        "conv2d", ((N, C_in, H, W),), (N, C_out, OH, OW), w_shape, int(groups), b is not None,
-        weight_id=id(w),
-    )  # fmt: skip
+    """Shape of ``F.conv2d``: x (N, C_in, H, W), w (C_out, C_in/groups, kh, kw) -> (N, C_out, OH, OW),
+    from ``reference.conv.conv_geometry`` (the checks and output sizes every backend uses)."""
+    x_shape, w_shape = _nchw(x, "conv2d"), _shape(w, "w")
+    g = conv_geometry(x_shape, w_shape, stride, padding, dilation, groups)
+    if b is not None and _shape(b, "b") != (g.out_channels,):
+        raise ValueError(f"conv2d: b must have shape ({g.out_channels},), got {_shape(b, 'b')}")
+    record = OpRecord("conv2d", (x_shape,), g.out_shape, w_shape, g.groups, b is not None,
+                      weight_id=id(w))  # fmt: skip
     return _emit(record, x.dtype)
 
 

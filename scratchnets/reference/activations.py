@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import float_array
+from .checks import check_dy, float_array
 
 
 def _masked_backward(dy, mask: np.ndarray, op: str) -> np.ndarray:
     """dx = dy where ``mask`` (bool, x's shape) is True, else 0; a where, not ``dy * mask``."""
-    return np.where(mask, _check_dy(dy, mask.shape, op), 0)
+    return np.where(mask, check_dy(dy, mask.shape, op), 0)
 
 
 def relu_forward(x):
@@ -70,14 +70,7 @@ def sigmoid_forward(x):
 def sigmoid_backward(dy, cache):
     """dx = dy * y * (1 - y) = dy * sigmoid(x) * sigmoid(-x)."""
     y, y_complement = cache
-    return _check_dy(dy, y.shape, "sigmoid") * y * y_complement
-
-
-def _check_dy(dy, shape, op: str) -> np.ndarray:
-    dy = float_array(dy, "dy")
-    if dy.shape != shape:
-        raise ValueError(f"{op}_backward: dy has shape {dy.shape}, y had {shape}")
-    return dy
+    return check_dy(dy, y.shape, "sigmoid") * y * y_complement
 
 
 def hard_swish_forward(x):
@@ -97,7 +90,7 @@ def hard_swish_backward(dy, cache):
     kinks take the outer pieces' values. A NaN x takes the last branch (dy), as torch.
     """
     x = cache
-    dy = _check_dy(dy, x.shape, "hard_swish")
+    dy = check_dy(dy, x.shape, "hard_swish")
     middle = dy * (x / 3 + 0.5)
     return np.where(x <= -3, 0, np.where(x < 3, middle, dy))
 
@@ -113,5 +106,5 @@ def silu_forward(x):
 def silu_backward(dy, cache):
     """dx = dy * d/dx [x s(x)] = dy * (s + x s (1 - s)) = dy * s * (1 + x (1 - s)), s = sigmoid(x)."""
     x, s, s_complement = cache
-    dy = _check_dy(dy, x.shape, "silu")
+    dy = check_dy(dy, x.shape, "silu")
     return dy * s * (1 + x * s_complement)

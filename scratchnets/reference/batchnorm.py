@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import float_array
+from .checks import float_array
 
 #: every axis of NCHW except the channel axis: the axes the statistics reduce over
 _AXES = (0, 2, 3)
@@ -27,7 +27,7 @@ def _per_channel(v: np.ndarray) -> np.ndarray:
     return v.reshape(1, -1, 1, 1)
 
 
-def _channel_vector(v, name: str, channels: int, dtype, in_place: bool = False):
+def channel_vector(v, name: str, channels: int, dtype, in_place: bool = False):
     """Validate a per-channel parameter or buffer of shape (C,); None stays None.
 
     Returns the array cast to ``dtype`` for computing, except buffers updated ``in_place``, which
@@ -90,10 +90,10 @@ def batch_norm2d_forward(
     if x.ndim != 4:
         raise ValueError(f"batch_norm2d expects x of shape (N, C, H, W), got shape {x.shape}")
     n, c, h, w = x.shape
-    gamma = _channel_vector(weight, "weight", c, x.dtype)
-    beta = _channel_vector(bias, "bias", c, x.dtype)
-    running_mean = _channel_vector(running_mean, "running_mean", c, x.dtype, in_place=True)
-    running_var = _channel_vector(running_var, "running_var", c, x.dtype, in_place=True)
+    gamma = channel_vector(weight, "weight", c, x.dtype)
+    beta = channel_vector(bias, "bias", c, x.dtype)
+    running_mean = channel_vector(running_mean, "running_mean", c, x.dtype, in_place=True)
+    running_var = channel_vector(running_var, "running_var", c, x.dtype, in_place=True)
 
     if x.size == 0:  # an empty batch (torch): an empty y, the running statistics untouched
         return x.copy(), (x.copy(), gamma, np.ones(c, x.dtype), False, beta is not None)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import float_array
-from ._padding import (
+from .checks import check_dy, float_array
+from .windows import (
     conv_output_size,
     normalize_padding,
     pad_nchw,
@@ -59,6 +59,10 @@ class ConvGeometry:
     def out_per_group(self) -> int:  # Mg
         return self.out_channels // self.groups
 
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:  # (N, C_out, OH, OW)
+        return (self.batch, self.out_channels, *self.out_hw)
+
 
 @dataclass(frozen=True)
 class ConvCache:
@@ -74,34 +78,35 @@ class ConvCache:
     has_bias: bool
 
 
-def _prepare(x, w, b, stride, padding, dilation, groups):
-    """Validate the arguments and work out the geometry; returns ``(x, w, b, geometry)``."""
-    x, w = float_array(x, "x"), float_array(w, "w")
-    if x.ndim != 4:
-        raise ValueError(f"conv2d expects x of shape (N, C_in, H, W), got shape {x.shape}")
-    if w.ndim != 4:
-        raise ValueError(f"conv2d expects w of shape (C_out, C_in/groups, kh, kw), got {w.shape}")
+def conv_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> ConvGeometry:
+    """The shapes of ``conv2d(x, w, stride=..., padding=..., dilation=..., groups=...)``, checked.
+
+    x (N, C_in, H, W) and w (C_out, C_in/groups, kh, kw) -> y (N, C_out, OH, OW), with
+
+        OH = floor((H + top + bottom - dh*(kh - 1) - 1) / sh) + 1      (likewise OW)
+
+    ``padding`` an int, a pair (ph, pw) or (top, bottom, left, right). Every backend, the
+    counter's meta backend, receptive fields and explain call this one function; ValueError
+    names the shapes when they do not fit.
+    """
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    if len(x_shape) != 4:
+        raise ValueError(f"conv2d expects x of shape (N, C_in, H, W), got shape {x_shape}")
+    if len(w_shape) != 4:
+        raise ValueError(f"conv2d expects w of shape (C_out, C_in/groups, kh, kw), got {w_shape}")
     if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
         raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
-    if x.dtype != w.dtype:
-        raise TypeError(f"conv2d: x is {x.dtype} but w is {w.dtype}; use one float dtype")
-    N, C_in, H, W = x.shape
-    C_out, Cg, kh, kw = w.shape
+    N, C_in, H, W = x_shape
+    C_out, Cg, kh, kw = w_shape
     if C_in != Cg * groups:
         raise ValueError(
-            f"conv2d: x has {C_in} channels (x shape {x.shape}) but w of shape {w.shape} with "
+            f"conv2d: x has {C_in} channels (x shape {x_shape}) but w of shape {w_shape} with "
             f"groups={groups} expects C_in = {Cg} * {groups} = {Cg * groups}"
         )
     if C_out % groups:
         raise ValueError(
-            f"conv2d: C_out = {C_out} (w shape {w.shape}) is not divisible by groups={groups}"
+            f"conv2d: C_out = {C_out} (w shape {w_shape}) is not divisible by groups={groups}"
         )
-    if b is not None:
-        b = float_array(b, "b")
-        if b.shape != (C_out,):
-            raise ValueError(f"conv2d: b must have shape ({C_out},), got {b.shape}")
-        if b.dtype != x.dtype:
-            raise TypeError(f"conv2d: b is {b.dtype} but x and w are {x.dtype}")
     stride = pair(stride, "stride", minimum=1)
     dilation = pair(dilation, "dilation", minimum=1)
     pads = normalize_padding(padding)
@@ -111,9 +116,9 @@ def _prepare(x, w, b, stride, padding, dilation, groups):
     if OH < 1 or OW < 1:
         raise ValueError(
             f"conv2d: kernel {(kh, kw)} with dilation {dilation} does not fit the padded input: "
-            f"x {x.shape} padded by (top, bottom, left, right) = {pads} gives output {(OH, OW)}"
+            f"x {x_shape} padded by (top, bottom, left, right) = {pads} gives output {(OH, OW)}"
         )
-    geometry = ConvGeometry(
+    return ConvGeometry(
         batch=N,
         in_channels=C_in,
         out_channels=C_out,
@@ -125,16 +130,22 @@ def _prepare(x, w, b, stride, padding, dilation, groups):
         padded_hw=(H + top + bottom, W + left + right),
         out_hw=(OH, OW),
     )
+
+
+def prepare_conv(x, w, b, stride, padding, dilation, groups):
+    """Check the arrays (float32 / float64, one dtype, b of shape (C_out,)) and work out their
+    ``conv_geometry``; returns ``(x, w, b, geometry)``."""
+    x, w = float_array(x, "x"), float_array(w, "w")
+    geometry = conv_geometry(np.shape(x), np.shape(w), stride, padding, dilation, groups)
+    if x.dtype != w.dtype:
+        raise TypeError(f"conv2d: x is {x.dtype} but w is {w.dtype}; use one float dtype")
+    if b is not None:
+        b = float_array(b, "b")
+        if b.shape != (geometry.out_channels,):
+            raise ValueError(f"conv2d: b must have shape ({geometry.out_channels},), got {b.shape}")
+        if b.dtype != x.dtype:
+            raise TypeError(f"conv2d: b is {b.dtype} but x and w are {x.dtype}")
     return x, w, b, geometry
-
-
-def _check_dy(dy, cache: ConvCache) -> np.ndarray:
-    g = cache.geometry
-    dy = float_array(dy, "dy").astype(cache.w.dtype, copy=False)
-    expected = (g.batch, g.out_channels, *g.out_hw)
-    if dy.shape != expected:
-        raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, y had shape {expected}")
-    return dy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +192,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
 
     Returns ``(y, cache)``; ``y`` has the dtype of ``x`` (float32 or float64).
     """
-    x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)
+    x, w, b, g = prepare_conv(x, w, b, stride, padding, dilation, groups)
     G, Mg, (OH, OW) = g.groups, g.out_per_group, g.out_hw
     xp = pad_nchw(x, g.pads)  # (N, C_in, Hp, Wp)
     cols = im2col(xp, g)  # (G, N*OH*OW, Cg*kh*kw)
@@ -206,7 +217,7 @@ def conv2d_backward(dy, cache):
     col2im of ``dY @ W`` is the transposed convolution of dy with w (a full correlation with the
     flipped kernel); see docs/conv.md. Shapes: dx like x, dw like w, db (C_out,).
     """
-    dy = _check_dy(dy, cache)
+    dy = check_dy(dy, cache.geometry.out_shape, "conv2d", cache.w.dtype)
     g, cols, w = cache.geometry, cache.saved, cache.w
     G, Mg, (OH, OW) = g.groups, g.out_per_group, g.out_hw
     dy_mat = dy.reshape(g.batch, G, Mg, OH, OW).transpose(1, 0, 3, 4, 2)  # (G, N, OH, OW, Mg)
@@ -249,7 +260,7 @@ def conv2d_forward_loops(x, w, b=None, stride=1, padding=0, dilation=1, groups=1
     the batch and the channels of the group. Same arguments, shapes and result as
     ``conv2d_forward``; the cache holds the padded input instead of im2col columns.
     """
-    x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)
+    x, w, b, g = prepare_conv(x, w, b, stride, padding, dilation, groups)
     xp = pad_nchw(x, g.pads)  # (N, C_in, Hp, Wp)
     y = np.zeros((g.batch, g.out_channels, *g.out_hw), dtype=x.dtype)
     for in_ch, out_ch, p, q, i, j, r, s in _taps(g):
@@ -265,7 +276,7 @@ def conv2d_backward_loops(dy, cache):
     ``dy[n,o,p,q] * w[o,c,i,j]`` to ``dxp[n,c,r,s]`` and ``dy[n,o,p,q] * xp[n,c,r,s]`` to
     ``dw[o,c,i,j]``. Returns ``(dx, dw, db or None)``.
     """
-    dy = _check_dy(dy, cache)
+    dy = check_dy(dy, cache.geometry.out_shape, "conv2d", cache.w.dtype)
     g, xp, w = cache.geometry, cache.saved, cache.w
     dxp = np.zeros(xp.shape, dtype=w.dtype)  # (N, C_in, Hp, Wp)
     dw = np.zeros(w.shape, dtype=w.dtype)  # (C_out, Cg, kh, kw)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import float_array
+from .checks import float_array
 
 
-def _check_p(p) -> float:
+def check_p(p) -> float:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
     return float(p)
@@ -23,7 +23,7 @@ def dropout_mask(shape, p, seed=None) -> np.ndarray:
 
     ``mask = np.random.default_rng(seed).random(shape) >= p``; ``seed=None`` draws fresh entropy.
     """
-    p = _check_p(p)
+    p = check_p(p)
     return np.random.default_rng(seed).random(shape) >= p
 
 
@@ -33,7 +33,7 @@ def dropout_forward(x, p=0.5, training=True, seed=None):
     ``x`` any shape, float32 or float64; ``y`` same shape and dtype. Returns ``(y, cache)``.
     """
     x = float_array(x, "x")
-    p = _check_p(p)
+    p = check_p(p)
     if not training or p == 0.0:
         return x.copy(), None  # identity: the cache None means dx = dy
     mask = dropout_mask(x.shape, p, seed)  # bool, x's shape

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import float_array
+from .checks import check_dy, float_array
 
 
-def _broadcast_pair(a, b, op: str):
+def broadcast_pair(a, b, op: str):
     a, b = float_array(a, "a"), float_array(b, "b")
     if a.dtype != b.dtype:
         raise TypeError(f"{op}: a and b must share one dtype, got {a.dtype} and {b.dtype}")
@@ -38,16 +38,9 @@ def sum_to_shape(g: np.ndarray, shape: tuple) -> np.ndarray:
     return g.sum(axis=ones, keepdims=True) if ones else g
 
 
-def _check_dy(dy, y_shape, op: str) -> np.ndarray:
-    dy = float_array(dy, "dy")
-    if dy.shape != y_shape:
-        raise ValueError(f"{op}_backward: dy has shape {dy.shape}, y had {y_shape}")
-    return dy
-
-
 def add_forward(a, b):
     """y = a + b with NumPy broadcasting (like ``torch.add``). Returns ``(y, cache)``."""
-    a, b = _broadcast_pair(a, b, "add")
+    a, b = broadcast_pair(a, b, "add")
     y = a + b
     return y, (a.shape, b.shape, y.shape)
 
@@ -55,13 +48,13 @@ def add_forward(a, b):
 def add_backward(dy, cache):
     """(da, db) = (dy, dy), each summed to its input's shape. A residual splits dy into both paths."""
     a_shape, b_shape, y_shape = cache
-    dy = _check_dy(dy, y_shape, "add")
+    dy = check_dy(dy, y_shape, "add")
     return sum_to_shape(dy, a_shape), sum_to_shape(dy, b_shape)
 
 
 def mul_forward(a, b):
     """y = a * b with NumPy broadcasting (like ``torch.mul``). Returns ``(y, cache)``."""
-    a, b = _broadcast_pair(a, b, "mul")
+    a, b = broadcast_pair(a, b, "mul")
     return a * b, (a, b)
 
 
@@ -71,11 +64,11 @@ def mul_backward(dy, cache):
     For a gate s (N, C, 1, 1) times features f (N, C, H, W): ds = sum_{h,w} dy * f.
     """
     a, b = cache
-    dy = _check_dy(dy, np.broadcast_shapes(a.shape, b.shape), "mul")
+    dy = check_dy(dy, np.broadcast_shapes(a.shape, b.shape), "mul")
     return sum_to_shape(dy * b, a.shape), sum_to_shape(dy * a, b.shape)
 
 
-def _normalise_axis(axis: int, ndim: int, op: str) -> int:
+def normalise_axis(axis: int, ndim: int, op: str) -> int:
     if not -ndim <= axis < ndim:
         raise ValueError(f"{op}: axis {axis} is out of range for an array of {ndim} dimensions")
     return axis % ndim
@@ -91,7 +84,7 @@ def concat_forward(xs, axis=1):
         raise ValueError("concat needs at least one array")
     if len({x.dtype for x in xs}) != 1:
         raise TypeError(f"concat: inputs must share one dtype, got {[str(x.dtype) for x in xs]}")
-    axis = _normalise_axis(axis, xs[0].ndim, "concat")
+    axis = normalise_axis(axis, xs[0].ndim, "concat")
     shapes = [x.shape for x in xs]
     if len({len(s) for s in shapes}) != 1 or len({s[:axis] + s[axis + 1 :] for s in shapes}) != 1:
         raise ValueError(f"concat along axis {axis}: shapes {shapes} differ in other dimensions")
@@ -103,7 +96,7 @@ def concat_forward(xs, axis=1):
 def concat_backward(dy, cache):
     """Tuple of dx, one per input: dy cut back into the pieces along the concat axis."""
     axis, sizes, y_shape = cache
-    dy = _check_dy(dy, y_shape, "concat")
+    dy = check_dy(dy, y_shape, "concat")
     bounds = np.cumsum(sizes)[:-1]  # split points between consecutive inputs
     return tuple(piece.copy() for piece in np.split(dy, bounds, axis=axis))
 
@@ -119,7 +112,7 @@ def slice_forward(x, start, stop, axis=1):
     Like ``torch.narrow(x, axis, start, stop - start)``. Returns ``(y, cache)``.
     """
     x = float_array(x, "x")
-    axis = _normalise_axis(axis, x.ndim, "slice")
+    axis = normalise_axis(axis, x.ndim, "slice")
     if not 0 <= start <= stop <= x.shape[axis]:
         raise ValueError(
             f"slice: need 0 <= start <= stop <= {x.shape[axis]} along axis {axis} of x with "
@@ -133,7 +126,7 @@ def slice_forward(x, start, stop, axis=1):
 def slice_backward(dy, cache):
     """dx: dy placed at start:stop along the axis, zeros elsewhere (the dropped part gets no gradient)."""
     x_shape, index, y_shape = cache
-    dy = _check_dy(dy, y_shape, "slice")
+    dy = check_dy(dy, y_shape, "slice")
     dx = np.zeros(x_shape, dtype=dy.dtype)
     dx[index] = dy
     return dx

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._checks import float_array
+from .checks import float_array
 
 
 def linear_forward(x, w, b=None):

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import float_array
+from .checks import float_array
 
 
-def _check_target(target, n: int, k: int) -> np.ndarray:
+def check_target(target, n: int, k: int) -> np.ndarray:
     target = np.asarray(target)
     if not np.issubdtype(target.dtype, np.integer):
         raise TypeError(
@@ -57,7 +57,7 @@ def cross_entropy_forward(logits, target, label_smoothing=0.0):
             f"cross_entropy expects logits of shape (N, K) with N >= 1, got {logits.shape}"
         )
     n, k = logits.shape
-    target = _check_target(target, n, k)
+    target = check_target(target, n, k)
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")

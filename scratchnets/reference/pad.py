@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import float_array
-from ._padding import normalize_padding
+from .checks import float_array
+from .windows import normalize_padding
 
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 

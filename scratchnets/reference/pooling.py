@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import float_array
-from ._padding import (
+from .checks import check_dy, float_array
+from .windows import (
     conv_output_size,
     pad_nchw,
     pair,
@@ -150,20 +150,12 @@ def pool_geometry(
     return geometry
 
 
-def _pool_geometry(x, kernel_size, stride, padding, name: str, dilation=1, ceil_mode=False):
+def prepare_pool(x, kernel_size, stride, padding, name: str, dilation=1, ceil_mode=False):
     """``(x, geometry)``: x checked as a float (N, C, H, W) array, then ``pool_geometry``."""
     x = float_array(x, "x")
     if x.ndim != 4:
         raise ValueError(f"{name} expects x of shape (N, C, H, W), got shape {x.shape}")
     return x, pool_geometry(x.shape, kernel_size, stride, padding, name, dilation, ceil_mode)
-
-
-def _check_dy(dy, expected_shape: tuple, dtype, name: str) -> np.ndarray:
-    """``dy`` in the forward's dtype, after checking that it has the shape of ``y``."""
-    dy = float_array(dy, "dy").astype(dtype, copy=False)
-    if dy.shape != tuple(expected_shape):
-        raise ValueError(f"{name}: dy has shape {dy.shape}, y had shape {tuple(expected_shape)}")
-    return dy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +175,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     to the FIRST maximum; a window holding NaN gives y = NaN and routes dy to its LAST NaN.
     Returns ``(y, cache)``.
     """
-    x, g = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d", dilation, ceil_mode)
+    x, g = prepare_pool(x, kernel_size, stride, padding, "max_pool2d", dilation, ceil_mode)
     (N, C, _, _), (OH, OW), (kh, kw) = g.in_shape, g.out_hw, g.kernel
     xp = pad_nchw(x, g.pads, value=-np.inf)  # (N, C, Hp, Wp)
     flat = g.windows(xp).reshape(N, C, OH, OW, kh * kw)  # window cells in scan order
@@ -202,7 +194,7 @@ def max_pool2d_backward(dy, cache):
     """dx[n, c, h, w] = sum of dy[n, c, p, q] over the windows (p, q) whose first maximum is
     the pixel (h, w). Shapes: ``dy`` (N, C, OH, OW) -> ``dx`` (N, C, H, W).
     """
-    dy = _check_dy(dy, cache.geometry.out_shape, cache.dtype, "max_pool2d_backward")
+    dy = check_dy(dy, cache.geometry.out_shape, "max_pool2d", cache.dtype)
     g, argmax = cache.geometry, cache.saved
     kh, kw = g.kernel
     routed = np.zeros((*dy.shape, kh * kw), dtype=dy.dtype)  # (N, C, OH, OW, kh*kw)
@@ -263,7 +255,7 @@ def avg_pool2d_forward(
     (``divisor_rule``). Shapes: ``x`` (N, C, H, W) -> ``y`` (N, C, OH, OW), ``OH`` by
     ``pool_output_size``. Returns ``(y, cache)``.
     """
-    x, g = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d", ceil_mode=ceil_mode)
+    x, g = prepare_pool(x, kernel_size, stride, padding, "avg_pool2d", ceil_mode=ceil_mode)
     fixed, grow = divisor_rule(g.padding, count_include_pad, divisor_override)
     if fixed:
         divisor = np.full(g.out_hw, fixed, dtype=x.dtype)  # (OH, OW)
@@ -280,7 +272,7 @@ def avg_pool2d_backward(dy, cache):
     Every cell of a window receives the same share; shares that land on padding are dropped.
     Shapes: ``dy`` (N, C, OH, OW) -> ``dx`` (N, C, H, W).
     """
-    dy = _check_dy(dy, cache.geometry.out_shape, cache.dtype, "avg_pool2d_backward")
+    dy = check_dy(dy, cache.geometry.out_shape, "avg_pool2d", cache.dtype)
     g, divisor = cache.geometry, cache.saved
     share = dy / divisor  # (N, C, OH, OW)
     spread = np.broadcast_to(share[..., None, None], (*share.shape, *g.kernel))  # one per cell
@@ -307,7 +299,7 @@ def global_avg_pool2d_backward(dy, cache):
     """dx[n, c, h, w] = dy[n, c, 0, 0] / (H*W). Shapes: (N, C, 1, 1) -> (N, C, H, W)."""
     in_shape, dtype = cache
     N, C, H, W = in_shape
-    dy = _check_dy(dy, (N, C, 1, 1), dtype, "global_avg_pool2d_backward")
+    dy = check_dy(dy, (N, C, 1, 1), "global_avg_pool2d", dtype)
     return np.broadcast_to(dy / (H * W), in_shape).copy()  # every pixel gets an equal share
 
 
@@ -342,7 +334,7 @@ class AdaptiveCache:
     argmax: np.ndarray | None = None  # max: flat input index h * W + w of each output's winner
 
 
-def _adaptive_setup(x, output_size, name: str):
+def prepare_adaptive_pool(x, output_size, name: str):
     x = float_array(x, "x")
     if x.ndim != 4:
         raise ValueError(f"{name} expects x of shape (N, C, H, W), got shape {x.shape}")
@@ -356,7 +348,7 @@ def adaptive_avg_pool2d_forward(x, output_size):
     """y[n, c, p, q] = mean of x[n, c, h0(p):h1(p), w0(q):w1(q)] with torch's windows
     (``adaptive_windows``); like ``F.adaptive_avg_pool2d``. ``output_size``: int or (OH, OW),
     None keeping that axis. Shapes: (N, C, H, W) -> (N, C, OH, OW). Returns ``(y, cache)``."""
-    x, (r0, r1), (c0, c1) = _adaptive_setup(x, output_size, "adaptive_avg_pool2d")
+    x, (r0, r1), (c0, c1) = prepare_adaptive_pool(x, output_size, "adaptive_avg_pool2d")
     y = np.empty((*x.shape[:2], r0.size, c0.size), dtype=x.dtype)
     for p in range(r0.size):
         for q in range(c0.size):
@@ -367,8 +359,7 @@ def adaptive_avg_pool2d_forward(x, output_size):
 def adaptive_avg_pool2d_backward(dy, cache):
     """dx[n, c, h, w] = sum over the windows (p, q) holding (h, w) of dy[n, c, p, q] / area(p, q)."""
     (r0, r1), (c0, c1) = cache.rows, cache.cols
-    dy = _check_dy(dy, (*cache.in_shape[:2], r0.size, c0.size), cache.dtype,
-                   "adaptive_avg_pool2d_backward")  # fmt: skip
+    dy = check_dy(dy, (*cache.in_shape[:2], r0.size, c0.size), "adaptive_avg_pool2d", cache.dtype)
     dx = np.zeros(cache.in_shape, dtype=cache.dtype)
     for p in range(r0.size):
         for q in range(c0.size):
@@ -382,7 +373,7 @@ def adaptive_max_pool2d_forward(x, output_size):
     ``F.adaptive_max_pool2d``. The winner is chosen like ``max_pool2d``'s: the first maximum in
     row-major scan order, or the last NaN. The cache keeps its flat input index ``h * W + w``
     (torch's ``return_indices``). Returns ``(y, cache)``."""
-    x, (r0, r1), (c0, c1) = _adaptive_setup(x, output_size, "adaptive_max_pool2d")
+    x, (r0, r1), (c0, c1) = prepare_adaptive_pool(x, output_size, "adaptive_max_pool2d")
     N, C, H, W = x.shape
     y = np.empty((N, C, r0.size, c0.size), dtype=x.dtype)
     argmax = np.empty(y.shape, dtype=np.int64)
@@ -404,7 +395,7 @@ def adaptive_max_pool2d_backward(dy, cache):
     """dx[n, c, h, w] = sum of dy[n, c, p, q] over the outputs whose winner is (h, w)."""
     (r0, _), (c0, _) = cache.rows, cache.cols
     N, C, H, W = cache.in_shape
-    dy = _check_dy(dy, (N, C, r0.size, c0.size), cache.dtype, "adaptive_max_pool2d_backward")
+    dy = check_dy(dy, (N, C, r0.size, c0.size), "adaptive_max_pool2d", cache.dtype)
     dx = np.zeros((N, C, H * W), dtype=cache.dtype)
     n, c = np.arange(N)[:, None, None, None], np.arange(C)[None, :, None, None]
     np.add.at(dx, (n, c, cache.argmax), dy)  # dx[n, c, argmax[n, c, p, q]] += dy[n, c, p, q]

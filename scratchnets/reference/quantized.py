@@ -28,7 +28,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._padding import conv_output_size, normalize_padding, pad_nchw, pair, sliding_windows
 from .conv import conv2d_forward
 from .fixed_point import (
     exp_on_negative_values,
@@ -39,6 +38,7 @@ from .fixed_point import (
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
+from .windows import conv_output_size, normalize_padding, pad_nchw, pair, sliding_windows
 
 UINT8_MIN, UINT8_MAX = 0, 255
 
@@ -50,7 +50,7 @@ class QuantParams(NamedTuple):
     zero_point: int
 
 
-def _uint8(q, name: str) -> np.ndarray:
+def uint8_array(q, name: str) -> np.ndarray:
     q = np.asarray(q)
     if q.dtype != np.uint8:
         raise TypeError(f"{name} must be a uint8 array, got dtype {q.dtype}")
@@ -104,7 +104,7 @@ def quantized_conv2d(
     ``(x - Z1)(w - Z2)`` is an integer below 2^16 and every partial sum stays far below 2^53,
     so float64 adds them exactly, in any order a GEMM chooses.
     """
-    x, w = _uint8(x, "x"), _uint8(w, "w")
+    x, w = uint8_array(x, "x"), uint8_array(w, "w")
     centred_x = x.astype(np.float64) - x_q.zero_point  # (N, C_in, H, W): x - Z1
     centred_w = w.astype(np.float64) - w_q.zero_point  # (C_out, C_in / groups, kh, kw): w - Z2
     products, _ = conv2d_forward(centred_x, centred_w, None, stride, padding, 1, groups)
@@ -128,7 +128,7 @@ def quantized_add(
     (a multiplier <= 1/2), then the sum times ``2 max(S_a, S_b) / (2^20 S_y)``. Three fixed-point
     multiplies, each rounding once (TFLite's ``AddElementwise``).
     """
-    a, b = _uint8(a, "a"), _uint8(b, "b")
+    a, b = uint8_array(a, "a"), uint8_array(b, "b")
     a_multiplier, b_multiplier, out_multiplier = add_multipliers(a_q, b_q, y_q)
 
     def to_common_scale(q, q_params: QuantParams, real_multiplier: float):
@@ -157,7 +157,7 @@ def quantized_avg_pool2d(
     """``y = round(sum of the window's real pixels / their count)``, rounding half up
     (``(sum + count / 2) / count`` in integers); input and output share one quantization, so no
     rescaling. Padded pixels do not count. Shapes: (N, C, H, W) -> (N, C, OH, OW) uint8."""
-    x = _uint8(x, "x")
+    x = uint8_array(x, "x")
     kernel, stride = pair(kernel_size, "kernel_size", 1), pair(stride, "stride", 1)
     pads = normalize_padding(padding)
     top, bottom, left, right = pads
@@ -204,7 +204,7 @@ def quantized_softmax(x, x_q: QuantParams, beta: float, y_q: QuantParams) -> np.
        (31 fractional bits less the 8 of the output), rounded, clamped to 255.
     Differences below ``diff_min`` give exactly 0 and are left out of the sum.
     """
-    x = _uint8(x, "x")
+    x = uint8_array(x, "x")
     if (float(np.float32(y_q.scale)), y_q.zero_point) != (1 / 256, 0):
         raise ValueError(f"a uint8 softmax outputs scale 1/256, zero point 0; got {y_q}")
     m0, left_shift, diff_min = softmax_input_scaling(beta, x_q)

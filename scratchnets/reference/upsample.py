@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import float_array
-from ._padding import pair
+from .checks import float_array
+from .windows import pair
 
 _H, _W = 2, 3  # axes of NCHW
 

@@ -80,7 +80,7 @@ def conv_cases(draw):
     stride = draw(st.sampled_from([1, 2, (1, 2)]))
     dilation = draw(st.sampled_from([1, 2]))
     padding = draw(st.sampled_from([0, 1, (1, 0), (0, 1, 1, 0)]))
-    pads = R._padding.normalize_padding(padding)
+    pads = R.windows.normalize_padding(padding)
     span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
     assume(h + pads[0] + pads[1] >= span_h and w + pads[2] + pads[3] >= span_w)
     return dict(
@@ -113,7 +113,7 @@ def run_conv(case):
     dx, dw, db = K.conv2d_backward(dy, cache)
     dx_ref, dw_ref, db_ref = R.conv2d_backward(dy, cache_ref)
 
-    top, bottom, left, right = R._padding.normalize_padding(case["padding"])
+    top, bottom, left, right = R.windows.normalize_padding(case["padding"])
     xt, wt = t(x, True), t(w, True)
     bt = None if b is None else t(b, True)
     yt = TF.conv2d(

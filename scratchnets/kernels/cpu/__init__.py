@@ -40,7 +40,6 @@ from .elementwise import (
 from .fused import (
     conv2d_bias_act_checked,
     conv2d_bias_act_forward,
-    conv_prepare,
 )
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from scratchnets.reference._checks import float_array
+from scratchnets.reference.checks import float_array
 
 
 def kernel_array(a, name: str, dtype=None) -> np.ndarray:

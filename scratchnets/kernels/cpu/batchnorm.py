@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from scratchnets.reference.batchnorm import _channel_vector
+from scratchnets.reference.batchnorm import channel_vector
 
 from ._common import check_shape, kernel_array
 
@@ -127,10 +127,10 @@ def batch_norm2d_forward(
     if x.ndim != 4:
         raise ValueError(f"batch_norm2d expects x of shape (N, C, H, W), got shape {x.shape}")
     n, c, h, w = x.shape
-    gamma = _channel_vector(weight, "weight", c, np.float64)
-    beta = _channel_vector(bias, "bias", c, np.float64)
-    running_mean = _channel_vector(running_mean, "running_mean", c, None, in_place=True)
-    running_var = _channel_vector(running_var, "running_var", c, None, in_place=True)
+    gamma = channel_vector(weight, "weight", c, np.float64)
+    beta = channel_vector(bias, "bias", c, np.float64)
+    running_mean = channel_vector(running_mean, "running_mean", c, None, in_place=True)
+    running_var = channel_vector(running_var, "running_var", c, None, in_place=True)
     x3 = x.reshape(n, c, h * w)  # (N, C, L)
 
     if x.size == 0:  # an empty batch (torch): an empty y, the running statistics untouched

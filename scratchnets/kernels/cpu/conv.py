@@ -76,7 +76,8 @@ from functools import lru_cache
 import numpy as np
 from numba import get_num_threads, njit, prange, uint64
 
-from scratchnets.reference.conv import ConvGeometry, _check_dy, _prepare
+from scratchnets.reference.checks import check_dy
+from scratchnets.reference.conv import ConvGeometry, prepare_conv
 
 from ._threads import apply_policy, matmul, sum_of_matmuls
 
@@ -185,17 +186,6 @@ def _copy(src, si, s_step, dst, di, d_step, n):
     else:
         for k in range(n):
             dst[uint64(di + k * d_step)] = src[uint64(si + k * s_step)]
-
-
-@njit(cache=True, inline="always")
-def _add_to(src, si, s_step, dst, di, d_step, n):
-    """dst[di + k*d_step] += src[si + k*s_step] for k < n."""
-    if s_step == 1 and d_step == 1:
-        for k in range(n):
-            dst[uint64(di + k)] += src[uint64(si + k)]
-    else:
-        for k in range(n):
-            dst[uint64(di + k * d_step)] += src[uint64(si + k * s_step)]
 
 
 @njit(cache=True, inline="always")
@@ -950,7 +940,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     ``stride``/``dilation``: int or (h, w); ``padding``: int, (ph, pw) or (top, bottom, left,
     right). float32 or float64 (x, w, b of one dtype). Returns ``(y, cache)``.
     """
-    x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)  # the reference's checks
+    x, w, b, g = prepare_conv(x, w, b, stride, padding, dilation, groups)  # the reference's checks
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     b = None if b is None else np.ascontiguousarray(b)
     kind = conv_kind(g)
@@ -973,7 +963,9 @@ def conv2d_backward(dy, cache: CpuConvCache):
     dx is the transposed convolution of dy with w, dw the correlation of x with dy, and
     ``db[o] = sum_{n,p,q} dy[n, o, p, q]`` (see ``scratchnets.reference.conv``).
     """
-    dy = np.ascontiguousarray(_check_dy(dy, cache))  # shape and dtype checked as in the reference
+    dy = np.ascontiguousarray(
+        check_dy(dy, cache.geometry.out_shape, "conv2d", cache.w.dtype)
+    )  # shape and dtype checked as in the reference
     g, saved, w = cache.geometry, cache.saved, cache.w
     if cache.kind == "depthwise":
         dx, dw = _depthwise_backward(dy, saved, w, g)

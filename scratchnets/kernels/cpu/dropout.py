@@ -11,7 +11,7 @@ a multiplication by 0). Eval mode and p = 0 are the identity, as in the referenc
 
 from __future__ import annotations
 
-from scratchnets.reference.dropout import _check_p, dropout_mask
+from scratchnets.reference.dropout import check_p, dropout_mask
 
 from ._common import check_shape, kernel_array, masked_scale
 
@@ -21,7 +21,7 @@ def dropout_forward(x, p=0.5, training=True, seed=None):
     eval mode or for p = 0, zeros for p = 1. ``x`` any shape; returns ``(y, cache)``.
     """
     x = kernel_array(x, "x")
-    p = _check_p(p)
+    p = check_p(p)
     if not training or p == 0.0:
         return x.copy(), None  # identity: the cache None means dx = dy
     mask = dropout_mask(x.shape, p, seed)  # bool, x's shape, True = kept

@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from scratchnets.reference import elementwise as _reference
+from scratchnets.reference.checks import check_dy
 from scratchnets.reference.elementwise import (
     add_backward,
     add_forward,
@@ -78,7 +79,7 @@ def _gate_backward(dy, features: np.ndarray, gate: np.ndarray):
     """(dfeatures, dgate) of y = features * gate for a per-plane gate, in one kernel pass, in the
     forward's dtype."""
     n, c, h, w = features.shape
-    dy = kernel_array(_reference._check_dy(dy, features.shape, "mul"), "dy", features.dtype)
+    dy = kernel_array(check_dy(dy, features.shape, "mul"), "dy", features.dtype)
     features = np.ascontiguousarray(features)
     dfeatures = np.empty_like(features)
     dgate = np.empty(n * c, dtype=features.dtype)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from scratchnets.reference.conv import _prepare
+from scratchnets.reference.conv import prepare_conv
 
 from .conv import (
     _depthwise_forward,
@@ -22,9 +22,6 @@ from .conv import (
     _pointwise_input,
     conv_kind,
 )
-
-#: the reference's argument checks of a convolution: ``(x, w, b, geometry)``, raising on bad input
-conv_prepare = _prepare
 
 #: the clamp of each activation a conv can absorb: (low, high)
 ACTIVATION_RANGES = {None: (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
@@ -52,13 +49,13 @@ def conv2d_bias_act_forward(
     Arguments as ``conv2d_forward``; returns y only (no cache: there is no backward)."""
     if activation not in ACTIVATION_RANGES:
         raise ValueError(f"activation must be one of {list(ACTIVATION_RANGES)}, got {activation!r}")
-    x, w, b, g = _prepare(x, w, b, stride, padding, dilation, groups)  # the reference's checks
+    x, w, b, g = prepare_conv(x, w, b, stride, padding, dilation, groups)  # the reference's checks
     return conv2d_bias_act_checked(x, w, b, g, activation)
 
 
 def conv2d_bias_act_checked(x, w, b, g, activation, scale=None) -> np.ndarray:
     """``conv2d_bias_act_forward`` for arguments already checked, with their geometry ``g``
-    (``reference.conv._prepare``): what an inference layer calls once it has validated an input
+    (``reference.conv.prepare_conv``): what an inference layer calls once it has validated an input
     shape, skipping the per-call checks (~50 us a layer, a tenth of a small layer's time).
     With ``scale`` (C_out,): ``act(conv2d(x, w) * scale + b)``, an eval-mode BatchNorm applied
     in the same pass (``b`` its shift) instead of folded into a copy of ``w``."""

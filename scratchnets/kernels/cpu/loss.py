@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from scratchnets.reference.loss import _check_target
+from scratchnets.reference.loss import check_target
 
 from ._common import kernel_array
 
@@ -75,7 +75,7 @@ def cross_entropy_forward(logits, target, label_smoothing=0.0):
             f"cross_entropy expects logits of shape (N, K) with N >= 1, got {logits.shape}"
         )
     n, k = logits.shape
-    target = np.ascontiguousarray(_check_target(target, n, k), dtype=np.int64)
+    target = np.ascontiguousarray(check_target(target, n, k), dtype=np.int64)
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")

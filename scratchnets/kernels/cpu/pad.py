@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from scratchnets.reference._checks import float_array
+from scratchnets.reference.checks import float_array
 from scratchnets.reference.pad import (
     OUTSIDE,
     PadCache,

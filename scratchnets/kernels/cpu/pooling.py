@@ -12,7 +12,7 @@ so the backward's scatter-add (overlapping windows add into the same pixel) neve
 is only written by the thread that owns its plane. Max pooling caches, per output, the flat
 index h*W + w of its first maximum (int32), which makes its backward a single routed add.
 
-Argument checks and the output geometry are the reference's (``_pool_geometry``), so both
+Argument checks and the output geometry are the reference's (``prepare_pool``), so both
 backends accept and reject the same arguments. Tie and NaN rules are the reference's: the first
 maximum in row-major scan order wins; a NaN is the maximum and the last NaN gets the gradient
 (torch's rule: a cell wins when greater than the best so far or NaN).
@@ -32,13 +32,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numba import njit, prange
 
+from scratchnets.reference.checks import check_dy
 from scratchnets.reference.pooling import (
     AdaptiveCache,
     PoolGeometry,
-    _adaptive_setup,
-    _check_dy,
-    _pool_geometry,
     divisor_rule,
+    prepare_adaptive_pool,
+    prepare_pool,
 )
 
 from ._common import kernel_array
@@ -187,7 +187,7 @@ class PoolCache:
 
 def _planes(x, kernel_size, stride, padding, name, dilation=1, ceil_mode=False):
     """Validate like the reference; returns (x as C-contiguous (N*C, H, W), geometry, window)."""
-    x, g = _pool_geometry(x, kernel_size, stride, padding, name, dilation, ceil_mode)
+    x, g = prepare_pool(x, kernel_size, stride, padding, name, dilation, ceil_mode)
     x = kernel_array(x, "x")
     n, c, h, w = g.in_shape
     window = (*g.kernel, *g.stride, g.pads[0], g.pads[2])  # kh, kw, sh, sw, top, left
@@ -197,7 +197,7 @@ def _planes(x, kernel_size, stride, padding, name, dilation=1, ceil_mode=False):
 def _dy_planes(dy, cache: PoolCache, name: str) -> np.ndarray:
     """dy checked against y's shape, in the forward's dtype, as (N*C, OH, OW) C-contiguous."""
     g = cache.geometry
-    dy = np.ascontiguousarray(_check_dy(dy, g.out_shape, cache.dtype, name))
+    dy = np.ascontiguousarray(check_dy(dy, g.out_shape, name, cache.dtype))
     return dy.reshape(-1, *g.out_hw)
 
 
@@ -218,7 +218,7 @@ def max_pool2d_backward(dy, cache):
     """dx[n, c, h, w] = sum of dy[n, c, p, q] over the windows whose first maximum is (h, w).
     Shapes: (N, C, OH, OW) -> (N, C, H, W).
     """
-    dy3 = _dy_planes(dy, cache, "max_pool2d_backward")
+    dy3 = _dy_planes(dy, cache, "max_pool2d")
     n, c, h, w = cache.geometry.in_shape
     dx = np.zeros((n * c, h * w), dtype=cache.dtype)
     _max_pool_backward_kernel(dy3.reshape(n * c, -1), cache.argmax, dx)
@@ -252,7 +252,7 @@ def avg_pool2d_backward(dy, cache):
     """dx[n, c, h, w] = sum over the windows (p, q) containing (h, w) of dy[n, c, p, q] / D.
     Shapes: (N, C, OH, OW) -> (N, C, H, W).
     """
-    dy3 = _dy_planes(dy, cache, "avg_pool2d_backward")
+    dy3 = _dy_planes(dy, cache, "avg_pool2d")
     g = cache.geometry
     n, c, h, w = g.in_shape
     dx = np.zeros((n * c, h, w), dtype=cache.dtype)
@@ -278,7 +278,7 @@ def global_avg_pool2d_backward(dy, cache):
     """dx[n, c, h, w] = dy[n, c, 0, 0] / (H*W). Shapes: (N, C, 1, 1) -> (N, C, H, W)."""
     in_shape, dtype = cache
     n, c, h, w = in_shape
-    dy = np.ascontiguousarray(_check_dy(dy, (n, c, 1, 1), dtype, "global_avg_pool2d_backward"))
+    dy = np.ascontiguousarray(check_dy(dy, (n, c, 1, 1), "global_avg_pool2d", dtype))
     dx = np.empty(in_shape, dtype=dtype)
     _plane_fill_kernel(dy.reshape(n * c), dx.reshape(n * c, h * w))
     return dx
@@ -343,7 +343,7 @@ def _adaptive_max_backward_kernel(dy, argmax, dx):
 
 def _adaptive_planes(x, output_size, name: str):
     """Validate like the reference; (x as C-contiguous (N*C, H, W), cache without argmax)."""
-    x, rows, cols = _adaptive_setup(x, output_size, name)
+    x, rows, cols = prepare_adaptive_pool(x, output_size, name)
     x = kernel_array(x, "x")
     n, c, h, w = x.shape
     return x.reshape(n * c, h, w), AdaptiveCache(x.shape, rows, cols, x.dtype)
@@ -353,7 +353,7 @@ def _adaptive_dy(dy, cache: AdaptiveCache, name: str) -> np.ndarray:
     """dy checked against y's shape, in the forward's dtype, as (N*C, OH, OW) C-contiguous."""
     n, c, _, _ = cache.in_shape
     out_hw = (cache.rows[0].size, cache.cols[0].size)
-    dy = np.ascontiguousarray(_check_dy(dy, (n, c, *out_hw), cache.dtype, name))
+    dy = np.ascontiguousarray(check_dy(dy, (n, c, *out_hw), name, cache.dtype))
     return dy.reshape(n * c, *out_hw)
 
 
@@ -369,7 +369,7 @@ def adaptive_avg_pool2d_forward(x, output_size):
 
 def adaptive_avg_pool2d_backward(dy, cache):
     """dx[n, c, h, w] = sum over the windows holding (h, w) of dy[n, c, p, q] / area(p, q)."""
-    dy3 = _adaptive_dy(dy, cache, "adaptive_avg_pool2d_backward")
+    dy3 = _adaptive_dy(dy, cache, "adaptive_avg_pool2d")
     n, c, h, w = cache.in_shape
     dx = np.zeros((n * c, h, w), dtype=cache.dtype)
     _adaptive_avg_backward_kernel(dy3, *cache.rows, *cache.cols, dx)
@@ -390,7 +390,7 @@ def adaptive_max_pool2d_forward(x, output_size):
 
 def adaptive_max_pool2d_backward(dy, cache):
     """dx[n, c, h, w] = sum of dy[n, c, p, q] over the outputs whose winner is (h, w)."""
-    dy3 = _adaptive_dy(dy, cache, "adaptive_max_pool2d_backward")
+    dy3 = _adaptive_dy(dy, cache, "adaptive_max_pool2d")
     n, c, h, w = cache.in_shape
     dx = np.zeros((n * c, h * w), dtype=cache.dtype)
     _adaptive_max_backward_kernel(dy3.reshape(n * c, -1), cache.argmax.reshape(n * c, -1), dx)

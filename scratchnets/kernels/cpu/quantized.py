@@ -26,7 +26,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from scratchnets.reference._padding import conv_output_size, normalize_padding, pair
 from scratchnets.reference.fixed_point import INT32_MAX, INT32_MIN, quantize_multiplier
 from scratchnets.reference.quantized import (
     ADD_LEFT_SHIFT,
@@ -36,8 +35,9 @@ from scratchnets.reference.quantized import (
     conv_multiplier,
     quantized_avg_pool2d,
     quantized_softmax,
+    uint8_array,
 )
-from scratchnets.reference.quantized import _uint8 as _checked_uint8
+from scratchnets.reference.windows import conv_output_size, normalize_padding, pair
 
 from .conv import conv2d_forward
 
@@ -110,7 +110,7 @@ def _depthwise_kernel(
 
 
 def _uint8(q, name: str) -> np.ndarray:
-    return np.ascontiguousarray(_checked_uint8(q, name))
+    return np.ascontiguousarray(uint8_array(q, name))
 
 
 def _shifts(real_multiplier: float) -> tuple[int, int, int]:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from scratchnets.reference._padding import pair
 from scratchnets.reference.upsample import bilinear_taps, nearest_source_index
+from scratchnets.reference.windows import pair
 
 from ._common import check_shape, kernel_array
 

@@ -18,7 +18,7 @@ import numpy as np
 from numba import config, cuda
 
 from scratchnets.arrays import is_device_array
-from scratchnets.reference._checks import float_array
+from scratchnets.reference.checks import float_array
 
 #: True when numba runs kernels in its Python simulator (no GPU). The simulator runs every thread
 #: as a Python thread (about 0.3 ms each), so block-wide reductions and GEMM tiles then use small
@@ -57,7 +57,7 @@ def nchw_index(i, shape):
 def host_proxy(a) -> np.ndarray:
     """A read-only NumPy array of ``a``'s shape and dtype whose elements all share one zero.
 
-    The reference backend's checks (``float_array``, conv's ``_prepare``, ...) only look at
+    The reference backend's checks (``float_array``, conv's ``prepare_conv``, ...) only look at
     shapes and dtypes; handing them a proxy validates device arrays without a transfer.
     """
     if is_device_array(a):

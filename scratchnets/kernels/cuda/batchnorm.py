@@ -20,7 +20,7 @@ import numpy as np
 from numba import cuda
 
 from scratchnets.arrays import is_device_array
-from scratchnets.reference.batchnorm import _channel_vector
+from scratchnets.reference.batchnorm import channel_vector
 
 from ._launch import check_float, device_array, device_dy, empty, flat, host_proxy, launch_1d
 from ._reduce import channel_reduce, term_centered_square, term_product, term_value
@@ -79,7 +79,7 @@ def _running_buffer(v, name: str, channels: int):
     """Validate a running statistic (updated in place); returns (device array, host array or None)."""
     if v is None:
         return None, None
-    _channel_vector(host_proxy(v) if is_device_array(v) else v, name, channels, None, True)
+    channel_vector(host_proxy(v) if is_device_array(v) else v, name, channels, None, True)
     return (v, None) if is_device_array(v) else (device_array(v, name), v)
 
 
@@ -95,7 +95,7 @@ def batch_norm2d_forward(
         raise ValueError(f"batch_norm2d expects x of shape (N, C, H, W), got shape {x.shape}")
     n, c, h, w = x.shape
     for v, name in ((weight, "weight"), (bias, "bias")):
-        _channel_vector(None if v is None else host_proxy(v), name, c, dtype)
+        channel_vector(None if v is None else host_proxy(v), name, c, dtype)
     gamma = None if weight is None else device_array(weight, "weight", dtype)
     beta = None if bias is None else device_array(bias, "bias", dtype)
     run_mean, host_mean = _running_buffer(running_mean, "running_mean", c)

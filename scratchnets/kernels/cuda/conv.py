@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from numba import cuda
 
-from scratchnets.reference.conv import ConvGeometry, _prepare
+from scratchnets.reference.conv import ConvGeometry, prepare_conv
 
 from . import _gemm
 from ._launch import (
@@ -203,7 +203,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     ``reference.conv2d_forward``; x, w, b may be NumPy or device arrays. Returns ``(y, cache)``
     with y a device array (N, C_out, OH, OW) of x's dtype."""
     proxy_b = None if b is None else host_proxy(b)
-    _, _, _, g = _prepare(host_proxy(x), host_proxy(w), proxy_b, stride, padding, dilation, groups)
+    _, _, _, g = prepare_conv(
+        host_proxy(x), host_proxy(w), proxy_b, stride, padding, dilation, groups
+    )
     x, w = device_array(x, "x"), device_array(w, "w")
     b = None if b is None else device_array(b, "b")
     N, (OH, OW), C_out = g.batch, g.out_hw, g.out_channels

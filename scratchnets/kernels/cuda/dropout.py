@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from scratchnets.reference.dropout import _check_p, dropout_mask
+from scratchnets.reference.dropout import check_p, dropout_mask
 
 from ._launch import device_array, device_copy, device_dy, empty, flat, launch_1d
 
@@ -34,7 +34,7 @@ def dropout_forward(x, p=0.5, training=True, seed=None):
     """y = x * mask / (1 - p) in training; y = x (a copy) in eval mode or for p = 0; zeros for
     p = 1. x: any shape, NumPy or device. Returns ``(y, cache)``, y a device array."""
     x = device_array(x, "x")
-    p = _check_p(p)
+    p = check_p(p)
     if not training or p == 0.0:
         return device_copy(x), None  # identity: the cache None means dx = dy
     keep = cuda.to_device(dropout_mask(tuple(x.shape), p, seed).view(np.uint8))

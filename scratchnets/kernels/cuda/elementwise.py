@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from scratchnets.reference.elementwise import _broadcast_pair, _normalise_axis
+from scratchnets.reference.elementwise import broadcast_pair, normalise_axis
 
 from ._launch import check_float, device_array, device_dy, empty, host_proxy, launch_1d
 
@@ -93,7 +93,7 @@ def _reduce_kernel(dy, other, multiply, dx):
 
 
 def _binary_forward(a, b, op: str, multiply: bool):
-    _broadcast_pair(host_proxy(a), host_proxy(b), op)  # the reference's dtype / shape errors
+    broadcast_pair(host_proxy(a), host_proxy(b), op)  # the reference's dtype / shape errors
     out_shape = np.broadcast_shapes(tuple(a.shape), tuple(b.shape))
     if len(out_shape) > _MAX_DIMS:
         raise ValueError(
@@ -187,7 +187,7 @@ def concat_forward(xs, axis=1):
     if len(set(dtypes)) != 1:
         raise TypeError(f"concat: inputs must share one dtype, got {[str(d) for d in dtypes]}")
     shapes = [tuple(x.shape) for x in xs]
-    axis = _normalise_axis(axis, len(shapes[0]), "concat")
+    axis = normalise_axis(axis, len(shapes[0]), "concat")
     if len({len(s) for s in shapes}) != 1 or len({s[:axis] + s[axis + 1 :] for s in shapes}) != 1:
         raise ValueError(f"concat along axis {axis}: shapes {shapes} differ in other dimensions")
     sizes = [s[axis] for s in shapes]
@@ -217,7 +217,7 @@ def slice_forward(x, start, stop, axis=1):
     like ``torch.narrow``. Returns ``(y, cache)``, y a device array."""
     check_float(x, "x")
     shape = tuple(x.shape)
-    axis = _normalise_axis(axis, len(shape), "slice")
+    axis = normalise_axis(axis, len(shape), "slice")
     if not 0 <= start <= stop <= shape[axis]:
         raise ValueError(
             f"slice: need 0 <= start <= stop <= {shape[axis]} along axis {axis} of x with "

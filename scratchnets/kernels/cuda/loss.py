@@ -24,7 +24,7 @@ import numpy as np
 from numba import cuda
 
 from scratchnets.arrays import to_numpy
-from scratchnets.reference.loss import _check_target
+from scratchnets.reference.loss import check_target
 
 from ._launch import check_float, device_array, empty, launch_1d
 
@@ -90,7 +90,7 @@ def cross_entropy_forward(logits, target, label_smoothing=0.0):
             f"cross_entropy expects logits of shape (N, K) with N >= 1, got {tuple(logits.shape)}"
         )
     n, k = logits.shape
-    target = _check_target(to_numpy(target), n, k)  # host copy: the range check reads values
+    target = check_target(to_numpy(target), n, k)  # host copy: the range check reads values
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")

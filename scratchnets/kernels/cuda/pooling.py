@@ -23,9 +23,9 @@ from numba import cuda
 
 from scratchnets.reference.pooling import (
     PoolGeometry,
-    _adaptive_setup,
-    _pool_geometry,
     divisor_rule,
+    prepare_adaptive_pool,
+    prepare_pool,
     window_to_input_index,
 )
 
@@ -146,7 +146,7 @@ def _avg_backward_kernel(dy, window, rule, dx):
 
 
 def _geometry(x, kernel_size, stride, padding, name, dilation=1, ceil_mode=False):
-    _, g = _pool_geometry(host_proxy(x), kernel_size, stride, padding, name, dilation, ceil_mode)
+    _, g = prepare_pool(host_proxy(x), kernel_size, stride, padding, name, dilation, ceil_mode)
     return device_array(x, "x"), g
 
 
@@ -319,7 +319,7 @@ def _adaptive_max_backward_kernel(dy, argmax, r0, r1, c0, c1, dx):
 
 
 def _adaptive_forward(x, output_size, name: str, kernel, with_argmax: bool):
-    _, rows, cols = _adaptive_setup(host_proxy(x), output_size, name)
+    _, rows, cols = prepare_adaptive_pool(host_proxy(x), output_size, name)
     x = device_array(x, "x")
     windows = tuple(cuda.to_device(np.ascontiguousarray(t)) for t in (*rows, *cols))
     out_shape = (*x.shape[:2], rows[0].size, cols[0].size)

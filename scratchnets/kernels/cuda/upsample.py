@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda
 
-from scratchnets.reference._padding import pair
 from scratchnets.reference.upsample import bilinear_taps, nearest_source_index
+from scratchnets.reference.windows import pair
 
 from ._launch import check_float, device_array, device_dy, empty, launch_1d
 
