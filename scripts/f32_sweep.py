@@ -23,8 +23,11 @@ import sys
 import traceback
 from pathlib import Path
 
+from scratchnets.models.registry import models_where
+
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("mobilenet_v1", "mobilenet_v2", "ghostnet_100", "ghostnetv2_100", "ghostnetv3_100")
+#: the mobile architectures of the registry, in the order of their papers
+MODELS = tuple(models_where(lambda cfg: cfg.mobile))
 BACKENDS = ("reference", "cpu")
 #: "env": the environment as it is, with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed;
 #: "haswell": the older kernel some machines force

@@ -19,7 +19,7 @@ from scratchnets.explain.maps import GAP, TILE, grid_shape
 from scratchnets.explain.model import explain_model, layer_input, model_input
 from scratchnets.explain.receptive import receptive_fields
 from scratchnets.models import create, list_models
-from scratchnets.profile.summary import skip_init, summary
+from scratchnets.profile.summary import summary
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO.parent / "shared" / "weights"
@@ -28,8 +28,7 @@ WEIGHTS = REPO.parent / "shared" / "weights"
 @pytest.mark.parametrize("name", ["mobilenet_v2", "ghostnet_100"])
 def test_table_counts_are_the_counters_and_fields_the_recurrences(name):
     result = explain_model(name, resolution=96)
-    with skip_init():
-        model = create(name)
+    model = create(name, init=False)
     report = summary(model, (1, 3, 96, 96))
     assert sum(r["mult_adds"] for r in result.rows) == report.total_macs  # every conv / linear
     fields = {f.name: f for f in receptive_fields(model, (1, 3, 96, 96))}

@@ -62,7 +62,7 @@ def test_tflite_preprocessing_is_the_tensor_tflite_was_fed():
 def test_torchvision_preprocessing_equals_torchvision_transforms():
     """resize 256 (bilinear), centre crop 224, ImageNet mean / std: torchvision's own pipeline."""
     transforms = torchvision.transforms
-    cfg = sn.models.pretrained.PREPROCESSING["mobilenet_v2"]
+    cfg = sn.models.model_cfg("mobilenet_v2").preprocessing
     theirs_pipeline = transforms.Compose([
         transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
         transforms.Normalize(cfg["mean"], cfg["std"]),
@@ -79,7 +79,7 @@ def test_torchvision_preprocessing_equals_torchvision_transforms():
 def test_timm_preprocessing_equals_timm_transforms(arch, timm_name):
     """resize to floor(size / crop_pct) with the config's interpolation, centre crop: timm's
     ``create_transform`` of the model's pretrained config."""
-    cfg = sn.models.pretrained.PREPROCESSING[arch]
+    cfg = sn.models.model_cfg(arch).preprocessing
     data_cfg = timm.data.resolve_data_config({}, model=timm.create_model(timm_name))
     assert data_cfg["crop_pct"] == cfg["crop_pct"]
     assert data_cfg["interpolation"] == cfg["interpolation"]

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 import scratchnets as sn
 from scratchnets import functional as F
 from scratchnets.backends import OP_NAMES, get_backend
+from scratchnets.nn.init import skip_init
 from scratchnets.profile import meta
 from scratchnets.profile.conventions import count_params, param_breakdown
-from scratchnets.profile.summary import skip_init, summary
+from scratchnets.profile.summary import summary
 
 nn = sn.nn
 torch = pytest.importorskip("torch")
@@ -183,6 +184,17 @@ def test_breakdown_and_conventions_by_hand():
         count_params(model, "flops")
 
 
+def test_create_without_init_draws_nothing():
+    """``create(..., init=False)`` leaves the generator where it was (no weight drawn) and the
+    initialisers in place afterwards."""
+    rng = np.random.default_rng(0)
+    model = sn.models.create("mobilenet_v2", width_mult=0.25, rng=rng, init=False)
+    assert rng.random() == np.random.default_rng(0).random()
+    assert model.features[0][0].weight.shape == (8, 3, 3, 3)
+    drawn = sn.models.create("mobilenet_v2", width_mult=0.25, rng=np.random.default_rng(0))
+    assert np.std(drawn.features[0][0].weight.data) > 0
+
+
 def test_skip_init_leaves_weights_alone_and_restores():
     original = nn.init.normal_
     with skip_init():
@@ -217,8 +229,7 @@ def _torch_counts(model, resolution: int) -> tuple[int, int]:
 
 
 def _ours(name: str, resolution: int, width: float = 1.0):
-    with skip_init():
-        model = sn.models.create(name, width_mult=width)
+    model = sn.models.create(name, width_mult=width, init=False)
     return summary(model, (1, 3, resolution, resolution))
 
 
@@ -286,8 +297,7 @@ def test_cli_summary_formats(capsys):
 @settings(max_examples=5)
 @given(st.sampled_from(["mobilenet_v1", "mobilenet_v2", "ghostnet_100"]), st.integers(33, 80))
 def test_macs_are_per_image(name, resolution):
-    with skip_init():
-        model = sn.models.create(name)
+    model = sn.models.create(name, init=False)
     one = summary(model, (1, 3, resolution, resolution))
     three = summary(model, (3, 3, resolution, resolution))
     assert one.total_macs == three.total_macs and one.other_ops == three.other_ops

@@ -97,6 +97,36 @@ def test_saturating_rounding_multiply_by_pot(x, exponent):
     assert int(fp.saturating_rounding_multiply_by_pot(x, exponent)) == expected
 
 
+# The Numba kernels' scalar versions of the helpers carry the same names and give the same
+# integers (they are what the uint8 conv and add kernels run per output element).
+
+
+@given(INT32, INT32)
+def test_numba_saturating_rounding_doubling_high_mul_is_the_references(a, b):
+    numba_version = cpu_quantized.saturating_rounding_doubling_high_mul
+    assert numba_version(np.int64(a), np.int64(b)) == int(
+        fp.saturating_rounding_doubling_high_mul(a, b)
+    )
+
+
+@given(INT32, st.integers(0, 31))
+def test_numba_rounding_divide_by_pot_is_the_references(x, exponent):
+    numba_version = cpu_quantized.rounding_divide_by_pot
+    assert numba_version(np.int64(x), np.int64(exponent)) == int(
+        fp.rounding_divide_by_pot(x, exponent)
+    )
+
+
+@given(st.integers(-(2**24), 2**24), st.floats(2.0**-20, 15.0, allow_nan=False))
+def test_numba_multiply_by_quantized_multiplier_is_the_references(x, real):
+    m0, shift = fp.quantize_multiplier(real)
+    numba_version = cpu_quantized.multiply_by_quantized_multiplier
+    got = numba_version(
+        np.int64(x), np.int64(m0), np.int64(max(shift, 0)), np.int64(max(-shift, 0))
+    )
+    assert got == int(fp.multiply_by_quantized_multiplier(x, m0, shift))
+
+
 @given(st.integers(fp.INT32_MIN, 0))
 def test_exp_on_negative_values_approximates_exp(raw):
     value = raw / 2**26  # Q5.26, the softmax's input

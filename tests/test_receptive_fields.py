@@ -18,7 +18,7 @@ from scratchnets import nn
 from scratchnets.explain.receptive import receptive_fields
 from scratchnets.models import create, list_models
 from scratchnets.models.ghostnet import SqueezeExcite
-from scratchnets.profile.summary import ForwardSwap, skip_init
+from scratchnets.profile.summary import ForwardSwap
 
 #: every conv's mean output on the constant input (``positive_model``)
 LEVEL = 0.25
@@ -28,8 +28,7 @@ RESOLUTION = {"vgg16": 32, "vgg16_bn": 32, "xception": 71}
 
 
 def positive_model(name: str, resolution: int):
-    with skip_init():
-        return positive(create(name, dtype=np.float64), resolution)
+    return positive(create(name, dtype=np.float64, init=False), resolution)
 
 
 def positive(model, resolution: int):

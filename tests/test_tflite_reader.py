@@ -169,7 +169,7 @@ def test_a_graph_we_do_not_map_names_what(monkeypatch, change, message):
     import dataclasses
 
     import scratchnets as sn
-    from scratchnets.formats import tflite as tflite_format
+    from scratchnets.models import pretrained
 
     graph = read_tflite(FLOAT)
     ops = list(graph.operators)
@@ -178,6 +178,8 @@ def test_a_graph_we_do_not_map_names_what(monkeypatch, change, message):
     new_options = dict(ops[conv].options) | change.pop("options_change", {})
     ops[conv] = dataclasses.replace(ops[conv], **({"options": new_options} | change))
     changed = dataclasses.replace(graph, operators=ops)
-    monkeypatch.setattr(tflite_format, "read_tflite", lambda path: changed)
+    monkeypatch.setattr(
+        pretrained, "read_tflite", lambda path: changed
+    )  # what load_pretrained reads
     with pytest.raises(ValueError, match=message):
         sn.models.load_pretrained(FLOAT)

@@ -35,6 +35,7 @@ import sys
 
 import numpy as np
 
+from ..models.registry import model_cfg, models_where
 from .convs import torch_device
 from .timing import (
     add_json_option,
@@ -52,26 +53,10 @@ from .timing import (
 
 HELP = "whole models: inference and training-step speed of every model vs its torch twin"
 
-MODELS = (
-    "mobilenet_v1",
-    "mobilenet_v2",
-    "ghostnet_100",
-    "ghostnetv2_100",
-    "ghostnetv3_100",
-    "vgg16",
-    "xception",
+#: the registry's benchmarked models: the mobile ones first, each group in the order of its papers
+MODELS = tuple(
+    sorted(models_where(lambda cfg: cfg.benchmarked), key=lambda name: not model_cfg(name).mobile)
 )
-
-#: our model name -> ("torchvision" | "timm", the twin's name there)
-TWINS = {
-    "mobilenet_v1": ("timm", "mobilenetv1_100"),
-    "mobilenet_v2": ("torchvision", "mobilenet_v2"),
-    "ghostnet_100": ("timm", "ghostnet_100"),
-    "ghostnetv2_100": ("timm", "ghostnetv2_100"),
-    "ghostnetv3_100": ("timm", "ghostnetv3_100"),
-    "vgg16": ("torchvision", "vgg16"),
-    "xception": ("timm", "legacy_xception"),
-}
 
 #: float32 logits of two implementations of a deep network (up to ~20 BN'd layers): ~1e-6 apart
 VALIDATION_TOLERANCE = 1e-4
@@ -82,7 +67,7 @@ LR, MOMENTUM = 1e-3, 0.9
 
 def torch_twin(torch, name: str, num_classes: int):
     """The torchvision / timm model whose parameter names and computation ours copy."""
-    library, twin_name = TWINS[name]
+    library, twin_name = model_cfg(name).twin
     if library == "torchvision":
         return getattr(import_torchvision().models, twin_name)(num_classes=num_classes)
     import_torchvision()  # timm imports torchvision: skip its meta registrations first

@@ -29,6 +29,7 @@ from types import ModuleType
 
 import numpy as np
 
+from ..models.mobilenet_v2 import INVERTED_RESIDUAL_SETTING, LAST_CHANNELS, STEM_CHANNELS
 from .convs import torch_device
 from .timing import (
     format_table,
@@ -41,17 +42,6 @@ from .timing import (
 
 HELP = "per-op kernels vs torch on MobileNetV2 layer shapes (depthwise, pointwise, BN, ReLU6)"
 
-#: MobileNetV2's inverted-residual settings (expansion t, output channels c, repeats n, stride s)
-MOBILENET_V2_BLOCKS = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
-
 
 def mobilenet_v2_shapes(size: int):
     """Distinct layer shapes of MobileNetV2 at a ``size`` x ``size`` input.
@@ -60,8 +50,8 @@ def mobilenet_v2_shapes(size: int):
     (c_in, c_out, hw) and (channels, hw) (the expanded activations BN/ReLU6 see).
     """
     depthwise, pointwise, activations = [], [], []
-    c_in, hw = 32, -(-size // 2)  # after the 3x3 stride-2 stem
-    for t, c, n, s in MOBILENET_V2_BLOCKS:
+    c_in, hw = STEM_CHANNELS, -(-size // 2)  # after the 3x3 stride-2 stem
+    for t, c, n, s in INVERTED_RESIDUAL_SETTING:
         for k in range(n):
             stride, hidden = (s if k == 0 else 1), c_in * t
             if t != 1:
@@ -71,7 +61,7 @@ def mobilenet_v2_shapes(size: int):
             hw = -(-hw // stride)
             pointwise.append((hidden, c, hw))  # project
             c_in = c
-    pointwise.append((c_in, 1280, hw))  # the last 1x1 conv
+    pointwise.append((c_in, LAST_CHANNELS, hw))  # the last 1x1 conv
     dedupe = lambda items: list(dict.fromkeys(items))  # noqa: E731 (keeps first-seen order)
     return dedupe(depthwise), dedupe(pointwise), dedupe(activations)
 

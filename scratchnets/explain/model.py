@@ -13,7 +13,8 @@ import numpy as np
 
 from .. import models, nn
 from ..backends import OP_BY_NAME, get_backend
-from ..profile.summary import skip_init, summary
+from ..nn.init import skip_init
+from ..profile.summary import summary
 from .core import Explanation, jsonable, num
 from .ops import explain_op
 from .receptive import receptive_fields

@@ -9,7 +9,8 @@ Build one by name (parameter names match torchvision / timm, so their checkpoint
     fast = sn.models.fuse(model)          # BN folded into the convs, eval mode
 
 ``list_models()`` names every registered model; a model file registers its factories with
-``@register_model``.
+``@register_model(name, cfg=ModelCfg(...))``, the model's facts (published weights'
+preprocessing, classifier key, torch / timm twin, paper) beside it: ``model_cfg(name)``.
 """
 
 # importing a model module registers its factories
@@ -29,7 +30,7 @@ from .fuse import fold_bn, fuse
 from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
 from .pretrained import load_pretrained
-from .registry import create, list_models, register_model
+from .registry import ModelCfg, create, list_models, model_cfg, register_model
 from .vgg import VGG
 from .xception import Xception
 
@@ -37,6 +38,8 @@ __all__ = [
     "create",
     "list_models",
     "register_model",
+    "model_cfg",
+    "ModelCfg",
     "fuse",
     "fold_bn",
     "load_checkpoint",

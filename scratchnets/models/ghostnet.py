@@ -44,7 +44,7 @@ from ..nn import (
 )
 from .blocks import BatchNormAct2d, make_divisible
 from .fuse import EvalFastPath, fuse, reparameterize_blocks
-from .registry import register_model
+from .registry import ModelCfg, register_model, timm_preprocessing
 
 #: Ghost bottleneck settings per stage, at width 1: (kernel k, expansion width, output width,
 #: SE ratio, stride). GhostNet Table 7, grouped into stages like timm.
@@ -405,7 +405,10 @@ class GhostNet(EvalFastPath, Sequential):
         return fuse(reparameterize_blocks(self), inplace=True)
 
 
-@register_model("ghostnet_100", aliases=("ghostnet",))
+@register_model("ghostnet_100", aliases=("ghostnet",), cfg=ModelCfg(
+    preprocessing=timm_preprocessing(), twin=("timm", "ghostnet_100"), paper="arXiv:1911.11907",
+    benchmarked=True, mobile=True,
+))  # fmt: skip
 def ghostnet_100(num_classes: int = 1000, width_mult: float = 1.0, **kwargs) -> GhostNet:
     """GhostNet V1 with width ``width_mult``; kwargs: ``drop_rate`` (0.2), ``in_chans``, ``rng``."""
     return GhostNet(num_classes, width_mult, bottleneck=ghost_bottleneck_v1, **kwargs)

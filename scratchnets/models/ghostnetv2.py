@@ -27,7 +27,7 @@ import numpy as np
 from .. import functional as F
 from ..nn import BatchNorm2d, Conv2d, Sequential, Sigmoid
 from .ghostnet import GhostBottleneck, GhostModule, GhostNet
-from .registry import register_model
+from .registry import ModelCfg, register_model, timm_preprocessing
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 DFC_KERNEL = 5  # the (1, 5) and (5, 1) depthwise kernels of the official code
@@ -122,21 +122,29 @@ def has_dfc(layer_idx: int) -> bool:
     return layer_idx > 1
 
 
-def ghost_bottleneck_v2(dfc_upsample: str = "nearest"):
-    """Bottleneck factory for ``GhostNet``: V1 bottlenecks whose ``ghost1`` has DFC attention."""
+def dfc_bottleneck_factory(module: type, bottleneck: type, dfc_upsample: str):
+    """Bottleneck factory for ``GhostNet``: ``bottleneck``s whose ``ghost1`` is a ``module`` with
+    DFC attention after the first two (``has_dfc``). GhostNetV2 and V3 differ only in the two
+    classes."""
 
     def build(layer_idx, in_chs, mid_chs, out_chs, k, stride, se_ratio, rng):
-        ghost1 = GhostModuleV2(
+        ghost1 = module(
             in_chs, mid_chs, attention=has_dfc(layer_idx), dfc_upsample=dfc_upsample, rng=rng
         )
-        return GhostBottleneck(
-            in_chs, mid_chs, out_chs, k, stride, se_ratio, ghost1=ghost1, rng=rng
-        )
+        return bottleneck(in_chs, mid_chs, out_chs, k, stride, se_ratio, ghost1=ghost1, rng=rng)
 
     return build
 
 
-@register_model("ghostnetv2_100", aliases=("ghostnetv2",))
+def ghost_bottleneck_v2(dfc_upsample: str = "nearest"):
+    """Bottleneck factory for ``GhostNet``: V1 bottlenecks whose ``ghost1`` has DFC attention."""
+    return dfc_bottleneck_factory(GhostModuleV2, GhostBottleneck, dfc_upsample)
+
+
+@register_model("ghostnetv2_100", aliases=("ghostnetv2",), cfg=ModelCfg(
+    preprocessing=timm_preprocessing(), twin=("timm", "ghostnetv2_100"), paper="arXiv:2211.12905",
+    benchmarked=True, mobile=True,
+))  # fmt: skip
 def ghostnetv2_100(
     num_classes: int = 1000, width_mult: float = 1.0, dfc_upsample: str = "nearest", **kwargs
 ) -> GhostNet:

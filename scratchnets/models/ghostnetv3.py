@@ -33,8 +33,8 @@ from ..arrays import to_numpy
 from ..nn import BatchNorm2d, Conv2d, Identity, Module, Sequential
 from .fuse import fold_bn
 from .ghostnet import ConvBnAct, GhostBottleneck, GhostNet, relu_or_identity
-from .ghostnetv2 import GhostModuleV2, has_dfc
-from .registry import register_model
+from .ghostnetv2 import GhostModuleV2, dfc_bottleneck_factory
+from .registry import ModelCfg, register_model, timm_preprocessing
 
 NUM_CONV_BRANCHES = 3
 
@@ -261,19 +261,13 @@ class GhostBottleneckV3(GhostBottleneck):
 
 def ghost_bottleneck_v3(dfc_upsample: str = "nearest"):
     """Bottleneck factory for ``GhostNet``: V3 bottlenecks, DFC on ``ghost1`` after the first two."""
-
-    def build(layer_idx, in_chs, mid_chs, out_chs, k, stride, se_ratio, rng):
-        ghost1 = GhostModuleV3(
-            in_chs, mid_chs, attention=has_dfc(layer_idx), dfc_upsample=dfc_upsample, rng=rng
-        )
-        return GhostBottleneckV3(
-            in_chs, mid_chs, out_chs, k, stride, se_ratio, ghost1=ghost1, rng=rng
-        )
-
-    return build
+    return dfc_bottleneck_factory(GhostModuleV3, GhostBottleneckV3, dfc_upsample)
 
 
-@register_model("ghostnetv3_100", aliases=("ghostnetv3",))
+@register_model("ghostnetv3_100", aliases=("ghostnetv3",), cfg=ModelCfg(
+    preprocessing=timm_preprocessing(), twin=("timm", "ghostnetv3_100"), paper="arXiv:2404.11202",
+    benchmarked=True, mobile=True,
+))  # fmt: skip
 def ghostnetv3_100(
     num_classes: int = 1000, width_mult: float = 1.0, dfc_upsample: str = "nearest", **kwargs
 ) -> GhostNet:

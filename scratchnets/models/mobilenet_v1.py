@@ -30,7 +30,13 @@ import numpy as np
 from ..nn import Conv2d, Dropout, Linear, Sequential
 from .blocks import BatchNormAct2d, global_pool_flatten, make_divisible, timm_efficientnet_init
 from .fuse import EvalFastPath
-from .registry import register_model
+from .registry import (
+    INCEPTION_MEAN,
+    INCEPTION_STD,
+    ModelCfg,
+    register_model,
+    timm_preprocessing,
+)
 
 #: (output channels, number of blocks, stride of the first block) per stage, at alpha = 1
 STAGES = ((64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2))
@@ -102,7 +108,10 @@ class MobileNetV1(EvalFastPath, Sequential):
         timm_efficientnet_init(self, rng)
 
 
-@register_model("mobilenet_v1", aliases=("mobilenetv1_100", "mobilenetv1"))
+@register_model("mobilenet_v1", aliases=("mobilenetv1_100", "mobilenetv1"), cfg=ModelCfg(
+    preprocessing=timm_preprocessing(mean=INCEPTION_MEAN, std=INCEPTION_STD),
+    twin=("timm", "mobilenetv1_100"), paper="arXiv:1704.04861", benchmarked=True, mobile=True,
+))  # fmt: skip
 def mobilenet_v1(num_classes: int = 1000, width_mult: float = 1.0, **kwargs) -> MobileNetV1:
     """MobileNetV1 with width multiplier ``width_mult``; kwargs: ``act``, ``drop_rate``, ``rng``."""
     return MobileNetV1(num_classes, width_mult, **kwargs)

@@ -40,7 +40,7 @@ from .blocks import (
     torchvision_init,
 )
 from .fuse import EvalFastPath
-from .registry import register_model
+from .registry import ModelCfg, register_model, torchvision_preprocessing
 
 #: [V2] Table 2 bottleneck rows: expansion t, output channels c, repeats n, first stride s
 INVERTED_RESIDUAL_SETTING = (
@@ -174,7 +174,10 @@ class MobileNetV2(EvalFastPath, Sequential):
         torchvision_init(self, rng, linear_std=0.01)
 
 
-@register_model("mobilenet_v2", aliases=("mobilenetv2",))
+@register_model("mobilenet_v2", aliases=("mobilenetv2",), cfg=ModelCfg(
+    preprocessing=torchvision_preprocessing(), classifier="classifier.1.weight",
+    twin=("torchvision", "mobilenet_v2"), paper="arXiv:1801.04381", benchmarked=True, mobile=True,
+))  # fmt: skip
 def mobilenet_v2(num_classes: int = 1000, width_mult: float = 1.0, **kwargs) -> MobileNetV2:
     """MobileNetV2 with width multiplier ``width_mult``; kwargs: ``dropout``, ``keras_style``,
     ``rng``."""

@@ -18,62 +18,32 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from ..formats.tflite import read_tflite
 from .checkpoint import read_state_dict
-from .registry import create, list_models, resolve_name
-
-#: ImageNet statistics of torchvision and most timm models
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-#: [-1, 1] inputs (TF-slim, Keras and timm's ports of them)
-INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-#: how each architecture's published weights expect their input: torchvision resizes the shorter
-#: side to 256 and centre-crops 224; timm resizes to size / crop_pct and centre-crops (its
-#: ``pretrained_cfg`` of each model's default tag)
-PREPROCESSING = {
-    "mobilenet_v2": dict(source="torchvision", size=224, resize=256, interpolation="bilinear",
-                         mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    "vgg16": dict(source="torchvision", size=224, resize=256, interpolation="bilinear",
-                  mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    "vgg16_bn": dict(source="torchvision", size=224, resize=256, interpolation="bilinear",
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    "mobilenet_v1": dict(source="timm", size=224, crop_pct=0.875, interpolation="bicubic",
-                         mean=INCEPTION_MEAN, std=INCEPTION_STD),
-    "ghostnet_100": dict(source="timm", size=224, crop_pct=0.875, interpolation="bicubic",
-                         mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    "ghostnetv2_100": dict(source="timm", size=224, crop_pct=0.875, interpolation="bicubic",
-                           mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    "ghostnetv3_100": dict(source="timm", size=224, crop_pct=0.875, interpolation="bicubic",
-                           mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    "xception": dict(source="timm", size=299, crop_pct=0.8975, interpolation="bicubic",
-                     mean=INCEPTION_MEAN, std=INCEPTION_STD),
-    "tf_mobilenet_v1": dict(source="tflite", size=224, crop="centre square",
-                            interpolation="bilinear", mean=INCEPTION_MEAN, std=INCEPTION_STD),
-    "tf_mobilenet_v2": dict(source="tflite", size=224, crop="centre square",
-                            interpolation="bilinear", mean=INCEPTION_MEAN, std=INCEPTION_STD),
-}  # fmt: skip
-#: width multipliers tried when a file does not say (the published ones and common others)
-WIDTHS = (1.0, 0.75, 0.5, 0.35, 0.25, 1.3, 1.4, 1.25, 1.5, 1.6, 2.0)
-#: the final classifier weight of each architecture (its rows are the classes)
-CLASSIFIER = {
-    "mobilenet_v2": "classifier.1.weight",
-    "xception": "fc.weight",
-    "tf_mobilenet_v1": "Conv2d_1c_1x1.weight",
-    "tf_mobilenet_v2": "Conv2d_1c_1x1.weight",
-} | {name: "classifier.6.weight" for name in ("vgg16", "vgg16_bn")}
+from .quantized import quantized_model_from_tflite
+from .registry import (
+    create,
+    fit_width,
+    has_width,
+    list_models,
+    model_cfg,
+    models_where,
+    resolve_name,
+)
+from .tflite_import import is_float_graph, model_from_tflite
 
 
-def _uninitialised(name: str, **kwargs):
-    """``create(name, ...)`` without drawing weights (they are overwritten by the file)."""
-    from ..profile.summary import skip_init
-
-    with skip_init():
-        return create(name, **kwargs)
+def architectures() -> list[str]:
+    """The registered models a weight file can be matched against: those with published
+    weights (a ``preprocessing`` in their facts)."""
+    return models_where(lambda cfg: cfg.preprocessing is not None)
 
 
 @functools.cache
 def _names(arch: str) -> frozenset[str]:
     """The state dict names of ``arch`` (they do not depend on the width or class count)."""
-    sizes = {"width_mult": 0.25} if arch not in ("vgg16", "vgg16_bn", "xception") else {}
-    return frozenset(_uninitialised(arch, num_classes=2, **sizes).state_dict())
+    sizes = {"width_mult": 0.25} if has_width(arch) else {}
+    return frozenset(create(arch, num_classes=2, init=False, **sizes).state_dict())
 
 
 def _weight_names(names) -> frozenset[str]:
@@ -83,9 +53,9 @@ def _weight_names(names) -> frozenset[str]:
 def infer_architecture(state: dict) -> str:
     """The registered model whose parameter names are exactly the file's."""
     names = _weight_names(state)
-    matches = [arch for arch in PREPROCESSING if _weight_names(_names(arch)) == names]
+    matches = [arch for arch in architectures() if _weight_names(_names(arch)) == names]
     if not matches:
-        closest = min(PREPROCESSING, key=lambda a: len(_weight_names(_names(a)) ^ names))
+        closest = min(architectures(), key=lambda a: len(_weight_names(_names(a)) ^ names))
         differ = sorted(_weight_names(_names(closest)) ^ names)
         raise ValueError(
             f"the file's {len(names)} tensor names match no model ({', '.join(list_models())}); "
@@ -107,37 +77,14 @@ def _registered_twin(state: dict) -> dict:
     return {"architecture": arch, "width_mult": width}
 
 
-def _misfit(model, state: dict) -> tuple[str, tuple, tuple] | None:
-    """``(name, the file's shape, the model's shape)`` of the first tensor that does not fit
-    ``model``, or None when every one does."""
-    for name, value in model.state_dict().items():
-        if name in state and tuple(state[name].shape) != tuple(value.shape):
-            return name, tuple(state[name].shape), tuple(value.shape)
-    return None
-
-
 def _build(arch: str, state: dict, kwargs: dict):
     """``(model, width_mult)``: the model of ``arch`` whose every tensor shape is the file's
     (width and classes found by trying; ``kwargs`` fixes either)."""
     kwargs = dict(kwargs)
-    classifier = state.get(CLASSIFIER.get(arch, "classifier.weight"))
+    classifier = state.get(model_cfg(arch).classifier)
     if classifier is not None:
         kwargs.setdefault("num_classes", int(classifier.shape[0]))
-    fixed_width = arch in ("vgg16", "vgg16_bn", "xception") or "width_mult" in kwargs
-    first_misfit = None
-    for width in [None] if fixed_width else WIDTHS:
-        options = kwargs if width is None else kwargs | {"width_mult": width}
-        model = _uninitialised(arch, **options)
-        misfit = _misfit(model, state)
-        if misfit is None:
-            return model, options.get("width_mult", 1.0)
-        first_misfit = first_misfit or (options, *misfit)
-    options, name, theirs, ours = first_misfit
-    tried = f"{options}" if fixed_width else f"any width multiplier in {WIDTHS}"
-    raise ValueError(
-        f"the file is a {arch} whose tensors fit no model with {tried}: {name} is {theirs} in "
-        f"the file but {ours} in a {arch} with {options}; pass width_mult=... / num_classes=..."
-    )
+    return fit_width(arch, {name: value.shape for name, value in state.items()}, **kwargs)
 
 
 def load_pretrained(path, model=None, **kwargs):
@@ -153,10 +100,6 @@ def load_pretrained(path, model=None, **kwargs):
             raise TypeError(
                 "a .tflite file builds its own model from its graph: no model= / options"
             )
-        from ..formats.tflite import read_tflite
-        from .quantized import quantized_model_from_tflite
-        from .tflite_import import is_float_graph, model_from_tflite
-
         graph = read_tflite(path)
         if not is_float_graph(graph):
             return quantized_model_from_tflite(path, graph)
@@ -172,14 +115,16 @@ def load_pretrained(path, model=None, **kwargs):
             f"options {sorted(kwargs)} only apply when load_pretrained builds the model"
         )
     else:
-        arch = next((a for a in PREPROCESSING if _weight_names(_names(a)) ==
+        arch = next((a for a in architectures() if _weight_names(_names(a)) ==
                      _weight_names(model.state_dict())), None)  # fmt: skip
         width = getattr(model, "width_mult", None)
     # files written before torch 0.4.1 lack BN's num_batches_tracked: keep the model's
     counters = {k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
     model.load_state_dict(counters | state)
-    classifier = state.get(CLASSIFIER.get(arch, "classifier.weight"))
-    cfg = dict(PREPROCESSING.get(arch, {}), architecture=arch, width_mult=width, file=str(path))
+    facts = model_cfg(arch) if arch is not None else None
+    classifier = state.get(facts.classifier if facts else "classifier.weight")
+    cfg = dict((facts and facts.preprocessing) or {}, architecture=arch, width_mult=width,
+               file=str(path))  # fmt: skip
     if classifier is not None:
         cfg["num_classes"] = int(classifier.shape[0])
     model.pretrained_cfg = cfg

@@ -28,6 +28,7 @@ from ..nn import Conv2d, Module
 from ..reference import quantized as qops
 from ..reference.quantized import QuantParams
 from .blocks import tf_same_padding
+from .registry import create, fit_width, model_cfg
 
 #: the registered float model of each TF-slim graph, by the scope its weight names start with
 TF_SLIM_ARCHITECTURES = {"MobilenetV1/": "tf_mobilenet_v1", "MobilenetV2/": "tf_mobilenet_v2"}
@@ -215,8 +216,6 @@ class QuantizedModel(Module):
         eval mode. It takes float NCHW inputs in the reals of the uint8 input (``S (p - Z)``,
         [-1, 1) for Google's files: ``pretrained_cfg`` says how) and returns logits; it trains
         and fine-tunes like any model."""
-        from .pretrained import PREPROCESSING, WIDTHS, _uninitialised
-
         convs = [layer for layer in self.layers if layer.op == "quantized_conv2d"]
         first_weight = self.graph.tensors[self.graph.operators[0].inputs[1]].name
         arch = next(
@@ -233,16 +232,20 @@ class QuantizedModel(Module):
                 f"{first_weight!r}; known: {', '.join(TF_SLIM_ARCHITECTURES)})"
             )
         shapes = [layer.arguments["w"].shape for layer in convs]
-        num_classes = shapes[-1][0]
-        for width in WIDTHS:
-            model = _uninitialised(arch, num_classes=num_classes, width_mult=width)
-            model_convs = [m for m in model.modules() if isinstance(m, Conv2d)]
-            if [m.weight.shape for m in model_convs] == shapes:
-                break
-        else:
+        # the graph's convs in order are the model's (their names do not depend on the width)
+        names = [f"{name}.weight" for name, m in create(arch, init=False).named_modules()
+                 if isinstance(m, Conv2d)]  # fmt: skip
+        if len(names) != len(shapes):
             raise ValueError(
-                f"{self.path}: its {len(shapes)} convolutions fit no {arch} of width {WIDTHS}"
+                f"{self.path}: its {len(shapes)} convolutions fit no {arch} ({len(names)} convs)"
             )
+        num_classes = shapes[-1][0]
+        try:
+            model, width = fit_width(arch, dict(zip(names, shapes, strict=True)),
+                                     num_classes=num_classes)  # fmt: skip
+        except ValueError as error:
+            raise ValueError(f"{self.path}: its convolutions fit no {arch}: {error}") from None
+        model_convs = [m for m in model.modules() if isinstance(m, Conv2d)]
         for layer, conv in zip(convs, model_convs, strict=True):
             a = layer.arguments
             conv.weight.data[...] = a["w_q"].scale * (
@@ -252,7 +255,7 @@ class QuantizedModel(Module):
             conv.bias.data[...] = bias_scale * a["bias"].astype(np.float64)
         scale, zero_point = self.input_q
         model.pretrained_cfg = dict(
-            PREPROCESSING[arch],
+            model_cfg(arch).preprocessing,
             # the uint8 input's reals S (p - Z) = (p / 255 - mean) / std
             mean=(zero_point / 255,) * 3,
             std=(1 / (255 * scale),) * 3,

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..nn import Flatten, ReLU6, Sequential
 from .blocks import AdaptiveAvgPool2d, Conv2dSame
-from .registry import register_model
+from .registry import ModelCfg, register_model, tflite_preprocessing
 
 #: (stride, output channels) of the 13 depthwise-separable layers at width 1
 SEPARABLE_LAYERS = (
@@ -44,7 +44,9 @@ def _conv(c_in: int, c_out: int, kernel: int, stride: int, groups: int, rng) -> 
     return conv
 
 
-@register_model("tf_mobilenet_v1")
+@register_model("tf_mobilenet_v1", cfg=ModelCfg(
+    preprocessing=tflite_preprocessing(), classifier="Conv2d_1c_1x1.weight", paper="arXiv:1704.04861",
+))  # fmt: skip
 def tf_mobilenet_v1(
     num_classes: int = 1001, width_mult: float = 1.0, rng: np.random.Generator | int | None = None
 ) -> Sequential:

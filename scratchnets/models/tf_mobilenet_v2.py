@@ -19,7 +19,7 @@ import numpy as np
 from ..nn import ReLU6, Sequential
 from .blocks import ResidualBlock, make_divisible
 from .mobilenet_v2 import INVERTED_RESIDUAL_SETTING, LAST_CHANNELS, STEM_CHANNELS
-from .registry import register_model
+from .registry import ModelCfg, register_model, tflite_preprocessing
 from .tf_mobilenet_v1 import _conv, with_tf_slim_head
 
 
@@ -43,7 +43,9 @@ class FoldedInvertedResidual(ResidualBlock):
         self.use_residual = stride == 1 and c_in == c_out
 
 
-@register_model("tf_mobilenet_v2")
+@register_model("tf_mobilenet_v2", cfg=ModelCfg(
+    preprocessing=tflite_preprocessing(), classifier="Conv2d_1c_1x1.weight", paper="arXiv:1801.04381",
+))  # fmt: skip
 def tf_mobilenet_v2(
     num_classes: int = 1001, width_mult: float = 1.0, rng: np.random.Generator | int | None = None
 ) -> Sequential:

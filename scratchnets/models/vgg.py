@@ -19,7 +19,7 @@ import numpy as np
 from ..nn import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from .blocks import AdaptiveAvgPool2d, torchvision_init
 from .fuse import EvalFastPath
-from .registry import register_model
+from .registry import ModelCfg, register_model, torchvision_preprocessing
 
 #: configuration "D": conv output channels, "M" for a 2x2 stride-2 max pool
 VGG16_CONFIG = (
@@ -93,13 +93,19 @@ class VGG(EvalFastPath, Sequential):
         torchvision_init(self, rng, linear_std=0.01)
 
 
-@register_model("vgg16")
+@register_model("vgg16", cfg=ModelCfg(
+    preprocessing=torchvision_preprocessing(), classifier="classifier.6.weight",
+    twin=("torchvision", "vgg16"), paper="arXiv:1409.1556", benchmarked=True,
+))  # fmt: skip
 def vgg16(num_classes: int = 1000, **kwargs) -> VGG:
     """VGG16 (torchvision ``vgg16``); kwargs: ``dropout``, ``rng``."""
     return VGG(VGG16_CONFIG, num_classes, batch_norm=False, **kwargs)
 
 
-@register_model("vgg16_bn")
+@register_model("vgg16_bn", cfg=ModelCfg(
+    preprocessing=torchvision_preprocessing(), classifier="classifier.6.weight",
+    twin=("torchvision", "vgg16_bn"),
+))  # fmt: skip
 def vgg16_bn(num_classes: int = 1000, **kwargs) -> VGG:
     """VGG16 with BatchNorm after every conv (torchvision ``vgg16_bn``); kwargs: ``dropout``, ``rng``."""
     return VGG(VGG16_CONFIG, num_classes, batch_norm=True, **kwargs)

@@ -24,7 +24,13 @@ import numpy as np
 from ..nn import BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d, ReLU, Sequential
 from .blocks import ResidualBlock, global_pool_flatten, torchvision_init
 from .fuse import EvalFastPath
-from .registry import register_model
+from .registry import (
+    INCEPTION_MEAN,
+    INCEPTION_STD,
+    ModelCfg,
+    register_model,
+    timm_preprocessing,
+)
 
 
 class SeparableConv2d(Sequential):
@@ -142,7 +148,11 @@ class Xception(EvalFastPath, Sequential):
         torchvision_init(self, rng, linear_std=None)
 
 
-@register_model("xception", aliases=("legacy_xception",))
+@register_model("xception", aliases=("legacy_xception",), cfg=ModelCfg(
+    preprocessing=timm_preprocessing(299, 0.8975, INCEPTION_MEAN, INCEPTION_STD),
+    classifier="fc.weight", twin=("timm", "legacy_xception"), paper="arXiv:1610.02357",
+    benchmarked=True,
+))  # fmt: skip
 def xception(num_classes: int = 1000, **kwargs) -> Xception:
     """Xception (timm ``legacy_xception``); kwargs: ``drop_rate``, ``rng``."""
     return Xception(num_classes, **kwargs)

@@ -10,7 +10,7 @@ published tables.
 """
 
 from .conventions import CONVENTIONS, ParamBreakdown, count_params, param_breakdown
-from .summary import LayerRow, Summary, skip_init, summary
+from .summary import LayerRow, Summary, summary
 
 __all__ = [
     "CONVENTIONS",
@@ -19,6 +19,5 @@ __all__ = [
     "Summary",
     "count_params",
     "param_breakdown",
-    "skip_init",
     "summary",
 ]

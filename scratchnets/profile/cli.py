@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 
 from .. import models
-from .summary import skip_init, summary
+from .summary import summary
 from .verify import Counter, render_json, render_markdown, render_text, verify_all, verify_seeds
 
 
@@ -70,8 +70,8 @@ def run_summary(args) -> int:
         raise ValueError(f"--resolution must be at least 1 pixel, got {args.resolution}")
     default = 299 if models.registry.resolve_name(args.model) == "xception" else 224
     resolution = default if args.resolution is None else args.resolution
-    with skip_init():  # counting never reads a weight
-        model = models.create(args.model, args.num_classes, args.width_mult)
+    # counting never reads a weight
+    model = models.create(args.model, args.num_classes, args.width_mult, init=False)
     if args.reparameterize:
         if not hasattr(model, "reparameterize"):
             raise SystemExit(f"{args.model} has no re-parameterised inference form")

@@ -27,15 +27,12 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from ..backends import OP_BY_NAME, OP_TABLE
 from ..nn import Module
-from ..nn import init as nn_init
 from ..reference.pooling import adaptive_windows
 from . import meta
 from .conventions import MACS, ParamBreakdown, param_breakdown
@@ -259,31 +256,6 @@ class Summary:
 
     def __str__(self) -> str:
         return self.to_text()
-
-
-@contextmanager
-def skip_init() -> Iterator[None]:
-    """Build models without initialising their weights (like building on torch's "meta" device).
-
-    Inside the block every in-place initialiser of ``scratchnets.nn.init`` (the public names
-    ending in ``_``: ``kaiming_uniform_``, ``normal_``, ``zeros_``, ...) returns its target
-    untouched, so parameters keep the uninitialised memory of ``np.empty``. Counting never reads
-    a weight, and this turns building VGG16 (138 M parameters) from seconds of random draws into
-    milliseconds. Do not train or evaluate a model built this way.
-    """
-    names = [n for n in vars(nn_init) if n.endswith("_") and not n.startswith("_")]
-    saved = {n: getattr(nn_init, n) for n in names}
-
-    def untouched(target, *args, **kwargs):
-        return target
-
-    for name in names:
-        setattr(nn_init, name, untouched)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn_init, name, fn)
 
 
 # ------------------------------------------------------------------------------ tracing

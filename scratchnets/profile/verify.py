@@ -40,9 +40,10 @@ from ..nn import (
     ReLU6,
     Sequential,
 )
+from ..nn.init import skip_init
 from .conventions import CONVENTIONS, MACS, count_params
 from .papers import SOURCES, V1_TABLE1, V2_TABLE2, ModelConfig, PaperRow, SeedEntry
-from .summary import Summary, skip_init, summary
+from .summary import Summary, summary
 from .tables import markdown_table, millions, text_table, thousands
 
 # ------------------------------------------------------------------------ builders

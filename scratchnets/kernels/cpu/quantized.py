@@ -45,8 +45,9 @@ __all__ = ["quantized_conv2d", "quantized_add", "quantized_avg_pool2d", "quantiz
 
 
 @njit(inline="always")
-def _high_mul(a, b):
-    """``saturating_rounding_doubling_high_mul`` on int64 scalars holding int32 values."""
+def saturating_rounding_doubling_high_mul(a, b):
+    """``reference.fixed_point.saturating_rounding_doubling_high_mul`` on int64 scalars holding
+    int32 values."""
     if a == INT32_MIN and b == INT32_MIN:
         return INT32_MAX
     nudged = a * b + ((1 << 30) if a * b >= 0 else 1 - (1 << 30))
@@ -54,17 +55,20 @@ def _high_mul(a, b):
 
 
 @njit(inline="always")
-def _divide_by_pot(x, exponent):
-    """``rounding_divide_by_pot`` on an int64 scalar."""
+def rounding_divide_by_pot(x, exponent):
+    """``reference.fixed_point.rounding_divide_by_pot`` on an int64 scalar."""
     mask = (np.int64(1) << exponent) - 1
     threshold = (mask >> 1) + (1 if x < 0 else 0)
     return (x >> exponent) + (1 if (x & mask) > threshold else 0)
 
 
 @njit(inline="always")
-def _scale(acc, m0, left_shift, right_shift):
-    """``multiply_by_quantized_multiplier``."""
-    return _divide_by_pot(_high_mul(acc << left_shift, m0), right_shift)
+def multiply_by_quantized_multiplier(acc, m0, left_shift, right_shift):
+    """``reference.fixed_point.multiply_by_quantized_multiplier(acc, m0, shift)`` with the shift
+    split once per layer: ``left_shift = max(shift, 0)``, ``right_shift = max(-shift, 0)``."""
+    return rounding_divide_by_pot(
+        saturating_rounding_doubling_high_mul(acc << left_shift, m0), right_shift
+    )
 
 
 @njit(parallel=True, cache=True)
@@ -76,7 +80,9 @@ def _requantize(acc, bias, m0, left_shift, right_shift, zero_point, low, high, o
         n, c = plane // channels, plane % channels
         for i in range(size):
             total = np.int64(acc[n, c, i]) + bias[c]
-            value = _scale(total, m0, left_shift, right_shift) + zero_point
+            value = (
+                multiply_by_quantized_multiplier(total, m0, left_shift, right_shift) + zero_point
+            )
             out[n, c, i] = min(max(value, low), high)
 
 
@@ -105,7 +111,10 @@ def _depthwise_kernel(
                             total += (np.int64(x[n, c, row, col]) - x_zero) * (
                                 np.int64(w[c, i, j]) - w_zero
                             )
-                value = _scale(total, m0, left_shift, right_shift) + zero_point
+                value = (
+                    multiply_by_quantized_multiplier(total, m0, left_shift, right_shift)
+                    + zero_point
+                )
                 out[n, c, p, q] = min(max(value, low), high)
 
 
@@ -156,12 +165,15 @@ def _add_kernel(a, b, a_zero, b_zero, a_scale, b_scale, out_scale, zero_point, l
     (M0, left shift, right shift) triples."""
     flat_a, flat_b, flat_out = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
     for i in prange(flat_a.size):
-        sum_ = _scale(
+        sum_ = multiply_by_quantized_multiplier(
             (np.int64(flat_a[i]) - a_zero) << ADD_LEFT_SHIFT, a_scale[0], a_scale[1], a_scale[2]
-        ) + _scale(
+        ) + multiply_by_quantized_multiplier(
             (np.int64(flat_b[i]) - b_zero) << ADD_LEFT_SHIFT, b_scale[0], b_scale[1], b_scale[2]
         )
-        value = _scale(sum_, out_scale[0], out_scale[1], out_scale[2]) + zero_point
+        value = (
+            multiply_by_quantized_multiplier(sum_, out_scale[0], out_scale[1], out_scale[2])
+            + zero_point
+        )
         flat_out[i] = min(max(value, low), high)
 
 
