@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scratchnets as sn
-from scratchnets.models.blocks import AdaptiveAvgPool2d, adaptive_pool_matrix
-from scratchnets.nn import BatchNorm2d
+from scratchnets.nn import AdaptiveAvgPool2d, BatchNorm2d
+from scratchnets.reference.pooling import adaptive_windows
 from tests.helpers import assert_close_f64, record_error, t, torch_grads
 from tests.model_twins import BACKENDS, assert_same_layout, check_parity, randomize_bn, torch_twin
 
@@ -119,8 +119,6 @@ def test_adaptive_avg_pool_float32_on_backends(backend):
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_adaptive_pool_matrix_rows_average_torch_bins():
-    a = adaptive_pool_matrix(5, 3)  # bins [0, 2), [1, 4), [3, 5)
-    np.testing.assert_allclose(
-        a, [[0.5, 0.5, 0, 0, 0], [0, 1 / 3, 1 / 3, 1 / 3, 0], [0, 0, 0, 0.5, 0.5]]
-    )
+def test_adaptive_windows_are_torch_bins():
+    start, end = adaptive_windows(5, 3)  # bins [0, 2), [1, 4), [3, 5)
+    assert list(zip(start.tolist(), end.tolist(), strict=True)) == [(0, 2), (1, 4), (3, 5)]

@@ -716,3 +716,17 @@ def test_init_functions():
         init.kaiming_normal_(np.empty(5))
     with pytest.raises(TypeError, match="host NumPy"):
         init.zeros_([0.0, 1.0])
+
+
+def test_every_layer_is_exported_by_nn():
+    """``scratchnets.nn`` exports every public layer class of ``nn.layers`` (no hand list)."""
+    import inspect
+
+    from scratchnets.nn import layers
+
+    classes = {name for name, value in vars(layers).items()
+               if inspect.isclass(value) and issubclass(value, nn.Module)
+               and value.__module__ == layers.__name__ and not name.startswith("_")}  # fmt: skip
+    assert classes <= set(nn.__all__)
+    assert all(getattr(nn, name) is getattr(layers, name) for name in classes)
+    assert {"Hardswish", "SiLU", "AdaptiveMaxPool2d", "ZeroPad2d"} <= classes

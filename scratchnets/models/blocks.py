@@ -7,7 +7,6 @@
 * ``BatchNormAct2d``: BN followed by an activation in one module, timm's layout (the BN arrays
   sit directly under the module's name, the activation is a parameter-free child ``act``).
 * ``ResidualBlock``: y = branch(x) + shortcut(x), with the gradient split in backward.
-* ``AdaptiveAvgPool2d``: torch's adaptive average pooling for any input and output size.
 * ``Conv2dSame``: TensorFlow/Keras "SAME" padding worked out per input size.
 * ``torchvision_init`` / ``timm_efficientnet_init``: the weight initialisations of the sources.
 * ``global_pool_flatten``: (N, C, H, W) -> (N, C).
@@ -23,8 +22,8 @@ import math
 import numpy as np
 
 from .. import functional as F
-from ..nn import AdaptiveAvgPool2d as GlobalAvgPool2d  # output_size=1 only
 from ..nn import (
+    AdaptiveAvgPool2d,
     BatchNorm2d,
     Conv2d,
     Flatten,
@@ -36,7 +35,6 @@ from ..nn import (
     Sequential,
     init,
 )
-from ..nn.module import DEVICE_BACKENDS
 
 #: (conv path, BN path) pairs, relative to the block that declares them
 BnFolds = tuple[tuple[str, str], ...]
@@ -175,78 +173,6 @@ class ResidualBlock(Module):
         return dx
 
 
-def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """The (out, in) averaging matrix of torch's adaptive average pooling along one axis.
-
-    Output i averages inputs start_i <= j < end_i with start_i = floor(i * in / out) and
-    end_i = ceil((i + 1) * in / out); so A[i, j] = 1 / (end_i - start_i) there and 0 elsewhere.
-    """
-    a = np.zeros((out_size, in_size))
-    for i in range(out_size):
-        start, end = (i * in_size) // out_size, -(-(i + 1) * in_size // out_size)
-        a[i, start:end] = 1.0 / (end - start)
-    return a
-
-
-class AdaptiveAvgPool2d(Module):
-    """``torch.nn.AdaptiveAvgPool2d(output_size)`` for any input and output size.
-
-    Pooling is separable: Y = A_h X A_w^T per (n, c) plane, with the averaging matrices of
-    ``adaptive_pool_matrix``. Each 1-D pass is a convolution with a fixed kernel that spans the
-    whole axis, so the backend's conv op does the work (forward and backward):
-
-        H pass: x (N*C, 1, H, W) * k_h (OH, 1, H, 1)  -> (N*C, OH, 1, W)  = (N*C*OH, 1, 1, W)
-        W pass: (N*C*OH, 1, 1, W) * k_w (OW, 1, 1, W) -> (N*C*OH, OW, 1, 1) = (N, C, OH, OW)
-
-    An axis whose size already equals the output size is skipped. The kernels are constants, not
-    parameters (they are not in the state dict and get no gradient).
-    """
-
-    def __init__(self, output_size):
-        super().__init__()
-        oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
-        self.output_size = (int(oh), int(ow))
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
-
-    def _kernel(self, in_size: int, out_size: int, axis: int, dtype):
-        """The conv weight of one pass: (out, 1, in, 1) for axis 2 (H), (out, 1, 1, in) for 3 (W)."""
-        shape = (out_size, 1, in_size, 1) if axis == 2 else (out_size, 1, 1, in_size)
-        w = adaptive_pool_matrix(in_size, out_size).reshape(shape).astype(dtype)
-        if self.backend in DEVICE_BACKENDS:
-            from numba import cuda
-
-            return cuda.to_device(w)
-        return w
-
-    def forward(self, x):
-        self._check_input(x, ("N", "C", "H", "W"))
-        n, c, h, w = x.shape
-        oh, ow = self.output_size
-        caches = []
-        if h != oh:  # (N*C, 1, H, W) -> (N*C, OH, 1, W)
-            k = self._kernel(h, oh, axis=2, dtype=x.dtype)
-            x, cache = F.conv2d_forward(x.reshape(n * c, 1, h, w), k, backend=self.backend)
-            caches.append(("h", cache, x.shape))
-            x = x.reshape(n, c, oh, w)
-        if w != ow:  # (N*C*OH, 1, 1, W) -> (N*C*OH, OW, 1, 1)
-            k = self._kernel(w, ow, axis=3, dtype=x.dtype)
-            x, cache = F.conv2d_forward(x.reshape(n * c * oh, 1, 1, w), k, backend=self.backend)
-            caches.append(("w", cache, x.shape))
-            x = x.reshape(n, c, oh, ow)
-        self._save(((n, c, h, w), caches), x.shape)
-        return x
-
-    def backward(self, dy):
-        (n, c, h, w), caches = self._saved(dy)
-        oh = self.output_size[0]
-        for axis, cache, conv_out_shape in reversed(caches):
-            dx, _, _ = F.conv2d_backward(dy.reshape(conv_out_shape), cache, backend=self.backend)
-            dy = dx.reshape(n, c, oh, w) if axis == "w" else dx.reshape(n, c, h, w)
-        return dy
-
-
 def tf_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TensorFlow's "SAME" padding along one axis: output ceil(size / stride), total padding
 
@@ -328,4 +254,4 @@ def timm_efficientnet_init(model: Module, rng: np.random.Generator):
 def global_pool_flatten() -> Sequential:
     """(N, C, H, W) -> (N, C): global average pooling then flatten, as timm's
     ``SelectAdaptivePool2d`` (children ``pool`` and ``flatten``; no parameters)."""
-    return Sequential({"pool": GlobalAvgPool2d(1), "flatten": Flatten()})
+    return Sequential({"pool": AdaptiveAvgPool2d(1), "flatten": Flatten()})

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn import Flatten, ReLU6, Sequential
-from .blocks import AdaptiveAvgPool2d, Conv2dSame
+from ..nn import AdaptiveAvgPool2d, Flatten, ReLU6, Sequential
+from .blocks import Conv2dSame
 from .registry import ModelCfg, register_model, tflite_preprocessing
 
 #: (stride, output channels) of the 13 depthwise-separable layers at width 1

@@ -16,8 +16,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
-from .blocks import AdaptiveAvgPool2d, torchvision_init
+from ..nn import (
+    AdaptiveAvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+)
+from .blocks import torchvision_init
 from .fuse import EvalFastPath
 from .registry import ModelCfg, register_model, torchvision_preprocessing
 

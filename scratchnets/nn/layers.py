@@ -27,23 +27,6 @@ from ..reference.pooling import adaptive_output_size, divisor_rule
 from . import init
 from .module import Module, Parameter, as_float_dtype
 
-__all__ = [
-    "Conv2d",
-    "BatchNorm2d",
-    "ReLU",
-    "ReLU6",
-    "Sigmoid",
-    "Hardsigmoid",
-    "MaxPool2d",
-    "AvgPool2d",
-    "AdaptiveAvgPool2d",
-    "Linear",
-    "Dropout",
-    "Flatten",
-    "Upsample",
-    "CrossEntropyLoss",
-]
-
 NCHW = ("N", "C", "H", "W")  # layout of an image batch whose channel count any value may take
 
 
@@ -909,3 +892,12 @@ class CrossEntropyLoss(Module):
 
     def backward(self, dloss=1.0):
         return F.cross_entropy_backward(dloss, self._saved(dloss), backend=self.backend)
+
+
+#: every layer class of this file (the public ones, in order of definition)
+__all__ = [
+    name
+    for name, value in list(globals().items())
+    if isinstance(value, type) and issubclass(value, Module) and value.__module__ == __name__
+    and not name.startswith("_")
+]  # fmt: skip

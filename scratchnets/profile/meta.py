@@ -39,8 +39,6 @@ class OpRecord:
     ``in_shapes``: the activation inputs (``x``; ``a, b`` for add/mul; every ``xs`` for concat).
     ``weight_shape``: conv ``(C_out, C_in / groups, kh, kw)`` or linear ``(out, in)``, else None.
     ``window``: ``(kh, kw)`` of a windowed pooling, else None.
-    ``weight_id``: ``id()`` of the weight array, so that a counter can tell a layer's Parameter
-    from a fixed kernel (e.g. adaptive pooling written as a conv); None without a weight.
     """
 
     op: str
@@ -50,7 +48,6 @@ class OpRecord:
     groups: int = 1
     has_bias: bool = False
     window: tuple[int, int] | None = None
-    weight_id: int | None = None
 
 
 _TAPES: list[list[OpRecord]] = []  # the open recording() blocks, innermost last
@@ -112,8 +109,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     g = conv_geometry(x_shape, w_shape, stride, padding, dilation, groups)
     if b is not None and _shape(b, "b") != (g.out_channels,):
         raise ValueError(f"conv2d: b must have shape ({g.out_channels},), got {_shape(b, 'b')}")
-    record = OpRecord("conv2d", (x_shape,), g.out_shape, w_shape, g.groups, b is not None,
-                      weight_id=id(w))  # fmt: skip
+    record = OpRecord("conv2d", (x_shape,), g.out_shape, w_shape, g.groups, b is not None)
     return _emit(record, x.dtype)
 
 
@@ -134,9 +130,8 @@ def linear_forward(x, w, b=None):
     if b is not None and _shape(b, "b") != (w_shape[0],):
         raise ValueError(f"linear: b must have shape ({w_shape[0]},), got {_shape(b, 'b')}")
     record = OpRecord(
-        "linear", (x_shape,), (x_shape[0], w_shape[0]), w_shape, has_bias=b is not None,
-        weight_id=id(w),
-    )  # fmt: skip
+        "linear", (x_shape,), (x_shape[0], w_shape[0]), w_shape, has_bias=b is not None
+    )
     return _emit(record, x.dtype)
 
 

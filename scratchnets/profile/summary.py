@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -64,17 +64,6 @@ def op_macs(record: meta.OpRecord) -> int:
     return math.prod(record.out_shape) * math.prod(record.weight_shape[1:])
 
 
-def fixed_kernels_marked(tape: list[meta.OpRecord], learned: set[int]) -> list[meta.OpRecord]:
-    """The tape with every conv / linear whose weight is NOT one of the model's parameters renamed
-    ``<op>_fixed``: a constant kernel (e.g. adaptive average pooling written as a conv) is pooling,
-    not a layer, so it is reported with the pooling work instead of the mult-adds."""
-    return [
-        replace(r, op=f"{r.op}_fixed") if r.weight_id is not None and r.weight_id not in learned
-        else r
-        for r in tape
-    ]  # fmt: skip
-
-
 def op_other_work(record: meta.OpRecord) -> dict[str, int]:
     """The non-MAC work of one op for its whole batch, by category (see the module docstring)."""
     out = math.prod(record.out_shape)
@@ -82,9 +71,7 @@ def op_other_work(record: meta.OpRecord) -> dict[str, int]:
     if record.has_bias:
         work["bias"] = out
     category = OTHER_OP_CATEGORY.get(record.op)
-    if record.op in ("conv2d_fixed", "linear_fixed"):  # elements read by the constant kernel
-        work["pooling"] = out * math.prod(record.weight_shape[1:])
-    elif record.op.startswith("adaptive_"):  # windows of varying size: sum their areas
+    if record.op.startswith("adaptive_"):  # windows of varying size: sum their areas
         (N, C, H, W), (OH, OW) = record.in_shapes[0], record.out_shape[2:]
         rows, cols = (np.sum(e - s) for s, e in (adaptive_windows(H, OH), adaptive_windows(W, OW)))
         work[category] = N * C * int(rows) * int(cols)
@@ -406,7 +393,6 @@ def summary(model: Module, input_shape=(1, 3, 224, 224), name: str | None = None
             out = model(np.empty(shape, dtype=model.dtype))
         finally:
             tracer.restore()
-    tape[:] = fixed_kernels_marked(tape, {id(p.data) for p in model.parameters()})
     batch = shape[0]
     other: Counter[str] = Counter()
     for record in tape:
