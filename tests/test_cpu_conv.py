@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import scratchnets.reference as ref
 from scratchnets.kernels.cpu import conv as cpu_conv
+from scratchnets.kernels.cpu.conv import depthwise_flat, im2col
 from tests.helpers import (
     LAYOUTS,
     assert_close_f32,
@@ -80,7 +81,7 @@ def depthwise_path(path: str):
     """Force the depthwise kernel: "flat" (where its geometry condition holds) or "polyphase"."""
     with pytest.MonkeyPatch.context() as mp:
         for name in ("_FLAT_MAX_HW", "_FLAT_COPY_MAX_HW"):
-            mp.setattr(cpu_conv, name, 10**9 if path == "flat" else -1)
+            mp.setattr(depthwise_flat, name, 10**9 if path == "flat" else -1)
         yield
 
 
@@ -138,7 +139,7 @@ def same_padded_depthwise_cases(draw):
 
 @given(same_padded_depthwise_cases())
 def test_flat_depthwise_matches_torch(case):
-    assert cpu_conv._flat_applies(geometry_of(case))
+    assert depthwise_flat._flat_applies(geometry_of(case))
     check_f64(case)
     check_f32(case)
 
@@ -235,7 +236,7 @@ def _flat_case(name: str, bias: bool, layout: str = "C") -> ConvCase:
 @pytest.mark.parametrize("name", list(FLAT_CASES))
 def test_flat_depthwise_many_channels(name):
     case = _flat_case(name, bias=True)
-    assert cpu_conv._flat_applies(geometry_of(case))  # small planes: the default dispatch
+    assert depthwise_flat._flat_applies(geometry_of(case))  # small planes: the default dispatch
     check_f64(case)
     check_f32(_flat_case(name, bias=False, layout="F"))
 
@@ -243,11 +244,11 @@ def test_flat_depthwise_many_channels(name):
 def test_depthwise_dispatch():
     """ "Same"-style padding takes the flat kernels up to a plane size (smaller where they copy
     x into phase planes), the rest polyphase."""
-    most, most_copied = cpu_conv._FLAT_MAX_HW, cpu_conv._FLAT_COPY_MAX_HW
+    most, most_copied = depthwise_flat._FLAT_MAX_HW, depthwise_flat._FLAT_COPY_MAX_HW
 
     def flat(hw, padding=1, stride=1, c_out=2):
         case = ConvCase(1, 2, c_out, 2, (3, 3), stride, 1, padding, hw, False, "C", 0)
-        return cpu_conv._flat_applies(geometry_of(case))
+        return depthwise_flat._flat_applies(geometry_of(case))
 
     assert flat((1, most)) and not flat((1, most + 1))  # output (1, most): x as it lies
     assert flat((1, most_copied), c_out=4) and not flat((1, most_copied + 1), c_out=4)  # M = 2
@@ -275,7 +276,7 @@ def test_flat_dw_is_deterministic():
 @pytest.mark.parametrize("name", ["stem 3x3 s2", "grouped 3x3 dilated"])
 def test_general_path_in_batch_chunks(monkeypatch, name):
     """A tiny im2col budget forces one image per chunk (and buffer reuse across chunks)."""
-    monkeypatch.setattr(cpu_conv, "_COLS_BUDGET", 1)
+    monkeypatch.setattr(im2col, "_COLS_BUDGET", 1)
     check_f64(_path_case(name, bias=False))
 
 

@@ -15,13 +15,10 @@ from numba import njit, prange
 
 from scratchnets.reference.conv import prepare_conv
 
-from .conv import (
-    _depthwise_forward,
-    _general_forward,
-    _pointwise_forward,
-    _pointwise_input,
-    conv_kind,
-)
+from .conv import conv_kind
+from .conv.depthwise import _depthwise_forward
+from .conv.im2col import _general_forward
+from .conv.pointwise import _pointwise_forward, _pointwise_input
 
 #: the clamp of each activation a conv can absorb: (low, high)
 ACTIVATION_RANGES = {None: (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
