@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 _COMMON = dict(
@@ -34,3 +35,36 @@ def pytest_terminal_summary(terminalreporter):
     )
     for key in sorted(helpers.MAX_ERRORS):
         terminalreporter.write_line(f"{key:48s} {helpers.MAX_ERRORS[key]:.3e}")
+
+
+def _cuda_unavailable_reason() -> str | None:
+    """None when numba.cuda can run kernels here (the simulator, enabled before numba was
+    imported, or a real GPU), else why not."""
+    from numba import config, cuda
+
+    if config.ENABLE_CUDASIM:
+        return None
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return (
+            "NUMBA_ENABLE_CUDASIM=1 was set after numba had been imported in this process; run "
+            "`NUMBA_ENABLE_CUDASIM=1 python -m pytest -m cuda tests/cuda tests/ops` in its own "
+            "process"
+        )
+    if cuda.is_available():
+        return None
+    return (
+        "no CUDA GPU available and the simulator is off: run `NUMBA_ENABLE_CUDASIM=1 python -m "
+        "pytest -m cuda tests/cuda tests/ops -q` to test the kernels without a GPU"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """The cuda tests (marked ``cuda``: tests/cuda and the cuda sections of tests/ops) are
+    skipped where numba.cuda cannot run kernels."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_items:
+        return
+    reason = _cuda_unavailable_reason()
+    if reason is not None:
+        for item in cuda_items:
+            item.add_marker(pytest.mark.skip(reason=reason))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pytest
 
 from scratchnets.backends import (
@@ -94,3 +95,35 @@ def test_reference_signatures_are_the_documented_ones():
         if name.endswith("_backward"):
             first = "dloss" if name == "cross_entropy_backward" else "dy"
             assert str(sig(getattr(reference, name))) == f"({first}, cache)", name
+
+
+# ------------------------------------------------------------------ the cpu backend's errors
+
+#: op -> (forward arguments, the shape of a wrong dy)
+_ERROR_CASES = {
+    "relu": ((np.zeros((2, 3)),), (3, 2)),
+    "relu6": ((np.zeros((2, 3)),), (3, 2)),
+    "sigmoid": ((np.zeros((2, 3)),), (3, 2)),
+    "hard_sigmoid": ((np.zeros((2, 3)),), (3, 2)),
+    "batch_norm2d": ((np.zeros((2, 3, 2, 2)), None, None, None, None), (2, 3, 2, 3)),
+    "max_pool2d": ((np.zeros((1, 2, 4, 4)), 2), (1, 2, 3, 2)),
+    "avg_pool2d": ((np.zeros((1, 2, 4, 4)), 2), (1, 2, 3, 2)),
+    "global_avg_pool2d": ((np.zeros((1, 2, 4, 4)),), (1, 2, 2, 1)),
+    "upsample_nearest2d": ((np.zeros((1, 2, 3, 3)), (5, 6)), (1, 2, 5, 5)),
+    "upsample_bilinear2d": ((np.zeros((1, 2, 3, 3)), (5, 6)), (1, 2, 5, 5)),
+    "dropout": ((np.zeros((2, 3)), 0.5, True, 0), (3, 2)),
+    "mul": ((np.zeros((2, 3, 4, 4)), np.zeros((2, 3, 1, 1))), (2, 3, 4, 3)),
+}
+
+
+@pytest.mark.parametrize("op", list(_ERROR_CASES))
+def test_errors_name_the_problem(op):
+    """Integer input: TypeError naming the dtypes; dy of the wrong shape: ValueError naming it."""
+    args, wrong_dy = _ERROR_CASES[op]
+    cpu = get_backend("cpu")
+    forward, backward = getattr(cpu, f"{op}_forward"), getattr(cpu, f"{op}_backward")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        forward(args[0].astype(np.int64), *args[1:])
+    _, cache = forward(*args)
+    with pytest.raises(ValueError, match=r"dy has shape \(" + ", ".join(map(str, wrong_dy))):
+        backward(np.zeros(wrong_dy), cache)

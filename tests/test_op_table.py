@@ -1,5 +1,6 @@
-"""The op table is the single list of ops: every family has its file in every layer of the house,
-and every tool that goes over ops (gradcheck, explain, the counter) covers exactly the table."""
+"""The op table is the single list of ops: every family has its file in every layer of the house
+(reference, cpu, cuda, explain, docs, tests/ops), and every tool that goes over ops (gradcheck,
+explain, the counter) covers exactly the table."""
 
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ def test_every_op_lives_in_its_familys_module(package, op):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_family_has_its_explainer_module_and_doc_page(family):
+def test_every_family_has_its_explainer_doc_page_and_tests(family):
     from scratchnets.explain import EXPLAINERS
 
     for op in (op for op in OP_TABLE if op.family == family):
         assert EXPLAINERS[op.name].__module__ == f"scratchnets.explain.{family}", op.name
     assert (ROOT / "docs" / f"{family}.md").is_file(), f"docs/{family}.md is missing"
+    assert (ROOT / "tests" / "ops" / f"test_{family}.py").is_file(), f"tests/ops/test_{family}.py"
 
 
 def test_gradcheck_has_a_case_for_every_op():

@@ -1,8 +1,9 @@
 """Tests of the numba.cuda backend (``scratchnets.kernels.cuda``).
 
-Run in their own process: ``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda -q`` without a GPU
-(numba reads the variable when it is imported), plain ``python -m pytest tests/cuda -q`` on a GPU.
-``conftest.py`` skips the directory when neither is available.
+Every cuda test (this directory, and the cuda sections of tests/ops) is marked ``cuda`` and runs
+in its own process: ``NUMBA_ENABLE_CUDASIM=1 python -m pytest -m cuda tests/cuda tests/ops -q``
+without a GPU (numba reads the variable when it is imported), the same without the variable on a
+GPU. tests/conftest.py skips them when neither is available.
 """
 
 from __future__ import annotations

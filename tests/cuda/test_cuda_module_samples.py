@@ -8,6 +8,8 @@ import pytest
 
 from tests.test_torch_module_samples import SAMPLES, _run_sample
 
+pytestmark = pytest.mark.cuda
+
 FIRST_OF_EACH_LAYER = [
     sample
     for sample in SAMPLES

@@ -1,8 +1,4 @@
-"""reference nearest / bilinear resizing against F.interpolate(size=...) (float64 oracle, random dy).
-
-Nearest is a selection: forward bit-exact in float32 and float64 for up- and down-sampling, with
-torch's source-index rule. Bilinear uses align_corners=False (half-pixel centres).
-"""
+"""Nearest and bilinear upsampling against float64 torch on every backend."""
 
 from __future__ import annotations
 
@@ -12,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import scratchnets.kernels.cuda as CK
+from scratchnets import reference as R
+from scratchnets import reference as ref
+from scratchnets import to_numpy
+from scratchnets.kernels import cpu
 from scratchnets.reference.upsample import (
     nearest_source_index,
     upsample_bilinear2d_backward,
@@ -23,6 +25,7 @@ from scratchnets.reference.upsample import (
     upsample_nearest2d_forward,
 )
 from scratchnets.reference.windows import pair
+from tests.cuda import examples
 from tests.helpers import (
     LAYOUTS,
     assert_close_f32,
@@ -33,6 +36,27 @@ from tests.helpers import (
     torch_grads,
     with_layout,
 )
+from tests.ops.common import (
+    DTYPES,
+    FLOATS,
+    amax,
+    amax_product,
+    check_cpu,
+    check_cuda,
+    layouts,
+    rand,
+    seeds,
+    torch_op,
+)
+
+# ===============================================================================================
+# the reference backend
+#
+# reference nearest / bilinear resizing against F.interpolate(size=...) (float64 oracle, random dy).
+#
+# Nearest is a selection: forward bit-exact in float32 and float64 for up- and down-sampling, with
+# torch's source-index rule. Bilinear uses align_corners=False (half-pixel centres).
+# ===============================================================================================
 
 OPS = {
     "nearest": (upsample_nearest2d_forward, upsample_nearest2d_backward, {"mode": "nearest"}),
@@ -174,3 +198,101 @@ def test_backward_rejects_dy_of_the_wrong_shape():
         ValueError, match=r"dy has shape \(1, 2, 5, 5\), y had shape \(1, 2, 5, 6\)"
     ):
         upsample_bilinear2d_backward(np.zeros((1, 2, 5, 5)), cache)
+
+
+# ===============================================================================================
+# the cpu backend
+#
+# The "cpu" backend (Numba kernels) against torch float64 and the reference backend.
+#
+# Every op except conv2d (tests/test_cpu_conv.py), forward and backward, and the eval fast path's
+# BN folding.
+# Each comparison (``check``) asserts, for one result of one op:
+#
+# * float64: agreement with torch float64 with a random dy to ~1e-10 (recorded under
+#   "cpu/<op> <grad>"), and with the reference backend to the same tolerance;
+# * float32: agreement with the float64 oracle evaluated on the same float32 inputs. Most kernels
+#   accumulate in float64 and round once at the end, so the bound is one rounding (``terms=1``);
+#   the scatter-add backwards (pooling, upsample) add into the float32 output, so there ``terms``
+#   is the number of contributions per element;
+# * selection ops (relu, relu6, hard-sigmoid forward, max-pool forward, nearest forward, concat,
+#   slice, dropout): bit-exact against torch and the reference in both dtypes.
+#
+# Inputs are drawn by hypothesis: odd sizes, boundary values (0, 6, +-3, +-1e6), ties, and
+# C-ordered, Fortran-ordered or strided (non-contiguous) layouts.
+# ===============================================================================================
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9)),
+    size=st.one_of(st.integers(1, 16), st.tuples(st.integers(1, 16), st.integers(1, 16))),
+    huge=st.booleans(),
+    layout=layouts,
+    seed=seeds,
+)
+def test_cpu_upsample(mode, dtype, shape, size, huge, layout, seed):
+    """Any input and output sizes, up and down; nearest forward bit-exact (torch's index rule)."""
+    rng = np.random.default_rng(seed)
+    x = with_layout((rng.standard_normal(shape) * (1e6 if huge else 1.0)).astype(dtype), layout)
+    out_hw = pair(size, "size")
+    dy = with_layout(rng.standard_normal((*shape[:2], *out_hw)).astype(dtype), layout)
+    op = f"upsample_{mode}2d"
+    y, cache = getattr(cpu, f"{op}_forward")(x, size)
+    dx = getattr(cpu, f"{op}_backward")(dy, cache)
+    y_ref, cache_ref = getattr(ref, f"{op}_forward")(x, size)
+    dx_ref = getattr(ref, f"{op}_backward")(dy, cache_ref)
+    kwargs = {"mode": mode} | ({"align_corners": False} if mode == "bilinear" else {})
+    y_t, dx_t = torch_op(F.interpolate, x, dy, size=out_hw, **kwargs)
+    taps = 1 if mode == "nearest" else 2
+    # contributions per dx element: outputs per input pixel along each axis, times the taps
+    fan_in = math.prod(
+        taps * (math.ceil(o / i) + 1) for i, o in zip(shape[2:], out_hw, strict=True)
+    )
+    check_cpu(op, "y", y, y_ref, y_t, magnitude=amax(x), exact=mode == "nearest")
+    check_cpu(op, "dx", dx, dx_ref, dx_t, fan_in, amax(dy))
+
+
+# ===============================================================================================
+# the cuda backend
+#
+# Every op of the cuda backend, forward and backward, against float64 torch and the reference.
+#
+# float64 inputs: agreement with torch to ~1e-10 (``record_error`` keys "cuda/<op> <grad>") and
+# with the reference backend; float32 inputs: the float64 oracle within ``assert_close_f32``
+# (tolerance scaled by the size of each sum); selection ops bit-exact. Upstream gradients are
+# random. Every kernel variant (``_gemm.GEMM``, ``conv.POINTWISE_CONV``, ``conv.CONV_DW``,
+# ``_reduce.CHANNEL_REDUCTION``) is run, and reductions are checked to be bit-reproducible.
+# Shapes are tiny: under the simulator every GPU thread is a Python thread.
+# ===============================================================================================
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@settings(max_examples=examples(4, 60))
+@given(
+    seed=st.integers(0, 2**16),
+    dtype=FLOATS,
+    hw=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    size=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+)
+def test_cuda_upsample_matches_torch(mode, seed, dtype, hw, size):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, (1, 2, *hw), dtype)
+    op = f"upsample_{mode}2d"
+    y, cache = getattr(CK, f"{op}_forward")(x, size)
+    y_ref, cache_ref = getattr(R, f"{op}_forward")(x, size)
+    dy = rand(rng, y_ref.shape, dtype)
+    dx = getattr(CK, f"{op}_backward")(dy, cache)
+    dx_ref = getattr(R, f"{op}_backward")(dy, cache_ref)
+    xt = t(x, True)
+    extra = {} if mode == "nearest" else {"align_corners": False}
+    yt = TF.interpolate(xt, size=size, mode=mode, **extra)
+    (dxt,) = torch_grads(yt, [xt], dy)
+    if mode == "nearest":
+        np.testing.assert_array_equal(to_numpy(y), y_ref)
+    # the most outputs one input feeds: ceil(out / in) + 1 per axis
+    fan = int(np.prod([-(-o // i) + 1 for o, i in zip(size, hw, strict=True)]))
+    check_cuda(op, "y", y, yt.detach().numpy(), y_ref, 4, amax_product(x))
+    check_cuda(op, "dx", dx, dxt, dx_ref, fan, amax_product(dy))

@@ -1,5 +1,4 @@
-"""reference activations against torch: relu, relu6, sigmoid, hard_sigmoid, hard_swish, silu
-(incl. kinks, +-1e6)."""
+"""ReLU, ReLU6, sigmoid, hard-sigmoid, hard-swish and SiLU against float64 torch, on every backend."""
 
 from __future__ import annotations
 
@@ -7,10 +6,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+import torch.nn.functional as TF
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import scratchnets.kernels.cuda as CK
+from scratchnets import reference as R
+from scratchnets import reference as ref
+from scratchnets import to_numpy
+from scratchnets.kernels import cpu
 from scratchnets.reference import activations as act
+from tests.cuda import examples
 from tests.helpers import (
     LAYOUTS,
     assert_close_f32,
@@ -18,8 +24,28 @@ from tests.helpers import (
     numeric_grad,
     record_error,
     t,
+    torch_grads,
     with_layout,
 )
+from tests.ops.common import (
+    DTYPES,
+    FLOATS,
+    amax,
+    amax_product,
+    check_cpu,
+    check_cuda,
+    layouts,
+    rand,
+    seeds,
+    with_boundaries,
+)
+
+# ===============================================================================================
+# the reference backend
+#
+# reference activations against torch: relu, relu6, sigmoid, hard_sigmoid, hard_swish, silu
+# (incl. kinks, +-1e6).
+# ===============================================================================================
 
 #: name -> (forward, backward, torch function)
 OPS = {
@@ -30,9 +56,10 @@ OPS = {
     "hard_swish": (act.hard_swish_forward, act.hard_swish_backward, F.hardswish),
     "silu": (act.silu_forward, act.silu_backward, F.silu),
 }
+
+
 #: the kinks of relu / relu6 / hard_sigmoid, huge values, signed zero
 BOUNDARIES = np.array([0.0, -0.0, 6.0, -3.0, 3.0, 1e6, -1e6])
-DTYPES = (np.float32, np.float64)
 
 
 @st.composite
@@ -175,3 +202,125 @@ def test_errors(name):
     _, cache = forward(np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"dy has shape \(3, 2\)"):
         backward(np.zeros((3, 2)), cache)
+
+
+# ===============================================================================================
+# the cpu backend
+#
+# The "cpu" backend (Numba kernels) against torch float64 and the reference backend.
+#
+# Every op except conv2d (tests/test_cpu_conv.py), forward and backward, and the eval fast path's
+# BN folding.
+# Each comparison (``check``) asserts, for one result of one op:
+#
+# * float64: agreement with torch float64 with a random dy to ~1e-10 (recorded under
+#   "cpu/<op> <grad>"), and with the reference backend to the same tolerance;
+# * float32: agreement with the float64 oracle evaluated on the same float32 inputs. Most kernels
+#   accumulate in float64 and round once at the end, so the bound is one rounding (``terms=1``);
+#   the scatter-add backwards (pooling, upsample) add into the float32 output, so there ``terms``
+#   is the number of contributions per element;
+# * selection ops (relu, relu6, hard-sigmoid forward, max-pool forward, nearest forward, concat,
+#   slice, dropout): bit-exact against torch and the reference in both dtypes.
+#
+# Inputs are drawn by hypothesis: odd sizes, boundary values (0, 6, +-3, +-1e6), ties, and
+# C-ordered, Fortran-ordered or strided (non-contiguous) layouts.
+# ===============================================================================================
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "sigmoid": torch.sigmoid,
+    "hard_sigmoid": F.hardsigmoid,
+    "hard_swish": F.hardswish,
+    "silu": F.silu,
+}
+
+
+#: the kinks of relu / relu6 / hard_sigmoid, huge values, signed zero
+KINKS = np.array([0.0, -0.0, 6.0, -6.0, 3.0, -3.0, 1e6, -1e6])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=4), layout=layouts, seed=seeds)
+def test_cpu_activations(name, dtype, shape, layout, seed):
+    rng = np.random.default_rng(seed)
+    x = with_layout(with_boundaries(rng, shape, 5.0, KINKS).astype(dtype), layout)
+    dy = with_layout(rng.standard_normal(shape).astype(dtype), layout)
+    forward, backward = getattr(cpu, f"{name}_forward"), getattr(cpu, f"{name}_backward")
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        y, cache = forward(x)
+        dx = backward(dy, cache)
+    assert y.dtype == dx.dtype == dtype
+    y_ref, cache_ref = getattr(ref, f"{name}_forward")(x)
+    dx_ref = getattr(ref, f"{name}_backward")(dy, cache_ref)
+    xt = t(x, True)
+    y_t = ACTIVATIONS[name](xt)
+    (dx_t,) = torch_grads(y_t, [xt], dy)
+    check_cpu(name, "y", y, y_ref, y_t.detach().numpy(), exact=name in ("relu", "relu6"))
+    if name == "hard_sigmoid":
+        # y = relu6(x + 3) / 6 in x's dtype: bit-exact against torch and the reference in x's dtype
+        np.testing.assert_array_equal(y, F.hardsigmoid(torch.tensor(x)).numpy())
+        np.testing.assert_array_equal(y, y_ref)
+        # dx = dy * (1/6) here, dy / 6 in the reference: at most one rounding apart. torch's CPU
+        # kernel multiplies by the float32 constant 1/6 in both dtypes: ~3e-8 relative.
+        np.testing.assert_array_equal(dx == 0, dx_t == 0)  # same zero set, kinks included
+        np.testing.assert_allclose(dx, dx_ref, rtol=2 * np.finfo(dtype).eps, atol=0)
+        np.testing.assert_allclose(dx, dx_t, rtol=4 * np.finfo(np.float32).eps, atol=0)
+    else:
+        smooth = name in ("sigmoid", "hard_swish", "silu")  # slopes from arithmetic, not a select
+        check_cpu(name, "dx", dx, dx_ref, dx_t, magnitude=1.5 * amax(dy), exact=not smooth)
+
+
+# ===============================================================================================
+# the cuda backend
+#
+# Every op of the cuda backend, forward and backward, against float64 torch and the reference.
+#
+# float64 inputs: agreement with torch to ~1e-10 (``record_error`` keys "cuda/<op> <grad>") and
+# with the reference backend; float32 inputs: the float64 oracle within ``assert_close_f32``
+# (tolerance scaled by the size of each sum); selection ops bit-exact. Upstream gradients are
+# random. Every kernel variant (``_gemm.GEMM``, ``conv.POINTWISE_CONV``, ``conv.CONV_DW``,
+# ``_reduce.CHANNEL_REDUCTION``) is run, and reductions are checked to be bit-reproducible.
+# Shapes are tiny: under the simulator every GPU thread is a Python thread.
+# ===============================================================================================
+
+cuda_ACTIVATIONS = {
+    "relu": TF.relu,
+    "relu6": TF.relu6,
+    "sigmoid": torch.sigmoid,
+    "hard_sigmoid": TF.hardsigmoid,
+    "hard_swish": TF.hardswish,
+    "silu": TF.silu,
+}
+
+
+SELECTIONS = ("relu", "relu6")  # forward is a pure selection: bit-exact
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("op", sorted(cuda_ACTIVATIONS))
+@settings(max_examples=examples(3, 50))
+@given(seed=st.integers(0, 2**16), dtype=FLOATS, shape=st.sampled_from([(7,), (2, 3, 2, 2)]))
+def test_cuda_activation_matches_torch(op, seed, dtype, shape):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    x.flat[:4] = [0.0, 6.0, -3.0, 3.0]  # the kinks: gradient 0 there, as torch
+    y, cache = getattr(CK, f"{op}_forward")(x)
+    y_ref, cache_ref = getattr(R, f"{op}_forward")(x)
+    dy = rand(rng, shape, dtype)
+    dx = getattr(CK, f"{op}_backward")(dy, cache)
+    xt = t(x, True)
+    yt = cuda_ACTIVATIONS[op](xt)
+    (dxt,) = torch_grads(yt, [xt], dy)
+    if op == "hard_sigmoid":
+        # torch multiplies by the float32 constant 1/6 even in float64 (3e-8 off): the oracle
+        # is the exact rule dy / 6 inside (-3, 3), with torch's zero set (the kinks included)
+        np.testing.assert_array_equal(to_numpy(dx) == 0, dxt == 0)
+        dxt = np.where((x > -3) & (x < 3), dy.astype(np.float64) / 6, 0.0)
+    if op in SELECTIONS:
+        np.testing.assert_array_equal(to_numpy(y), y_ref)
+    check_cuda(op, "y", y, yt.detach().numpy(), y_ref)
+    check_cuda(
+        op, "dx", dx, dxt, getattr(R, f"{op}_backward")(dy, cache_ref), 1, 1.5 * amax_product(dy)
+    )

@@ -1,12 +1,4 @@
-"""pad2d (constant / reflect / replicate / circular) and Conv2d's padding_mode against torch.
-
-The forward is a selection: bit-exact against ``F.pad`` in float32 and float64. The backward
-sums the gradients of the border copies into the pixels they copied: float64 within 1e-10 of
-torch; float32 against the float64 oracle with the bound for sums of as many terms as the most
-copied pixel has copies; the cpu kernel's backward equals the reference's bit for bit (same
-association). torch's ``F.pad`` orders pads (left, right, top, bottom); ours (top, bottom,
-left, right), like conv2d's explicit padding.
-"""
+"""pad2d in its four modes (and Conv2d's padding_mode) against float64 torch on every backend."""
 
 from __future__ import annotations
 
@@ -14,13 +6,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scratchnets as sn
+import scratchnets.kernels.cuda as CK
 from scratchnets import reference as R
+from scratchnets import to_numpy
 from scratchnets.kernels import cpu as K
 from scratchnets.reference.pad import PAD_MODES, pad_source_index
+from tests.cuda import examples
 from tests.helpers import (
     LAYOUTS,
     assert_close_f32,
@@ -30,6 +25,25 @@ from tests.helpers import (
     torch_grads,
     with_layout,
 )
+from tests.ops.common import (
+    FLOATS,
+    amax_product,
+    check_cuda,
+    rand,
+)
+
+# ===============================================================================================
+# every backend
+#
+# pad2d (constant / reflect / replicate / circular) and Conv2d's padding_mode against torch.
+#
+# The forward is a selection: bit-exact against ``F.pad`` in float32 and float64. The backward
+# sums the gradients of the border copies into the pixels they copied: float64 within 1e-10 of
+# torch; float32 against the float64 oracle with the bound for sums of as many terms as the most
+# copied pixel has copies; the cpu kernel's backward equals the reference's bit for bit (same
+# association). torch's ``F.pad`` orders pads (left, right, top, bottom); ours (top, bottom,
+# left, right), like conv2d's explicit padding.
+# ===============================================================================================
 
 BACKENDS = {"reference": R, "cpu": K}
 
@@ -134,11 +148,6 @@ def test_backward_rejects_dy_of_the_wrong_shape(backend):
         BACKENDS[backend].pad2d_backward(np.zeros((1, 1, 4, 5)), cache)
 
 
-# ---------------------------------------------------------------------------------------------
-# Conv2d(padding_mode=...)
-# ---------------------------------------------------------------------------------------------
-
-
 @st.composite
 def conv_cases(draw):
     mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
@@ -227,3 +236,39 @@ def test_pad_layer_rejects_bad_padding():
         ValueError, match=r"\(left, right, top, bottom\) of ints >= 0, got \(1, 2\)"
     ):
         sn.nn.ReflectionPad2d((1, 2))
+
+
+# ===============================================================================================
+# the cuda backend
+#
+# Every op of the cuda backend, forward and backward, against float64 torch and the reference.
+#
+# float64 inputs: agreement with torch to ~1e-10 (``record_error`` keys "cuda/<op> <grad>") and
+# with the reference backend; float32 inputs: the float64 oracle within ``assert_close_f32``
+# (tolerance scaled by the size of each sum); selection ops bit-exact. Upstream gradients are
+# random. Every kernel variant (``_gemm.GEMM``, ``conv.POINTWISE_CONV``, ``conv.CONV_DW``,
+# ``_reduce.CHANNEL_REDUCTION``) is run, and reductions are checked to be bit-reproducible.
+# Shapes are tiny: under the simulator every GPU thread is a Python thread.
+# ===============================================================================================
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
+@settings(max_examples=examples(3, 40))
+@given(seed=st.integers(0, 2**16), dtype=FLOATS, hw=st.tuples(st.integers(2, 4), st.integers(2, 4)))
+def test_cuda_pad2d_matches_torch(mode, seed, dtype, hw):
+    rng = np.random.default_rng(seed)
+    pads = tuple(int(p) for p in rng.integers(0, min(hw), size=4))  # < size: valid in every mode
+    x = rand(rng, (1, 2, *hw), dtype)
+    y, cache = CK.pad2d_forward(x, pads, mode, 0.5)
+    y_ref, cache_ref = R.pad2d_forward(x, pads, mode, 0.5)
+    dy = rand(rng, y_ref.shape, dtype)
+    dx = CK.pad2d_backward(dy, cache)
+    np.testing.assert_array_equal(to_numpy(y), y_ref)  # a selection
+    np.testing.assert_array_equal(to_numpy(dx), R.pad2d_backward(dy, cache_ref))  # same sums
+    xt = t(x, True)
+    top, bottom, left, right = pads
+    extra = {"value": 0.5} if mode == "constant" else {}
+    yt = TF.pad(xt, (left, right, top, bottom), mode=mode, **extra)
+    (dxt,) = torch_grads(yt, [xt], dy)
+    check_cuda("pad2d", "dx", dx, dxt, None, 4 * max(pads) + 4, amax_product(dy))
