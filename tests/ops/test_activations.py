@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +23,6 @@ from tests.helpers import (
     numeric_grad,
     record_error,
     t,
-    torch_grads,
     with_layout,
 )
 from tests.ops.common import (
@@ -40,6 +38,17 @@ from tests.ops.common import (
     with_boundaries,
 )
 
+#: the family's torch oracle: op -> torch's function (every backend's tests apply it to the same
+#: inputs: in float64 for the oracle, in x's own dtype for the bit-exact selections)
+TORCH = {
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "sigmoid": torch.sigmoid,
+    "hard_sigmoid": F.hardsigmoid,
+    "hard_swish": F.hardswish,
+    "silu": F.silu,
+}
+
 # ===============================================================================================
 # the reference backend
 #
@@ -49,12 +58,8 @@ from tests.ops.common import (
 
 #: name -> (forward, backward, torch function)
 OPS = {
-    "relu": (act.relu_forward, act.relu_backward, F.relu),
-    "relu6": (act.relu6_forward, act.relu6_backward, F.relu6),
-    "sigmoid": (act.sigmoid_forward, act.sigmoid_backward, torch.sigmoid),
-    "hard_sigmoid": (act.hard_sigmoid_forward, act.hard_sigmoid_backward, F.hardsigmoid),
-    "hard_swish": (act.hard_swish_forward, act.hard_swish_backward, F.hardswish),
-    "silu": (act.silu_forward, act.silu_backward, F.silu),
+    op: (getattr(act, f"{op}_forward"), getattr(act, f"{op}_backward"), fn)
+    for op, fn in TORCH.items()
 }
 
 
@@ -85,6 +90,7 @@ def torch_same_dtype(fn, x, dy):
 
 
 def torch_f64(fn, x, dy):
+    """The oracle: torch's y and dx in float64 (dy any float dtype)."""
     xt = t(x, True)
     y = fn(xt)
     (dx,) = torch.autograd.grad(y, xt, t(dy))
@@ -226,22 +232,12 @@ def test_errors(name):
 # C-ordered, Fortran-ordered or strided (non-contiguous) layouts.
 # ===============================================================================================
 
-ACTIVATIONS = {
-    "relu": F.relu,
-    "relu6": F.relu6,
-    "sigmoid": torch.sigmoid,
-    "hard_sigmoid": F.hardsigmoid,
-    "hard_swish": F.hardswish,
-    "silu": F.silu,
-}
-
-
 #: the kinks of relu / relu6 / hard_sigmoid, huge values, signed zero
 KINKS = np.array([0.0, -0.0, 6.0, -6.0, 3.0, -3.0, 1e6, -1e6])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@pytest.mark.parametrize("name", list(TORCH))
 @given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=4), layout=layouts, seed=seeds)
 def test_cpu_activations(name, dtype, shape, layout, seed):
     rng = np.random.default_rng(seed)
@@ -254,10 +250,8 @@ def test_cpu_activations(name, dtype, shape, layout, seed):
     assert y.dtype == dx.dtype == dtype
     y_ref, cache_ref = getattr(ref, f"{name}_forward")(x)
     dx_ref = getattr(ref, f"{name}_backward")(dy, cache_ref)
-    xt = t(x, True)
-    y_t = ACTIVATIONS[name](xt)
-    (dx_t,) = torch_grads(y_t, [xt], dy)
-    check_cpu(name, "y", y, y_ref, y_t.detach().numpy(), exact=name in ("relu", "relu6"))
+    y_t, dx_t = torch_f64(TORCH[name], x, dy)
+    check_cpu(name, "y", y, y_ref, y_t, exact=name in ("relu", "relu6"))
     if name == "hard_sigmoid":
         # y = relu6(x + 3) / 6 in x's dtype: bit-exact against torch and the reference in x's dtype
         np.testing.assert_array_equal(y, F.hardsigmoid(torch.tensor(x)).numpy())
@@ -285,21 +279,11 @@ def test_cpu_activations(name, dtype, shape, layout, seed):
 # Shapes are tiny: under the simulator every GPU thread is a Python thread.
 # ===============================================================================================
 
-cuda_ACTIVATIONS = {
-    "relu": TF.relu,
-    "relu6": TF.relu6,
-    "sigmoid": torch.sigmoid,
-    "hard_sigmoid": TF.hardsigmoid,
-    "hard_swish": TF.hardswish,
-    "silu": TF.silu,
-}
-
-
 SELECTIONS = ("relu", "relu6")  # forward is a pure selection: bit-exact
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("op", sorted(cuda_ACTIVATIONS))
+@pytest.mark.parametrize("op", sorted(TORCH))
 @settings(max_examples=examples(3, 50))
 @given(seed=st.integers(0, 2**16), dtype=FLOATS, shape=st.sampled_from([(7,), (2, 3, 2, 2)]))
 def test_cuda_activation_matches_torch(op, seed, dtype, shape):
@@ -310,9 +294,7 @@ def test_cuda_activation_matches_torch(op, seed, dtype, shape):
     y_ref, cache_ref = getattr(R, f"{op}_forward")(x)
     dy = rand(rng, shape, dtype)
     dx = getattr(CK, f"{op}_backward")(dy, cache)
-    xt = t(x, True)
-    yt = cuda_ACTIVATIONS[op](xt)
-    (dxt,) = torch_grads(yt, [xt], dy)
+    yt, dxt = torch_f64(TORCH[op], x, dy)
     if op == "hard_sigmoid":
         # torch multiplies by the float32 constant 1/6 even in float64 (3e-8 off): the oracle
         # is the exact rule dy / 6 inside (-3, 3), with torch's zero set (the kinks included)
@@ -320,7 +302,7 @@ def test_cuda_activation_matches_torch(op, seed, dtype, shape):
         dxt = np.where((x > -3) & (x < 3), dy.astype(np.float64) / 6, 0.0)
     if op in SELECTIONS:
         np.testing.assert_array_equal(to_numpy(y), y_ref)
-    check_cuda(op, "y", y, yt.detach().numpy(), y_ref)
+    check_cuda(op, "y", y, yt, y_ref)
     check_cuda(
         op, "dx", dx, dxt, getattr(R, f"{op}_backward")(dy, cache_ref), 1, 1.5 * amax_product(dy)
     )

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torch.nn.functional as TF
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numba import cuda
@@ -55,6 +54,20 @@ from tests.ops.common import (
 MOMENTUM, EPS = 0.1, 1e-5
 
 
+#: the family's torch oracle (float64), used by every backend's tests
+def torch_batch_norm(x, weight, bias, running_mean, running_var, training, dy, then=None):
+    """torch float64: y, (dx, dweight, dbias), running stats after the in-place update."""
+    xt = t(x, True)
+    wt, bt = [None if v is None else t(v, True) for v in (weight, bias)]
+    rm, rv = [None if v is None else t(v) for v in (running_mean, running_var)]
+    y = F.batch_norm(xt, rm, rv, wt, bt, training=training, momentum=MOMENTUM, eps=EPS)
+    y = y if then is None else then(y)
+    grads = torch_grads(y, [v for v in (xt, wt, bt) if v is not None], dy)
+    dx, dweight, dbias = grads[0], *(grads[1:] if weight is not None else (None, None))
+    stats = [None if v is None else v.numpy() for v in (rm, rv)]
+    return y.detach().numpy(), (dx, dweight, dbias), stats
+
+
 @st.composite
 def bn_cases(draw, min_values_per_channel=2):
     """(rng, shape, layout, offset): odd sizes, N*H*W >= min_values_per_channel."""
@@ -81,14 +94,6 @@ def make_inputs(rng, shape, layout, offset, dtype, noise=1.0):
     return x, weight, bias, running_mean, running_var, dy
 
 
-def torch_bn(x, weight, bias, running_mean, running_var, training, dy):
-    """Oracle: y, (dx, dweight, dbias), and the float64 running stats torch updated in place."""
-    xt, wt, bt = t(x, True), t(weight, True), t(bias, True)
-    rm, rv = t(running_mean), t(running_var)
-    y = F.batch_norm(xt, rm, rv, wt, bt, training=training, momentum=MOMENTUM, eps=EPS)
-    return y.detach().numpy(), torch_grads(y, [xt, wt, bt], dy), rm.numpy(), rv.numpy()
-
-
 def check_f64(key, actual, expected, rtol=1e-10):
     record_error(f"reference/batch_norm2d {key}", actual, expected)
     assert_close_f64(actual, expected, rtol=rtol, what=key)
@@ -108,7 +113,7 @@ def test_float64_matches_torch_over_two_steps(case, training):
             x, weight, bias, running_mean, running_var, training, MOMENTUM, EPS
         )
         dx, dweight, dbias = batch_norm2d_backward(dy, cache)
-        y_t, (dx_t, dw_t, db_t), rm_torch, rv_torch = torch_bn(
+        y_t, (dx_t, dw_t, db_t), (rm_torch, rv_torch) = torch_batch_norm(
             x, weight, bias, rm_torch, rv_torch, training, dy
         )
         assert y.dtype == dx.dtype == dweight.dtype == dbias.dtype == np.float64
@@ -156,7 +161,7 @@ def test_float32_against_float64_oracle(case, training):
     assert {a.dtype for a in (y, dx, dweight, dbias, running_mean, running_var)} == {
         np.dtype(np.float32)
     }
-    y_t, (dx_t, dw_t, db_t), rm_t, rv_t = torch_bn(
+    y_t, (dx_t, dw_t, db_t), (rm_t, rv_t) = torch_batch_norm(
         x, weight, bias, rm_before, rv_before, training, dy
     )
     x64 = x.astype(np.float64)
@@ -181,7 +186,9 @@ def test_large_offset_float64_is_stable():
         rng, (8, 3, 5, 5), "C", 1e3, np.float64, noise=0.1
     )
     # torch works on copies of the running stats (t() copies)
-    y_t, (dx_t, _, _), _, rv_t = torch_bn(x, weight, bias, running_mean, running_var, True, dy)
+    y_t, (dx_t, _, _), (_, rv_t) = torch_batch_norm(
+        x, weight, bias, running_mean, running_var, True, dy
+    )
     y, cache = batch_norm2d_forward(x, weight, bias, running_mean, running_var)
     dx, _, _ = batch_norm2d_backward(dy, cache)
     check_f64("y", y, y_t, rtol=1e-11)
@@ -280,8 +287,6 @@ def test_errors():
 # C-ordered, Fortran-ordered or strided (non-contiguous) layouts.
 # ===============================================================================================
 
-MOMENTUM, EPS = 0.1, 1e-5
-
 
 @st.composite
 def cpu_bn_cases(draw):
@@ -318,19 +323,6 @@ def bn_inputs(case, dtype):
 
 def copies(*arrays):
     return [None if a is None else a.copy() for a in arrays]
-
-
-def torch_batch_norm(x, weight, bias, running_mean, running_var, training, dy, then=None):
-    """torch float64: y, (dx, dweight, dbias), running stats after the in-place update."""
-    xt = t(x, True)
-    wt, bt = [None if v is None else t(v, True) for v in (weight, bias)]
-    rm, rv = [None if v is None else t(v) for v in (running_mean, running_var)]
-    y = F.batch_norm(xt, rm, rv, wt, bt, training=training, momentum=MOMENTUM, eps=EPS)
-    y = y if then is None else then(y)
-    grads = torch_grads(y, [v for v in (xt, wt, bt) if v is not None], dy)
-    dx, dweight, dbias = grads[0], *(grads[1:] if weight is not None else (None, None))
-    stats = [None if v is None else v.numpy() for v in (rm, rv)]
-    return y.detach().numpy(), (dx, dweight, dbias), stats
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -520,7 +512,7 @@ def run_batch_norm(seed, shape, dtype, training, affine, device_buffers=True):
     bias = rand(rng, (c,), dtype) if affine else None
     running = [rand(rng, (c,), dtype), np.abs(rand(rng, (c,), dtype)) + 0.5]
     ref_running = [r.copy() for r in running]
-    torch_running = [t(r) for r in running]
+    torch_running = [r.copy() for r in running]  # before the forward updates running in place
     buffers = [cuda.to_device(r) for r in running] if device_buffers else running
     y, cache = CK.batch_norm2d_forward(x, weight, bias, *buffers, training, 0.1, 1e-5)
     y_ref, cache_ref = R.batch_norm2d_forward(x, weight, bias, *ref_running, training, 0.1, 1e-5)
@@ -528,17 +520,12 @@ def run_batch_norm(seed, shape, dtype, training, affine, device_buffers=True):
     dx, dweight, dbias = CK.batch_norm2d_backward(dy, cache)
     ref = R.batch_norm2d_backward(dy, cache_ref)
 
-    xt = t(x, True)
-    params = [t(weight, True), t(bias, True)] if affine else [None, None]
-    yt = TF.batch_norm(xt, *torch_running, *params, training, 0.1, 1e-5)
-    grads = torch_grads(yt, [xt] + (params if affine else []), dy)
+    yt, grads, torch_running = torch_batch_norm(x, weight, bias, *torch_running, training, dy)
     m = shape[0] * shape[2] * shape[3]
     xhat = cache_ref[0]
     scale = amax_product(weight) if affine else 1.0
     inv_std = float(np.max(to_numpy(cache_ref[2])))
-    check_cuda(
-        "batch_norm2d", "y", y, yt.detach().numpy(), y_ref, m, scale * amax_product(x) * inv_std + 1
-    )
+    check_cuda("batch_norm2d", "y", y, yt, y_ref, m, scale * amax_product(x) * inv_std + 1)
     check_cuda(
         "batch_norm2d", "dx", dx, grads[0], ref[0], m, scale * inv_std * amax_product(dy, xhat) * 2
     )
@@ -551,9 +538,9 @@ def run_batch_norm(seed, shape, dtype, training, affine, device_buffers=True):
         ("running_mean", "running_var"), buffers, torch_running, strict=True
     ):
         actual = to_numpy(mine)
-        assert_close_f32(actual, theirs.numpy(), m, amax_product(x) ** 2, what=name)
+        assert_close_f32(actual, theirs, m, amax_product(x) ** 2, what=name)
         if dtype == np.float64:
-            record_error(f"cuda/batch_norm2d {name}", actual, theirs.numpy())
+            record_error(f"cuda/batch_norm2d {name}", actual, theirs)
     return dx, dweight
 
 

@@ -9,7 +9,6 @@ import numba
 import numpy as np
 import pytest
 import torch.nn.functional as F
-import torch.nn.functional as TF
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numba import cuda
@@ -156,18 +155,23 @@ def make_inputs(case: ConvCase, dtype):
     return x, w, b, dy
 
 
-def torch_conv(case: ConvCase, x, w, b, dy):
-    """Oracle in float64: y and [dx, dw, db]. Explicit 4-tuples go through F.pad first."""
+def torch_conv(x, w, b, dy, stride=1, padding=0, dilation=1, groups=1):
+    """The family's oracle, in float64: y and [dx, dw, db] (db None without a bias). Explicit
+    (top, bottom, left, right) paddings go through F.pad first."""
     xt, wt = t(x, True), t(w, True)
     bt = t(b, True) if b is not None else None
-    if isinstance(case.padding, tuple) and len(case.padding) == 4:
-        top, bottom, left, right = case.padding
+    if isinstance(padding, tuple) and len(padding) == 4:
+        top, bottom, left, right = padding
         inp, padding = F.pad(xt, (left, right, top, bottom)), 0
     else:
-        inp, padding = xt, case.padding
-    y = F.conv2d(inp, wt, bt, case.stride, padding, case.dilation, case.groups)
+        inp = xt
+    y = F.conv2d(inp, wt, bt, stride, padding, dilation, groups)
     grads = torch_grads(y, [xt, wt] + ([bt] if bt is not None else []), dy)
     return y.detach().numpy(), grads + ([None] if bt is None else [])
+
+
+def torch_conv_case(case: ConvCase, x, w, b, dy):
+    return torch_conv(x, w, b, dy, case.stride, case.padding, case.dilation, case.groups)
 
 
 def run(case: ConvCase, impl, dtype):
@@ -183,7 +187,7 @@ def run(case: ConvCase, impl, dtype):
 
 def check_f64(case, impl, tag):
     (x, w, b, dy), y, (dx, dw, db) = run(case, impl, np.float64)
-    y_t, (dx_t, dw_t, db_t) = torch_conv(case, x, w, b, dy)
+    y_t, (dx_t, dw_t, db_t) = torch_conv_case(case, x, w, b, dy)
     for name, ours, theirs in (("y", y, y_t), ("dx", dx, dx_t), ("dw", dw, dw_t)):
         assert ours.dtype == np.float64
         record_error(f"reference/{tag} {name}", ours, theirs)
@@ -211,7 +215,7 @@ def test_float32_against_float64_oracle(case):
     """float32 in, float32 out; errors bounded by eps32 * sqrt(terms summed) * term size."""
     (x, w, b, dy), y, (dx, dw, db) = run(case, GEMM, np.float32)
     assert all(a.dtype == np.float32 for a in (y, dx, dw) + ((db,) if case.bias else ()))
-    y_t, (dx_t, dw_t, db_t) = torch_conv(case, x, w, b, dy)  # oracle on the float32 values
+    y_t, (dx_t, dw_t, db_t) = torch_conv_case(case, x, w, b, dy)  # oracle on the float32 values
     (kh, kw), (oh, ow) = case.kernel, case.out_hw()
     cg, mg = case.c_in // case.groups, case.c_out // case.groups
     mx, mw, mdy = (float(np.abs(a).max()) for a in (x, w, dy))
@@ -327,7 +331,7 @@ REFERENCE = (ref.conv2d_forward, ref.conv2d_backward)
 def cpu_check_f64(case: ConvCase):
     """float64 kernels vs the float64 torch oracle (random dy), ~1e-10 relative."""
     (x, w, b, dy), y, (dx, dw, db) = run(case, CPU, np.float64)
-    y_t, (dx_t, dw_t, db_t) = torch_conv(case, x, w, b, dy)
+    y_t, (dx_t, dw_t, db_t) = torch_conv_case(case, x, w, b, dy)
     results = [("y", y, y_t), ("dx", dx, dx_t), ("dw", dw, dw_t)]
     results += [("db", db, db_t)] if case.bias else []
     for name, ours, theirs in results:
@@ -342,7 +346,7 @@ def check_f32(case: ConvCase):
     """float32 kernels vs the float64 oracle on the same values: eps32 * sqrt(terms) * size."""
     (x, w, b, dy), y, (dx, dw, db) = run(case, CPU, np.float32)
     assert all(a.dtype == np.float32 for a in (y, dx, dw) + ((db,) if case.bias else ()))
-    y_t, (dx_t, dw_t, db_t) = torch_conv(case, x, w, b, dy)
+    y_t, (dx_t, dw_t, db_t) = torch_conv_case(case, x, w, b, dy)
     (kh, kw), (oh, ow) = case.kernel, case.out_hw()
     cg, mg = case.c_in // case.groups, case.c_out // case.groups
     mx, mw, mdy = (float(np.abs(a).max()) for a in (x, w, dy))
@@ -648,19 +652,12 @@ def run_conv(case):
     dx, dw, db = CK.conv2d_backward(dy, cache)
     dx_ref, dw_ref, db_ref = R.conv2d_backward(dy, cache_ref)
 
-    top, bottom, left, right = R.windows.normalize_padding(case["padding"])
-    xt, wt = t(x, True), t(w, True)
-    bt = None if b is None else t(b, True)
-    yt = TF.conv2d(
-        TF.pad(xt, (left, right, top, bottom)), wt, bt, case["stride"], 0, case["dilation"], groups
-    )
-    grads = torch_grads(yt, [xt, wt] + ([bt] if b is not None else []), dy)
+    pads = R.windows.normalize_padding(case["padding"])  # (top, bottom, left, right)
+    yt, grads = torch_conv(x, w, b, dy, case["stride"], pads, case["dilation"], groups)
     kh, kw = case["kernel"]
     taps = kh * kw
     m = y_ref.shape[0] * y_ref.shape[2] * y_ref.shape[3]
-    check_cuda(
-        "conv2d", "y", y, yt.detach().numpy(), y_ref, w.shape[1] * taps + 1, amax_product(x, w) + 1
-    )
+    check_cuda("conv2d", "y", y, yt, y_ref, w.shape[1] * taps + 1, amax_product(x, w) + 1)
     check_cuda("conv2d", "dx", dx, grads[0], dx_ref, w.shape[0] * taps, amax_product(dy, w))
     check_cuda("conv2d", "dw", dw, grads[1], dw_ref, m, amax_product(dy, x))
     if b is None:

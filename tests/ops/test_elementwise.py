@@ -32,6 +32,37 @@ from tests.ops.common import (
     seeds,
 )
 
+#: the family's torch oracles, used by every backend's tests: float64 by default (the oracle),
+#: or the inputs' own dtype for the bit-exact copies of concat and slice
+
+
+def torch_binary(op, a, b, dy):
+    """torch's y and [da, db] of ``torch.add`` / ``torch.mul`` (broadcasting), float64."""
+    at, bt = t(a, True), t(b, True)
+    y = getattr(torch, op)(at, bt)
+    return y.detach().numpy(), torch_grads(y, [at, bt], dy)
+
+
+def _tensor(x, dtype):
+    return torch.tensor(np.asarray(x, dtype=dtype), requires_grad=True)
+
+
+def torch_concat(xs, axis, dy, dtype=np.float64):
+    """torch's y and [dx of each input] of ``torch.cat(xs, dim=axis)``, computed in ``dtype``."""
+    xts = [_tensor(x, dtype) for x in xs]
+    y = torch.cat(xts, dim=axis)
+    grads = torch.autograd.grad(y, xts, torch.tensor(np.asarray(dy, dtype=dtype)))
+    return y.detach().numpy(), [g.numpy() for g in grads]
+
+
+def torch_slice(x, start, stop, axis, dy, dtype=np.float64):
+    """torch's y and dx of ``torch.narrow(x, axis, start, stop - start)``, computed in ``dtype``."""
+    xt = _tensor(x, dtype)
+    y = torch.narrow(xt, axis, start, stop - start)
+    (dx,) = torch.autograd.grad(y, [xt], torch.tensor(np.asarray(dy, dtype=dtype)))
+    return y.detach().numpy(), dx.numpy()
+
+
 # ===============================================================================================
 # the reference backend
 #
@@ -48,10 +79,10 @@ def broadcast_pairs(draw):
     return (b, full) if draw(st.booleans()) else (full, b)
 
 
-ELEMENTWISE = {"add": (ew.add_forward, ew.add_backward, torch.add)}
+ELEMENTWISE = {"add": (ew.add_forward, ew.add_backward)}
 
 
-ELEMENTWISE["mul"] = (ew.mul_forward, ew.mul_backward, torch.mul)
+ELEMENTWISE["mul"] = (ew.mul_forward, ew.mul_backward)
 
 
 @pytest.mark.parametrize("op", list(ELEMENTWISE))
@@ -72,25 +103,23 @@ def test_add_mul_block_shapes(op, a_shape, b_shape):
 
 
 def check_add_mul(op, a_shape, b_shape, dtype, seed):
-    forward, backward, torch_fn = ELEMENTWISE[op]
+    forward, backward = ELEMENTWISE[op]
     rng = np.random.default_rng(seed)
     a, b = rng.standard_normal(a_shape).astype(dtype), rng.standard_normal(b_shape).astype(dtype)
     y, cache = forward(a, b)
     dy = rng.standard_normal(y.shape).astype(dtype)
     da, db = backward(dy, cache)
     assert da.shape == a_shape and db.shape == b_shape
-    at, bt = t(a, True), t(b, True)
-    y_t = torch_fn(at, bt)
-    da_t, db_t = torch_grads(y_t, [at, bt], dy)
+    y_t, (da_t, db_t) = torch_binary(op, a, b, dy)
     other = {"add": (1.0, 1.0), "mul": (amax(b), amax(a))}[op]  # |dy/da|, |dy/db| factors
-    compare(op, "y", y, y_t.detach().numpy(), dtype, 1, amax(a) * amax(b) + amax(a) + amax(b))
+    compare(op, "y", y, y_t, dtype, 1, amax(a) * amax(b) + amax(a) + amax(b))
     compare(op, "da", da, da_t, dtype, y.size // a.size, amax(dy) * other[0])
     compare(op, "db", db, db_t, dtype, y.size // b.size, amax(dy) * other[1])
 
 
 @pytest.mark.parametrize("op", list(ELEMENTWISE))
 def test_add_mul_finite_differences(op):
-    forward, backward, _ = ELEMENTWISE[op]
+    forward, backward = ELEMENTWISE[op]
     rng = np.random.default_rng(6)
     a, b = rng.standard_normal((2, 3, 2, 2)), rng.standard_normal((2, 3, 1, 1))
     dy = rng.standard_normal((2, 3, 2, 2))
@@ -123,25 +152,21 @@ def test_concat_and_slice_match_torch_exactly(base, sizes, data, dtype, seed):
     y, cache = ew.concat_forward(xs, axis=axis)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dxs = ew.concat_backward(dy, cache)
-    xts = [torch.tensor(x, requires_grad=True) for x in xs]
-    y_t = torch.cat(xts, dim=axis)
-    dxs_t = torch.autograd.grad(y_t, xts, torch.tensor(dy))
-    np.testing.assert_array_equal(y, y_t.detach().numpy())
+    y_t, dxs_t = torch_concat(xs, axis, dy, dtype)
+    np.testing.assert_array_equal(y, y_t)
     assert len(dxs) == len(xs)
     for dx, dx_t in zip(dxs, dxs_t, strict=True):
         assert dx.dtype == dtype
-        np.testing.assert_array_equal(dx, dx_t.numpy())
+        np.testing.assert_array_equal(dx, dx_t)
 
     # slice: one piece of y, against torch.narrow; its backward pads with zeros
     start = data.draw(st.integers(0, y.shape[ax]), label="start")
     stop = data.draw(st.integers(start, y.shape[ax]), label="stop")
     piece, slice_cache = ew.slice_forward(y, start, stop, axis=axis)
-    yt = torch.tensor(y, requires_grad=True)
-    piece_t = torch.narrow(yt, axis, start, stop - start)
     dpiece = rng.standard_normal(piece.shape).astype(dtype)
-    (dslice_t,) = torch.autograd.grad(piece_t, yt, torch.tensor(dpiece))
-    np.testing.assert_array_equal(piece, piece_t.detach().numpy())
-    np.testing.assert_array_equal(ew.slice_backward(dpiece, slice_cache), dslice_t.numpy())
+    piece_t, dslice_t = torch_slice(y, start, stop, axis, dpiece, dtype)
+    np.testing.assert_array_equal(piece, piece_t)
+    np.testing.assert_array_equal(ew.slice_backward(dpiece, slice_cache), dslice_t)
 
     # duality: concat's backward is slicing; the slices' backwards sum back to dy
     bounds = np.cumsum([0, *sizes])
@@ -227,11 +252,9 @@ def test_cpu_add_mul_broadcasting(op, dtype, shapes, layout, seed):
     da, db = getattr(cpu, f"{op}_backward")(dy, cache)
     y_ref, cache_ref = getattr(ref, f"{op}_forward")(a, b)
     da_ref, db_ref = getattr(ref, f"{op}_backward")(dy, cache_ref)
-    at, bt = t(a, True), t(b, True)
-    y_t = getattr(torch, op)(at, bt)
-    da_t, db_t = torch_grads(y_t, [at, bt], dy)
+    y_t, (da_t, db_t) = torch_binary(op, a, b, dy)
     slope_a, slope_b = (1.0, 1.0) if op == "add" else (amax(b), amax(a))
-    check_cpu(op, "y", y, y_ref, y_t.detach().numpy(), magnitude=amax(a) * amax(b) + amax(a, b))
+    check_cpu(op, "y", y, y_ref, y_t, magnitude=amax(a) * amax(b) + amax(a, b))
     check_cpu(op, "da", da, da_ref, da_t, y.size // a.size, amax(dy) * slope_a)
     check_cpu(op, "db", db, db_ref, db_t, y.size // b.size, amax(dy) * slope_b)
 
@@ -251,28 +274,24 @@ def test_cpu_concat_slice(dtype, base, sizes, data, seed):
     y, cache = cpu.concat_forward(xs, axis=axis)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dxs = cpu.concat_backward(dy, cache)
-    xts = [t(x, True) for x in xs]
-    y_t = torch.cat(xts, dim=axis)
-    check_cpu(
-        "concat", "y", y, ref.concat_forward(xs, axis=axis)[0], y_t.detach().numpy(), exact=True
-    )
-    for dx, dx_t in zip(dxs, torch_grads(y_t, xts, dy), strict=True):
+    y_t, dxs_t = torch_concat(xs, axis, dy)
+    check_cpu("concat", "y", y, ref.concat_forward(xs, axis=axis)[0], y_t, exact=True)
+    for dx, dx_t in zip(dxs, dxs_t, strict=True):
         check_cpu("concat", "dx", dx, None, dx_t, exact=True)
 
     start = data.draw(st.integers(0, y.shape[ax]), label="start")
     stop = data.draw(st.integers(start, y.shape[ax]), label="stop")
     piece, slice_cache = cpu.slice_forward(y, start, stop, axis=axis)
     dpiece = rng.standard_normal(piece.shape).astype(dtype)
-    yt = t(y, True)
-    piece_t = torch.narrow(yt, axis, start, stop - start)
+    piece_t, dslice_t = torch_slice(y, start, stop, axis, dpiece)
     piece_ref, slice_cache_ref = ref.slice_forward(y, start, stop, axis=axis)
-    check_cpu("slice", "y", piece, piece_ref, piece_t.detach().numpy(), exact=True)
+    check_cpu("slice", "y", piece, piece_ref, piece_t, exact=True)
     check_cpu(
         "slice",
         "dx",
         cpu.slice_backward(dpiece, slice_cache),
         ref.slice_backward(dpiece, slice_cache_ref),
-        torch_grads(piece_t, [yt], dpiece)[0],
+        dslice_t,
         exact=True,
     )
 
@@ -311,15 +330,13 @@ def test_cuda_add_mul_broadcasting_matches_torch(op, shapes, dtype):
     dy = rand(rng, y_ref.shape, dtype)
     da, db = getattr(CK, f"{op}_backward")(dy, cache)
     ref = getattr(R, f"{op}_backward")(dy, cache_ref)
-    at, bt = t(a, True), t(b, True)
-    yt = getattr(torch, op)(at, bt)
-    grads = torch_grads(yt, [at, bt], dy)
+    yt, grads = torch_binary(op, a, b, dy)
     r = int(np.prod(y_ref.shape))
     check_cuda(
         op,
         "y",
         y,
-        yt.detach().numpy(),
+        yt,
         y_ref,
         1,
         amax_product(a, b) + amax_product(a) + amax_product(b),
@@ -346,20 +363,16 @@ def test_cuda_concat_and_slice_match_torch(axis):
         for n in sizes
     ]
     y, cache = CK.concat_forward([cuda.to_device(xs[0]), *xs[1:]], axis)
-    ts = [t(x, True) for x in xs]
-    yt = torch.cat(ts, dim=axis)
-    dy = rand(rng, tuple(yt.shape), np.float64)
-    grads = torch_grads(yt, ts, dy)
-    check_cuda("concat", "y", y, yt.detach().numpy())
+    dy = rand(rng, tuple(y.shape), np.float64)
+    yt, grads = torch_concat(xs, axis, dy)
+    check_cuda("concat", "y", y, yt)
     for i, (dx, g) in enumerate(zip(CK.concat_backward(dy, cache), grads, strict=True)):
         check_cuda("concat", f"dx{i}", dx, g)
 
     x = xs[-1]
     length = x.shape[axis]
     s, cache = CK.slice_forward(x, 1, length, axis)
-    xt = t(x, True)
-    st_ = torch.narrow(xt, axis, 1, length - 1)
-    ds = rand(rng, tuple(st_.shape), np.float64)
-    (dxt,) = torch_grads(st_, [xt], ds)
-    check_cuda("slice", "y", s, st_.detach().numpy())
+    ds = rand(rng, tuple(s.shape), np.float64)
+    st_, dxt = torch_slice(x, 1, length, axis, ds)
+    check_cuda("slice", "y", s, st_)
     check_cuda("slice", "dx", CK.slice_backward(ds, cache), dxt)

@@ -7,7 +7,6 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch.nn.functional as F
-import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +37,17 @@ from tests.ops.common import (
     seeds,
 )
 
+
+#: the family's torch oracle (float64), used by every backend's tests
+def torch_linear(x, w, b, dy):
+    """torch's y and [dx, dw, db] of ``F.linear(x, w, b)`` for the upstream gradient dy (db only
+    with a bias)."""
+    xt, wt = t(x, True), t(w, True)
+    bt = t(b, True) if b is not None else None
+    y = F.linear(xt, wt, bt)
+    return y.detach().numpy(), torch_grads(y, [xt, wt] + ([bt] if bt is not None else []), dy)
+
+
 # ===============================================================================================
 # the reference backend
 #
@@ -62,11 +72,8 @@ def test_linear_matches_torch(n, d_in, d_out, bias, dtype, layout, seed):
     dy = rng.standard_normal((n, d_out)).astype(dtype)
     y, cache = linear_forward(x, w, b)
     dx, dw, db = linear_backward(dy, cache)
-    xt, wt = t(x, True), t(w, True)
-    bt = t(b, True) if bias else None
-    y_t = F.linear(xt, wt, bt)
-    grads_t = torch_grads(y_t, [xt, wt] + ([bt] if bias else []), dy)
-    compare("linear", "y", y, y_t.detach().numpy(), dtype, d_in, max(amax(x) * amax(w), amax(b)))
+    y_t, grads_t = torch_linear(x, w, b, dy)
+    compare("linear", "y", y, y_t, dtype, d_in, max(amax(x) * amax(w), amax(b)))
     compare("linear", "dx", dx, grads_t[0], dtype, d_out, amax(dy) * amax(w))
     compare("linear", "dw", dw, grads_t[1], dtype, n, amax(dy) * amax(x))
     if bias:
@@ -135,11 +142,8 @@ def test_cpu_linear(dtype, n, d, bias, layout, seed):
     grads = cpu.linear_backward(dy, cache)
     y_ref, cache_ref = ref.linear_forward(x, w, b)
     grads_ref = ref.linear_backward(dy, cache_ref)
-    xt, wt = t(x, True), t(w, True)
-    bt = t(b, True) if bias else None
-    y_t = F.linear(xt, wt, bt)
-    grads_t = torch_grads(y_t, [xt, wt] + ([bt] if bias else []), dy)
-    check_cpu("linear", "y", y, y_ref, y_t.detach().numpy(), d_in, amax(x) * amax(w) + amax(b))
+    y_t, grads_t = torch_linear(x, w, b, dy)
+    check_cpu("linear", "y", y, y_ref, y_t, d_in, amax(x) * amax(w) + amax(b))
     check_cpu("linear", "dx", grads[0], grads_ref[0], grads_t[0], d_out, amax(dy) * amax(w))
     check_cpu("linear", "dw", grads[1], grads_ref[1], grads_t[1], n, amax(dy) * amax(x))
     if bias:
@@ -187,11 +191,8 @@ def run_linear(seed, dtype, n, n_in, n_out, bias):
     dy = rand(rng, (n, n_out), dtype)
     dx, dw, db = CK.linear_backward(dy, cache)
     ref = R.linear_backward(dy, cache_ref)
-    xt, wt = t(x, True), t(w, True)
-    bt = t(b, True) if bias else None
-    yt = TF.linear(xt, wt, bt)
-    grads = torch_grads(yt, [xt, wt] + ([bt] if bias else []), dy)
-    check_cuda("linear", "y", y, yt.detach().numpy(), y_ref, n_in + 1, amax_product(x, w) + 1)
+    yt, grads = torch_linear(x, w, b, dy)
+    check_cuda("linear", "y", y, yt, y_ref, n_in + 1, amax_product(x, w) + 1)
     check_cuda("linear", "dx", dx, grads[0], ref[0], n_out, amax_product(dy, w))
     check_cuda("linear", "dw", dw, grads[1], ref[1], n, amax_product(dy, x))
     if bias:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import cuda
@@ -34,6 +33,16 @@ from tests.ops.common import (
     seeds,
 )
 
+
+def torch_cross_entropy(logits, target, label_smoothing, dloss):
+    """The family's torch oracle (float64), used by every backend's tests: torch's loss and
+    dlogits of ``F.cross_entropy(logits, target, label_smoothing=...)`` for the upstream dloss."""
+    zt = t(logits, True)
+    loss = F.cross_entropy(zt, torch.tensor(target), label_smoothing=label_smoothing)
+    (dlogits,) = torch_grads(loss, [zt], np.asarray(dloss))
+    return loss.detach().numpy(), dlogits
+
+
 # ===============================================================================================
 # the reference backend
 #
@@ -58,11 +67,9 @@ def test_cross_entropy_matches_torch(n, k, logit_scale, label_smoothing, dtype, 
         loss, cache = cross_entropy_forward(logits, target, label_smoothing)
         dlogits = cross_entropy_backward(dloss, cache)
     assert loss.shape == () and loss.dtype == dtype and dlogits.dtype == dtype
-    zt = t(logits, True)
-    loss_t = F.cross_entropy(zt, torch.tensor(target), label_smoothing=label_smoothing)
-    (dlogits_t,) = torch_grads(loss_t, [zt], np.asarray(dloss))
+    loss_t, dlogits_t = torch_cross_entropy(logits, target, label_smoothing, dloss)
     magnitude = amax(logits) + 1.0  # log-sum-exp and z_t each carry ~eps * max|z|
-    compare("cross_entropy", "loss", loss, loss_t.detach().numpy(), dtype, k, magnitude)
+    compare("cross_entropy", "loss", loss, loss_t, dtype, k, magnitude)
     compare("cross_entropy", "dlogits", dlogits, dlogits_t, dtype, k, abs(dloss) * magnitude / n)
 
 
@@ -145,11 +152,9 @@ def test_cpu_cross_entropy(dtype, n, k, logit_scale, label_smoothing, seed):
     loss_ref, cache_ref = ref.cross_entropy_forward(logits, target, label_smoothing)
     dlogits_ref = ref.cross_entropy_backward(dloss, cache_ref)
     assert loss.shape == () and loss.dtype == dlogits.dtype == dtype
-    zt = t(logits, True)
-    loss_t = F.cross_entropy(zt, torch.tensor(target), label_smoothing=label_smoothing)
-    (dlogits_t,) = torch_grads(loss_t, [zt], np.asarray(dloss))
+    loss_t, dlogits_t = torch_cross_entropy(logits, target, label_smoothing, dloss)
     # float64 throughout: log-sum-exp and z_t carry ~eps64 * max|z|, then one rounding
-    check_cpu("cross_entropy", "loss", loss, loss_ref, loss_t.detach().numpy(), 1, amax(logits) + 1)
+    check_cpu("cross_entropy", "loss", loss, loss_ref, loss_t, 1, amax(logits) + 1)
     check_cpu("cross_entropy", "dlogits", dlogits, dlogits_ref, dlogits_t, 1, abs(dloss) / n)
 
 
@@ -188,11 +193,7 @@ def test_cuda_cross_entropy_matches_torch(seed, dtype, n, k, smoothing, dloss, d
     loss_ref, cache_ref = R.cross_entropy_forward(z, target, smoothing)
     assert tuple(loss.shape) == () and to_numpy(loss).dtype == dtype
     dz = CK.cross_entropy_backward(dloss, cache)
-    zt = t(z, True)
-    lt = TF.cross_entropy(zt, torch.tensor(target), label_smoothing=smoothing)
-    (dzt,) = torch.autograd.grad(lt * dloss, [zt])
-    check_cuda(
-        "cross_entropy", "loss", loss, lt.detach().numpy(), loss_ref, n * k, amax_product(z) + 1
-    )
+    lt, dzt = torch_cross_entropy(z, target, smoothing, dloss)
+    check_cuda("cross_entropy", "loss", loss, lt, loss_ref, n * k, amax_product(z) + 1)
     ref = R.cross_entropy_backward(dloss, cache_ref)
-    check_cuda("cross_entropy", "dlogits", dz, dzt.numpy(), ref, k, abs(dloss) + 1e-30)
+    check_cuda("cross_entropy", "dlogits", dz, dzt, ref, k, abs(dloss) + 1e-30)

@@ -149,12 +149,6 @@ def make_inputs(case: PoolCase, dtype):
     return with_layout(x.astype(dtype), case.layout), dy.astype(dtype)
 
 
-def torch_pool(op, x, dy, **kwargs):
-    xt = t(x, True)
-    y = op(xt, **kwargs)
-    return y.detach().numpy(), torch_grads(y, [xt], dy)[0]
-
-
 def check_f64(key, actual, expected):
     assert actual.dtype == np.float64
     record_error(f"reference/{key}", actual, expected)
@@ -172,7 +166,7 @@ def run_max(case: PoolCase, dtype):
         assert np.isneginf(F.max_pool2d(t(x), **case.max_args()).numpy()).any()
         return None
     dx = max_pool2d_backward(dy, cache)
-    y_t, dx_t = torch_pool(F.max_pool2d, x, dy, **case.max_args())
+    y_t, dx_t = torch_op(F.max_pool2d, x, dy, **case.max_args())
     return y, dx, y_t, dx_t, dy
 
 
@@ -205,7 +199,7 @@ def test_max_pool_all_ties_route_to_the_first_cell_of_each_window():
     expected[0, 0, 0::2, 1::2] = dy[0, 0, :, 1:]
     np.testing.assert_array_equal(dx, expected)
     np.testing.assert_array_equal(
-        dx, torch_pool(F.max_pool2d, x, dy, kernel_size=2, stride=2, padding=(0, 1))[1]
+        dx, torch_op(F.max_pool2d, x, dy, kernel_size=2, stride=2, padding=(0, 1))[1]
     )
 
 
@@ -214,7 +208,7 @@ def test_max_pool_minus_infinity_never_routes_to_padding():
     x = np.full((1, 2, 3, 4), -np.inf)
     dy = np.random.default_rng(0).standard_normal((1, 2, 3, 4))
     y, cache = max_pool2d_forward(x, 3, 1, 1)
-    y_t, dx_t = torch_pool(F.max_pool2d, x, dy, kernel_size=3, stride=1, padding=1)
+    y_t, dx_t = torch_op(F.max_pool2d, x, dy, kernel_size=3, stride=1, padding=1)
     np.testing.assert_array_equal(y, y_t)
     assert_close_f64(max_pool2d_backward(dy, cache), dx_t)  # same routing, sums in any order
 
@@ -223,7 +217,7 @@ def test_max_pool_nan_propagates_and_routes_like_torch():
     x = np.array([[[[1.0, np.nan, 0.5], [np.nan, 2.0, 3.0], [0.0, 1.0, np.nan]]]])
     dy = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
     y, cache = max_pool2d_forward(x, 2, 1)
-    y_t, dx_t = torch_pool(F.max_pool2d, x, dy, kernel_size=2, stride=1)
+    y_t, dx_t = torch_op(F.max_pool2d, x, dy, kernel_size=2, stride=1)
     np.testing.assert_array_equal(y, y_t)  # NaN positions equal too
     assert_close_f64(max_pool2d_backward(dy, cache), dx_t)
 
@@ -234,7 +228,7 @@ def run_avg(case: PoolCase, count_include_pad: bool, dtype, divisor_override=Non
             divisor_override)  # fmt: skip
     y, cache = avg_pool2d_forward(x, *args)
     dx = avg_pool2d_backward(dy, cache)
-    y_t, dx_t = torch_pool(lambda xt: F.avg_pool2d(xt, *args), x, dy)
+    y_t, dx_t = torch_op(lambda xt: F.avg_pool2d(xt, *args), x, dy)
     return x, dy, y, dx, y_t, dx_t
 
 
@@ -308,7 +302,7 @@ def test_global_avg_pool_matches_torch(case, dtype):
     dy = np.random.default_rng(case.seed).standard_normal((*case.shape[:2], 1, 1)).astype(dtype)
     y, cache = global_avg_pool2d_forward(x)
     dx = global_avg_pool2d_backward(dy, cache)
-    y_t, dx_t = torch_pool(F.adaptive_avg_pool2d, x, dy, output_size=1)
+    y_t, dx_t = torch_op(F.adaptive_avg_pool2d, x, dy, output_size=1)
     assert y.shape == (*case.shape[:2], 1, 1) and y.dtype == dx.dtype == dtype
     if dtype == np.float64:
         check_f64("global_avg_pool2d y", y, y_t)
@@ -711,18 +705,15 @@ def test_cuda_pooling_matches_torch(kind, seed, dtype, hw, kernel, stride, pad, 
     dy = rand(rng, y_ref.shape, dtype)
     dx = getattr(CK, f"{op}_backward")(dy, cache)
     dx_ref = getattr(R, f"{op}_backward")(dy, cache_ref)
-    xt = t(x, True)
-    torch_op = getattr(TF, op)
-    yt = torch_op(xt, kernel, stride, padding, **extra)
+    yt, dxt = torch_op(lambda xt: getattr(TF, op)(xt, kernel, stride, padding, **extra), x, dy)
     if kind == "max":
         np.testing.assert_array_equal(
             to_numpy(CK.max_pool2d_indices(cache)), R.max_pool2d_indices(cache_ref)
         )
-    (dxt,) = torch_grads(yt, [xt], dy)
     overlap = int(np.prod(kernel))
     if kind == "max":
         np.testing.assert_array_equal(to_numpy(y), y_ref)
-    check_cuda(op, "y", y, yt.detach().numpy(), y_ref, overlap, amax_product(x))
+    check_cuda(op, "y", y, yt, y_ref, overlap, amax_product(x))
     check_cuda(op, "dx", dx, dxt, dx_ref, overlap, amax_product(dy))
 
 
@@ -736,11 +727,9 @@ def test_cuda_global_avg_pool_matches_torch(seed, dtype, hw):
     y_ref, cache_ref = R.global_avg_pool2d_forward(x)
     dy = rand(rng, (2, 3, 1, 1), dtype)
     dx = CK.global_avg_pool2d_backward(dy, cache)
-    xt = t(x, True)
-    yt = TF.adaptive_avg_pool2d(xt, 1)
-    (dxt,) = torch_grads(yt, [xt], dy)
+    yt, dxt = torch_op(TF.adaptive_avg_pool2d, x, dy, output_size=1)
     r = hw[0] * hw[1]
-    check_cuda("global_avg_pool2d", "y", y, yt.detach().numpy(), y_ref, r, amax_product(x))
+    check_cuda("global_avg_pool2d", "y", y, yt, y_ref, r, amax_product(x))
     dx_ref = R.global_avg_pool2d_backward(dy, cache_ref)
     check_cuda("global_avg_pool2d", "dx", dx, dxt, dx_ref, 1, amax_product(dy))
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,8 +31,6 @@ from tests.helpers import (
     assert_close_f64,
     numeric_grad,
     record_error,
-    t,
-    torch_grads,
     with_layout,
 )
 from tests.ops.common import (
@@ -49,6 +46,14 @@ from tests.ops.common import (
     torch_op,
 )
 
+
+def torch_upsample(mode, x, dy, size):
+    """The family's torch oracle (float64), used by every backend's tests: torch's y and dx of
+    ``F.interpolate(x, size)`` in ``mode`` ("nearest", or "bilinear" with align_corners=False)."""
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return torch_op(F.interpolate, x, dy, size=pair(size, "size"), mode=mode, **kwargs)
+
+
 # ===============================================================================================
 # the reference backend
 #
@@ -59,12 +64,8 @@ from tests.ops.common import (
 # ===============================================================================================
 
 OPS = {
-    "nearest": (upsample_nearest2d_forward, upsample_nearest2d_backward, {"mode": "nearest"}),
-    "bilinear": (
-        upsample_bilinear2d_forward,
-        upsample_bilinear2d_backward,
-        {"mode": "bilinear", "align_corners": False},
-    ),
+    "nearest": (upsample_nearest2d_forward, upsample_nearest2d_backward),
+    "bilinear": (upsample_bilinear2d_forward, upsample_bilinear2d_backward),
 }
 
 
@@ -89,17 +90,15 @@ def resize_cases(draw, max_in=9, max_out=16):
 
 def run(mode, case, dtype):
     shape, size, layout, seed, huge = case
-    forward, backward, torch_kwargs = OPS[mode]
+    forward, backward = OPS[mode]
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape) * (1e6 if huge else 1.0)
     x = with_layout(x.astype(dtype), layout)
     dy = rng.standard_normal((*shape[:2], *pair(size, "size"))).astype(dtype)
     y, cache = forward(x, size)
     dx = backward(dy, cache)
-    xt = t(x, True)
-    y_t = F.interpolate(xt, size=pair(size, "size"), **torch_kwargs)
-    dx_t = torch_grads(y_t, [xt], dy)[0]
-    return x, dy, y, dx, y_t.detach().numpy(), dx_t
+    y_t, dx_t = torch_upsample(mode, x, dy, size)
+    return x, dy, y, dx, y_t, dx_t
 
 
 def fan_in(in_size: int, out_size: int, taps: int) -> int:
@@ -169,7 +168,7 @@ def test_nearest_index_rule_is_torchs_for_all_small_sizes(dtype):
 @given(case=resize_cases(max_in=5, max_out=8))
 def test_backward_matches_finite_differences(mode, case):
     shape, size, _, seed, _ = case
-    forward, backward, _ = OPS[mode]
+    forward, backward = OPS[mode]
     rng = np.random.default_rng(seed)
     x, dy = rng.standard_normal(shape), rng.standard_normal((*shape[:2], *pair(size, "size")))
     dx = backward(dy, forward(x, size)[1])
@@ -243,8 +242,7 @@ def test_cpu_upsample(mode, dtype, shape, size, huge, layout, seed):
     dx = getattr(cpu, f"{op}_backward")(dy, cache)
     y_ref, cache_ref = getattr(ref, f"{op}_forward")(x, size)
     dx_ref = getattr(ref, f"{op}_backward")(dy, cache_ref)
-    kwargs = {"mode": mode} | ({"align_corners": False} if mode == "bilinear" else {})
-    y_t, dx_t = torch_op(F.interpolate, x, dy, size=out_hw, **kwargs)
+    y_t, dx_t = torch_upsample(mode, x, dy, size)
     taps = 1 if mode == "nearest" else 2
     # contributions per dx element: outputs per input pixel along each axis, times the taps
     fan_in = math.prod(
@@ -286,13 +284,10 @@ def test_cuda_upsample_matches_torch(mode, seed, dtype, hw, size):
     dy = rand(rng, y_ref.shape, dtype)
     dx = getattr(CK, f"{op}_backward")(dy, cache)
     dx_ref = getattr(R, f"{op}_backward")(dy, cache_ref)
-    xt = t(x, True)
-    extra = {} if mode == "nearest" else {"align_corners": False}
-    yt = TF.interpolate(xt, size=size, mode=mode, **extra)
-    (dxt,) = torch_grads(yt, [xt], dy)
+    yt, dxt = torch_upsample(mode, x, dy, size)
     if mode == "nearest":
         np.testing.assert_array_equal(to_numpy(y), y_ref)
     # the most outputs one input feeds: ceil(out / in) + 1 per axis
     fan = int(np.prod([-(-o // i) + 1 for o, i in zip(size, hw, strict=True)]))
-    check_cuda(op, "y", y, yt.detach().numpy(), y_ref, 4, amax_product(x))
+    check_cuda(op, "y", y, yt, y_ref, 4, amax_product(x))
     check_cuda(op, "dx", dx, dxt, dx_ref, fan, amax_product(dy))
