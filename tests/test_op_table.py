@@ -39,7 +39,11 @@ def test_every_family_has_its_explainer_doc_page_and_tests(family):
     for op in (op for op in OP_TABLE if op.family == family):
         assert EXPLAINERS[op.name].__module__ == f"scratchnets.explain.{family}", op.name
     assert (ROOT / "docs" / f"{family}.md").is_file(), f"docs/{family}.md is missing"
-    assert (ROOT / "tests" / "ops" / f"test_{family}.py").is_file(), f"tests/ops/test_{family}.py"
+    tests = ROOT / "tests" / "ops" / f"test_{family}.py"
+    assert tests.is_file(), f"tests/ops/test_{family}.py is missing"
+    text = tests.read_text()
+    untested = [op.name for op in OP_TABLE if op.family == family and op.name not in text]
+    assert not untested, f"tests/ops/test_{family}.py never names {untested}"
 
 
 def test_gradcheck_has_a_case_for_every_op():

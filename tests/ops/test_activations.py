@@ -13,6 +13,7 @@ import scratchnets.kernels.cuda as CK
 from scratchnets import reference as R
 from scratchnets import reference as ref
 from scratchnets import to_numpy
+from scratchnets.backends import OP_TABLE
 from scratchnets.kernels import cpu
 from scratchnets.reference import activations as act
 from tests.cuda import examples
@@ -48,6 +49,11 @@ TORCH = {
     "hard_swish": F.hardswish,
     "silu": F.silu,
 }
+
+
+def test_the_oracle_covers_every_activation_of_the_op_table():
+    assert set(TORCH) == {op.name for op in OP_TABLE if op.family == "activations"}
+
 
 # ===============================================================================================
 # the reference backend
