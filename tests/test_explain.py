@@ -195,6 +195,25 @@ def test_ceil_mode_says_whether_the_last_window_overhangs_or_is_dropped():
     assert "past the input: dropped, OH = 3" in dropped
 
 
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+def test_pooling_defaults_are_torchs_and_ceil_mode_shows_the_overhanging_window(op):
+    assert explain_op(op).case["padding"] == (0, 0)  # torch's default padding
+    e = explain_op(op, input=(1, 1, 6, 6), kernel=3, stride=2, padding=1, ceil_mode=True)
+    y = next(el for el in e.elements if el.name == "y")
+    assert y.index == (0, 0, 3, 3)  # the window ceil mode adds, which overhangs the padded input
+    assert any("past the padded input (ceil mode's overhang)" in term for term in y.terms)
+    assert any(term.startswith("(5, 6): padding") or "at (5, 6): padding" in term
+               for term in y.terms)  # fmt: skip
+
+
+def test_relu6_default_inputs_reach_past_6():
+    e = explain_op("relu6")
+    above = [el for el in e.elements if float(e.inputs["x"][el.index]) > 6]
+    assert {el.name for el in above} == {"y", "dx"}
+    assert next(el.value for el in above if el.name == "y") == 6.0
+    assert next(el.value for el in above if el.name == "dx") == 0.0
+
+
 def test_relu6_shows_its_mask_at_0_and_6():
     e = explain_op("relu6")
     kinks = {float(e.inputs["x"][el.index]): el for el in e.elements if el.name == "dx"}

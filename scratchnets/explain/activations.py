@@ -84,7 +84,11 @@ def _make(name: str, spec: Activation):
         rng = np.random.default_rng(seed)
         if arrays is None:
             x = values(rng, shape, 4.0)
-            x.reshape(-1)[: len(spec.kinks)] = spec.kinks[: x.size]  # the kinks, exactly
+            # the kinks exactly, then one input past each end of them (the flat pieces: ReLU6's
+            # 6 above 6, hard-sigmoid's 0 below -3), where the slope is 0 or 1 again
+            beyond = (min(spec.kinks) - 1.5, max(spec.kinks) + 1.5) if spec.kinks else ()
+            placed = np.array([*spec.kinks, *beyond])[: x.size]
+            x.reshape(-1)[: len(placed)] = placed
         else:
             x = np.array(arrays["x"], np.float64)
         flat = x.reshape(-1)
@@ -106,7 +110,9 @@ def _make(name: str, spec: Activation):
             "slope " + "  ".join(f"{num(spec.slope(float(v))):>8}" for v in shown),
         )
         e.sources = [Source.of(forward), Source.of(backward)]
-        kinks = np.flatnonzero(np.isin(flat, spec.kinks))[: len(spec.kinks)]
+        # the kinks and, past the top one, the flat piece (ReLU6 at 7.5: y = 6, slope 0)
+        written = (*spec.kinks, max(spec.kinks) + 1.5) if spec.kinks else ()
+        kinks = np.flatnonzero(np.isin(flat, written))[: len(written)]
         chosen = [np.unravel_index(k, shape) for k in kinks]
         chosen.append(output_index(at, shape, np.unravel_index(flat.size - 1, shape)))
         for index in chosen:

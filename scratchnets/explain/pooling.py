@@ -66,9 +66,30 @@ def _windowed_case(op, input, kernel, stride, padding, ceil_mode, seed, arrays, 
     return e, x, y, dy, dx, g
 
 
+def _off_input(r: int, s: int, g) -> str:
+    """What a window tap outside x reads: the padding, or (ceil mode) past the padded input."""
+    (H, W), (ph, pw) = g.in_shape[2:], g.padding
+    on_padding = -ph <= r < H + ph and -pw <= s < W + pw
+    return "padding" if on_padding else "past the padded input (ceil mode's overhang)"
+
+
+def _default_window(y_shape, g) -> tuple[int, int, int, int]:
+    """The window explained when ``--at`` is not given: the last channel's middle window, or
+    along an axis where ceil mode's last window overhangs the padded input, that window (the one
+    ceil mode adds)."""
+
+    def along(axis: int) -> int:
+        out, size = y_shape[2 + axis], g.in_shape[2 + axis]
+        k, s, d, p = g.kernel[axis], g.stride[axis], g.dilation[axis], g.padding[axis]
+        overhangs = (out - 1) * s + d * (k - 1) + 1 > size + 2 * p
+        return out - 1 if overhangs else out // 2
+
+    return 0, y_shape[1] - 1, along(0), along(1)
+
+
 @explainer("max_pool2d")
 def explain_max_pool2d(
-    input=(1, 1, 5, 5), kernel=3, stride=2, padding=1, dilation=1, ceil_mode=False, seed=0,
+    input=(1, 1, 5, 5), kernel=3, stride=2, padding=0, dilation=1, ceil_mode=False, seed=0,
     at=None, *, arrays=None,
 ) -> Explanation:  # fmt: skip
     """Max pooling: a selection forward, a routing backward."""
@@ -91,11 +112,11 @@ def explain_max_pool2d(
         "   (the max is a switch: the winner gets the whole gradient, every other cell 0; a pixel",
         "    that wins several overlapping windows collects several terms)",
     )
-    n, c, p, q = output_index(at, y.shape, (0, y.shape[1] - 1, *(s // 2 for s in y.shape[2:])))
+    n, c, p, q = output_index(at, y.shape, _default_window(y.shape, g))
     terms, best, winner = [], -np.inf, None
     for i, j, r, s, v in _window_cells(x, n, c, p, q, g):
         if v is None:
-            terms.append(f"tap ({i}, {j}) at ({r}, {s}): padding, -inf")
+            terms.append(f"tap ({i}, {j}) at ({r}, {s}): {_off_input(r, s, g)}, -inf")
             continue
         if winner is None or v > best:
             best, winner = v, (r, s)
@@ -129,7 +150,7 @@ def explain_max_pool2d(
 
 @explainer("avg_pool2d")
 def explain_avg_pool2d(
-    input=(1, 1, 5, 5), kernel=3, stride=2, padding=1, ceil_mode=False, count_include_pad=True,
+    input=(1, 1, 5, 5), kernel=3, stride=2, padding=0, ceil_mode=False, count_include_pad=True,
     divisor_override=None, seed=0, at=None, *, arrays=None,
 ) -> Explanation:  # fmt: skip
     """Average pooling: a window mean forward, an even spread backward."""
@@ -165,11 +186,11 @@ def explain_avg_pool2d(
         cells = list(_window_cells(x, 0, 0, p, q, g))
         return sum(-gh <= r < H + gh and -gw <= s < W + gw for _, _, r, s, _ in cells)
 
-    n, c, p, q = output_index(at, y.shape, (0, y.shape[1] - 1, *(s // 2 for s in y.shape[2:])))
+    n, c, p, q = output_index(at, y.shape, _default_window(y.shape, g))
     terms, total = [], 0.0
     for _, _, r, s, v in _window_cells(x, n, c, p, q, g):
         terms.append(f"{index_text('x', (n, c, r, s))} = {num(v)}" if v is not None
-                     else f"({r}, {s}): padding or overhang, adds 0")  # fmt: skip
+                     else f"({r}, {s}): {_off_input(r, s, g)}, adds 0")  # fmt: skip
         total += 0.0 if v is None else v
     D = divisor(p, q)
     terms.append(f"sum = {num(total)}, D = {D}: {num(total)} / {D}")
