@@ -126,9 +126,33 @@ def test_predict_weights_of_a_uint8_model_gives_tflites_bytes(tmp_path):
     assert done.returncode == 0, done.stderr
     for path, line in zip(PHOTOS, done.stdout.splitlines(), strict=True):
         theirs = expected[f"{name}/{path.name}/output"].ravel().astype(np.int64)
-        top = json.loads(line)["top"]
-        assert [t["index"] for t in top] == np.argsort(-theirs, kind="stable")[:3].tolist()
+        result = json.loads(line)
+        top = result["top"]
+        best = np.argsort(-theirs, kind="stable")[:3]
+        assert [t["index"] for t in top] == [k for k in best if theirs[k] > 0 or k == best[0]]
         assert [t["probability"] for t in top] == [theirs[t["index"]] / 256 for t in top]
+        assert result["zero_probability"] == int(np.sum(theirs == 0))
+
+
+def test_predict_lists_no_zero_probability_ties(tmp_path, monkeypatch):
+    """A uint8 softmax rounds most classes to probability 0: those tie and are not ranked; the
+    text output says how many there are."""
+    from PIL import Image
+
+    from scratchnets.train import evaluate
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    probs = np.zeros(10)
+    probs[[3, 7]] = [0.75, 0.25]
+    monkeypatch.setattr(evaluate, "_probabilities", lambda model, x: probs[None])
+    results = evaluate._classify(None, lambda pixels: pixels, [photo],
+                                 [f"c{k}" for k in range(10)], 5, every_class=False)  # fmt: skip
+    assert [t["index"] for t in results[0]["top"]] == [3, 7]
+    assert results[0]["zero_probability"] == 8
+    probs[:] = 0  # nothing above 0: the best is still named
+    assert len(evaluate._classify(None, lambda p: p, [photo], [f"c{k}" for k in range(10)],
+                                  5, every_class=False)[0]["top"]) == 1  # fmt: skip
 
 
 @needs_files

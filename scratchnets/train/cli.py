@@ -320,4 +320,6 @@ def run_predict(args) -> int:
             print(f"{r['image']}:")
             for rank, entry in enumerate(r["top"], 1):
                 print(f"  {rank}. {entry['class']} ({entry['probability']:.4f})")
+            if len(r["top"]) < top:
+                print(f"  (the other {r['zero_probability']} classes have probability 0)")
     return 1 if failed else 0

@@ -186,9 +186,11 @@ def _classify(
     model, pipeline, images, classes: Sequence[str], top: int, every_class: bool
 ) -> list[dict]:
     """Softmax of ``model``'s logits for each image file after ``pipeline``: one dict per image,
-    ``{"image", "class", "probability", "top": [{"class", "index", "probability"}, ...]}`` (the
-    ``top`` most probable, best first; with ``every_class`` also ``"probabilities"``, a dict of
-    every class's), or ``{"image", "error"}`` for a file that cannot be decoded."""
+    ``{"image", "class", "probability", "top": [{"class", "index", "probability"}, ...],
+    "zero_probability"}`` (the ``top`` most probable, best first, without the classes of
+    probability exactly 0 (ties, not a ranking), whose count is ``zero_probability``; with
+    ``every_class`` also ``"probabilities"``, a dict of every class's), or ``{"image", "error"}``
+    for a file that cannot be decoded."""
     out = []
     for image in images:
         try:
@@ -199,6 +201,9 @@ def _classify(
         x = pipeline(pixels)[None]  # (1, 3, S, S)
         probs = _probabilities(model, x)[0]  # (K,)
         best = np.argsort(-probs, kind="stable")[: max(1, top)]
+        # classes at probability exactly 0 tie and rank nothing (a uint8 softmax rounds most of
+        # the 1000 classes to 0): only the best one is listed whatever its probability
+        best = [k for rank, k in enumerate(best) if rank == 0 or probs[k] > 0]
         ranked = [
             {"class": classes[k], "index": int(k), "probability": float(probs[k])} for k in best
         ]
@@ -207,6 +212,7 @@ def _classify(
             "class": ranked[0]["class"],
             "probability": ranked[0]["probability"],
             "top": ranked,
+            "zero_probability": int(np.sum(probs == 0)),
         }
         if every_class:
             result["probabilities"] = dict(zip(classes, map(float, probs), strict=True))
