@@ -123,3 +123,13 @@ def test_cli_model_table_layer_and_errors():
     assert wrong.returncode == 1 and "--groups applies to an OP" in wrong.stderr
     wrong = _cli("relu6", "--layer", "x")
     assert wrong.returncode == 1 and "--layer applies to a MODEL" in wrong.stderr
+
+
+def test_with_layer_the_text_shows_that_layers_row_only():
+    text = explain_model("mobilenet_v2", resolution=64, layer="features.2.conv.1.0").text()
+    table = text.split("== conv2d(")[0]
+    assert "features.2.conv.1.0  Conv2d" in table
+    assert "features.0.0" not in table and "classifier" not in table
+    assert "without --layer" in table
+    full = explain_model("mobilenet_v2", resolution=64).text()
+    assert "features.0.0" in full and "classifier.1" in full

@@ -36,14 +36,22 @@ class ModelExplanation:
         out = [f"== {self.model}, input {self.input_shape}", ""]
         header = ["layer", "type", "output", "params", "mult-adds", "RF (rows x cols)", "jump",
                   "start"]  # fmt: skip
+        rows = self.rows
+        if self.layer is not None:  # the explained layer's row only (the JSON keeps them all)
+            rows = [r for r in self.rows if r["name"] == self.layer.case.get("layer")]
         cells = [[r["name"], r["type"], "x".join(map(str, r["output_shape"][1:])),
                   f"{r['params']:,}", f"{r['mult_adds']:,}", _rf_text(r),
                   "x".join(f"{v:g}" for v in r["jump"]), ", ".join(f"{v:g}" for v in r["start"])]
-                 for r in self.rows]  # fmt: skip
-        widths = [max(len(h), *(len(c[k]) for c in cells)) for k, h in enumerate(header)]
-        out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-        out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-        out += ["", *self.notes]
+                 for r in rows]  # fmt: skip
+        if cells:
+            widths = [max(len(h), *(len(c[k]) for c in cells)) for k, h in enumerate(header)]
+            out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+            out += [
+                "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells
+            ]
+            out += ["", *self.notes]
+        if self.layer is not None:
+            out += ["(the table of every layer: the same command without --layer)"]
         if self.saved:
             out += ["", "wrote " + ", ".join(self.saved)]
         if self.layer is not None:
