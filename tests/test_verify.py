@@ -168,7 +168,7 @@ def test_seeds_table_tally_counts_computed_apart():
 
 
 def test_cli_verify_seeds_table(capsys, monkeypatch):
-    assert main(["verify", "--only", "seed-table"]) == 0
+    assert main(["verify", "--only", "seed-table", "--wide"]) == 0  # one line per configuration
     out = capsys.readouterr().out
     assert "published numbers:" not in out  # no row of the main table matches
     assert (
@@ -192,5 +192,24 @@ def test_cli_verify_seeds_table(capsys, monkeypatch):
     # a wrong cited number makes the seeds' table, and the command, fail
     wrong = replace(next(r for r in ROWS if r.key == "V1-T6-1.0-macs"), published="570")
     monkeypatch.setattr(papers, "ROWS", tuple(wrong if r.key == wrong.key else r for r in ROWS))
-    assert main(["verify", "--only", "seed-table-v1-1.0"]) == 1
+    assert main(["verify", "--only", "seed-table-v1-1.0", "--wide"]) == 1
     assert "match / MISMATCH [s1]" in capsys.readouterr().out
+
+
+def test_the_default_report_fits_120_columns_with_units_and_open_citations(capsys):
+    """Every line within 120 characters; each published number's row names its paper with the
+    arXiv id; ours and the difference carry the published value's unit; no citation of a file
+    the user does not have. ``--wide`` keeps the one-line-per-row table."""
+    assert main(["verify"]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 120
+    assert "papers.md" not in out
+    lines = out.splitlines()
+    first = next(k for k, line in enumerate(lines) if line.startswith("[V1] Table 6 "))
+    assert lines[first + 1].startswith("arXiv 1704.04861")
+    assert "569 M" in lines[first] and "568.7 M" in lines[first] and "-0.3 M" in lines[first]
+    share = next(line for line in lines if line.startswith("[V1] Table 2 ") and "%" in line)
+    assert share.count("%") == 3  # published, ours, difference
+    assert main(["verify", "--wide", "--only", "V1-T6-1.0-macs"]) == 0
+    wide = capsys.readouterr().out
+    assert "Config" in wide.splitlines()[0] and max(map(len, wide.splitlines())) > 120

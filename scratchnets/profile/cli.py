@@ -61,6 +61,8 @@ def register(subparsers) -> None:
         metavar="SUBSTRING",
         help="rows (and seeds'-table lines) whose key, source or text contain it",
     )
+    v.add_argument("--wide", action="store_true",
+                   help="one line per row with every column (about 240 characters wide)")  # fmt: skip
     _add_format(v)
     v.set_defaults(func=run_verify)
 
@@ -91,6 +93,8 @@ def run_verify(args) -> int:
     seeds = verify_seeds(only=args.only, counter=counter)
     if not results and not seeds:
         raise SystemExit(f"no published row or seeds'-table line matches --only {args.only!r}")
-    render = render_json if args.json else render_markdown if args.markdown else render_text
-    print(render(results, seeds))
+    if args.json or args.markdown:
+        print((render_json if args.json else render_markdown)(results, seeds))
+    else:
+        print(render_text(results, seeds, wide=args.wide))
     return 0 if all(v.ok for v in [*results, *seeds]) else 1

@@ -1,7 +1,7 @@
 """Parameter-count conventions: the same network, counted the way each source counts it.
 
 Papers and frameworks print different "parameter" numbers for one architecture because they count
-different things (``shared/reference/papers.md`` §0). A count is a sum over a ``ParamBreakdown``:
+different things (each source's convention is named with it in ``papers.SOURCES``). A count is a sum over a ``ParamBreakdown``:
 
 =================  ==================================================================  ===========
 convention         what is counted                                                     used by
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from ..nn import BatchNorm2d, Conv2d, Linear, Module
 
-#: the multiply-add convention of every source in papers.md
+#: the multiply-add convention of every source
 MACS = (
     "multiply-adds = multiply-accumulates of conv and FC layers per image "
     "(conv: H_out*W_out*C_out*(C_in/groups)*kh*kw; FC: in*out); "

@@ -1,17 +1,17 @@
 """The published tables, as data: every number ``scratchnets verify`` recomputes.
 
-Source: ``shared/reference/papers.md`` (each number there carries its source; the keys in
-``SOURCES`` are its keys). A ``PaperRow`` says which model configuration a number describes, what
+Every number carries its source (a key of ``SOURCES``: the paper with its arXiv id, or the
+framework table) and where in it (table, section). A ``PaperRow`` says which model configuration a number describes, what
 quantity it is, under which counting convention (``conventions.py``), and the value exactly as
 printed. The tolerance is implied by the printing: a value with last digit of size u (``"4.2"``
 M: u = 0.1 M) matches a count C that rounds to it (|C - P| <= u/2) or truncates to it
 (P <= C < P + u); the papers do both (e.g. [V1] prints 568.7 M as 569 but 290.7 M as 290).
 
-Where papers.md documents an error in a published number, the row carries an ``Erratum``: what is
-wrong, and the corrected value, configuration or quantity that does reproduce. A few errata were
-found by this counter and are not in papers.md; their ``documented`` field says so, and their
-corrections come from the paper's own data and formulas (another table entry, eq. 7's rho^2
-scaling), never from the count alone.
+Where a published number is wrong, the row carries an ``Erratum``: what is wrong, where a reader
+can see it (``documented``: the sources to compare), and the corrected value, configuration or
+quantity that does reproduce. A few errata were found by this counter (``documented`` says so);
+their corrections come from the paper's own data and formulas (another table entry, eq. 7's
+rho^2 scaling), never from the count alone.
 
 Also here: [V1] Table 1 and [V2] Table 2 verbatim as layer lists, so that ``verify`` can build the
 networks exactly as printed; and ``SEEDS_TABLE``, the eight configurations the project's seed
@@ -39,7 +39,7 @@ SOURCES = {
     "GNv2": "Tang et al. 2022, GhostNetV2, arXiv 2211.12905 (abstract / README)",
     "GNv3": "Liu et al. 2024, GhostNetV3, arXiv 2404.11202 (abstract)",
     "iFormer": "iFormer paper (ICLR 2025) comparison table, third party",
-    "COUNT": "papers.md's independent count from the official code's layer shapes",
+    "COUNT": "a count of the official code's layer shapes (a cross-check, not a published number)",
     "seed": "the project's seed cost formulas (depthwise-separable and factorised kernels)",
 }
 
@@ -130,7 +130,7 @@ class V1Layer:
     repeat: int = 1
 
 
-#: [V1] Table 1, "MobileNet Body Architecture", line by line (papers.md §1.2)
+#: [V1] Table 1, "MobileNet Body Architecture", line by line
 V1_TABLE1 = (
     V1Layer("Conv", 2, (3, 3, 3, 32), (224, 224, 3)),
     V1Layer("Conv dw", 1, (3, 3, 32), (112, 112, 32)),
@@ -170,7 +170,7 @@ class V2Line:
     s: int | None
 
 
-#: [V2] Table 2 (papers.md §2.2); c=None in the last line is the number of classes k
+#: [V2] Table 2; c=None in the last line is the number of classes k
 V2_TABLE2 = (
     V2Line("224²×3", "conv2d", None, 32, 1, 2),
     V2Line("112²×32", "bottleneck", 1, 16, 1, 1),
@@ -188,7 +188,7 @@ V2_TABLE2 = (
 
 # ---------------------------------------------------------------------------- the rows
 
-_FOUND_HERE = "found by scratchnets verify (not in papers.md)"
+_FOUND_HERE = "found by scratchnets verify"
 
 
 def _cfg(name: str, width: float = 1.0, resolution: int = 224, classes: int = 1000, **options):
@@ -209,7 +209,7 @@ def _v1_rows() -> list[PaperRow]:
                 "Table 1 prints stride 2 for the depthwise conv at 7x7x1024; its input is already "
                 "7x7, the 7x7 avg pool follows, Keras uses stride 1 (only block 12 is strided). "
                 "As printed the body costs far less than 569 M; with stride 1 it reproduces",
-                "papers.md §1.2",
+                "[V1] Table 1 against Table 6's 569 M and Keras' MobileNet (stride 1 at 7x7)",
                 config=_cfg("v1_table1", strides=((V1_TABLE1_TYPO, 1),)),
             ),
         ),
@@ -225,7 +225,7 @@ def _v1_rows() -> list[PaperRow]:
         if label == "Conv 3x3":
             erratum = Erratum(
                 "digits transposed: 1.91 % makes the column sum to 100.01 % (as printed: 99.29 %)",
-                "papers.md §1.3",
+                "[V1] Table 2: the Mult-Adds column sums to 99.29 % as printed",
                 corrected="1.91",
             )
         rows += [
@@ -310,7 +310,7 @@ def _v1_rows() -> list[PaperRow]:
 
 
 def _slim_v1_rows() -> list[PaperRow]:
-    """[slim-V1] checkpoint table (papers.md §1.8): MACs / params for 4 widths x 4 resolutions."""
+    """[slim-V1] checkpoint table: MACs / params for 4 widths x 4 resolutions."""
     table = {
         1.0: (("569", "418", "291", "186"), "4.24"),
         0.75: (("317", "233", "162", "104"), "2.59"),
@@ -337,8 +337,8 @@ def _slim_v1_erratum(width: float, resolution: int) -> Erratum | None:
     rho2 = (resolution / 224) ** 2
     if width == 0.75 and resolution == 224:
         return Erratum(
-            "[V1] Table 6 gives 325 M for 0.75 MobileNet-224; papers.md lists the two values",
-            "papers.md §1.7 (same quantity, different numbers)",
+            "[V1] Table 6 gives 325 M for 0.75 MobileNet-224: the sources differ",
+            "[V1] Table 6 against the [slim-V1] checkpoint table (same network, two numbers)",
             corrected="325",
         )
     if width == 0.75:
@@ -351,7 +351,7 @@ def _slim_v1_erratum(width: float, resolution: int) -> Erratum | None:
     if width == 0.5 and resolution == 224:
         return Erratum(
             "[V1] Table 6 prints 149 M; the count, 149.50 M, sits on the rounding boundary",
-            "papers.md §1.7 (same quantity, different numbers)",
+            "[V1] Table 6 against the [slim-V1] checkpoint table (same network, two numbers)",
             corrected="149",
         )
     if width == 0.25 and resolution == 192:
@@ -378,26 +378,27 @@ def _v2_rows() -> list[PaperRow]:
         PaperRow("V2-blocks", "V2", "§4 text", "'19 residual bottleneck layers' (depthwise convs)",
                  V2, "depthwise_layers", "19", "",
                  erratum=Erratum("Table 2's n column sums to 17 bottleneck blocks",
-                                 "papers.md §2.2", corrected="17")),
+                                 "[V2] Table 2 (arXiv 1801.04381): its n column",
+                                 corrected="17")),
         PaperRow("V2-T4-macs", "V2", "Table 4", "MobileNetV2", V2, "macs", "300"),
         PaperRow("V2-T4-params", "V2", "Table 4", "MobileNetV2 (slim rules, 1001 classes)",
                  slim_1001, "params", "3.4", convention="slim"),
         PaperRow("V2-T4-1.4-macs", "V2", "Table 4", "MobileNetV2 (1.4)", slim_14, "macs", "585",
                  erratum=Erratum("the released 1.4 checkpoint has 582 M ([slim-V2])",
-                                 "papers.md §2.3 (discrepancy for 1.4x)", corrected="582")),
+                                 "[V2] against the [slim-V2] checkpoint table for 1.4x", corrected="582")),
         PaperRow("V2-T4-1.4-params", "V2", "Table 4", "MobileNetV2 (1.4) (slim rules)", slim_14,
                  "params", "6.9", convention="slim",
                  erratum=Erratum("the released 1.4 checkpoint has 6.06 M ([slim-V2])",
-                                 "papers.md §2.3 (discrepancy for 1.4x)", corrected="6.06")),
+                                 "[V2] against the [slim-V2] checkpoint table for 1.4x", corrected="6.06")),
         PaperRow("V2-T4-v1-macs", "V2", "Table 4", "MobileNetV1", V1, "macs", "575",
                  erratum=Erratum("[V1] and [slim-V1] give 569 M for the same network",
-                                 "papers.md §1.7 (same quantity, different numbers)",
+                                 "[V1] Table 6 against the [slim-V1] checkpoint table (same network, two numbers)",
                                  corrected="569")),
     ]  # fmt: skip
 
 
 def _slim_v2_rows() -> list[PaperRow]:
-    """[slim-V2] "Mobilenet V2 Imagenet Checkpoints" (papers.md §2.4), all 22 rows."""
+    """[slim-V2] "Mobilenet V2 Imagenet Checkpoints", all 22 rows."""
     table = (
         (1.4, 224, "582", "6.06"), (1.3, 224, "509", "5.34"),
         (1.0, 224, "300", "3.47"), (1.0, 192, "221", "3.47"), (1.0, 160, "154", "3.47"),
@@ -423,7 +424,7 @@ def _slim_v2_rows() -> list[PaperRow]:
 
 
 def _framework_rows() -> list[PaperRow]:
-    """Keras, torchvision and timm counts (papers.md §2.6, §3, §5)."""
+    """Keras, torchvision and timm counts."""
     rows = []
     for source, name, config, published, convention in (
         ("keras-table-old", "Keras MobileNet", V1, "4,253,864", "keras"),
@@ -474,7 +475,7 @@ def _framework_rows() -> list[PaperRow]:
                  "MobileNet 1.0-224 (the docstring prints 529 for every resolution)", V1, "macs",
                  "529",
                  erratum=Erratum("a docstring error: [V1] and [slim-V1] give 569 M",
-                                 "papers.md §1.7 (same quantity, different numbers)",
+                                 "[V1] Table 6 against the [slim-V1] checkpoint table (same network, two numbers)",
                                  corrected="569")),
     ]  # fmt: skip
     for name, width, gmacs in (
@@ -497,7 +498,7 @@ def _framework_rows() -> list[PaperRow]:
 
 
 def _ghostnet_rows() -> list[PaperRow]:
-    """GhostNet V1 / V2 / V3 (papers.md §4)."""
+    """GhostNet V1 / V2 / V3."""
     gn = _cfg("ghostnet_100")
     v3_fused = _cfg("ghostnetv3_100", reparameterize=True)
     return [
@@ -513,13 +514,13 @@ def _ghostnet_rows() -> list[PaperRow]:
                  "params", "7.3", convention="trainable", unconfirmed=True),
         PaperRow("GN-T8-1.3-macs", "GN", "Table 8", "GhostNet 1.3x", _cfg("ghostnet_100", 1.3),
                  "macs", "226", unconfirmed=True,
-                 erratum=Erratum("secondary-source value; papers.md's count of the official "
-                                 "code gives 227.0 M", "papers.md §4.3 ([COUNT] row)",
+                 erratum=Erratum("secondary-source value; a count of the official code's "
+                                 "layer shapes gives 227.0 M", "[COUNT] of [GN-code] ghostnet.py",
                                  corrected="227.0")),
         PaperRow("GN-code-readme-macs", "GN-code", "readme", "GhostNet 1.0x: '142M Flops'", gn,
                  "macs", "142",
                  erratum=Erratum("the paper (Table 8) and the TF release say 141 M",
-                                 "papers.md §4.3 / §7 (paper 141 M, readme 142 M)",
+                                 "[GN] Table 8 and the TF release (141 M) against the [GN-code] readme (142 M)",
                                  corrected="141")),
         PaperRow("GNv2-abstract-macs", "GNv2", "abstract", "GhostNetV2 1.0x (DFC at half "
                  "resolution, SE included)", _cfg("ghostnetv2_100"), "macs", "167"),
@@ -576,12 +577,12 @@ ROWS: tuple[PaperRow, ...] = tuple(
 @dataclass(frozen=True)
 class SeedEntry:
     """One line of the seeds' table: a configuration the project's seed compares, and the keys in
-    ``ROWS`` of the numbers papers.md publishes for exactly that configuration.
+    ``ROWS`` of the numbers the sources publish for exactly that configuration.
 
     ``config``: the model, width multiplier alpha and input resolution in pixels (1000 classes);
     ``rho``: the resolution multiplier as the seed writes it (of 224: "0.85" is 192 px; Xception's
-    own input is 299). ``params`` / ``macs``: the key of the published row, or None where papers.md
-    has no number for this configuration: ``verify`` then shows our count of ``config`` ("computed",
+    own input is 299). ``params`` / ``macs``: the key of the published row, or None where no source
+    has a number for this configuration: ``verify`` then shows our count of ``config`` ("computed",
     parameters under the ``trainable`` convention), which verifies nothing.
     """
 

@@ -12,7 +12,7 @@ convention. Verdicts:
 
 The seeds' table (``papers.SEEDS_TABLE``, ``verify_seeds``) puts the parameters and multiply-adds
 of the seed's eight configurations side by side: each published number is the verdict of the
-row it cites; a quantity papers.md has no number for is our count alone, verdict ``computed``,
+row it cites; a quantity no source has a number for is our count alone, verdict ``computed``,
 tallied apart from matches.
 
 Models are built with ``skip_init`` (no random draws: weights are never read) and cached per
@@ -22,6 +22,7 @@ configuration, so the whole table takes a few seconds.
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -374,7 +375,7 @@ COMPUTED_CONVENTION = "trainable"
 @dataclass(frozen=True)
 class SeedCell:
     """One quantity ("params" or "macs") of a seeds'-table line: the published row verified, or,
-    where papers.md publishes nothing (``verified`` None), our count alone: verdict "computed",
+    where no source publishes a number (``verified`` None), our count alone: verdict "computed",
     which is neither a match nor a mismatch."""
 
     quantity: str
@@ -407,7 +408,7 @@ class SeedCell:
         if self.verified is None:
             counted = "conv + FC multiply-adds" if self.quantity == "macs" else self.convention
             return (
-                f"papers.md publishes no {self.quantity} for {entry.config.label()}: "
+                f"no source publishes {self.quantity} for {entry.config.label()}: "
                 f"{self.ours_text()} is only our count ({counted}), verified against nothing"
             )
         return self.verified.explanation()
@@ -522,6 +523,61 @@ def _cells(results: list[VerifiedRow]) -> tuple[list[str], list[list[str]], set[
     return headers, rows, {4, 5, 6}
 
 
+#: arXiv ids of the papers among ``papers.SOURCES`` (also in the sources' legend)
+ARXIV = {"V1": "1704.04861", "V2": "1801.04381", "GN": "1911.11907", "GNv2": "2211.12905",
+         "GNv3": "2404.11202"}  # fmt: skip
+#: the text report's width (``--wide``: the published numbers one line per row, ~240 wide)
+WIDTH = 120
+#: the narrow table's "What" column: the description, config and quantity wrapped to this width
+WHAT_WIDTH = 36
+
+
+def _wrapped(text: str, width: int, indent: str = "") -> list[str]:
+    """``text`` wrapped to ``width``; an arXiv id is never split from its word."""
+    lines = textwrap.wrap(text.replace("arXiv ", "arXiv\xa0"), width, initial_indent=indent,
+                          subsequent_indent=indent)  # fmt: skip
+    return [line.replace("\xa0", " ") for line in lines]
+
+
+def _lines(rows: list[list[str]]) -> list[list[str]]:
+    """Rows whose cells hold several lines (``\\n``) as one table row per line."""
+    out = []
+    for row in rows:
+        cells = [cell.split("\n") for cell in row]
+        out += [[c[k] if k < len(c) else "" for c in cells] for k in range(max(map(len, cells)))]
+    return out
+
+
+def _narrow_cells(results: list[VerifiedRow]) -> tuple[list[str], list[list[str]], set[int]]:
+    """The published numbers within ``WIDTH`` columns: the source with its arXiv id, and the
+    description, configuration and quantity, each wrapped over several lines; every number with
+    its unit (``--wide``: one line per row, ``_cells``)."""
+    headers = ["Source", "What", "Published", "Ours", "Diff", "Verdict"]
+    rows = []
+    for n, v in enumerate(results, 1):
+        r = v.row
+        quantity = r.quantity if r.quantity != "params" else f"params ({r.convention})"
+        source = f"[{r.source}]{'*' if r.unconfirmed else ''} {r.where}"
+        source += f"\narXiv {ARXIV[r.source]}" if r.source in ARXIV else ""
+        what = _wrapped(r.description, WHAT_WIDTH)
+        what += _wrapped(f"{r.config.label()}; {quantity}", WHAT_WIDTH, "  ")
+        unit = _unit_text(r)
+        verdict = v.verdict + (f" [{n}]" if v.verdict != "match" else "")
+        rows.append([source, "\n".join(what), r.published + unit, _format(r, v.ours) + unit,
+                     _format(r, v.ours - r.value(), sign="+") + unit, verdict])  # fmt: skip
+    return headers, _lines(rows), {2, 3, 4}
+
+
+def _narrow_seed_cells(seeds: Sequence[SeedResult]) -> tuple[list[str], list[list[str]], set[int]]:
+    """The seeds' table within ``WIDTH`` columns: conventions, sources and the two verdicts on
+    a line of their own."""
+    headers, rows, right = _seed_cells(seeds)
+    breaks = {3: " (", 5: " [", 6: " [", 7: " / "}  # column -> where its second line starts
+    split = [[cell.replace(breaks[k], "\n" + breaks[k].lstrip()) if k in breaks else cell
+              for k, cell in enumerate(row)] for row in rows]  # fmt: skip
+    return headers, _lines(split), right
+
+
 def _notes(results: list[VerifiedRow]) -> list[str]:
     notes = [
         f"[{n}] {v.row.key}: {v.explanation()}"
@@ -548,15 +604,16 @@ def _tally_text(results: list[VerifiedRow]) -> str:
     t = tally(results)
     return (
         f"{len(results)} published numbers: {t['match']} match, {t['erratum']} documented "
-        f"errata, {t['MISMATCH']} MISMATCH. (* = UNCONFIRMED in papers.md: secondary source)"
+        f"errata, {t['MISMATCH']} MISMATCH. (* = from a secondary source, unconfirmed against the "
+        "paper's text)"
     )
 
 
 SEEDS_TITLE = (
     "Seeds' table: the configurations the project's seed compares (alpha: width multiplier; "
     "rho: resolution multiplier of 224, of 299 for Xception; px: input size). Published: what "
-    "papers.md gives for exactly that configuration, ours counted under that source's convention; "
-    "'-': papers.md gives nothing, so ours is only computed, not verified."
+    "the sources give for exactly that configuration, ours counted under that source's "
+    "convention; '-': no source gives it, so ours is only computed, not verified."
 )
 
 
@@ -607,33 +664,58 @@ def _seed_tally_text(seeds: Sequence[SeedResult]) -> str:
     t = seed_tally(seeds)
     return (
         f"Seeds' table: {len(seeds)} configurations, {2 * len(seeds)} numbers: {t['match']} match, "
-        f"{t['erratum']} documented errata, {t['computed']} computed (no published number in "
-        f"papers.md: our count only, not verified), {t['MISMATCH']} MISMATCH."
+        f"{t['erratum']} documented errata, {t['computed']} computed (no published number: our "
+        f"count only, not verified), {t['MISMATCH']} MISMATCH."
     )
 
 
 def _sections(
-    results: list[VerifiedRow], seeds: Sequence[SeedResult], table: Callable, notes: Callable
-) -> list[str]:
+    results: list[VerifiedRow], seeds: Sequence[SeedResult], table: Callable, notes: Callable,
+    cells: Callable = _cells, seed_cells: Callable = None,
+) -> list[str]:  # fmt: skip
     """The published numbers and the seeds' table, each with its tally and notes: ``table``
-    renders (headers, rows, right-aligned columns), ``notes(title, lines)`` a list of notes."""
+    renders (headers, rows, right-aligned columns), ``notes(title, lines)`` a list of notes,
+    ``cells`` / ``seed_cells`` give each table's (headers, rows, right-aligned columns)."""
+    seed_cells = _seed_cells if seed_cells is None else seed_cells
     parts = []
     if results:
-        parts += [table(*_cells(results)), _tally_text(results)]
+        parts += [table(*cells(results)), _tally_text(results)]
         parts.append(notes("Errata, mismatches and formulas:", _notes(results)))
     if seeds:
-        parts += [SEEDS_TITLE, table(*_seed_cells(seeds)), _seed_tally_text(seeds)]
+        parts += [SEEDS_TITLE, table(*seed_cells(seeds)), _seed_tally_text(seeds)]
         parts.append(
             notes("Seeds' table: errata, mismatches and computed counts:", _seed_notes(seeds))
         )
     return [p for p in parts if p]
 
 
-def render_text(results: list[VerifiedRow], seeds: Sequence[SeedResult] = ()) -> str:
+def render_text(
+    results: list[VerifiedRow], seeds: Sequence[SeedResult] = (), wide: bool = False
+) -> str:
+    """The report as text: the published numbers' table within 120 columns (``wide``: one line
+    per row with every column), the seeds' table, the notes and the legend."""
+
     def notes(title: str, lines: list[str]) -> str:
         return "\n".join([title, *lines]) if lines else ""
 
-    return "\n\n".join(_sections(results, seeds, text_table, notes) + [legend()])
+    if wide:
+        return "\n\n".join(_sections(results, seeds, text_table, notes) + [legend()])
+    parts = _sections(results, seeds, text_table, notes, _narrow_cells, _narrow_seed_cells)
+    return "\n\n".join(_fit(part) for part in [*parts, legend()])
+
+
+def _fit(text: str) -> str:
+    """Lines longer than ``WIDTH`` wrapped, their continuations indented (tables fit already)."""
+    out = []
+    for line in text.splitlines():
+        indent = " " * (len(line) - len(line.lstrip()) + 4)
+        out += (
+            [line]
+            if len(line) <= WIDTH
+            else _wrapped(line, WIDTH, "")[:1]
+            + _wrapped(" ".join(_wrapped(line, WIDTH)[1:]), WIDTH, indent)
+        )
+    return "\n".join(out)
 
 
 def render_markdown(results: list[VerifiedRow], seeds: Sequence[SeedResult] = ()) -> str:
