@@ -133,3 +133,40 @@ def test_with_layer_the_text_shows_that_layers_row_only():
     assert "without --layer" in table
     full = explain_model("mobilenet_v2", resolution=64).text()
     assert "features.0.0" in full and "classifier.1" in full
+
+
+QUANT = WEIGHTS / "mobilenet_v1_0.25_128_quant.tflite"
+
+
+@pytest.mark.skipif(not QUANT.exists(), reason="../shared/weights is not on this machine")
+def test_a_real_uint8_layer_is_walked_on_a_real_photo():
+    """Google's uint8 MobileNetV1 0.25/128: its own input size, its integer layers in the table,
+    and a depthwise layer explained on the codes it receives from a photo; the element equals
+    the model's own integer forward (explain_quantized_layer raises otherwise)."""
+    import scratchnets as sn
+
+    photo = str(WEIGHTS / "images" / "grace_hopper.bmp")
+    result = explain_model("mobilenet_v1", weights=str(QUANT), layer="Conv2d_2_depthwise",
+                           image=photo, at=(0, 3, 8, 11))  # fmt: skip
+    assert result.input_shape == (1, 3, 128, 128)
+    assert [r["name"] for r in result.rows][:2] == ["Conv2d_0", "Conv2d_1_depthwise"]
+    assert result.rows[0]["mult_adds"] == 8 * 64 * 64 * 3 * 3 * 3
+    e = result.layer
+    assert e.all_checked and e.case["layer"] == "Conv2d_2_depthwise" and e.case["groups"] == 16
+    y = next(el for el in e.elements if el.name == "y")
+    model = sn.models.load_pretrained(QUANT)
+    pixels = sn.data.pretrained_transforms(model.pretrained_cfg)(
+        np.asarray(sn.data.open_rgb(photo))
+    )[None]
+    tensors = model(pixels, return_all=True)
+    layer = next(q for q in model.layers if q.name == "Conv2d_2_depthwise")
+    assert (
+        y.index == (0, 3, 8, 11)
+        and 0 < y.value < 255
+        and y.value == int(tensors[layer.output][y.index])
+    )
+    assert y.value == 215 and "= 109 * 11 = 1199" in y.terms[0]  # the real codes, written out
+    with pytest.raises(ValueError, match="is a quantized_avg_pool2d: explain walks"):
+        explain_model("mobilenet_v1", weights=str(QUANT), layer="average_pool_2d_27")
+    with pytest.raises(ValueError, match="no layer 'nope' in the uint8 graph"):
+        explain_model("mobilenet_v1", weights=str(QUANT), layer="nope")

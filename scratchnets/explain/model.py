@@ -13,6 +13,8 @@ import numpy as np
 
 from .. import models, nn
 from ..backends import OP_BY_NAME, get_backend
+from ..models.blocks import tf_same_padding
+from ..models.quantized import QuantizedModel
 from ..nn.init import skip_init
 from ..profile.summary import summary
 from .core import Explanation, jsonable, num
@@ -41,7 +43,8 @@ class ModelExplanation:
             rows = [r for r in self.rows if r["name"] == self.layer.case.get("layer")]
         cells = [[r["name"], r["type"], "x".join(map(str, r["output_shape"][1:])),
                   f"{r['params']:,}", f"{r['mult_adds']:,}", _rf_text(r),
-                  "x".join(f"{v:g}" for v in r["jump"]), ", ".join(f"{v:g}" for v in r["start"])]
+                  "-" if r["jump"] is None else "x".join(f"{v:g}" for v in r["jump"]),
+                  "-" if r["start"] is None else ", ".join(f"{v:g}" for v in r["start"])]
                  for r in rows]  # fmt: skip
         if cells:
             widths = [max(len(h), *(len(c[k]) for c in cells)) for k, h in enumerate(header)]
@@ -67,6 +70,8 @@ class ModelExplanation:
 
 
 def _rf_text(row: dict) -> str:
+    if row["rf_size"] is None:  # a uint8 graph's layer: no field computed
+        return "-"
     size = "x".join(f"{v:g}" for v in row["rf_size"])
     return size + (" (whole image)" if row["whole_image"] else "")
 
@@ -87,7 +92,7 @@ def build_model(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
     resolution (the weights' config, else 299 for Xception and 224 otherwise)."""
     if weights is not None:
         model = models.load_pretrained(weights)
-        return model, int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        return model, int(model.pretrained_cfg.get("size", 224))  # the file's own input size
     default = 299 if models.registry.resolve_name(name) == "xception" else 224
     return models.create(name, rng=0), default
 
@@ -127,6 +132,10 @@ def explain_model(
     R = default if resolution is None else int(resolution)
     if R < 1:
         raise ValueError(f"--resolution must be at least 1 pixel, got {R}")
+    if isinstance(model, QuantizedModel):
+        if save_maps is not None:
+            raise ValueError("--save-maps draws a float model's maps: a uint8 graph has none")
+        return explain_quantized_model(f"{name} ({weights})", model, R, layer, image, seed, at)
     shape = (1, 3, R, R)
     result = ModelExplanation(
         model=name if weights is None else f"{name} ({weights})",
@@ -290,3 +299,97 @@ def _op_arguments(module, x) -> tuple[str, dict] | None:
     if isinstance(module, nn.AdaptiveAvgPool2d):
         return "adaptive_avg_pool2d", dict(output_size=module.output_size, arrays={"x": x})
     return None
+
+
+# ---------------------------------------------------------------------------------- uint8 graphs
+
+
+QUANTIZED_NOTES = [
+    "A uint8 TFLite graph, run with integer arithmetic only (TFLite's reference kernels): its",
+    "layers are the graph's ops by their TFLite names; params: uint8 weights and int32 biases;",
+    "mult-adds: integer multiply-accumulates. --layer walks one uint8 convolution on the real",
+    "codes it receives: accumulator, multiplier, rounding, zero point and clamp.",
+]
+
+
+def quantized_input(model: QuantizedModel, resolution: int, image: str | None, seed: int):
+    """(1, 3, R, R) uint8: ``image`` through the file's preprocessing (the pixels themselves,
+    cropped and resized as TFLite's MobileNets expect), else seeded random codes."""
+    if image is None:
+        return np.random.default_rng(seed).integers(0, 256, (1, 3, resolution, resolution),
+                                                    dtype=np.uint8)  # fmt: skip
+    from .. import data
+
+    cfg = dict(model.pretrained_cfg, size=resolution)
+    return np.asarray(data.pretrained_transforms(cfg)(np.asarray(data.open_rgb(image)))[None])
+
+
+def quantized_rows(model: QuantizedModel, tensors: dict) -> list[dict]:
+    """The table of a uint8 graph's layers: op, output shape, params, integer mult-adds."""
+    rows = []
+    for layer in model.layers:
+        out, arguments = tensors[layer.output], layer.arguments
+        params = macs = 0
+        if layer.op == "quantized_conv2d":
+            w, bias = arguments["w"], arguments["bias"]
+            params = w.size + (0 if bias is None else bias.size)
+            macs = int(np.prod(out.shape[1:])) * int(np.prod(w.shape[1:]))
+        rows.append(dict(name=layer.name, type=layer.op, output_shape=tuple(out.shape),
+                         params=params, mult_adds=macs, rf_size=None, jump=None, start=None,
+                         whole_image=False))  # fmt: skip
+    return rows
+
+
+def explain_quantized_model(
+    title: str, model: QuantizedModel, resolution: int, layer: str | None, image: str | None,
+    seed: int, at=None,
+) -> ModelExplanation:  # fmt: skip
+    """The table of a uint8 graph's layers and, with ``layer``, that convolution walked through
+    on the codes it receives in the model's own integer forward (checked against that forward's
+    output at the element)."""
+    model.to("reference")
+    x = quantized_input(model, resolution, image, seed)
+    tensors = model(x, return_all=True)
+    result = ModelExplanation(title, tuple(x.shape), quantized_rows(model, tensors),
+                              notes=list(QUANTIZED_NOTES))  # fmt: skip
+    if layer is not None:
+        result.layer = explain_quantized_layer(model, layer, tensors, seed, at)
+    return result
+
+
+def explain_quantized_layer(model: QuantizedModel, name: str, tensors: dict, seed: int, at=None):
+    """``quantized_conv2d`` explained on the real codes, weights and quantization parameters of
+    the graph's layer ``name``; its output element must equal the model's."""
+    layers = {q.name: q for q in model.layers}
+    if name not in layers:
+        raise ValueError(
+            f"no layer {name!r} in the uint8 graph; its layers are e.g. "
+            f"{', '.join(list(layers)[:6])} ... ({len(layers)} in all)"
+        )
+    q = layers[name]
+    if q.op != "quantized_conv2d":
+        raise ValueError(
+            f"layer {name!r} is a {q.op}: explain walks the graph's uint8 convolutions "
+            "(quantized_conv2d); `scratchnets explain quantized_add` (or _avg_pool2d, _softmax) "
+            "steps through the other integer ops"
+        )
+    a, x = q.arguments, tensors[q.inputs[0]]
+    padding = 0
+    if q.same_padding is not None:  # TF "SAME", worked out for this input as the forward does
+        (kh, kw), (sh, sw) = q.same_padding
+        padding = (*tf_same_padding(x.shape[2], kh, sh), *tf_same_padding(x.shape[3], kw, sw))
+    arrays = {k: a[k] for k in ("w", "bias", "x_q", "w_q", "y_q")} | {"x": x}
+    e = explain_op("quantized_conv2d", stride=a["stride"], padding=padding, groups=a["groups"],
+                   activation=a["activation"], seed=seed, at=at, arrays=arrays)  # fmt: skip
+    e.case = {"layer": name, **e.case}
+    y = next(el for el in e.elements if el.name == "y")
+    actual = int(tensors[q.output][y.index])
+    if actual != y.value:
+        raise RuntimeError(
+            f"layer {name!r} output {actual} at {y.index}, but its explanation gives {y.value}: "
+            "the layer does more than the op (please report)"
+        )
+    e.section("this layer in the model",
+              f"{name} (uint8 {q.op}) output {actual} at {y.index} in the model's own integer "
+              "forward: the element below")  # fmt: skip
+    return e

@@ -53,9 +53,15 @@ def _requantize_terms(acc: int, m0: int, shift: int, out: ref_q.QuantParams, cla
 @explainer("quantized_conv2d")
 def explain_quantized_conv2d(
     input=(1, 2, 5, 5), out_channels=2, kernel=3, stride=1, padding=1, groups=1,
-    activation=None, seed=0, at=None,
+    activation=None, seed=0, at=None, *, arrays=None,
 ) -> Explanation:  # fmt: skip
-    """A uint8 convolution: y = clamp(Z_y + M (sum (x - Z_x)(w - Z_w) + bias))."""
+    """A uint8 convolution: y = clamp(Z_y + M (sum (x - Z_x)(w - Z_w) + bias)). ``arrays``
+    ({"x", "w", "bias", "x_q", "w_q", "y_q"}): explain these codes and quantization parameters
+    instead of drawn ones (a real layer's tensors; its shapes then set input, out_channels and
+    kernel)."""
+    if arrays is not None:
+        input, out_channels = arrays["x"].shape, arrays["w"].shape[0]
+        kernel = tuple(arrays["w"].shape[2:])
     N, C_in, H, W = nchw(input)
     if C_in % groups or out_channels % groups:
         raise ValueError(
@@ -66,10 +72,16 @@ def explain_quantized_conv2d(
     top, bottom, left, right = normalize_padding(padding)
     Cg, Mg = C_in // groups, out_channels // groups
     rng = np.random.default_rng(seed)
-    x_q, w_q = ref_q.QuantParams(0.02, 128), ref_q.QuantParams(0.01, 120)
-    y_q = ref_q.QuantParams(0.25, 110)
-    x, w = _codes(rng, (N, C_in, H, W)), _codes(rng, (out_channels, Cg, kh, kw))
-    bias = rng.integers(-2000, 2000, out_channels).astype(np.int32)
+    if arrays is None:
+        x_q, w_q = ref_q.QuantParams(0.02, 128), ref_q.QuantParams(0.01, 120)
+        y_q = ref_q.QuantParams(0.25, 110)
+        x, w = _codes(rng, (N, C_in, H, W)), _codes(rng, (out_channels, Cg, kh, kw))
+        bias = rng.integers(-2000, 2000, out_channels).astype(np.int32)
+    else:
+        x_q, w_q, y_q = arrays["x_q"], arrays["w_q"], arrays["y_q"]
+        x, w = np.asarray(arrays["x"]), np.asarray(arrays["w"])
+        bias = arrays["bias"]
+        bias = np.zeros(out_channels, np.int32) if bias is None else np.asarray(bias, np.int32)
     y = ref_q.quantized_conv2d(x, x_q, w, w_q, bias, y_q, (sh, sw), padding, groups, activation)
     clamp = ref_q.activation_range(activation, y_q)
     real = ref_q.conv_multiplier(x_q, w_q, y_q)
