@@ -6,7 +6,6 @@ arguments get clear errors."""
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scratchnets.explain.maps import GAP, TILE, grid_shape
 from scratchnets.explain.model import explain_model, layer_input, model_input
 from scratchnets.explain.receptive import receptive_fields
 from scratchnets.models import create, list_models
@@ -78,20 +76,43 @@ def test_a_composite_or_unknown_layer_is_refused_by_name():
         explain_model("mobilenet_v2", resolution=32, layer="features.99")
 
 
-def test_save_maps_writes_grids_of_the_expected_size(tmp_path):
+def test_save_maps_writes_the_three_pictures(tmp_path):
     result = explain_model("mobilenet_v2", resolution=64, save_maps=str(tmp_path))
     maps, filters, plot = (Path(p) for p in result.saved)
     assert maps.name == "features.0.0_feature_maps.png" and plot.name == "receptive_field.png"
+    for path in (maps, filters, plot):
+        assert Image.open(path).size[0] > 400  # a readable figure, not a thumbnail
 
-    def expected(count, side):  # a near-square grid of enlarged tiles with gaps
-        rows, columns = grid_shape(count)
-        tile = side * max(1, math.ceil(TILE / side))
-        return columns * (tile + GAP) - GAP, rows * (tile + GAP) - GAP
 
-    assert Image.open(maps).size == expected(32, 32)  # 32 maps of 32 x 32 (64 px, stride 2)
-    assert Image.open(filters).size == expected(32, 3)  # 32 filters of 3 x 3, RGB
-    assert Image.open(filters).mode == "RGB"
-    assert Image.open(plot).size[0] > 0
+def test_pictures_say_what_they_show():
+    """Titled, tiles numbered, one colour scale with its bar; random filters labelled as such;
+    the receptive-field plot names its layers."""
+    from scratchnets.explain import maps as pictures
+
+    plt = pictures._pyplot()
+    out = np.random.default_rng(0).standard_normal((5, 4, 4))
+    out[1] *= 0.01  # a nearly dead channel stays pale on the shared scale
+    fig = pictures.maps_figure(out, "layer x, after its relu6")
+    assert fig._suptitle.get_text() == "layer x, after its relu6"
+    titled = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titled == ["c0", "c1", "c2", "c3", "c4"]
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len({im.get_clim() for im in images}) == 1  # one scale for every tile
+    assert any(ax.get_ylabel().startswith("value") for ax in fig.axes)  # the colour bar
+    plt.close(fig)
+    assert pictures.shared_scale(np.array([-1.0, 3.0])) == (-3.0, 3.0, "RdBu_r")
+    assert pictures.shared_scale(np.array([0.0, 2.0])) == (0.0, 2.0, "viridis")
+    w = np.random.default_rng(1).standard_normal((4, 3, 3, 3))
+    noisy = pictures.filters_figure(w, "first conv", random_weights=True)
+    assert any("random weights" in t.get_text() for t in noisy.texts)
+    learned = pictures.filters_figure(w, "first conv", random_weights=False)
+    assert not any("random weights" in t.get_text() for t in learned.texts)
+    plt.close(noisy), plt.close(learned)
+    rows = explain_model("mobilenet_v2", resolution=32).rows
+    field = pictures.receptive_field_figure(rows, 32, "rf")
+    names = [label.get_text() for label in field.axes[0].get_xticklabels()]
+    assert names == [r["name"] for r in rows]
+    plt.close(field)
 
 
 @pytest.mark.skipif(not (WEIGHTS / "mobilenet_v1_0.25_224_float.tflite").exists(),

@@ -149,7 +149,7 @@ def explain_model(
     if layer is not None:
         result.layer = explain_layer(module, layer, layer_x, layer_y, seed, at)
     if save_maps is not None:
-        paths = save_maps_to(Path(save_maps), model, result, shown, layer_y)
+        paths = save_maps_to(Path(save_maps), model, result, shown, layer_y, weights is None)
         result.saved = [str(p) for p in paths]
     return result
 
@@ -158,24 +158,51 @@ def first_conv(model) -> tuple[str, nn.Conv2d]:
     return next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
 
 
-def save_maps_to(directory: Path, model, result: ModelExplanation, name: str, out) -> list[Path]:
+def _where_in_the_layer(module) -> str:
+    """Whether a layer's output is taken before or after its activation, in words."""
+    if isinstance(module, nn.Conv2d):
+        return "the conv's output, before any BN and activation"
+    if activation_op(getattr(module, "act", None)) is not None:
+        return f"after BN and its {activation_op(module.act)}"
+    if isinstance(module, nn.BatchNorm2d):
+        return "after BN, before any activation"
+    if activation_op(module) is not None:
+        return f"after the {activation_op(module)}"
+    return f"the output of a {type(module).__name__}"
+
+
+def save_maps_to(
+    directory: Path, model, result: ModelExplanation, name: str, out, random_weights: bool
+) -> list[Path]:
     """Writes ``<name>_feature_maps.png`` (``out``, the output of the layer ``name`` for one
     image), ``first_conv_filters.png`` and ``receptive_field.png``; returns their paths."""
-    from .maps import feature_maps_png, filters_png, receptive_field_png
+    from .maps import filters_figure, maps_figure, receptive_field_figure, save
 
-    _, conv = first_conv(model)
+    first_name, conv = first_conv(model)
     out = np.asarray(out)
     if out.ndim != 4:
         raise ValueError(f"layer {name!r} has no feature maps: its output has shape {out.shape}")
+    row = next((r for r in result.rows if r["name"] == name), None)
+    field = "" if row is None else f", receptive field {_rf_text(row)} px"
+    module = dict(model.named_modules())[name]
+    weights = "random weights" if random_weights else "the file's weights"
+    maps_title = (f"{result.model}: {name} ({type(module).__name__}), {_where_in_the_layer(module)}"
+                  f"\noutput {'x'.join(map(str, out.shape[1:]))}{field}; {weights}; channels "
+                  f"c0-c{min(out.shape[1], 64) - 1} of {out.shape[1]}")  # fmt: skip
+    filters_title = (f"{result.model}: {first_name}, the first conv's filters "
+                     f"{tuple(conv.weight.shape)}; {weights}")  # fmt: skip
     return [
-        feature_maps_png(out[0], directory / f"{name}_feature_maps.png"),
-        filters_png(conv.weight.data, directory / "first_conv_filters.png"),
-        receptive_field_png(
-            result.rows,
-            result.input_shape[-1],
-            directory / "receptive_field.png",
-            f"{result.model}: receptive field by depth",
+        save(maps_figure(out[0], maps_title), directory / f"{name}_feature_maps.png"),
+        save(
+            filters_figure(conv.weight.data, filters_title, random_weights),
+            directory / "first_conv_filters.png",
         ),  # fmt: skip
+        save(
+            receptive_field_figure(
+                result.rows, result.input_shape[-1], f"{result.model}: receptive field by depth"
+            ),  # fmt: skip
+            directory / "receptive_field.png",
+        ),
     ]
 
 
@@ -186,7 +213,7 @@ def model_input(model, resolution: int, image: str | None, seed: int) -> np.ndar
         return np.random.default_rng(seed).standard_normal((1, 3, resolution, resolution))
     from .. import data
 
-    cfg = getattr(model, "pretrained_cfg", None) or {"input_size": (3, resolution, resolution)}
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {}, size=resolution)  # the table's size
     pixels = np.asarray(data.open_rgb(image))
     return np.asarray(data.pretrained_transforms(cfg)(pixels)[None], dtype=np.float64)
 
