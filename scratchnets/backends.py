@@ -92,8 +92,11 @@ _MODULE_PATHS: dict[str, str] = {
     # values-free backends: shapes and counts, receptive fields (no backward)
     "meta": "scratchnets.profile.meta",
     "receptive": "scratchnets.explain.receptive",
+    # the reference ops with every call recorded (explain --block)
+    "trace": "scratchnets.explain.trace",
 }
-#: backends that compute values (the others propagate shapes or receptive-field bounds only)
+#: backends that compute values with kernels of their own (meta and receptive propagate shapes or
+#: receptive-field bounds only; trace records the reference's calls)
 COMPUTE_BACKENDS = ("reference", "cpu", "cuda")
 _LOADED: dict[str, ModuleType] = {}
 

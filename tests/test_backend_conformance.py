@@ -26,9 +26,10 @@ from scratchnets.backends import (
 #: backends whose import failure is an environment matter, not a bug
 OPTIONAL = {"cuda"}
 
-#: the values-free backends (shapes; receptive fields): they must export every op, but some of
-#: their forwards take the reference's arguments as ``*args`` by design; that they run every
-#: layer is shown by tests/test_profile.py and tests/test_receptive_fields.py
+#: the values-free backends (shapes; receptive fields) and the trace of the reference's calls:
+#: they must export every op, but their functions take the reference's arguments as ``*args`` by
+#: design; that they run every layer is shown by tests/test_profile.py,
+#: tests/test_receptive_fields.py and tests/test_explain_block.py
 VALUES_FREE = set(available_backends()) - set(COMPUTE_BACKENDS)
 INDICES = [f"{op.name}_indices" for op in OP_TABLE if op.indices]
 
@@ -50,7 +51,7 @@ def parameters(fn) -> list[tuple]:
 def test_every_backend_is_known_without_importing_its_package_first():
     """meta and receptive resolve by name alone (they used to register on their package's
     import, so ``model.to("meta")`` failed unless scratchnets.profile had been imported)."""
-    assert {"reference", "cpu", "cuda", "meta", "receptive"} <= set(available_backends())
+    assert {"reference", "cpu", "cuda", "meta", "receptive", "trace"} <= set(available_backends())
 
 
 @pytest.mark.parametrize("backend", available_backends())

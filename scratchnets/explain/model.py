@@ -17,6 +17,7 @@ from ..models.blocks import tf_same_padding
 from ..models.quantized import QuantizedModel
 from ..nn.init import skip_init
 from ..profile.summary import summary
+from .block import BlockExplanation, explain_block
 from .core import Explanation, jsonable, num
 from .ops import explain_op
 from .receptive import receptive_fields
@@ -31,10 +32,18 @@ class ModelExplanation:
     input_shape: tuple[int, ...]
     rows: list[dict]
     layer: Explanation | None = None
+    block: BlockExplanation | None = None
     notes: list[str] = field(default_factory=list)
     saved: list[str] = field(default_factory=list)  # files written by --save-maps
 
+    @property
+    def all_checked(self) -> bool:
+        return all(part.all_checked for part in (self.layer, self.block) if part is not None)
+
     def text(self) -> str:
+        if self.block is not None:  # the block's own chain instead of the model's table
+            return "\n".join([f"== {self.model}, input {self.input_shape}", "",
+                              self.block.text()])  # fmt: skip
         out = [f"== {self.model}, input {self.input_shape}", ""]
         header = ["layer", "type", "output", "params", "mult-adds", "RF (rows x cols)", "jump",
                   "start"]  # fmt: skip
@@ -62,7 +71,8 @@ class ModelExplanation:
         return "\n".join(out)
 
     def to_dict(self) -> dict:
-        data = asdict(self) | {"layer": None if self.layer is None else self.layer.to_dict()}
+        data = asdict(self) | {"layer": None if self.layer is None else self.layer.to_dict(),
+                               "block": None if self.block is None else self.block.to_dict()}  # fmt: skip
         return data
 
     def json(self) -> str:
@@ -120,13 +130,15 @@ def layer_rows(model: nn.Module, input_shape) -> list[dict]:
 def explain_model(
     name: str, resolution: int | None = None, layer: str | None = None,
     weights: str | None = None, image: str | None = None, seed: int = 0,
-    save_maps: str | None = None, at=None,
+    save_maps: str | None = None, at=None, block: str | None = None,
 ) -> ModelExplanation:  # fmt: skip
     """The layer table of ``name`` and, with ``layer``, that layer explained on its real
     weights and on the input it receives for ``image`` (else for a seeded random image).
     ``save_maps``: a directory for the PNGs of ``save_maps_to``; ``at``: the element of the
     layer's output to write out."""
-    needs_weights = layer is not None or weights is not None or save_maps is not None
+    if block is not None and (layer is not None or save_maps is not None):
+        raise ValueError("--block walks a whole block: without --layer / --save-maps")
+    needs_weights = any(v is not None for v in (layer, weights, save_maps, block))
     with nullcontext() if needs_weights else skip_init():  # the table reads no weight
         model, default = build_model(name, weights)
     R = default if resolution is None else int(resolution)
@@ -143,6 +155,10 @@ def explain_model(
         rows=layer_rows(model, shape),
         notes=list(RECURRENCE_NOTES),
     )
+    if block is not None:
+        module, block_x, _ = layer_input(model, block, model_input(model, R, image, seed))
+        result.block = explain_block(module, block, block_x, seed, at)
+        return result
     if layer is not None or save_maps is not None:  # one float64 forward serves both
         shown = layer if layer is not None else first_conv(model)[0]
         module, layer_x, layer_y = layer_input(model, shown, model_input(model, R, image, seed))

@@ -1,0 +1,254 @@
+"""``scratchnets explain MODEL --block NAME``: a whole block stepped through as the chain of ops it
+runs (an inverted residual, a depthwise-separable pair, a ghost module, DFC attention,
+squeeze-excite, a GhostNet bottleneck with its shortcut, GhostNetV3's branches ...).
+
+The block runs, on the input it receives inside the model, on the "trace" backend (the
+reference ops, every call recorded): forward, then backward with a seeded dy. That gives
+
+* the chain of ops with their shapes, parameters and multiply-adds, whose sums are checked
+  against the model counter's for the block;
+* the backward chain: the ops the gradient passes through (the residual add that hands dy to
+  both branches, BN, the ReLU6 mask, the gate's multiply, the upsample's scatter-add ...);
+* an oracle: the same chain replayed in torch (float64, each op by torch's own function, on
+  the same weights), whose output and input gradient must equal the block's own forward and
+  backward; one output element and one input-gradient element are written out with both.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .. import reference
+from ..reference.windows import normalize_padding, pair
+from .core import num
+from .trace import Call, recording
+
+#: how close the torch replay must come (float64, same ops: rounding only)
+RTOL = 1e-9
+
+
+@dataclass
+class BlockExplanation:
+    """The chain of ops of one block, its counts, and the checked elements."""
+
+    block: str
+    type: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    ops: list[dict]
+    backward: list[str]
+    counts: dict
+    checks: list[dict] = field(default_factory=list)
+
+    @property
+    def all_checked(self) -> bool:
+        return all(c["ok"] for c in self.checks)
+
+    def text(self) -> str:
+        shape = lambda s: "x".join(map(str, s[1:]))  # noqa: E731
+        out = [f"== block {self.block} ({self.type}): {shape(self.input_shape)} -> "
+               f"{shape(self.output_shape)}", "", "-- the ops it runs (forward, in order)"]  # fmt: skip
+        names = [f"{o['op']} {o['detail']}".strip() for o in self.ops]
+        width = max(map(len, names))
+        for k, (o, op) in enumerate(zip(self.ops, names, strict=True), 1):
+            ins = ", ".join(shape(s) for s in o["inputs"])
+            cost = f"  params {o['params']:,}, mult-adds {o['mult_adds']:,}" if o["params"] else ""
+            out.append(f"  {k:2d}. {op:<{width}}  {ins} -> {shape(o['output'])}{cost}")
+        c = self.counts
+        out += ["", "-- counts",
+                f"  params: {c['params']:,} in the ops above, {c['counter_params']:,} by the "
+                f"counter: {'equal' if c['params'] == c['counter_params'] else 'DIFFERENT'}",
+                f"  mult-adds: {c['mult_adds']:,} in the ops above, {c['counter_mult_adds']:,} "
+                f"by the counter: "
+                f"{'equal' if c['mult_adds'] == c['counter_mult_adds'] else 'DIFFERENT'}"]  # fmt: skip
+        out += ["", "-- backward: the ops dy passes through, in order",
+                "  " + " -> ".join(self.backward)]  # fmt: skip
+        out += ["", "-- checked against the same chain replayed in torch (float64)"]
+        for check in self.checks:
+            verdict = "checked" if check["ok"] else "MISMATCH"
+            out.append(f"  {check['what']}: ours {num(check['ours'])}, torch "
+                       f"{num(check['torch'])}    [{verdict}]")  # fmt: skip
+        out.append("")
+        out.append("every element checked" if self.all_checked else "MISMATCH: see above")
+        return "\n".join(out)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"all_checked": self.all_checked}
+
+
+def _bound(call: Call) -> dict:
+    """The call's arguments by name (the reference function's signature)."""
+    signature = inspect.signature(getattr(reference, call.function))
+    arguments = signature.bind(*call.args, **call.kwargs)
+    arguments.apply_defaults()
+    return dict(arguments.arguments)
+
+
+def _cost(call: Call, a: dict) -> tuple[int, int, list]:
+    """(params, mult-adds, the parameter arrays) of one forward call (N = 1)."""
+    y = call.result[0]
+    if call.op in ("conv2d", "linear"):
+        arrays = [v for v in (a["w"], a["b"]) if v is not None]
+        macs = math.prod(y.shape[1:]) * math.prod(a["w"].shape[1:])
+        return sum(v.size for v in arrays), macs, arrays
+    if call.op == "batch_norm2d":
+        arrays = [v for v in (a["weight"], a["bias"]) if v is not None]
+        return sum(v.size for v in arrays), 0, arrays
+    return 0, 0, []
+
+
+def _detail(op: str, a: dict) -> str:
+    """What kind of conv or pooling a call is: kernel, stride, depthwise / grouped."""
+    if op == "conv2d":
+        kh, kw = a["w"].shape[2:]
+        groups, c_in = a["groups"], a["x"].shape[1]
+        kind = "depthwise" if groups == c_in and groups > 1 else (
+            f"groups {groups}" if groups > 1 else "")  # fmt: skip
+        stride = pair(a["stride"], "stride")
+        return " ".join(t for t in (f"{kh}x{kw}", kind,
+                                    f"stride {stride[0]}" if stride != (1, 1) else "") if t)  # fmt: skip
+    if op in ("avg_pool2d", "max_pool2d"):
+        k = pair(a["kernel_size"], "kernel")
+        return f"{k[0]}x{k[1]}"
+    return ""
+
+
+def _shapes(value) -> list:
+    if isinstance(value, np.ndarray):
+        return [tuple(value.shape)]
+    if isinstance(value, (list, tuple)):
+        return [tuple(v.shape) for v in value if isinstance(v, np.ndarray)]
+    return []
+
+
+def torch_replay(forward: list[Call], x: np.ndarray, y: np.ndarray, dy: np.ndarray):
+    """torch's output and dx of the recorded forward chain (float64, every op by torch's own
+    function on the same arrays; weights and buffers are constants)."""
+    import torch
+    import torch.nn.functional as F
+
+    known: dict[int, torch.Tensor] = {}
+    x_t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    known[id(x)] = x_t
+
+    def tensor(v):
+        if v is None:
+            return None
+        if id(v) not in known:
+            known[id(v)] = torch.tensor(np.asarray(v), dtype=torch.float64)
+        return known[id(v)]
+
+    for call in forward:
+        a = _bound(call)
+        op = call.op
+        if op == "conv2d":
+            top, bottom, left, right = normalize_padding(a["padding"])
+            out = F.conv2d(F.pad(tensor(a["x"]), (left, right, top, bottom)), tensor(a["w"]),
+                           tensor(a["b"]), a["stride"], 0, a["dilation"], a["groups"])  # fmt: skip
+        elif op == "batch_norm2d":
+            if a["training"]:
+                raise ValueError("a block is replayed in eval mode (its running statistics)")
+            out = F.batch_norm(tensor(a["x"]), tensor(a["running_mean"]),
+                               tensor(a["running_var"]), tensor(a["weight"]), tensor(a["bias"]),
+                               training=False, eps=a["eps"])  # fmt: skip
+        elif op in ("relu", "relu6", "hard_sigmoid", "hard_swish", "silu"):
+            name = {"hard_sigmoid": "hardsigmoid", "hard_swish": "hardswish"}.get(op, op)
+            out = getattr(F, name)(tensor(a["x"]))
+        elif op == "sigmoid":
+            out = torch.sigmoid(tensor(a["x"]))
+        elif op in ("add", "mul"):
+            out = getattr(torch, op)(tensor(a["a"]), tensor(a["b"]))
+        elif op == "concat":
+            out = torch.cat([tensor(v) for v in a["xs"]], dim=a["axis"])
+        elif op == "slice":
+            out = tensor(a["x"]).narrow(a["axis"], a["start"], a["stop"] - a["start"])
+        elif op == "pad2d":
+            top, bottom, left, right = normalize_padding(a["padding"])
+            extra = {"value": a["value"]} if a["mode"] == "constant" else {}
+            out = F.pad(tensor(a["x"]), (left, right, top, bottom), mode=a["mode"], **extra)
+        elif op == "max_pool2d":
+            out = F.max_pool2d(tensor(a["x"]), a["kernel_size"], a["stride"], a["padding"],
+                               a["dilation"], a["ceil_mode"])  # fmt: skip
+        elif op == "avg_pool2d":
+            out = F.avg_pool2d(tensor(a["x"]), a["kernel_size"], a["stride"], a["padding"],
+                               a["ceil_mode"], a["count_include_pad"], a["divisor_override"])  # fmt: skip
+        elif op == "global_avg_pool2d":
+            out = F.adaptive_avg_pool2d(tensor(a["x"]), 1)
+        elif op in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
+            out = getattr(F, op)(tensor(a["x"]), a["output_size"])
+        elif op in ("upsample_nearest2d", "upsample_bilinear2d"):
+            mode = "nearest" if op == "upsample_nearest2d" else "bilinear"
+            extra = {"align_corners": False} if mode == "bilinear" else {}
+            out = F.interpolate(tensor(a["x"]), size=pair(a["size"], "size"), mode=mode, **extra)
+        elif op == "linear":
+            out = F.linear(tensor(a["x"]), tensor(a["w"]), tensor(a["b"]))
+        elif op == "dropout":
+            if a["training"] and a["p"] > 0:
+                raise ValueError("a block is replayed in eval mode (dropout is the identity)")
+            out = tensor(a["x"])
+        else:
+            raise ValueError(f"the torch replay does not know the op {op!r}")
+        known[id(call.result[0])] = out
+    if id(y) not in known:
+        raise ValueError("the block's output is not the result of one of its ops")
+    y_t = known[id(y)]
+    (dx_t,) = torch.autograd.grad(y_t, [x_t], torch.tensor(dy, dtype=torch.float64))
+    return y_t.detach().numpy(), dx_t.numpy()
+
+
+def explain_block(block, name: str, x: np.ndarray, seed: int = 0, at=None) -> BlockExplanation:
+    """The chain of ops of ``block`` (a module of a float64 model on the reference backend, in
+    eval mode) on its input ``x``, counted and checked against torch (see the module doc)."""
+    from ..profile.summary import summary
+
+    block.to("trace")
+    try:
+        with recording() as forward:
+            y = block(x)
+        dy = np.round(np.random.default_rng(seed).standard_normal(y.shape), 2)
+        with recording() as backward:
+            dx = block.backward(dy)
+    finally:
+        block.to("reference")
+        block.zero_grad()
+    forward = [c for c in forward if c.function.endswith("_forward")]
+    ops, seen, total_params, total_macs = [], set(), 0, 0
+    for call in forward:
+        a = _bound(call)
+        params, macs, arrays = _cost(call, a)
+        fresh = [v for v in arrays if id(v) not in seen]
+        seen.update(id(v) for v in arrays)
+        total_params += sum(v.size for v in fresh)
+        total_macs += macs
+        inputs = [s for key, value in a.items() if key in ("x", "a", "b", "xs")
+                  for s in _shapes(value)]  # fmt: skip
+        ops.append(dict(op=call.op, detail=_detail(call.op, a), inputs=inputs,
+                        output=tuple(call.result[0].shape), params=params, mult_adds=macs))  # fmt: skip
+    counted = summary(block, tuple(x.shape))
+    counts = dict(params=total_params, mult_adds=total_macs,
+                  counter_params=counted.total_params, counter_mult_adds=counted.total_macs)  # fmt: skip
+    y_t, dx_t = torch_replay(forward, x, y, dy)
+    n, c, p, q = at if at is not None else (0, y.shape[1] - 1, y.shape[2] // 2, y.shape[3] // 2)
+    h, w = p * x.shape[2] // y.shape[2], q * x.shape[3] // y.shape[3]
+    index_x = (n, min(c, x.shape[1] - 1), h, w)
+
+    def check(what: str, ours: np.ndarray, theirs: np.ndarray, index) -> dict:
+        ok = bool(np.allclose(ours, theirs, rtol=RTOL, atol=RTOL * float(np.max(np.abs(theirs)))))
+        return dict(what=f"{what}{list(index)}", ours=float(ours[index]),
+                    torch=float(theirs[index]), ok=ok)  # fmt: skip
+
+    checks = [
+        check("y", y, y_t, (n, c, p, q)),
+        check("dx (every op's backward, in reverse)", dx, dx_t, index_x),
+    ]
+    return BlockExplanation(
+        block=name, type=type(block).__name__, input_shape=tuple(x.shape),
+        output_shape=tuple(y.shape), ops=ops,
+        backward=[call.op if call.function.endswith("_backward") else f"{call.op} (of gradients)"
+                  for call in backward],  # a branch's dx summed with the shortcut's, ...
+        counts=counts, checks=checks,
+    )  # fmt: skip

@@ -1,0 +1,93 @@
+"""``explain MODEL --block NAME``: every block kind of the five architectures as its chain of ops,
+its counts equal to the counter's, its output and input gradient equal to the same chain
+replayed in torch (float64)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scratchnets.explain import trace
+from scratchnets.explain.model import explain_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: (model, block, ops the chain must contain): one of each block kind
+BLOCKS = [
+    ("mobilenet_v1", "blocks.0", ["conv2d 3x3 depthwise", "conv2d 1x1", "relu6"]),
+    ("mobilenet_v2", "features.2", ["conv2d 3x3 depthwise stride 2", "relu6"]),  # no residual
+    ("mobilenet_v2", "features.3", ["conv2d 3x3 depthwise", "add"]),  # inverted residual
+    ("ghostnet_100", "blocks.3.0.ghost1", ["concat", "slice"]),  # ghost module
+    ("ghostnet_100", "blocks.3.0.se", ["mul"]),  # squeeze-excite gate
+    ("ghostnet_100", "blocks.3.0", ["concat", "mul", "add"]),  # bottleneck with SE and shortcut
+    ("ghostnetv2_100", "blocks.3.0.ghost1",  # DFC attention
+     ["avg_pool2d 2x2", "conv2d 1x5 depthwise", "conv2d 5x1 depthwise", "sigmoid",
+      "upsample_nearest2d", "mul"]),
+    ("ghostnetv3_100", "blocks.3.0.ghost1", ["add", "concat"]),  # re-parameterisable branches
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "block", "contains"), BLOCKS, ids=[f"{m}:{b}" for m, b, _ in BLOCKS]
+)
+def test_every_block_kind_is_walked_counted_and_checked(model, block, contains):
+    result = explain_model(model, resolution=64, block=block)
+    b = result.block
+    assert b.all_checked and result.all_checked
+    assert b.counts["params"] == b.counts["counter_params"] > 0
+    assert b.counts["mult_adds"] == b.counts["counter_mult_adds"] > 0
+    names = [f"{o['op']} {o['detail']}".strip() for o in b.ops]
+    for op in contains:
+        assert op in names, (op, names)
+    # every op's backward, in reverse (plus the adds that sum a branch's dx with another's)
+    assert b.backward and {op for op in b.backward if "(of gradients)" not in op} <= {
+        o["op"] for o in b.ops
+    }
+    assert "every element checked" in b.text() and block in result.text()
+
+
+def test_a_wrong_backward_in_the_chain_is_caught(monkeypatch):
+    """The torch replay is an oracle that can fail: a ReLU6 backward off by a factor of 2 (on the
+    trace backend only) makes dx a MISMATCH."""
+    right = trace.relu6_backward
+    monkeypatch.setattr(trace, "relu6_backward", lambda dy, cache: 2 * right(dy, cache))
+    b = explain_model("mobilenet_v2", resolution=64, block="features.3").block
+    assert not b.all_checked
+    assert [c["ok"] for c in b.checks] == [True, False]  # y is right, dx is not
+    assert "MISMATCH" in b.text()
+
+
+def test_cli_block():
+    done = subprocess.run(
+        [sys.executable, "-m", "scratchnets.cli", "explain", "mobilenet_v2", "--block",
+         "features.3", "--resolution", "64", "--at", "0,1,2,3"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "== block features.3 (InvertedResidual)" in done.stdout
+    assert "add (of gradients)" in done.stdout  # the shortcut's dy joins the branch's dx
+    assert "y[0, 1, 2, 3]" in done.stdout and "every element checked" in done.stdout
+    both = subprocess.run(
+        [sys.executable, "-m", "scratchnets.cli", "explain", "mobilenet_v2", "--block",
+         "features.3", "--layer", "features.3.conv.0.0"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert both.returncode == 1 and "--block walks a whole block" in both.stderr
+
+
+def test_the_trace_backend_computes_what_the_reference_does():
+    import scratchnets as sn
+
+    x = np.random.default_rng(0).standard_normal((1, 4, 5, 5))
+    conv = sn.nn.Conv2d(
+        4, 4, 3, padding=1, groups=4, dtype=np.float64, rng=np.random.default_rng(0)
+    )
+    expected = conv.to("reference")(x)
+    with trace.recording() as tape:
+        got = conv.to("trace")(x)
+    np.testing.assert_array_equal(got, expected)
+    assert [call.function for call in tape] == ["conv2d_forward"]
