@@ -91,3 +91,9 @@ def test_the_trace_backend_computes_what_the_reference_does():
         got = conv.to("trace")(x)
     np.testing.assert_array_equal(got, expected)
     assert [call.function for call in tape] == ["conv2d_forward"]
+
+
+def test_the_dfc_branch_says_it_runs_at_half_resolution():
+    text = explain_model("ghostnetv2_100", resolution=64, block="blocks.3.0.ghost1").text()
+    line = next(k for k, t in enumerate(text.splitlines()) if "conv2d 1x5 depthwise" in t)
+    assert "at 8x8, 1/4 of the block's 16x16 map" in text.splitlines()[line + 1]

@@ -58,6 +58,12 @@ class BlockExplanation:
             ins = ", ".join(shape(s) for s in o["inputs"])
             cost = f"  params {o['params']:,}, mult-adds {o['mult_adds']:,}" if o["params"] else ""
             out.append(f"  {k:2d}. {op:<{width}}  {ins} -> {shape(o['output'])}{cost}")
+            fraction = _resolution_fraction(o["output"], self.output_shape)
+            if o["mult_adds"] and fraction is not None:
+                out.append(f"      at {shape(o['output'])[shape(o['output']).index('x') + 1:]}, "
+                           f"1/{fraction} of the block's {self.output_shape[2]}x"
+                           f"{self.output_shape[3]} map: 1/{fraction} of what this conv would "
+                           "cost on the full-resolution map")  # fmt: skip
         c = self.counts
         out += ["", "-- counts",
                 f"  params: {c['params']:,} in the ops above, {c['counter_params']:,} by the "
@@ -78,6 +84,14 @@ class BlockExplanation:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"all_checked": self.all_checked}
+
+
+def _resolution_fraction(shape, block_shape) -> int | None:
+    """n where an op's map has 1/n of the block output's pixels (None: the same or more)."""
+    if len(shape) != 4 or len(block_shape) != 4:
+        return None
+    pixels, full = shape[2] * shape[3], block_shape[2] * block_shape[3]
+    return full // pixels if pixels < full and full % pixels == 0 else None
 
 
 def _bound(call: Call) -> dict:
