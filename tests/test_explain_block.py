@@ -97,3 +97,10 @@ def test_the_dfc_branch_says_it_runs_at_half_resolution():
     text = explain_model("ghostnetv2_100", resolution=64, block="blocks.3.0.ghost1").text()
     line = next(k for k, t in enumerate(text.splitlines()) if "conv2d 1x5 depthwise" in t)
     assert "at 8x8, 1/4 of the block's 16x16 map" in text.splitlines()[line + 1]
+
+
+def test_ghostnetv3_branches_and_the_fused_conv_they_become_give_the_same_output():
+    b = explain_model("ghostnetv3_100", resolution=64, block="blocks.3.0").block
+    assert b.reparameterized is not None and len(b.reparameterized) < len(b.ops)
+    assert b.all_checked and len(b.checks) == 3  # y, dx, and y of the re-parameterised block
+    assert "re-parameterised for inference" in b.text()

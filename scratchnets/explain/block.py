@@ -16,13 +16,16 @@ reference ops, every call recorded): forward, then backward with a seeded dy. Th
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
+import textwrap
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .. import reference
+from ..models.fuse import reparameterize_blocks
 from ..reference.windows import normalize_padding, pair
 from .core import num
 from .trace import Call, recording
@@ -43,6 +46,8 @@ class BlockExplanation:
     backward: list[str]
     counts: dict
     checks: list[dict] = field(default_factory=list)
+    #: GhostNetV3: the ops of the re-parameterised block (each conv's branches folded into one)
+    reparameterized: list[dict] | None = None
 
     @property
     def all_checked(self) -> bool:
@@ -71,8 +76,15 @@ class BlockExplanation:
                 f"  mult-adds: {c['mult_adds']:,} in the ops above, {c['counter_mult_adds']:,} "
                 f"by the counter: "
                 f"{'equal' if c['mult_adds'] == c['counter_mult_adds'] else 'DIFFERENT'}"]  # fmt: skip
+        if self.reparameterized is not None:
+            folded = [f"{o['op']} {o['detail']}".strip() for o in self.reparameterized]
+            out += ["", f"-- re-parameterised for inference (each conv's training branches "
+                    f"folded into one): {len(self.ops)} ops -> {len(folded)}",
+                    *textwrap.wrap(" -> ".join(folded), 96, initial_indent="  ",
+                                   subsequent_indent="  ")]  # fmt: skip
         out += ["", "-- backward: the ops dy passes through, in order",
-                "  " + " -> ".join(self.backward)]  # fmt: skip
+                *textwrap.wrap(" -> ".join(self.backward), 96, initial_indent="  ",
+                               subsequent_indent="  ")]  # fmt: skip
         out += ["", "-- checked against the same chain replayed in torch (float64)"]
         for check in self.checks:
             verdict = "checked" if check["ok"] else "MISMATCH"
@@ -230,18 +242,7 @@ def explain_block(block, name: str, x: np.ndarray, seed: int = 0, at=None) -> Bl
         block.to("reference")
         block.zero_grad()
     forward = [c for c in forward if c.function.endswith("_forward")]
-    ops, seen, total_params, total_macs = [], set(), 0, 0
-    for call in forward:
-        a = _bound(call)
-        params, macs, arrays = _cost(call, a)
-        fresh = [v for v in arrays if id(v) not in seen]
-        seen.update(id(v) for v in arrays)
-        total_params += sum(v.size for v in fresh)
-        total_macs += macs
-        inputs = [s for key, value in a.items() if key in ("x", "a", "b", "xs")
-                  for s in _shapes(value)]  # fmt: skip
-        ops.append(dict(op=call.op, detail=_detail(call.op, a), inputs=inputs,
-                        output=tuple(call.result[0].shape), params=params, mult_adds=macs))  # fmt: skip
+    ops, total_params, total_macs = _chain(forward)
     counted = summary(block, tuple(x.shape))
     counts = dict(params=total_params, mult_adds=total_macs,
                   counter_params=counted.total_params, counter_mult_adds=counted.total_macs)  # fmt: skip
@@ -259,10 +260,38 @@ def explain_block(block, name: str, x: np.ndarray, seed: int = 0, at=None) -> Bl
         check("y", y, y_t, (n, c, p, q)),
         check("dx (every op's backward, in reverse)", dx, dx_t, index_x),
     ]
+    folded = None
+    if any(callable(getattr(type(m), "reparameterize", None)) for m in block.modules()):
+        fused = reparameterize_blocks(copy.deepcopy(block))
+        if callable(getattr(type(fused), "reparameterize", None)):
+            fused.reparameterize()
+        fused.to("trace").eval()
+        with recording() as tape:
+            y_fused = fused(x)
+        folded, _, _ = _chain([c for c in tape if c.function.endswith("_forward")])
+        checks.append(check("y of the re-parameterised block (vs torch's y of the branches)",
+                            y_fused, y_t, (n, c, p, q)))  # fmt: skip
     return BlockExplanation(
         block=name, type=type(block).__name__, input_shape=tuple(x.shape),
         output_shape=tuple(y.shape), ops=ops,
         backward=[call.op if call.function.endswith("_backward") else f"{call.op} (of gradients)"
                   for call in backward],  # a branch's dx summed with the shortcut's, ...
-        counts=counts, checks=checks,
+        counts=counts, checks=checks, reparameterized=folded,
     )  # fmt: skip
+
+
+def _chain(forward: list[Call]) -> tuple[list[dict], int, int]:
+    """(the ops as rows, params counted once each, mult-adds) of a recorded forward chain."""
+    ops, seen, total_params, total_macs = [], set(), 0, 0
+    for call in forward:
+        a = _bound(call)
+        params, macs, arrays = _cost(call, a)
+        fresh = [v for v in arrays if id(v) not in seen]
+        seen.update(id(v) for v in arrays)
+        total_params += sum(v.size for v in fresh)
+        total_macs += macs
+        inputs = [s for key, value in a.items() if key in ("x", "a", "b", "xs")
+                  for s in _shapes(value)]  # fmt: skip
+        ops.append(dict(op=call.op, detail=_detail(call.op, a), inputs=inputs,
+                        output=tuple(call.result[0].shape), params=params, mult_adds=macs))  # fmt: skip
+    return ops, total_params, total_macs
