@@ -104,3 +104,32 @@ def test_ghostnetv3_branches_and_the_fused_conv_they_become_give_the_same_output
     assert b.reparameterized is not None and len(b.reparameterized) < len(b.ops)
     assert b.all_checked and len(b.checks) == 3  # y, dx, and y of the re-parameterised block
     assert "re-parameterised for inference" in b.text()
+
+
+def test_one_output_element_is_followed_through_every_op_of_the_branch():
+    b = explain_model("mobilenet_v2", resolution=64, block="features.3").block
+    assert [s["op"] for s in b.path] == [
+        "conv2d 1x1", "batch_norm2d", "relu6", "conv2d 3x3 depthwise", "batch_norm2d", "relu6",
+        "conv2d 1x1", "batch_norm2d", "add",
+    ]  # fmt: skip
+    assert all(s["ok"] for s in b.path)
+    assert b.path[-1]["index"] == tuple(
+        int(i) for i in b.checks[0]["what"][1:].strip("[]").split(", ")
+    )
+    for before, after in zip(b.path, b.path[1:], strict=False):
+        assert after["from"] == before["index"]  # each step reads what the one before wrote
+    assert "largest:" in b.path[0]["how"] and "sum of 24 products" in b.path[0]["how"]
+
+
+def test_a_wrong_forward_is_caught_on_the_followed_element(monkeypatch):
+    """A ReLU6 forward 1.5x too large (the trace backend runs it): the followed element's ReLU6
+    step, recomputed from its formula, disagrees, and so does torch's y."""
+    import scratchnets.reference as reference
+
+    right = reference.relu6_forward
+    monkeypatch.setattr(reference, "relu6_forward",
+                        lambda x: (lambda y, c: (y * 1.5, c))(*right(x)))  # fmt: skip
+    b = explain_model("mobilenet_v2", resolution=64, block="features.3").block
+    relu6 = [s for s in b.path if s["op"] == "relu6"]
+    assert relu6 and not any(s["ok"] for s in relu6 if s["value"] != 0)
+    assert not b.checks[0]["ok"] and not b.all_checked and "MISMATCH" in b.text()

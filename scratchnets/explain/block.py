@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import reference
 from ..models.fuse import reparameterize_blocks
+from ..reference.pooling import divisor_rule
 from ..reference.windows import normalize_padding, pair
 from .core import num
 from .trace import Call, recording
@@ -48,10 +49,13 @@ class BlockExplanation:
     checks: list[dict] = field(default_factory=list)
     #: GhostNetV3: the ops of the re-parameterised block (each conv's branches folded into one)
     reparameterized: list[dict] | None = None
+    #: one output element followed back to the block's input, shown from the input forward
+    path: list[dict] = field(default_factory=list)
 
     @property
     def all_checked(self) -> bool:
-        return all(c["ok"] for c in self.checks)
+        followed = bool(self.path) and all(step["ok"] for step in self.path)
+        return all(c["ok"] for c in self.checks) and followed
 
     def text(self) -> str:
         shape = lambda s: "x".join(map(str, s[1:]))  # noqa: E731
@@ -85,6 +89,17 @@ class BlockExplanation:
         out += ["", "-- backward: the ops dy passes through, in order",
                 *textwrap.wrap(" -> ".join(self.backward), 96, initial_indent="  ",
                                subsequent_indent="  ")]  # fmt: skip
+        if not self.path:
+            out += ["", "-- MISMATCH: the output element could not be followed back to the "
+                    "block's input through the recorded ops"]  # fmt: skip
+        else:
+            out += ["", "-- one output element followed from the block's input (back from the "
+                    "output, at each op the input that contributes most)",
+                    f"  x{list(self.path[0]['from'])} = {num(self.path[0]['from_value'])}"]  # fmt: skip
+            for k, step in enumerate(self.path, 1):
+                verdict = "checked" if step["ok"] else "MISMATCH"
+                out.append(f"  {k:2d}. {step['op']}: {step['how']}  -> {list(step['index'])} = "
+                           f"{num(step['value'])}    [{verdict}]")  # fmt: skip
         out += ["", "-- checked against the same chain replayed in torch (float64)"]
         for check in self.checks:
             verdict = "checked" if check["ok"] else "MISMATCH"
@@ -151,9 +166,12 @@ def _shapes(value) -> list:
     return []
 
 
-def torch_replay(forward: list[Call], x: np.ndarray, y: np.ndarray, dy: np.ndarray):
+def torch_replay(forward: list[Call], x: np.ndarray, y: np.ndarray, dy: np.ndarray,
+                 constants: set[int] | None = None):  # fmt: skip
     """torch's output and dx of the recorded forward chain (float64, every op by torch's own
-    function on the same arrays; weights and buffers are constants)."""
+    function on the same arrays; weights and buffers are constants). ``constants``: the ids of
+    the arrays an op may read without an op having produced them (the block's parameters and
+    buffers); any other is an op the chain did not record, a ValueError."""
     import torch
     import torch.nn.functional as F
 
@@ -165,6 +183,11 @@ def torch_replay(forward: list[Call], x: np.ndarray, y: np.ndarray, dy: np.ndarr
         if v is None:
             return None
         if id(v) not in known:
+            if constants is not None and id(v) not in constants and np.ndim(v) == 4:
+                raise ValueError(
+                    f"an op reads a {np.shape(v)} array that no recorded op produced: the chain "
+                    "is incomplete (an op outside the backend?)"
+                )
             known[id(v)] = torch.tensor(np.asarray(v), dtype=torch.float64)
         return known[id(v)]
 
@@ -226,6 +249,156 @@ def torch_replay(forward: list[Call], x: np.ndarray, y: np.ndarray, dy: np.ndarr
     return y_t.detach().numpy(), dx_t.numpy()
 
 
+# ------------------------------------------------------------------ one element, followed
+
+
+def _sigmoid(v: float) -> float:
+    return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+
+
+#: the elementwise ops by their formulas, for the followed element (written apart from the ops)
+ACTIVATIONS = {
+    "relu": lambda v: max(v, 0.0),
+    "relu6": lambda v: min(max(v, 0.0), 6.0),
+    "sigmoid": _sigmoid,
+    "hard_sigmoid": lambda v: min(max(v + 3, 0.0), 6.0) / 6,
+    "hard_swish": lambda v: v * min(max(v + 3, 0.0), 6.0) / 6,
+    "silu": lambda v: v * _sigmoid(v),
+    "dropout": lambda v: v,  # eval mode: the identity
+}
+
+
+def _window(index, g_kernel, stride, pads, dilation, x_shape):
+    """The input cells (n, c, r, s) a window op's output element reads (inside x only)."""
+    n, c, p, q = index
+    (kh, kw), (sh, sw), (dh, dw) = g_kernel, stride, dilation
+    top, left = pads
+    for i in range(kh):
+        for j in range(kw):
+            r, s = p * sh - top + i * dh, q * sw - left + j * dw
+            if 0 <= r < x_shape[2] and 0 <= s < x_shape[3]:
+                yield (n, c, r, s)
+
+
+def _broadcast_index(index, shape):
+    """The element of an operand of ``shape`` that broadcasting reads for output ``index``."""
+    offset = len(index) - len(shape)
+    return tuple(0 if size == 1 else i for i, size in zip(index[offset:], shape, strict=True))
+
+
+def _step(call: Call, a: dict, index, block_input) -> tuple[object, tuple, str, float]:
+    """For the output element ``index`` of one op: (the input array followed, its element, the
+    element's computation written with its numbers, the value recomputed here). An add whose
+    other operand is the block's own input (a shortcut) is followed into the branch."""
+    op, y = call.op, call.result[0]
+    if op == "conv2d":
+        x, w, b = a["x"], a["w"], a["b"]
+        n, co, p, q = index
+        groups, (kh, kw) = a["groups"], w.shape[2:]
+        cg, mg = w.shape[1], w.shape[0] // groups
+        top, _, left, _ = normalize_padding(a["padding"])
+        stride, dilation = pair(a["stride"], "stride"), pair(a["dilation"], "dilation")
+        terms = []
+        for ci in range(cg):
+            channel = (co // mg) * cg + ci
+            for i in range(kh):
+                for j in range(kw):
+                    r, s = (
+                        p * stride[0] - top + i * dilation[0],
+                        q * stride[1] - left + j * dilation[1],
+                    )
+                    if 0 <= r < x.shape[2] and 0 <= s < x.shape[3]:
+                        terms.append(((n, channel, r, s), x[n, channel, r, s] * w[co, ci, i, j],
+                                      w[co, ci, i, j]))  # fmt: skip
+        bias = 0.0 if b is None else float(b[co])
+        value = bias + float(sum(t[1] for t in terms))
+        at, product, weight = max(terms, key=lambda t: abs(t[1]))
+        how = (f"{'b + ' if b is not None else ''}sum of {len(terms)} products = {num(value)}; "
+               f"the largest: {num(x[at])} * {num(weight)} = {num(product)}")  # fmt: skip
+        return x, at, how, value
+    if op == "batch_norm2d":
+        x, c = a["x"], index[1]
+        mean, var = float(a["running_mean"][c]), float(a["running_var"][c])
+        gamma = 1.0 if a["weight"] is None else float(a["weight"][c])
+        beta = 0.0 if a["bias"] is None else float(a["bias"][c])
+        value = (float(x[index]) - mean) / math.sqrt(var + a["eps"]) * gamma + beta
+        how = (f"({num(x[index])} - {num(mean)}) / sqrt({num(var)} + eps) * {num(gamma)} + "
+               f"{num(beta)} = {num(value)}")  # fmt: skip
+        return x, index, how, value
+    if op in ACTIVATIONS:
+        x = a["x"]
+        value = ACTIVATIONS[op](float(x[index]))
+        return x, index, f"{op}({num(x[index])}) = {num(value)}", value
+    if op in ("add", "mul"):
+        operands = [(v, _broadcast_index(index, v.shape)) for v in (a["a"], a["b"])]
+        values = [float(v[i]) for v, i in operands]
+        value = values[0] + values[1] if op == "add" else values[0] * values[1]
+        sign = "+" if op == "add" else "*"
+        full = [k for k, (v, _) in enumerate(operands) if v.shape == y.shape]
+        branch = [k for k in full if operands[k][0] is not block_input]
+        k = max(branch or full or [0, 1], key=lambda k: abs(values[k]))  # the one that matters
+        how = f"{num(values[0])} {sign} {num(values[1])} = {num(value)}"
+        return operands[k][0], operands[k][1], how, value
+    if op == "concat":
+        axis = a["axis"] % y.ndim
+        start = 0
+        for part in a["xs"]:
+            if index[axis] < start + part.shape[axis]:
+                at = tuple(i - start if d == axis else i for d, i in enumerate(index))
+                return part, at, "copied", float(part[at])
+            start += part.shape[axis]
+    if op == "slice":
+        axis = a["axis"] % y.ndim
+        at = tuple(i + a["start"] if d == axis else i for d, i in enumerate(index))
+        return a["x"], at, "copied", float(a["x"][at])
+    if op in ("avg_pool2d", "max_pool2d", "global_avg_pool2d", "adaptive_avg_pool2d",
+              "adaptive_max_pool2d"):  # fmt: skip
+        x = a["x"]
+        n, c, p, q = index
+        if op in ("avg_pool2d", "max_pool2d"):
+            k = pair(a["kernel_size"], "kernel")
+            stride = k if a["stride"] is None else pair(a["stride"], "stride")
+            pads = pair(a["padding"], "padding")
+            dilation = pair(a.get("dilation", 1), "dilation")
+            cells = list(_window(index, k, stride, pads, dilation, x.shape))
+        else:
+            from ..reference.pooling import adaptive_output_size, adaptive_windows
+
+            out = (1, 1) if op == "global_avg_pool2d" else adaptive_output_size(
+                a["output_size"], x.shape[2:])  # fmt: skip
+            (r0, r1), (c0, c1) = adaptive_windows(x.shape[2], out[0]), adaptive_windows(
+                x.shape[3], out[1])  # fmt: skip
+            cells = [(n, c, r, s) for r in range(r0[p], r1[p]) for s in range(c0[q], c1[q])]
+        values = [float(x[cell]) for cell in cells]
+        if "max" in op:
+            value = max(values)
+            at = cells[values.index(value)]
+            return x, at, f"max of {len(cells)} cells = {num(value)}", value
+        divisor = len(cells)
+        if op == "avg_pool2d":  # torch's divisor rule: override, else the window in the grown input
+            fixed, (gh, gw) = divisor_rule(a["padding"], a["count_include_pad"],
+                                           a["divisor_override"])  # fmt: skip
+            H, W = x.shape[2:]
+            everything = [(r, s_) for i in range(k[0]) for j in range(k[1])
+                          for r, s_ in [(p * stride[0] - pads[0] + i, q * stride[1] - pads[1] + j)]]  # fmt: skip
+            divisor = fixed or sum(-gh <= r < H + gh and -gw <= s_ < W + gw for r, s_ in everything)
+        value = sum(values) / divisor
+        at = max(cells, key=lambda cell: abs(x[cell]))
+        return x, at, f"sum of {len(cells)} cells / {num(divisor)} = {num(value)}", value
+    if op in ("upsample_nearest2d", "upsample_bilinear2d"):
+        from ..reference.upsample import nearest_source_index
+
+        x = a["x"]
+        n, c, p, q = index
+        rows = nearest_source_index(x.shape[2], y.shape[2])
+        cols = nearest_source_index(x.shape[3], y.shape[3])
+        at = (n, c, int(rows[p]), int(cols[q]))
+        if op == "upsample_nearest2d":
+            return x, at, f"copied from {list(at)}", float(x[at])
+        return x, at, "interpolated from its neighbours", float(y[index])
+    raise ValueError(f"cannot follow an element through {op}")
+
+
 def explain_block(block, name: str, x: np.ndarray, seed: int = 0, at=None) -> BlockExplanation:
     """The chain of ops of ``block`` (a module of a float64 model on the reference backend, in
     eval mode) on its input ``x``, counted and checked against torch (see the module doc)."""
@@ -246,7 +419,8 @@ def explain_block(block, name: str, x: np.ndarray, seed: int = 0, at=None) -> Bl
     counted = summary(block, tuple(x.shape))
     counts = dict(params=total_params, mult_adds=total_macs,
                   counter_params=counted.total_params, counter_mult_adds=counted.total_macs)  # fmt: skip
-    y_t, dx_t = torch_replay(forward, x, y, dy)
+    arrays = [*(q.data for q in block.parameters()), *block.buffers()]
+    y_t, dx_t = torch_replay(forward, x, y, dy, {id(v) for v in arrays if v is not None})
     n, c, p, q = at if at is not None else (0, y.shape[1] - 1, y.shape[2] // 2, y.shape[3] // 2)
     h, w = p * x.shape[2] // y.shape[2], q * x.shape[3] // y.shape[3]
     index_x = (n, min(c, x.shape[1] - 1), h, w)
@@ -260,6 +434,7 @@ def explain_block(block, name: str, x: np.ndarray, seed: int = 0, at=None) -> Bl
         check("y", y, y_t, (n, c, p, q)),
         check("dx (every op's backward, in reverse)", dx, dx_t, index_x),
     ]
+    path = follow(forward, x, y, (n, c, p, q))
     folded = None
     if any(callable(getattr(type(m), "reparameterize", None)) for m in block.modules()):
         fused = reparameterize_blocks(copy.deepcopy(block))
@@ -276,8 +451,31 @@ def explain_block(block, name: str, x: np.ndarray, seed: int = 0, at=None) -> Bl
         output_shape=tuple(y.shape), ops=ops,
         backward=[call.op if call.function.endswith("_backward") else f"{call.op} (of gradients)"
                   for call in backward],  # a branch's dx summed with the shortcut's, ...
-        counts=counts, checks=checks, reparameterized=folded,
+        counts=counts, checks=checks, reparameterized=folded, path=path,
     )  # fmt: skip
+
+
+def follow(forward: list[Call], x: np.ndarray, y: np.ndarray, index) -> list[dict]:
+    """The output element ``index`` followed back through the recorded chain to the block's
+    input ``x``: at each op, the element of the input that contributes most (the largest product
+    of a conv, the larger operand of an add, the feature of a gate's multiply, the winner of a
+    max, ...). Each step's value is recomputed from its inputs and compared with the op's own
+    result. Returned in forward order; empty where the element cannot be followed."""
+    producer = {id(call.result[0]): call for call in forward}
+    steps, array, at = [], y, tuple(int(i) for i in index)
+    for _ in range(len(forward)):
+        call = producer.get(id(array))
+        if call is None or id(array) == id(x):
+            break
+        a = _bound(call)
+        source, source_at, how, value = _step(call, a, at, x)
+        actual = float(array[at])
+        steps.append(dict(op=f"{call.op} {_detail(call.op, a)}".strip(), index=at, value=actual,
+                          how=how, ok=abs(value - actual) <= 1e-9 * max(1.0, abs(actual)),
+                          **{"from": tuple(int(i) for i in source_at)},
+                          from_value=float(source[source_at])))  # fmt: skip
+        array, at = source, tuple(int(i) for i in source_at)
+    return steps[::-1] if id(array) == id(x) else []
 
 
 def _chain(forward: list[Call]) -> tuple[list[dict], int, int]:

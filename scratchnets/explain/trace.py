@@ -46,10 +46,8 @@ def recording() -> Iterator[list[Call]]:
 
 
 def _recorded(name: str):
-    function = getattr(reference, name)
-
     def call(*args, **kwargs):
-        result = function(*args, **kwargs)
+        result = getattr(reference, name)(*args, **kwargs)  # looked up at call time
         for tape in _TAPES:
             tape.append(Call(name, args, kwargs, result))
         return result
