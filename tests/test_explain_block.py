@@ -77,6 +77,13 @@ def test_cli_block():
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
     assert both.returncode == 1 and "--block walks a whole block" in both.stderr
+    as_json = subprocess.run(
+        [sys.executable, "-m", "scratchnets.cli", "explain", "mobilenet_v2", "--block",
+         "features.3", "--resolution", "64", "--json"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    block = __import__("json").loads(as_json.stdout)["block"]
+    assert as_json.returncode == 0 and block["all_checked"] and len(block["path"]) == 9
 
 
 def test_the_trace_backend_computes_what_the_reference_does():
