@@ -187,7 +187,23 @@ def test_a_real_uint8_layer_is_walked_on_a_real_photo():
         and y.value == int(tensors[layer.output][y.index])
     )
     assert y.value == 215 and "= 109 * 11 = 1199" in y.terms[0]  # the real codes, written out
-    with pytest.raises(ValueError, match="is a quantized_avg_pool2d: explain walks"):
-        explain_model("mobilenet_v1", weights=str(QUANT), layer="average_pool_2d_27")
+    for layer in ("average_pool_2d_27", "softmax_30"):  # the other integer ops, walked too
+        walked = explain_model("mobilenet_v1", weights=str(QUANT), layer=layer, image=photo)
+        assert walked.layer.all_checked and walked.layer.case["layer"] == layer
+    assert "... 989 more ..." in walked.layer.text()  # a 1001-class row is not printed whole
+    with pytest.raises(ValueError, match="is a reshape: it moves no number"):
+        explain_model("mobilenet_v1", weights=str(QUANT), layer="reshape_29")
     with pytest.raises(ValueError, match="no layer 'nope' in the uint8 graph"):
         explain_model("mobilenet_v1", weights=str(QUANT), layer="nope")
+
+
+QUANT_V2 = WEIGHTS / "mobilenet_v2_1.0_224_quant.tflite"
+
+
+@pytest.mark.skipif(not QUANT_V2.exists(), reason="../shared/weights is not on this machine")
+def test_a_real_uint8_residual_add_is_walked():
+    result = explain_model("mobilenet_v2", weights=str(QUANT_V2), layer="add_9",
+                           image=str(WEIGHTS / "images" / "grace_hopper.bmp"))  # fmt: skip
+    e = result.layer
+    assert e.all_checked and e.elements[0].index == (0, 0, 0, 0)
+    assert e.elements[0].terms[0].startswith("A = ((153 - 136) << 20) * M_a")

@@ -350,8 +350,9 @@ def _op_arguments(module, x) -> tuple[str, dict] | None:
 QUANTIZED_NOTES = [
     "A uint8 TFLite graph, run with integer arithmetic only (TFLite's reference kernels): its",
     "layers are the graph's ops by their TFLite names; params: uint8 weights and int32 biases;",
-    "mult-adds: integer multiply-accumulates. --layer walks one uint8 convolution on the real",
-    "codes it receives: accumulator, multiplier, rounding, zero point and clamp.",
+    "mult-adds: integer multiply-accumulates. --layer walks one of its integer ops (conv, add,",
+    "average pool, softmax) on the real codes it receives: accumulator, multiplier, rounding,",
+    "zero point and clamp.",
 ]
 
 
@@ -401,8 +402,9 @@ def explain_quantized_model(
 
 
 def explain_quantized_layer(model: QuantizedModel, name: str, tensors: dict, seed: int, at=None):
-    """``quantized_conv2d`` explained on the real codes, weights and quantization parameters of
-    the graph's layer ``name``; its output element must equal the model's."""
+    """The graph's layer ``name`` (a uint8 conv, add, average pool or softmax) explained by its
+    integer op on the real codes, weights and quantization parameters it has in the model; its
+    output element must equal the model's."""
     layers = {q.name: q for q in model.layers}
     if name not in layers:
         raise ValueError(
@@ -410,22 +412,29 @@ def explain_quantized_layer(model: QuantizedModel, name: str, tensors: dict, see
             f"{', '.join(list(layers)[:6])} ... ({len(layers)} in all)"
         )
     q = layers[name]
-    if q.op != "quantized_conv2d":
-        raise ValueError(
-            f"layer {name!r} is a {q.op}: explain walks the graph's uint8 convolutions "
-            "(quantized_conv2d); `scratchnets explain quantized_add` (or _avg_pool2d, _softmax) "
-            "steps through the other integer ops"
-        )
+    if q.op == "reshape":
+        raise ValueError(f"layer {name!r} is a reshape: it moves no number, nothing to walk")
     a, x = q.arguments, tensors[q.inputs[0]]
     padding = 0
     if q.same_padding is not None:  # TF "SAME", worked out for this input as the forward does
         (kh, kw), (sh, sw) = q.same_padding
         padding = (*tf_same_padding(x.shape[2], kh, sh), *tf_same_padding(x.shape[3], kw, sw))
-    arrays = {k: a[k] for k in ("w", "bias", "x_q", "w_q", "y_q")} | {"x": x}
-    e = explain_op("quantized_conv2d", stride=a["stride"], padding=padding, groups=a["groups"],
-                   activation=a["activation"], seed=seed, at=at, arrays=arrays)  # fmt: skip
+    if q.op == "quantized_conv2d":
+        arrays = {k: a[k] for k in ("w", "bias", "x_q", "w_q", "y_q")} | {"x": x}
+        arguments = dict(stride=a["stride"], padding=padding, groups=a["groups"],
+                         activation=a["activation"])  # fmt: skip
+    elif q.op == "quantized_add":
+        arrays = {k: a[k] for k in ("a_q", "b_q", "y_q")} | {"a": x, "b": tensors[q.inputs[1]]}
+        arguments = dict(activation=a["activation"])
+    elif q.op == "quantized_avg_pool2d":
+        arrays, arguments = {"x": x}, dict(kernel=a["kernel_size"], stride=a["stride"],
+                                           padding=padding)  # fmt: skip
+    else:  # quantized_softmax
+        arrays, arguments = {"x": x, "x_q": a["x_q"], "y_q": a["y_q"]}, dict(beta=a["beta"])
+    e = explain_op(q.op, seed=seed, at=at, arrays=arrays, **arguments)
     e.case = {"layer": name, **e.case}
     y = next(el for el in e.elements if el.name == "y")
+    y.index = tuple(int(i) for i in y.index)
     actual = int(tensors[q.output][y.index])
     if actual != y.value:
         raise RuntimeError(

@@ -21,6 +21,16 @@ def _codes(rng, shape) -> np.ndarray:
     return rng.integers(0, 256, shape).astype(np.uint8)
 
 
+def _listed(values: np.ndarray, shown: int = 12) -> str:
+    """A row written out, or for a long one (a 1001-class softmax) its ends and its length."""
+    values = [int(v) for v in values]
+    if len(values) <= shown:
+        return str(values)
+    head, tail = values[: shown - 4], values[-4:]
+    return f"[{', '.join(map(str, head))}, ... {len(values) - shown} more ..., " + (
+        f"{', '.join(map(str, tail))}]")  # fmt: skip
+
+
 def _real(q: np.ndarray, p: ref_q.QuantParams) -> np.ndarray:
     """r = S (q - Z)."""
     return p.scale * (q.astype(np.float64) - p.zero_point)
@@ -148,13 +158,20 @@ def explain_quantized_conv2d(
 
 
 @explainer("quantized_add")
-def explain_quantized_add(input=(1, 1, 2, 3), activation=None, seed=0, at=None) -> Explanation:
-    """A residual addition of uint8 tensors with different scales (TFLite's AddElementwise)."""
-    shape = tuple(int(s) for s in input)
-    rng = np.random.default_rng(seed)
-    a_q, b_q, y_q = (ref_q.QuantParams(0.03, 120), ref_q.QuantParams(0.05, 130),
-                     ref_q.QuantParams(0.07, 125))  # fmt: skip
-    a, b = _codes(rng, shape), _codes(rng, shape)
+def explain_quantized_add(
+    input=(1, 1, 2, 3), activation=None, seed=0, at=None, *, arrays=None
+) -> Explanation:
+    """A residual addition of uint8 tensors with different scales (TFLite's AddElementwise).
+    ``arrays`` ({"a", "b", "a_q", "b_q", "y_q"}): a real layer's codes and parameters."""
+    if arrays is None:
+        shape = tuple(int(s) for s in input)
+        rng = np.random.default_rng(seed)
+        a_q, b_q, y_q = (ref_q.QuantParams(0.03, 120), ref_q.QuantParams(0.05, 130),
+                         ref_q.QuantParams(0.07, 125))  # fmt: skip
+        a, b = _codes(rng, shape), _codes(rng, shape)
+    else:
+        a, b = np.asarray(arrays["a"]), np.asarray(arrays["b"])
+        a_q, b_q, y_q, shape = arrays["a_q"], arrays["b_q"], arrays["y_q"], a.shape
     y = ref_q.quantized_add(a, b, a_q, b_q, y_q, activation)
     clamp = ref_q.activation_range(activation, y_q)
     ma, mb, my = ref_q.add_multipliers(a_q, b_q, y_q)
@@ -204,14 +221,15 @@ def explain_quantized_add(input=(1, 1, 2, 3), activation=None, seed=0, at=None) 
 
 @explainer("quantized_avg_pool2d")
 def explain_quantized_avg_pool2d(
-    input=(1, 1, 5, 5), kernel=3, stride=2, padding=1, seed=0, at=None
+    input=(1, 1, 5, 5), kernel=3, stride=2, padding=1, seed=0, at=None, *, arrays=None
 ) -> Explanation:
-    """uint8 average pooling: input and output share a quantization, so no rescaling."""
-    shape = nchw(input)
+    """uint8 average pooling: input and output share a quantization, so no rescaling.
+    ``arrays`` ({"x"}): a real layer's input codes."""
+    shape = nchw(input if arrays is None else arrays["x"].shape)
     (kh, kw), (sh, sw) = pair(kernel, "kernel"), pair(stride, "stride")
     top, bottom, left, right = normalize_padding(padding)
     rng = np.random.default_rng(seed)
-    x = _codes(rng, shape)
+    x = _codes(rng, shape) if arrays is None else np.asarray(arrays["x"])
     y = ref_q.quantized_avg_pool2d(x, (kh, kw), (sh, sw), padding)
     e = Explanation("quantized_avg_pool2d", dict(input=shape, kernel=(kh, kw), stride=(sh, sw),
                     padding=(top, bottom, left, right), seed=seed), inputs={"x": x})  # fmt: skip
@@ -242,12 +260,17 @@ def explain_quantized_avg_pool2d(
 
 
 @explainer("quantized_softmax")
-def explain_quantized_softmax(input=(1, 6), beta=1.0, seed=0, at=None) -> Explanation:
-    """uint8 softmax over the last axis, in fixed point (TFLite's reference Softmax)."""
-    shape = tuple(int(s) for s in input)
+def explain_quantized_softmax(
+    input=(1, 6), beta=1.0, seed=0, at=None, *, arrays=None
+) -> Explanation:
+    """uint8 softmax over the last axis, in fixed point (TFLite's reference Softmax).
+    ``arrays`` ({"x", "x_q", "y_q"}): a real layer's codes and parameters."""
+    shape = tuple(int(s) for s in (input if arrays is None else arrays["x"].shape))
     rng = np.random.default_rng(seed)
     x_q, y_q = ref_q.QuantParams(0.1, 128), ref_q.QuantParams(1 / 256, 0)
     x = _codes(rng, shape)
+    if arrays is not None:
+        x, x_q, y_q = np.asarray(arrays["x"]), arrays["x_q"], arrays["y_q"]
     y = ref_q.quantized_softmax(x, x_q, beta, y_q)
     m0, left_shift, diff_min = ref_q.softmax_input_scaling(beta, x_q)
     e = Explanation("quantized_softmax", dict(input=shape, beta=beta, seed=seed), inputs={"x": x})
@@ -279,7 +302,7 @@ def explain_quantized_softmax(input=(1, 6), beta=1.0, seed=0, at=None) -> Explan
     exact = math.exp(reals[k]) / np.exp(reals).sum()
     e.elements.append(Element(
         "y", index, "exp(d_k) / sum_j exp(d_j) in fixed point, times 256",
-        [f"row {row.tolist()}, max {row.max()}, d = {diff.tolist()}",
+        [f"row {_listed(row)}, max {row.max()}, d = {_listed(diff)}",
          f"d_k = {diff[k]} -> Q5.26 {int(scaled[k])} -> exp in Q0.31: {int(exps[k])} "
          f"({int(exps[k]) / 2**31:.6g})",
          f"sum of exps in Q12.19: {total} ({total / 2**19:.6g}); 1/sum: {int(inverse)} with "
