@@ -126,6 +126,10 @@ def test_one_output_element_is_followed_through_every_op_of_the_branch():
     for before, after in zip(b.path, b.path[1:], strict=False):
         assert after["from"] == before["index"]  # each step reads what the one before wrote
     assert "largest:" in b.path[0]["how"] and "sum of 24 products" in b.path[0]["how"]
+    # the gradient of that element, op by op back to the input, ours against torch's
+    assert all(s["grad_ok"] for s in b.path) and b.path[0]["from_grad"] == pytest.approx(
+        b.path[0]["from_torch_grad"], rel=1e-9)  # fmt: skip
+    assert "its gradient traced back" in b.text()
 
 
 def test_a_wrong_forward_is_caught_on_the_followed_element(monkeypatch):

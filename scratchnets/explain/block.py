@@ -54,7 +54,7 @@ class BlockExplanation:
 
     @property
     def all_checked(self) -> bool:
-        followed = bool(self.path) and all(step["ok"] for step in self.path)
+        followed = bool(self.path) and all(s["ok"] and s["grad_ok"] for s in self.path)
         return all(c["ok"] for c in self.checks) and followed
 
     def text(self) -> str:
@@ -100,6 +100,21 @@ class BlockExplanation:
                 verdict = "checked" if step["ok"] else "MISMATCH"
                 out.append(f"  {k:2d}. {step['op']}: {step['how']}  -> {list(step['index'])} = "
                            f"{num(step['value'])}    [{verdict}]")  # fmt: skip
+        if self.path:
+            out += ["", "-- its gradient traced back: dL/d(each op's output) at that element "
+                    "(ours: the dy the op's backward received, every consumer's share summed)"]  # fmt: skip
+            for step in reversed(self.path):
+                verdict = (
+                    ("checked" if step["grad_ok"] else "MISMATCH")
+                    if step["grad"] is not None
+                    else "a sum the block differentiates itself: dy goes to every term"
+                )
+                ours = "-" if step["grad"] is None else num(step["grad"])
+                out.append(f"  after {step['op']} {list(step['index'])}: ours {ours}, torch "
+                           f"{num(step['torch_grad'])}    [{verdict}]")  # fmt: skip
+            first = self.path[0]
+            out.append(f"  the block's input {list(first['from'])}: dx = ours "
+                       f"{num(first['from_grad'])}, torch {num(first['from_torch_grad'])}")  # fmt: skip
         out += ["", "-- checked against the same chain replayed in torch (float64)"]
         for check in self.checks:
             verdict = "checked" if check["ok"] else "MISMATCH"
@@ -241,12 +256,15 @@ def torch_replay(forward: list[Call], x: np.ndarray, y: np.ndarray, dy: np.ndarr
             out = tensor(a["x"])
         else:
             raise ValueError(f"the torch replay does not know the op {op!r}")
+        if out.requires_grad:
+            out.retain_grad()  # the gradient at every op's output, for the followed element
         known[id(call.result[0])] = out
     if id(y) not in known:
         raise ValueError("the block's output is not the result of one of its ops")
     y_t = known[id(y)]
-    (dx_t,) = torch.autograd.grad(y_t, [x_t], torch.tensor(dy, dtype=torch.float64))
-    return y_t.detach().numpy(), dx_t.numpy()
+    y_t.backward(torch.tensor(dy, dtype=torch.float64))
+    grads = {key: t.grad.numpy() for key, t in known.items() if t.grad is not None}
+    return y_t.detach().numpy(), x_t.grad.numpy(), grads
 
 
 # ------------------------------------------------------------------ one element, followed
@@ -420,7 +438,9 @@ def explain_block(block, name: str, x: np.ndarray, seed: int = 0, at=None) -> Bl
     counts = dict(params=total_params, mult_adds=total_macs,
                   counter_params=counted.total_params, counter_mult_adds=counted.total_macs)  # fmt: skip
     arrays = [*(q.data for q in block.parameters()), *block.buffers()]
-    y_t, dx_t = torch_replay(forward, x, y, dy, {id(v) for v in arrays if v is not None})
+    y_t, dx_t, torch_grads = torch_replay(
+        forward, x, y, dy, {id(v) for v in arrays if v is not None}
+    )
     n, c, p, q = at if at is not None else (0, y.shape[1] - 1, y.shape[2] // 2, y.shape[3] // 2)
     h, w = p * x.shape[2] // y.shape[2], q * x.shape[3] // y.shape[3]
     index_x = (n, min(c, x.shape[1] - 1), h, w)
@@ -435,6 +455,9 @@ def explain_block(block, name: str, x: np.ndarray, seed: int = 0, at=None) -> Bl
         check("dx (every op's backward, in reverse)", dx, dx_t, index_x),
     ]
     path = follow(forward, x, y, (n, c, p, q))
+    _gradients_along(path, forward, backward, x, dx, dy, torch_grads)
+    for step in path:
+        del step["array"]  # the op's output: only its element is kept
     folded = None
     if any(callable(getattr(type(m), "reparameterize", None)) for m in block.modules()):
         fused = reparameterize_blocks(copy.deepcopy(block))
@@ -455,6 +478,34 @@ def explain_block(block, name: str, x: np.ndarray, seed: int = 0, at=None) -> Bl
     )  # fmt: skip
 
 
+def _gradients_along(path, forward, backward, x, dx, dy, torch_grads) -> None:
+    """Adds to each step of ``path`` the gradient dL/d(its output) at its element, ours (the dy
+    its backward received: every consumer's share summed) and torch's, and to the first step the
+    gradient at the block's input element; a step agrees when the two are within ``RTOL``."""
+    received = {}  # id(forward cache) -> the dy its backward got
+    for call in backward:
+        if call.function.endswith("_backward") and call.args[1] is not None:
+            received[id(call.args[1])] = call.args[0]
+    output_of = {id(c.result[0]): c for c in forward}
+    for k, step in enumerate(path):
+        call = output_of[id(step["array"])]
+        ours = received.get(id(call.result[1])) if call.result[1] is not None else None
+        if ours is None and k == len(path) - 1:
+            ours = dy  # the block's output: the dy it was given
+        # else a sum the module differentiates itself, handing dy to every term: no op's
+        # backward receives the gradient of that sum, so there is nothing of ours to show
+        theirs = torch_grads.get(id(step["array"]))
+        step["grad"] = None if ours is None else float(np.asarray(ours)[step["index"]])
+        step["torch_grad"] = None if theirs is None else float(theirs[step["index"]])
+        step["grad_ok"] = step["grad"] is None or (step["torch_grad"] is not None and abs(
+            step["grad"] - step["torch_grad"]) <= RTOL * max(1.0, abs(step["torch_grad"])))  # fmt: skip
+    if path:
+        first = path[0]
+        theirs = torch_grads.get(id(x))
+        first["from_grad"] = float(dx[first["from"]])
+        first["from_torch_grad"] = None if theirs is None else float(theirs[first["from"]])
+
+
 def follow(forward: list[Call], x: np.ndarray, y: np.ndarray, index) -> list[dict]:
     """The output element ``index`` followed back through the recorded chain to the block's
     input ``x``: at each op, the element of the input that contributes most (the largest product
@@ -470,7 +521,8 @@ def follow(forward: list[Call], x: np.ndarray, y: np.ndarray, index) -> list[dic
         a = _bound(call)
         source, source_at, how, value = _step(call, a, at, x)
         actual = float(array[at])
-        steps.append(dict(op=f"{call.op} {_detail(call.op, a)}".strip(), index=at, value=actual,
+        steps.append(dict(op=f"{call.op} {_detail(call.op, a)}".strip(), array=array, index=at,
+                          value=actual,
                           how=how, ok=abs(value - actual) <= 1e-9 * max(1.0, abs(actual)),
                           **{"from": tuple(int(i) for i in source_at)},
                           from_value=float(source[source_at])))  # fmt: skip
