@@ -343,3 +343,14 @@ def test_cli_prints_the_walkthrough_and_json():
     assert pad.returncode == 0 and "every element checked" in pad.stdout, pad.stderr
     unknown = _cli("convolution")
     assert unknown.returncode == 1 and "unknown op or model 'convolution'" in unknown.stderr
+
+
+def test_a_1xk_depthwise_is_explained_as_half_of_a_factorised_pair():
+    """A DFC branch's 1x5 depthwise conv is not a depthwise-separable block's 3x3: its text says
+    what it is (issue 39), and the square kernel keeps MobileNet's 1/M + 1/k^2."""
+    text = explain_op("conv2d", input=(1, 4, 7, 7), out_channels=4, kernel=(1, 5),
+                      padding=(0, 2), groups=4).text()  # fmt: skip
+    assert "one of a factorised pair (with a 5x1 one" in text and "1/M + 1/5" not in text
+    square = explain_op("conv2d", input=(1, 4, 7, 7), out_channels=4, kernel=3, padding=1,
+                        groups=4).text()  # fmt: skip
+    assert "1/M + 1/9 of a standard 3x3 conv" in square

@@ -41,10 +41,17 @@ def _conv_kind(c_in: int, c_out: int, kernel: tuple[int, int], groups: int) -> l
             f"{c_out} * {c_in} * {kh} * {kw} = {standard:,} for a standard conv "
             f"(1/{c_in} of it).",
         ]
-        if c_out == c_in:
+        if c_out == c_in and kh == kw:
             lines.append(
                 f"a depthwise-separable block (this + a 1x1 conv to M channels) costs "
                 f"1/M + 1/{kh * kw} of a standard {kh}x{kw} conv (MobileNetV1, section 3.1)."
+            )
+        elif c_out == c_in:  # 1xK / Kx1: a factorised filter, as in GhostNetV2's DFC attention
+            lines.append(
+                f"a {kh}x{kw} filter is one of a factorised pair (with a {kw}x{kh} one, as in "
+                f"GhostNetV2's DFC attention): together {kh * kw + kw * kh} multiply-adds per "
+                f"output for a {max(kh, kw)}x{max(kh, kw)} reach that a full kernel pays "
+                f"{max(kh, kw) ** 2} for."
             )
         return lines
     return [
