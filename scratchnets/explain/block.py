@@ -26,9 +26,17 @@ import numpy as np
 
 from .. import reference
 from ..models.fuse import reparameterize_blocks
-from ..reference.pooling import divisor_rule
+from ..reference.pooling import (
+    adaptive_output_size,
+    adaptive_windows,
+    divisor_rule,
+    pool_geometry,
+)
+from ..reference.upsample import nearest_source_index
 from ..reference.windows import normalize_padding, pair
+from .activations import ACTIVATIONS
 from .core import num
+from .pooling import window_cells, window_divisor
 from .trace import Call, recording
 
 #: how close the torch replay must come (float64, same ops: rounding only)
@@ -270,34 +278,6 @@ def torch_replay(forward: list[Call], x: np.ndarray, y: np.ndarray, dy: np.ndarr
 # ------------------------------------------------------------------ one element, followed
 
 
-def _sigmoid(v: float) -> float:
-    return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
-
-
-#: the elementwise ops by their formulas, for the followed element (written apart from the ops)
-ACTIVATIONS = {
-    "relu": lambda v: max(v, 0.0),
-    "relu6": lambda v: min(max(v, 0.0), 6.0),
-    "sigmoid": _sigmoid,
-    "hard_sigmoid": lambda v: min(max(v + 3, 0.0), 6.0) / 6,
-    "hard_swish": lambda v: v * min(max(v + 3, 0.0), 6.0) / 6,
-    "silu": lambda v: v * _sigmoid(v),
-    "dropout": lambda v: v,  # eval mode: the identity
-}
-
-
-def _window(index, g_kernel, stride, pads, dilation, x_shape):
-    """The input cells (n, c, r, s) a window op's output element reads (inside x only)."""
-    n, c, p, q = index
-    (kh, kw), (sh, sw), (dh, dw) = g_kernel, stride, dilation
-    top, left = pads
-    for i in range(kh):
-        for j in range(kw):
-            r, s = p * sh - top + i * dh, q * sw - left + j * dw
-            if 0 <= r < x_shape[2] and 0 <= s < x_shape[3]:
-                yield (n, c, r, s)
-
-
 def _broadcast_index(index, shape):
     """The element of an operand of ``shape`` that broadcasting reads for output ``index``."""
     offset = len(index) - len(shape)
@@ -343,9 +323,9 @@ def _step(call: Call, a: dict, index, block_input) -> tuple[object, tuple, str, 
         how = (f"({num(x[index])} - {num(mean)}) / sqrt({num(var)} + eps) * {num(gamma)} + "
                f"{num(beta)} = {num(value)}")  # fmt: skip
         return x, index, how, value
-    if op in ACTIVATIONS:
+    if op in ACTIVATIONS or op == "dropout":  # each activation's formula, from its explainer
         x = a["x"]
-        value = ACTIVATIONS[op](float(x[index]))
+        value = float(x[index]) if op == "dropout" else ACTIVATIONS[op].value(float(x[index]))
         return x, index, f"{op}({num(x[index])}) = {num(value)}", value
     if op in ("add", "mul"):
         operands = [(v, _broadcast_index(index, v.shape)) for v in (a["a"], a["b"])]
@@ -373,15 +353,13 @@ def _step(call: Call, a: dict, index, block_input) -> tuple[object, tuple, str, 
               "adaptive_max_pool2d"):  # fmt: skip
         x = a["x"]
         n, c, p, q = index
-        if op in ("avg_pool2d", "max_pool2d"):
-            k = pair(a["kernel_size"], "kernel")
-            stride = k if a["stride"] is None else pair(a["stride"], "stride")
-            pads = pair(a["padding"], "padding")
-            dilation = pair(a.get("dilation", 1), "dilation")
-            cells = list(_window(index, k, stride, pads, dilation, x.shape))
+        if op in ("avg_pool2d", "max_pool2d"):  # the op's own geometry and its window
+            extra = dict(dilation=a["dilation"]) if op == "max_pool2d" else {}
+            g = pool_geometry(x.shape, a["kernel_size"], a["stride"], a["padding"], op,
+                              ceil_mode=a["ceil_mode"], **extra)  # fmt: skip
+            cells = [(n, c, r, s) for _, _, r, s, v in window_cells(x, n, c, p, q, g)
+                     if v is not None]  # fmt: skip
         else:
-            from ..reference.pooling import adaptive_output_size, adaptive_windows
-
             out = (1, 1) if op == "global_avg_pool2d" else adaptive_output_size(
                 a["output_size"], x.shape[2:])  # fmt: skip
             (r0, r1), (c0, c1) = adaptive_windows(x.shape[2], out[0]), adaptive_windows(
@@ -393,19 +371,13 @@ def _step(call: Call, a: dict, index, block_input) -> tuple[object, tuple, str, 
             at = cells[values.index(value)]
             return x, at, f"max of {len(cells)} cells = {num(value)}", value
         divisor = len(cells)
-        if op == "avg_pool2d":  # torch's divisor rule: override, else the window in the grown input
-            fixed, (gh, gw) = divisor_rule(a["padding"], a["count_include_pad"],
-                                           a["divisor_override"])  # fmt: skip
-            H, W = x.shape[2:]
-            everything = [(r, s_) for i in range(k[0]) for j in range(k[1])
-                          for r, s_ in [(p * stride[0] - pads[0] + i, q * stride[1] - pads[1] + j)]]  # fmt: skip
-            divisor = fixed or sum(-gh <= r < H + gh and -gw <= s_ < W + gw for r, s_ in everything)
+        if op == "avg_pool2d":  # torch's divisor rule, as the avg_pool2d explainer applies it
+            rule = divisor_rule(a["padding"], a["count_include_pad"], a["divisor_override"])
+            divisor = window_divisor(g, *rule, p, q)
         value = sum(values) / divisor
         at = max(cells, key=lambda cell: abs(x[cell]))
         return x, at, f"sum of {len(cells)} cells / {num(divisor)} = {num(value)}", value
     if op in ("upsample_nearest2d", "upsample_bilinear2d"):
-        from ..reference.upsample import nearest_source_index
-
         x = a["x"]
         n, c, p, q = index
         rows = nearest_source_index(x.shape[2], y.shape[2])

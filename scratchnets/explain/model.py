@@ -227,11 +227,16 @@ def model_input(model, resolution: int, image: str | None, seed: int) -> np.ndar
     defaults), else a seeded standard normal image."""
     if image is None:
         return np.random.default_rng(seed).standard_normal((1, 3, resolution, resolution))
+    return np.asarray(preprocessed(model, resolution, image), dtype=np.float64)
+
+
+def preprocessed(model, resolution: int, image: str) -> np.ndarray:
+    """(1, 3, R, R): ``image`` through the weights' preprocessing at the table's size (ImageNet's
+    defaults without weights; a uint8 file's: the pixels themselves, as uint8)."""
     from .. import data
 
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {}, size=resolution)  # the table's size
-    pixels = np.asarray(data.open_rgb(image))
-    return np.asarray(data.pretrained_transforms(cfg)(pixels)[None], dtype=np.float64)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {}, size=resolution)
+    return np.asarray(data.pretrained_transforms(cfg)(np.asarray(data.open_rgb(image)))[None])
 
 
 def layer_input(model, layer_name: str, x: np.ndarray):
@@ -362,10 +367,7 @@ def quantized_input(model: QuantizedModel, resolution: int, image: str | None, s
     if image is None:
         return np.random.default_rng(seed).integers(0, 256, (1, 3, resolution, resolution),
                                                     dtype=np.uint8)  # fmt: skip
-    from .. import data
-
-    cfg = dict(model.pretrained_cfg, size=resolution)
-    return np.asarray(data.pretrained_transforms(cfg)(np.asarray(data.open_rgb(image)))[None])
+    return preprocessed(model, resolution, image)
 
 
 def quantized_rows(model: QuantizedModel, tensors: dict) -> list[dict]:

@@ -21,14 +21,26 @@ def _pool_reads(op: str, shape, **arguments) -> int:
     return op_other_work(tape[0])["pooling"]
 
 
-def _window_cells(x, n, c, p, q, g: ref_pool.PoolGeometry):
-    """(i, j, r, s, value or None) of window (p, q): None on the padding or past it."""
+def window_cells(x, n, c, p, q, g: ref_pool.PoolGeometry):
+    """(i, j, r, s, value or None) of window (p, q): None on the padding or past it (and
+    everywhere when ``x`` is None: the cells' positions only)."""
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = g.kernel, g.stride, g.dilation, g.padding
     H, W = g.in_shape[2:]
     for i in range(kh):
         for j in range(kw):
             r, s = p * sh - ph + i * dh, q * sw - pw + j * dw
-            yield i, j, r, s, (x[n, c, r, s] if 0 <= r < H and 0 <= s < W else None)
+            inside = x is not None and 0 <= r < H and 0 <= s < W
+            yield i, j, r, s, (x[n, c, r, s] if inside else None)
+
+
+def window_divisor(g: ref_pool.PoolGeometry, fixed: int, grow, p: int, q: int) -> int:
+    """Average pooling's divisor of window (p, q) (``reference.pooling.divisor_rule``'s
+    ``(fixed, grow)``): ``fixed``, else its cells inside the input grown by ``grow``."""
+    if fixed:
+        return fixed
+    (H, W), (gh, gw) = g.in_shape[2:], grow
+    cells = window_cells(None, 0, 0, p, q, g)
+    return sum(-gh <= r < H + gh and -gw <= s < W + gw for _, _, r, s, _ in cells)
 
 
 def _windowed_case(op, input, kernel, stride, padding, ceil_mode, seed, arrays, **extra):
@@ -114,7 +126,7 @@ def explain_max_pool2d(
     )
     n, c, p, q = output_index(at, y.shape, _default_window(y.shape, g))
     terms, best, winner = [], -np.inf, None
-    for i, j, r, s, v in _window_cells(x, n, c, p, q, g):
+    for i, j, r, s, v in window_cells(x, n, c, p, q, g):
         if v is None:
             terms.append(f"tap ({i}, {j}) at ({r}, {s}): {_off_input(r, s, g)}, -inf")
             continue
@@ -131,7 +143,7 @@ def explain_max_pool2d(
     routed, total = [], 0.0
     for a in range(y.shape[2]):
         for b in range(y.shape[3]):
-            cells = [(cell[2], cell[3], cell[4]) for cell in _window_cells(x, n, c, a, b, g)
+            cells = [(cell[2], cell[3], cell[4]) for cell in window_cells(x, n, c, a, b, g)
                      if cell[4] is not None]  # fmt: skip
             first = cells[0]
             for cell in cells:  # the window's winner by the same scan
@@ -178,17 +190,14 @@ def explain_avg_pool2d(
         "dx[n, c, h, w] = sum over the windows (p, q) holding (h, w) of dy[n, c, p, q] / D[p, q]",
         "   (every cell of a window has slope 1/D: the gradient is spread evenly)",
     )
-    (H, W), (gh, gw) = g.in_shape[2:], grow
+    H, W = g.in_shape[2:]
 
     def divisor(p, q) -> int:
-        if fixed:
-            return fixed
-        cells = list(_window_cells(x, 0, 0, p, q, g))
-        return sum(-gh <= r < H + gh and -gw <= s < W + gw for _, _, r, s, _ in cells)
+        return window_divisor(g, fixed, grow, p, q)
 
     n, c, p, q = output_index(at, y.shape, _default_window(y.shape, g))
     terms, total = [], 0.0
-    for _, _, r, s, v in _window_cells(x, n, c, p, q, g):
+    for _, _, r, s, v in window_cells(x, n, c, p, q, g):
         terms.append(f"{index_text('x', (n, c, r, s))} = {num(v)}" if v is not None
                      else f"({r}, {s}): {_off_input(r, s, g)}, adds 0")  # fmt: skip
         total += 0.0 if v is None else v
@@ -202,7 +211,7 @@ def explain_avg_pool2d(
     terms, total = [], 0.0
     for a in range(y.shape[2]):
         for b in range(y.shape[3]):
-            if any((r, s) == (h, w) for _, _, r, s, _ in _window_cells(x, n, c, a, b, g)):
+            if any((r, s) == (h, w) for _, _, r, s, _ in window_cells(x, n, c, a, b, g)):
                 share = dy[n, c, a, b] / divisor(a, b)
                 total += share
                 terms.append(f"window ({a}, {b}): {index_text('dy', (n, c, a, b))} / D = "
