@@ -185,17 +185,18 @@ def run(case: ConvCase, impl, dtype):
     return (x, w, b, dy), y, grads
 
 
-def check_f64(case, impl, tag):
+def check_f64(case, impl, tag, backend="reference"):
+    """float64 ``impl`` vs the float64 torch oracle (random dy), ~1e-10 relative; the errors
+    recorded as "<backend>/<tag> <result>"."""
     (x, w, b, dy), y, (dx, dw, db) = run(case, impl, np.float64)
     y_t, (dx_t, dw_t, db_t) = torch_conv_case(case, x, w, b, dy)
-    for name, ours, theirs in (("y", y, y_t), ("dx", dx, dx_t), ("dw", dw, dw_t)):
-        assert ours.dtype == np.float64
-        record_error(f"reference/{tag} {name}", ours, theirs)
+    results = [("y", y, y_t), ("dx", dx, dx_t), ("dw", dw, dw_t)]
+    results += [("db", db, db_t)] if case.bias else []
+    for name, ours, theirs in results:
+        assert ours.dtype == np.float64, name
+        record_error(f"{backend}/{tag} {name}", ours, theirs)
         assert_close_f64(ours, theirs, what=f"{name} {case}")
-    if case.bias:
-        record_error(f"reference/{tag} db", db, db_t)
-        assert_close_f64(db, db_t, what=f"db {case}")
-    else:
+    if not case.bias:
         assert db is None
 
 
@@ -213,18 +214,7 @@ def test_loops_float64_match_torch(case):
 @given(conv_cases())
 def test_float32_against_float64_oracle(case):
     """float32 in, float32 out; errors bounded by eps32 * sqrt(terms summed) * term size."""
-    (x, w, b, dy), y, (dx, dw, db) = run(case, GEMM, np.float32)
-    assert all(a.dtype == np.float32 for a in (y, dx, dw) + ((db,) if case.bias else ()))
-    y_t, (dx_t, dw_t, db_t) = torch_conv_case(case, x, w, b, dy)  # oracle on the float32 values
-    (kh, kw), (oh, ow) = case.kernel, case.out_hw()
-    cg, mg = case.c_in // case.groups, case.c_out // case.groups
-    mx, mw, mdy = (float(np.abs(a).max()) for a in (x, w, dy))
-    mb = float(np.abs(b).max()) if case.bias else 0.0
-    assert_close_f32(y, y_t, cg * kh * kw + 1, mx * mw + mb, "y")
-    assert_close_f32(dx, dx_t, mg * kh * kw, mdy * mw, "dx")
-    assert_close_f32(dw, dw_t, case.n * oh * ow, mdy * mx, "dw")
-    if case.bias:
-        assert_close_f32(db, db_t, case.n * oh * ow, mdy, "db")
+    check_f32(case, GEMM)
 
 
 MOBILE_CASES = {
@@ -328,25 +318,12 @@ CPU = (cpu_conv.conv2d_forward, cpu_conv.conv2d_backward)
 REFERENCE = (ref.conv2d_forward, ref.conv2d_backward)
 
 
-def cpu_check_f64(case: ConvCase):
-    """float64 kernels vs the float64 torch oracle (random dy), ~1e-10 relative."""
-    (x, w, b, dy), y, (dx, dw, db) = run(case, CPU, np.float64)
-    y_t, (dx_t, dw_t, db_t) = torch_conv_case(case, x, w, b, dy)
-    results = [("y", y, y_t), ("dx", dx, dx_t), ("dw", dw, dw_t)]
-    results += [("db", db, db_t)] if case.bias else []
-    for name, ours, theirs in results:
-        assert ours.dtype == np.float64, name
-        record_error(f"cpu/conv2d {name}", ours, theirs)
-        assert_close_f64(ours, theirs, what=f"{name} {case}")
-    if not case.bias:
-        assert db is None
-
-
-def check_f32(case: ConvCase):
-    """float32 kernels vs the float64 oracle on the same values: eps32 * sqrt(terms) * size."""
-    (x, w, b, dy), y, (dx, dw, db) = run(case, CPU, np.float32)
+def check_f32(case: ConvCase, impl=None):
+    """float32 ``impl`` (default the cpu kernels) vs the float64 oracle on the same values:
+    eps32 * sqrt(terms) * size."""
+    (x, w, b, dy), y, (dx, dw, db) = run(case, CPU if impl is None else impl, np.float32)
     assert all(a.dtype == np.float32 for a in (y, dx, dw) + ((db,) if case.bias else ()))
-    y_t, (dx_t, dw_t, db_t) = torch_conv_case(case, x, w, b, dy)
+    y_t, (dx_t, dw_t, db_t) = torch_conv_case(case, x, w, b, dy)  # oracle on the float32 values
     (kh, kw), (oh, ow) = case.kernel, case.out_hw()
     cg, mg = case.c_in // case.groups, case.c_out // case.groups
     mx, mw, mdy = (float(np.abs(a).max()) for a in (x, w, dy))
@@ -382,14 +359,14 @@ DEPTHWISE_PATHS = ("flat", "polyphase")
 
 @given(conv_cases())
 def test_cpu_float64_matches_torch(case):
-    cpu_check_f64(case)
+    check_f64(case, CPU, "conv2d", "cpu")
 
 
 @given(conv_cases(kind="depthwise", max_kernel=5), st.sampled_from(DEPTHWISE_PATHS))
 def test_cpu_depthwise_float64_matches_torch(case, path):
     assert kind_of(case) == "depthwise"
     with depthwise_path(path):
-        cpu_check_f64(case)
+        check_f64(case, CPU, "conv2d", "cpu")
 
 
 @given(conv_cases(kind="depthwise", max_kernel=5), st.sampled_from(DEPTHWISE_PATHS))
@@ -432,7 +409,7 @@ def same_padded_depthwise_cases(draw):
 @given(same_padded_depthwise_cases())
 def test_cpu_flat_depthwise_matches_torch(case):
     assert depthwise_flat._flat_applies(geometry_of(case))
-    cpu_check_f64(case)
+    check_f64(case, CPU, "conv2d", "cpu")
     check_f32(case)
 
 
@@ -490,7 +467,7 @@ def _path_case(name: str, bias: bool = True, layout: str = "C") -> ConvCase:
 def test_cpu_each_implementation_matches_torch(name):
     case = _path_case(name)
     assert kind_of(case) == PATH_CASES[name][0]
-    cpu_check_f64(case)
+    check_f64(case, CPU, "conv2d", "cpu")
     check_f32(case)
 
 
@@ -501,7 +478,7 @@ DEPTHWISE_CASES = [name for name, spec in PATH_CASES.items() if spec[0] == "dept
 @pytest.mark.parametrize("name", DEPTHWISE_CASES)
 def test_cpu_both_depthwise_kernels_match_torch(name, path):
     with depthwise_path(path):
-        cpu_check_f64(_path_case(name))
+        check_f64(_path_case(name), CPU, "conv2d", "cpu")
         check_f32(_path_case(name, bias=False))
 
 
@@ -529,7 +506,7 @@ def _flat_case(name: str, bias: bool, layout: str = "C") -> ConvCase:
 def test_cpu_flat_depthwise_many_channels(name):
     case = _flat_case(name, bias=True)
     assert depthwise_flat._flat_applies(geometry_of(case))  # small planes: the default dispatch
-    cpu_check_f64(case)
+    check_f64(case, CPU, "conv2d", "cpu")
     check_f32(_flat_case(name, bias=False, layout="F"))
 
 
@@ -569,7 +546,7 @@ def test_cpu_flat_dw_is_deterministic():
 def test_cpu_general_path_in_batch_chunks(monkeypatch, name):
     """A tiny im2col budget forces one image per chunk (and buffer reuse across chunks)."""
     monkeypatch.setattr(im2col, "_COLS_BUDGET", 1)
-    cpu_check_f64(_path_case(name, bias=False))
+    check_f64(_path_case(name, bias=False), CPU, "conv2d", "cpu")
 
 
 @pytest.mark.parametrize("layout", ["F", "strided"])
