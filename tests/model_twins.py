@@ -28,7 +28,7 @@ from timm.models.efficientnet import _gen_mobilenet_v1  # noqa: E402
 
 from scratchnets import to_numpy  # noqa: E402
 from scratchnets.backends import OP_NAMES, get_backend  # noqa: E402
-from scratchnets.nn import BatchNorm2d, Hardsigmoid, ReLU, ReLU6  # noqa: E402
+from scratchnets.nn import BatchNorm2d, Hardsigmoid, Hardswish, ReLU, ReLU6  # noqa: E402
 from tests.helpers import record_error  # noqa: E402
 
 
@@ -42,6 +42,16 @@ def torch_twin(
         model = torchvision.models.mobilenet_v2(
             num_classes=num_classes, width_mult=width_mult, dropout=0.0
         )
+    elif name in ("mobilenet_v3_large", "mobilenet_v3_small"):
+        model = getattr(torchvision.models, name)(
+            num_classes=num_classes, width_mult=width_mult, dropout=0.0
+        )
+        # F.hardsigmoid's backward multiplies by the float32 constant 1/6 even on float64
+        # tensors (a 3e-8 relative error behind every SE gate): timm's HardSigmoid is the same
+        # function, relu6(x + 3) / 6, with the exact gradient
+        for module in model.modules():
+            if isinstance(getattr(module, "scale_activation", None), torch.nn.Hardsigmoid):
+                module.scale_activation = TimmHardSigmoid()
     elif name in ("vgg16", "vgg16_bn"):
         model = getattr(torchvision.models, name)(num_classes=num_classes, dropout=0.0)
     elif name == "xception":
@@ -107,12 +117,17 @@ KINKS = {
     ReLU6: (0.0, 6.0, 1.0, 0.0),
     Hardsigmoid: (-3.0, 3.0, 1.0 / 6.0, 0.5),
 }
+#: h-swish has three pieces, 0 (x <= -3), x (x + 3) / 6 and x (x >= 3), and a gradient that is
+#: neither 0 nor 1 inside, so its record is the piece each element took (0, 1, 2), read from
+#: the input our kernel compared (our backward's rule: x <= -3, x < 3)
+HSWISH_PIECES = (-3.0, 3.0)
 #: the torch classes ours stand for, by kind
 TORCH_KINKS = {
     torch.nn.ReLU: ReLU,
     torch.nn.ReLU6: ReLU6,
     torch.nn.Hardsigmoid: Hardsigmoid,
     TimmHardSigmoid: Hardsigmoid,
+    torch.nn.Hardswish: Hardswish,
 }
 #: append one JSON line per float32 check here (draw studies: SCRATCHNETS_F32_DRAWS=50)
 F32_LOG = os.environ.get("SCRATCHNETS_F32_LOG")
@@ -131,14 +146,19 @@ KINK_SLACK = 1e-3
 @contextlib.contextmanager
 def recording_kinks(model) -> Iterator[dict[str, list[np.ndarray]]]:
     """Log, per kink module name, the "linear piece taken" mask of every forward call: where our
-    own backward passes the gradient on (``backward(ones) != 0``)."""
+    own backward passes the gradient on (``backward(ones) != 0``); for h-swish the piece taken
+    (``HSWISH_PIECES``)."""
     log: dict[str, list[np.ndarray]] = defaultdict(list)
-    kinks = [(name, m) for name, m in model.named_modules() if type(m) in KINKS]
+    kinks = [(name, m) for name, m in model.named_modules() if type(m) in (*KINKS, Hardswish)]
 
     def recorded(name, module):
         def forward(x):
             y = type(module).forward(module, x)
-            log[name].append(to_numpy(module.backward(np.ones_like(y))) != 0)
+            if type(module) is Hardswish:
+                lo, hi = HSWISH_PIECES
+                log[name].append((to_numpy(x) > lo).astype(np.int8) + (to_numpy(x) >= hi))
+            else:
+                log[name].append(to_numpy(module.backward(np.ones_like(y))) != 0)
             return y
 
         return forward
@@ -174,10 +194,13 @@ class ReplayedKink(torch.nn.Module):
 
     def __init__(self, name: str, kind, replay: Replay):
         super().__init__()
-        self.name, self.replay = name, replay
-        self.lo, self.hi, self.slope, self.offset = KINKS[kind]
+        self.name, self.replay, self.kind = name, replay, kind
+        if kind is not Hardswish:
+            self.lo, self.hi, self.slope, self.offset = KINKS[kind]
 
     def forward(self, x):
+        if self.kind is Hardswish:
+            return self._hardswish(x)
         taken = torch.from_numpy(self.replay.next_mask(self.name))
         assert taken.shape == x.shape, f"{self.name}: mask {tuple(taken.shape)} for {x.shape}"
         inside = (x > self.lo) & (x < self.hi)
@@ -194,6 +217,23 @@ class ReplayedKink(torch.nn.Module):
         return torch.where(
             taken, self.slope * x + self.offset, self.slope * nearer_end + self.offset
         )
+
+    def _hardswish(self, x):
+        """h-swish on the recorded pieces: 0, x (x + 3) / 6 or x; a piece that differs from
+        float64's own choice must be within rounding of its kink."""
+        piece = torch.from_numpy(self.replay.next_mask(self.name).astype(np.int64))
+        assert piece.shape == x.shape, f"{self.name}: pieces {tuple(piece.shape)} for {x.shape}"
+        lo, hi = HSWISH_PIECES
+        own = (x > lo).long() + (x >= hi).long()
+        if (piece != own).any():
+            xs = x.detach()[piece != own].double()
+            gap = torch.minimum((xs - lo).abs(), (xs - hi).abs()).max().item()
+            scale = max(1.0, x.detach().abs().max().item())
+            assert gap <= KINK_SLACK * scale, (
+                f"{self.name}: the recorded piece overrules an input {gap:.2e} from its kink"
+            )
+            self.replay.flips += int((piece != own).sum())
+        return torch.where(piece == 0, 0.0 * x, torch.where(piece == 1, x * (x + 3) / 6, x))
 
 
 @contextlib.contextmanager

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 import scratchnets as sn
-from scratchnets.kernels.cpu import conv2d_bias_act_forward, conv2d_forward, relu6_forward
+from scratchnets.kernels.cpu import (
+    conv2d_bias_act_forward,
+    conv2d_forward,
+    hard_swish_forward,
+    relu6_forward,
+    relu_forward,
+)
 from scratchnets.models.fuse import Snapshot
 from scratchnets.nn import BatchNorm2d, Conv2d
 from tests.model_twins import randomize_bn
@@ -136,15 +142,19 @@ def test_fused_conv_refuses_training_and_backward():
     ids=["pointwise", "pointwise-s2", "depthwise-s2", "depthwise", "general"],
 )
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv2d_bias_act_equals_conv_then_relu6_bit_for_bit(
-    c_in, c_out, kernel, stride, groups, dtype
+@pytest.mark.parametrize(
+    ("activation", "separate"),
+    [("relu6", relu6_forward), ("relu", relu_forward), ("hard_swish", hard_swish_forward)],
+)
+def test_conv2d_bias_act_equals_conv_then_activation_bit_for_bit(
+    c_in, c_out, kernel, stride, groups, dtype, activation, separate
 ):
     rng = np.random.default_rng(5)
     x = (3 * rng.standard_normal((2, c_in, 9, 9))).astype(dtype)
     w = rng.standard_normal((c_out, c_in // groups, kernel, kernel)).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
-    y = conv2d_bias_act_forward(x, w, b, stride, kernel // 2, 1, groups, "relu6")
-    expected, _ = relu6_forward(conv2d_forward(x, w, b, stride, kernel // 2, 1, groups)[0])
+    y = conv2d_bias_act_forward(x, w, b, stride, kernel // 2, 1, groups, activation)
+    expected, _ = separate(conv2d_forward(x, w, b, stride, kernel // 2, 1, groups)[0])
     np.testing.assert_array_equal(y, expected)
     with pytest.raises(ValueError, match="activation must be one of"):
         conv2d_bias_act_forward(x, w, b, stride, 0, 1, groups, "tanh")

@@ -40,8 +40,8 @@ def test_the_benchmarked_and_mobile_lists_come_from_the_registry():
 
     mobile = models_where(lambda cfg: cfg.mobile)
     assert list(MODELS[: len(mobile)]) == mobile  # the mobile ones first, by paper
-    assert mobile == ["mobilenet_v1", "mobilenet_v2", "ghostnet_100", "ghostnetv2_100",
-                      "ghostnetv3_100"]  # fmt: skip
+    assert mobile == ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+                      "ghostnet_100", "ghostnetv2_100", "ghostnetv3_100"]  # fmt: skip
     assert all(model_cfg(name).twin for name in MODELS)  # each is timed against its twin
 
 

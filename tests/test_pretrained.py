@@ -18,6 +18,12 @@ pytestmark = pytest.mark.torch_models
 TWINS = {
     "mobilenet_v2": (0.35, 7, lambda: torch_twin("mobilenet_v2", 7, 0.35, torch.float32)),
     "mobilenet_v1": (0.25, 5, lambda: torch_twin("mobilenet_v1", 5, 0.25, torch.float32)),
+    "mobilenet_v3_large": (0.5, 6, lambda: torch_twin("mobilenet_v3_large", 6, 0.5, torch.float32)),
+    "mobilenet_v3_small": (
+        0.75,
+        4,
+        lambda: torch_twin("mobilenet_v3_small", 4, 0.75, torch.float32),
+    ),
     "ghostnet_100": (0.5, 3, lambda: ghostnet_twin("ghostnet_100", 0.5, 3).float()),
     "ghostnetv2_100": (0.5, 3, lambda: ghostnet_twin("ghostnetv2_100", 0.5, 3).float()),
     "ghostnetv3_100": (0.5, 3, lambda: ghostnet_twin("ghostnetv3_100", 0.5, 3).float()),

@@ -1,4 +1,4 @@
-"""The models: MobileNetV1, MobileNetV2, GhostNet V1/V2/V3, VGG16 and Xception.
+"""The models: MobileNetV1, MobileNetV2, MobileNetV3 Large / Small, GhostNet V1/V2/V3, VGG16 and Xception.
 
 Build one by name (parameter names match torchvision / timm, so their checkpoints load)::
 
@@ -20,6 +20,7 @@ from . import (
     ghostnetv3,
     mobilenet_v1,
     mobilenet_v2,
+    mobilenet_v3,
     tf_mobilenet_v1,
     tf_mobilenet_v2,
     vgg,
@@ -29,6 +30,7 @@ from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_
 from .fuse import fold_bn, fuse
 from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
+from .mobilenet_v3 import MobileNetV3
 from .pretrained import load_pretrained
 from .registry import ModelCfg, create, list_models, model_cfg, register_model
 from .vgg import VGG
@@ -49,6 +51,7 @@ __all__ = [
     "CheckpointError",
     "MobileNetV1",
     "MobileNetV2",
+    "MobileNetV3",
     "VGG",
     "Xception",
     "mobilenet_v1",

@@ -1,12 +1,14 @@
 """Building blocks shared by the models.
 
 * ``make_divisible``: the channel rounding of torchvision, timm, slim and Keras.
-* ``make_activation``: "relu" / "relu6" / None -> a layer.
+* ``make_activation``: "relu" / "relu6" / "hardswish" / None -> a layer.
 * ``ConvBNAct``: conv -> BN -> activation, named "0", "1", "2" like torchvision's
   ``Conv2dNormActivation`` (state dict keys ``<name>.0.weight``, ``<name>.1.running_mean``).
 * ``BatchNormAct2d``: BN followed by an activation in one module, timm's layout (the BN arrays
   sit directly under the module's name, the activation is a parameter-free child ``act``).
 * ``ResidualBlock``: y = branch(x) + shortcut(x), with the gradient split in backward.
+* ``SqueezeExcite``: channel attention x * gate(expand(act(reduce(mean_hw x)))), under timm's or
+  torchvision's child names.
 * ``Conv2dSame``: TensorFlow/Keras "SAME" padding worked out per input size.
 * ``torchvision_init`` / ``timm_efficientnet_init``: the weight initialisations of the sources.
 * ``global_pool_flatten``: (N, C, H, W) -> (N, C).
@@ -27,6 +29,8 @@ from ..nn import (
     BatchNorm2d,
     Conv2d,
     Flatten,
+    Hardsigmoid,
+    Hardswish,
     Identity,
     Linear,
     Module,
@@ -54,11 +58,11 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-_ACTIVATIONS = {"relu": ReLU, "relu6": ReLU6}
+_ACTIVATIONS = {"relu": ReLU, "relu6": ReLU6, "hardswish": Hardswish}
 
 
 def make_activation(act: str | None) -> Module | None:
-    """A fresh activation layer for "relu" or "relu6"; None for no activation."""
+    """A fresh activation layer for "relu", "relu6" or "hardswish"; None for no activation."""
     if act is None:
         return None
     if act not in _ACTIVATIONS:
@@ -171,6 +175,55 @@ class ResidualBlock(Module):
         if self.use_residual:
             dx, _ = F.add_forward(dx, self._run_backward(self.shortcut, dy), backend=self.backend)
         return dx
+
+
+class SqueezeExcite(Module):
+    """Squeeze-and-excitation (Hu et al. 2018) with a hard-sigmoid gate, as GhostNet and
+    MobileNetV3 use it, (N, C, H, W) -> (N, C, H, W):
+
+        s = mean_{h,w} x                          (N, C, 1, 1)
+        g = hard_sigmoid(W2 relu(W1 s + b1) + b2)  W1: (R, C, 1, 1), W2: (C, R, 1, 1)
+        y = x * g                                  g broadcast over H, W
+
+    ``reduced_channels`` is R (each model rounds C / 4 its own way). The children (reduce conv,
+    ReLU, expand conv, gate) are named by ``child_names``: timm's here, torchvision's
+    ``fc1`` / ``activation`` / ``fc2`` / ``scale_activation`` in a subclass. Backward (product
+    rule): dx = dy * g + (1 / HW) * W1^T(...(sum_{h,w} dy * x)...), the feature path plus the gate
+    path back through the pooling.
+    """
+
+    child_names = ("conv_reduce", "act1", "conv_expand", "gate")
+
+    def __init__(self, channels: int, reduced_channels: int, *, rng=None):
+        super().__init__()
+        layers = (
+            Conv2d(channels, reduced_channels, 1, bias=True, rng=rng),
+            ReLU(inplace=True),
+            Conv2d(reduced_channels, channels, 1, bias=True, rng=rng),
+            Hardsigmoid(),
+        )
+        for name, layer in zip(self.child_names, layers, strict=True):
+            setattr(self, name, layer)
+
+    def _excitation(self) -> list[Module]:
+        return [getattr(self, name) for name in self.child_names]
+
+    def forward(self, x):
+        s, pool_cache = F.global_avg_pool2d_forward(x, backend=self.backend)  # (N, C, 1, 1)
+        g = s
+        for layer in self._excitation():  # (N, R, 1, 1), then (N, C, 1, 1)
+            g = layer(g)
+        y, mul_cache = F.mul_forward(x, g, backend=self.backend)  # (N, C, H, W)
+        self._save((pool_cache, mul_cache), y.shape)
+        return y
+
+    def backward(self, dy):
+        pool_cache, mul_cache = self._saved(dy)
+        dx_feature, dg = F.mul_backward(dy, mul_cache, backend=self.backend)  # dy*g, sum(dy*x)
+        for layer in reversed(self._excitation()):
+            dg = layer.backward(dg)
+        dx_pool = F.global_avg_pool2d_backward(dg, pool_cache, backend=self.backend)
+        return F.add_forward(dx_feature, dx_pool, backend=self.backend)[0]
 
 
 def tf_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:

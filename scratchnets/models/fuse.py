@@ -27,7 +27,7 @@ from numba import njit, prange
 from numba.typed import List as TypedList
 
 from ..arrays import is_device_array, to_numpy
-from ..nn import BatchNorm2d, Conv2d, Identity, Module, ReLU, ReLU6, Sequential
+from ..nn import BatchNorm2d, Conv2d, Hardswish, Identity, Module, ReLU, ReLU6, Sequential
 from .blocks import BatchNormAct2d, Conv2dSame
 
 
@@ -117,11 +117,12 @@ def _copy_model(model: Module, share: tuple = ()) -> Module:
 
 
 #: the activation layers a conv absorbs, by the name of the fused op's activation
-FUSABLE_ACTIVATIONS = {ReLU6: "relu6", ReLU: "relu"}
+FUSABLE_ACTIVATIONS = {ReLU6: "relu6", ReLU: "relu", Hardswish: "hard_swish"}
 
 
 def fuse_activations(model: Module) -> Module:
-    """In every ``Sequential`` of ``model`` (in place), a Conv2d followed by a ReLU / ReLU6 (with
+    """In every ``Sequential`` of ``model`` (in place), a Conv2d followed by a ReLU / ReLU6 /
+    Hardswish (with
     only Identity layers, e.g. folded BNs, between them) computes the activation itself
     (``Conv2d.fused_activation``) and the activation layer becomes Identity. Inference only."""
     for container in list(model.modules()):
@@ -164,7 +165,7 @@ def reparameterize_blocks(model: Module) -> Module:
 
 def fuse(model: Module, inplace: bool = False, activations: bool = False) -> Module:
     """Fold every declared (conv, BN) pair of ``model`` (see the module docstring), and with
-    ``activations`` also the ReLU / ReLU6 after a conv into it (``fuse_activations``).
+    ``activations`` also the ReLU / ReLU6 / Hardswish after a conv into it (``fuse_activations``).
 
     Returns the fused model in eval mode: a deep copy unless ``inplace``. Pairs whose BN has
     already been folded are skipped, so fusing twice is harmless.

@@ -35,13 +35,13 @@ from ..nn import (
     Conv2d,
     Dropout,
     Flatten,
-    Hardsigmoid,
     Identity,
     Linear,
     Module,
     ReLU,
     Sequential,
 )
+from . import blocks
 from .blocks import BatchNormAct2d, make_divisible
 from .fuse import EvalFastPath, fuse, reparameterize_blocks
 from .registry import ModelCfg, register_model, timm_preprocessing
@@ -127,42 +127,12 @@ class ConvBnAct(Module):
         return self.conv.backward(self.bn1.backward(dy))
 
 
-class SqueezeExcite(Module):
-    """Squeeze-and-excitation with a hard-sigmoid gate (timm's ``SqueezeExcite`` as GhostNet
-    configures it; Hu et al. 2018):
-
-        s = mean_{h,w} x                         (N, C, 1, 1)
-        g = hard_sigmoid(W2 relu(W1 s + b1) + b2) W1: (R, C, 1, 1), W2: (C, R, 1, 1)
-        y = x * g                                 (N, C, H, W), g broadcast over H, W
-
-    R = ``make_divisible(C * se_ratio, 4)``. Children ``conv_reduce``, ``act1``, ``conv_expand``,
-    ``gate``. Backward (product rule): dx = dy * g + (1 / HW) * W1^T(...(sum_{h,w} dy * x)...),
-    the feature path plus the gate path back through the pooling.
-    """
+class SqueezeExcite(blocks.SqueezeExcite):
+    """GhostNet's squeeze-excite (timm's ``SqueezeExcite`` as GhostNet configures it): the block
+    of ``blocks.SqueezeExcite`` with R = ``make_divisible(C * se_ratio, 4)`` channels inside."""
 
     def __init__(self, in_chs: int, se_ratio: float = 0.25, *, rng=None):
-        super().__init__()
-        rd_chs = make_divisible(in_chs * se_ratio, CHANNEL_DIVISOR)
-        self.conv_reduce = Conv2d(in_chs, rd_chs, 1, bias=True, rng=rng)
-        self.act1 = ReLU(inplace=True)
-        self.conv_expand = Conv2d(rd_chs, in_chs, 1, bias=True, rng=rng)
-        self.gate = Hardsigmoid()
-
-    def forward(self, x):
-        s, pool_cache = F.global_avg_pool2d_forward(x, backend=self.backend)  # (N, C, 1, 1)
-        g = self.gate(self.conv_expand(self.act1(self.conv_reduce(s))))  # (N, C, 1, 1)
-        y, mul_cache = F.mul_forward(x, g, backend=self.backend)  # (N, C, H, W)
-        self._save((pool_cache, mul_cache), y.shape)
-        return y
-
-    def backward(self, dy):
-        pool_cache, mul_cache = self._saved(dy)
-        dx_feature, dg = F.mul_backward(dy, mul_cache, backend=self.backend)  # dy*g, sum(dy*x)
-        ds = self.conv_reduce.backward(
-            self.act1.backward(self.conv_expand.backward(self.gate.backward(dg)))
-        )
-        dx_pool = F.global_avg_pool2d_backward(ds, pool_cache, backend=self.backend)
-        return F.add_forward(dx_feature, dx_pool, backend=self.backend)[0]
+        super().__init__(in_chs, make_divisible(in_chs * se_ratio, CHANNEL_DIVISOR), rng=rng)
 
 
 class GhostModule(Module):

@@ -8,7 +8,8 @@ The architecture, width multiplier and class count come from the tensor names an
 model uses torchvision / timm names), or from ``model=`` (a registered name or a built model)
 and ``**kwargs`` for ``create``. Files: ``.pth`` / ``.pt`` / ``.bin`` / ``.pth.tar`` (torch, read
 with ``weights_only=True``; a nested ``state_dict`` and ``module.`` prefixes are undone),
-``.safetensors``, ``.npz`` (see ``checkpoint.read_state_dict``); float ``.tflite`` graphs
+``.safetensors``, ``.npz`` (see ``checkpoint.read_state_dict``), also in another library's names
+where the model translates them (timm's MobileNetV3: ``ModelCfg.foreign_names``); float ``.tflite`` graphs
 (``tflite_import.model_from_tflite``) and uint8 ones (``quantized.quantized_model_from_tflite``:
 a model taking uint8 pixels and returning TFLite's uint8 output, bit for bit).
 """
@@ -22,6 +23,7 @@ from ..formats.tflite import read_tflite
 from .checkpoint import read_state_dict
 from .quantized import quantized_model_from_tflite
 from .registry import (
+    Translated,
     create,
     fit_width,
     has_width,
@@ -63,6 +65,34 @@ def infer_architecture(state: dict) -> str:
             "pass model=NAME (and its options) if the file is one of ours under other names"
         )
     return matches[0]
+
+
+def _names_differ(arch: str, state: dict) -> str:
+    """Why the file's tensor names are not ``arch``'s: what it lacks and what it has besides."""
+    ours, theirs = _weight_names(_names(arch)), _weight_names(state)
+    lacks, extra = sorted(ours - theirs), sorted(theirs - ours)
+    guess = next((a for a in architectures() if _weight_names(_names(a)) == theirs), None)
+    translated = None if guess else translate_names(state)
+    guess = guess or (translated and translated[0])
+    hint = f"; it is a {guess} (leave model= out to load it as one)" if guess else ""
+    return (
+        f"the file's {len(theirs)} tensor names are not those of {arch}: it lacks "
+        f"{len(lacks)} of {arch}'s (such as {lacks[:3]}) and has {len(extra)} others (such as "
+        f"{extra[:3]}){hint}"
+    )
+
+
+def translate_names(state: dict, arch: str | None = None) -> tuple[str, Translated] | None:
+    """``(architecture, Translated)`` for a state dict in another library's names that a
+    registered model (``arch``, or any) can translate (``ModelCfg.foreign_names``), else None."""
+    for name in architectures() if arch is None else [arch]:
+        translate = model_cfg(name).foreign_names
+        translated = translate(state) if translate is not None else None
+        if translated is not None and _weight_names(translated.state) == _weight_names(
+            _names(name)
+        ):
+            return name, translated
+    return None
 
 
 def _registered_twin(state: dict) -> dict:
@@ -107,8 +137,19 @@ def load_pretrained(path, model=None, **kwargs):
         model.pretrained_cfg |= _registered_twin(model.state_dict())
         return model
     state = read_state_dict(path)
+    preprocessing = None
     if model is None or isinstance(model, str):
-        arch = infer_architecture(state) if model is None else resolve_name(model)
+        arch = None if model is None else resolve_name(model)
+        own_names = arch is not None and _weight_names(state) == _weight_names(_names(arch))
+        foreign = None if own_names else translate_names(state, arch)
+        if foreign is not None:  # e.g. timm's MobileNetV3: renamed, with timm's BN epsilon
+            arch, translated = foreign
+            state, kwargs = translated.state, translated.options | kwargs
+            preprocessing = translated.preprocessing
+        if arch is None:
+            arch = infer_architecture(state)
+        elif foreign is None and not own_names:
+            raise ValueError(_names_differ(arch, state))
         model, width = _build(arch, state, kwargs)
     elif kwargs:
         raise TypeError(
@@ -123,8 +164,8 @@ def load_pretrained(path, model=None, **kwargs):
     model.load_state_dict(counters | state)
     facts = model_cfg(arch) if arch is not None else None
     classifier = state.get(facts.classifier if facts else "classifier.weight")
-    cfg = dict((facts and facts.preprocessing) or {}, architecture=arch, width_mult=width,
-               file=str(path))  # fmt: skip
+    preprocessing = preprocessing or (facts and facts.preprocessing) or {}
+    cfg = dict(preprocessing, architecture=arch, width_mult=width, file=str(path))
     if classifier is not None:
         cfg["num_classes"] = int(classifier.shape[0])
     model.pretrained_cfg = cfg

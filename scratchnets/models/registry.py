@@ -64,7 +64,9 @@ class ModelCfg:
     ``("torchvision" | "timm", name)`` of the model with the same names and computation.
     ``paper``: the paper its ``verify`` rows come from (arXiv id). ``benchmarked``: a row of
     ``scratchnets bench models``; ``mobile``: one of the mobile architectures (the float32
-    sweep's models).
+    sweep's models). ``foreign_names``: translates a state dict of another library's layout of
+    the same network (timm's MobileNetV3) into ours, as a ``Translated``; None when the state
+    dict is not one.
     """
 
     preprocessing: dict | None = None
@@ -73,6 +75,17 @@ class ModelCfg:
     paper: str | None = None
     benchmarked: bool = False
     mobile: bool = False
+    foreign_names: Callable[[dict], Translated | None] | None = None
+
+
+@dataclass(frozen=True)
+class Translated:
+    """A state dict renamed to ours by a model's ``foreign_names``: ``options`` for ``create``
+    that reproduce its source's numerics (BN epsilon ...) and that source's ``preprocessing``."""
+
+    state: dict
+    options: dict
+    preprocessing: dict
 
 
 #: canonical name -> factory

@@ -209,10 +209,11 @@ class Conv2d(_AcceptsUnbatched, Module):
             s += f", fused_activation={self.fused_activation!r}"
         return s
 
-    #: an activation absorbed by ``models.fuse(..., activations=True)`` ("relu" / "relu6"):
-    #: the conv then computes act(conv(x) + b) for inference only, with no cache and no backward.
-    #: A submodule ``folded_bn`` (an eval-mode BatchNorm2d the eval fast path attaches) is applied
-    #: in the same pass: act(BN(conv(x) + b)), reading the BN's current statistics each call.
+    #: an activation absorbed by ``models.fuse(..., activations=True)`` ("relu" / "relu6" /
+    #: "hard_swish"): the conv then computes act(conv(x) + b) for inference only, with no cache
+    #: and no backward. A submodule ``folded_bn`` (an eval-mode BatchNorm2d the eval fast path
+    #: attaches) is applied in the same pass: act(BN(conv(x) + b)), reading the BN's current
+    #: statistics each call.
     fused_activation: str | None = None
 
     def _inference_only(self) -> bool:

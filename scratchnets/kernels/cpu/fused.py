@@ -1,11 +1,12 @@
 """Fused operations for the CPU backend (the op table's ``fused`` names of conv2d).
 
-* ``conv2d_bias_act_forward``: inference's conv -> bias -> ReLU / ReLU6 (what a BN-folded
-  MobileNet is made of). Separately, the bias is one pass over the output (``y += b``) and the
-  activation another that also allocates its output and a mask for a backward that never comes.
-  Here the conv writes y, then one in-place Numba pass adds the bias and clamps (the depthwise
-  kernel adds the bias itself, so only the clamp is left); no cache is kept. Same values as the
-  three ops in sequence: the bias add and the clamp are the same float operations.
+* ``conv2d_bias_act_forward``: inference's conv -> bias -> ReLU / ReLU6 / h-swish (what a
+  BN-folded MobileNet is made of). Separately, the bias is one pass over the output (``y += b``)
+  and the activation another that also allocates its output and a mask for a backward that never
+  comes. Here the conv writes y, then one in-place Numba pass adds the bias and applies the
+  activation (the depthwise kernel adds the bias itself, so only the activation is left); no
+  cache is kept. Same values as the ops in sequence: the bias add is rounded to y's dtype first,
+  then the activation does the same float operations as its own kernel.
 """
 
 from __future__ import annotations
@@ -20,32 +21,47 @@ from .conv.depthwise import _depthwise_forward
 from .conv.im2col import _general_forward
 from .conv.pointwise import _pointwise_forward, _pointwise_input
 
-#: the clamp of each activation a conv can absorb: (low, high)
-ACTIVATION_RANGES = {None: (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
+#: the activations a conv can absorb, by the code the epilogue kernel switches on
+ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hard_swish": 3}
 
 
 @njit(parallel=True, cache=True)
-def _epilogue_kernel(y, scale, use_scale, shift, use_shift, low, high):
-    """y[n, c] = min(max(y[n, c] * scale[c] + shift[c], low), high) in place (the multiply only
-    with ``use_scale``, the add only with ``use_shift``); y (N, C, P), one plane per step.
-    ``max`` / ``min`` as written pass NaN through, like ReLU6's kernel."""
+def _epilogue_kernel(y, scale, use_scale, shift, use_shift, activation, zero, three, six):
+    """y[n, c] = act(y[n, c] * scale[c] + shift[c]) in place (the multiply only with
+    ``use_scale``, the add only with ``use_shift``); y (N, C, P), one plane per step.
+    ``activation``: an ``ACTIVATION_CODES`` value; ``zero``, ``three``, ``six`` in y's dtype, so
+    each step is the activation kernel's own (``cpu.activations``). The comparisons as written
+    pass NaN through, like those kernels."""
     batch, channels, size = y.shape
     for plane in prange(batch * channels):
         n, c = plane // channels, plane % channels
         s = scale[c] if use_scale else 1.0
         b = shift[c] if use_shift else 0.0
         for i in range(size):
-            v = y[n, c, i] * s + b if use_scale else y[n, c, i] + b
-            y[n, c, i] = low if v <= low else (high if v >= high else v)
+            y[n, c, i] = y[n, c, i] * s + b if use_scale else y[n, c, i] + b
+            v = y[n, c, i]  # rounded to y's dtype, as the separate bias add stores it
+            if activation == 1 or activation == 2:
+                if v <= zero:
+                    y[n, c, i] = zero
+                elif activation == 2 and v >= six:
+                    y[n, c, i] = six
+            elif activation == 3:  # h-swish: v * min(max(v + 3, 0), 6) / 6
+                r = v + three
+                if r <= zero:
+                    r = zero
+                elif r >= six:
+                    r = six
+                y[n, c, i] = v * r / six
 
 
 def conv2d_bias_act_forward(
     x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None
 ) -> np.ndarray:
-    """y = act(conv2d(x, w) + b) for inference: ``activation`` None, "relu" or "relu6".
+    """y = act(conv2d(x, w) + b) for inference: ``activation`` None, "relu", "relu6" or
+    "hard_swish".
     Arguments as ``conv2d_forward``; returns y only (no cache: there is no backward)."""
-    if activation not in ACTIVATION_RANGES:
-        raise ValueError(f"activation must be one of {list(ACTIVATION_RANGES)}, got {activation!r}")
+    if activation not in ACTIVATION_CODES:
+        raise ValueError(f"activation must be one of {list(ACTIVATION_CODES)}, got {activation!r}")
     x, w, b, g = prepare_conv(x, w, b, stride, padding, dilation, groups)  # the reference's checks
     return conv2d_bias_act_checked(x, w, b, g, activation)
 
@@ -74,10 +90,10 @@ def conv2d_bias_act_checked(x, w, b, g, activation, scale=None) -> np.ndarray:
         bias_left = b
     if bias_left is None and activation is None and scale is None:
         return y
-    low, high = ACTIVATION_RANGES[activation]
     dummy = np.zeros(1, y.dtype)
     planes = y.reshape(g.batch, g.out_channels, -1)
     _epilogue_kernel(planes, dummy if scale is None else np.ascontiguousarray(scale, y.dtype),
                      scale is not None, dummy if bias_left is None else bias_left,
-                     bias_left is not None, y.dtype.type(low), y.dtype.type(high))  # fmt: skip
+                     bias_left is not None, ACTIVATION_CODES[activation],
+                     *map(y.dtype.type, (0, 3, 6)))  # fmt: skip
     return y
