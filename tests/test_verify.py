@@ -73,6 +73,18 @@ def test_wrong_numbers_are_mismatches():
     assert verify.verify_row(replace(seed, published="0.125"), COUNTER).verdict == "MISMATCH"
 
 
+def test_se_scale_multiplies_are_the_gated_elements():
+    """macs_se_scale adds one multiply per element an SE gate scales: for MobileNetV3-Small at
+    224 px, 16 channels at 56x56, five gated blocks at 14x14 (96 + 240 + 240 + 120 + 144
+    channels) and three at 7x7 (288 + 576 + 576), counted by hand from [V3] Table 2."""
+    small = ModelConfig("mobilenet_v3_small")
+    row = next(r for r in ROWS if r.key == "V3-T3-small-1-macs")
+    gated = 16 * 56**2 + (96 + 240 + 240 + 120 + 144) * 14**2 + (288 + 576 + 576) * 7**2
+    assert COUNTER.count(row, small) == COUNTER.summary(small).total_macs + gated == 56_795_776
+    v2 = ModelConfig("mobilenet_v2")  # no SE: nothing added
+    assert COUNTER.count(row, v2) == COUNTER.summary(v2).total_macs
+
+
 def test_table_builders_agree_with_the_models():
     """[V1] Table 1 (stride fixed) and [V2] Table 2 built as printed count exactly like the
     timm / torchvision-style models; Table 1 as printed does not reach 569 M."""

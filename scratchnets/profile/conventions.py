@@ -17,7 +17,9 @@ convention         what is counted                                              
 =================  ==================================================================  ===========
 
 Multiply-adds have one convention everywhere (``MACS``): multiply-accumulates of conv and FC
-layers per image; BN, bias adds, activations, pooling and residual adds are not counted.
+layers per image; BN, bias adds, activations, pooling and residual adds are not counted. One
+source adds a term (``MACS_SE_SCALE``): MobileNetV3's Table 3 reproduces only with the
+squeeze-excite gates' channel-scale multiplies (x * g, one per gated element) counted too.
 
 Notes on the less obvious rows:
 
@@ -40,11 +42,17 @@ from dataclasses import dataclass
 
 from ..nn import BatchNorm2d, Conv2d, Linear, Module
 
-#: the multiply-add convention of every source
+#: the multiply-add convention of every source (but one)
 MACS = (
     "multiply-adds = multiply-accumulates of conv and FC layers per image "
     "(conv: H_out*W_out*C_out*(C_in/groups)*kh*kw; FC: in*out); "
     "BN, bias adds, activations, pooling and residual adds are not counted"
+)
+
+#: [V3] Table 3's: MACS plus the SE gates' channel-scale multiplies
+MACS_SE_SCALE = (
+    "macs + the channel-scale multiplies of squeeze-excite gates (y = x * g: one multiply per "
+    "element of x), the convention that reproduces [V3] Table 3"
 )
 
 

@@ -26,12 +26,14 @@ from decimal import Decimal
 SOURCES = {
     "V1": "Howard et al. 2017, MobileNets, arXiv 1704.04861",
     "V2": "Sandler et al. 2018, MobileNetV2, arXiv 1801.04381",
+    "V3": "Howard et al. 2019, Searching for MobileNetV3, arXiv 1905.02244",
     "slim-V1": "tensorflow/models research/slim/nets/mobilenet_v1.md (checkpoint table)",
     "slim-V2": "tensorflow/models research/slim/nets/mobilenet/README.md (checkpoint table)",
+    "slim-V3": "tensorflow/models research/slim/nets/mobilenet/README.md (V3 checkpoint table)",
     "keras-table-old": "keras-io templates/api/applications/index.md (exact parameter counts)",
     "keras-table-new": "Keras Applications documentation (current table, rounded)",
     "tf-keras-doc": "tf.compat.v1.keras.applications.mobilenet docstring (TF r2.2/r2.4)",
-    "tv": "torchvision docs / MobileNet_V2_Weights metadata",
+    "tv": "torchvision docs / MobileNet_V2_Weights and MobileNet_V3_*_Weights metadata",
     "timm-res": "pytorch-image-models results/results-imagenet.csv",
     "timm-card": "timm model cards <model>.in1k",
     "GN": "Han et al. 2020, GhostNet, arXiv 1911.11907 (Table 8 via secondary sources)",
@@ -84,7 +86,7 @@ class PaperRow:
     """One published number.
 
     ``quantity``: "params" (under ``convention``), "macs" (conv + FC mult-adds per image),
-    "conv_macs" (conv layers only), "macs_pct:<kind>" / "weights_pct:<kind>" (share of the total
+    "conv_macs" (conv layers only), "macs_se_scale" (macs + the SE gates' x * g multiplies), "macs_pct:<kind>" / "weights_pct:<kind>" (share of the total
     for one ``summary.layer_kind``), "depthwise_layers", "macs_ratio" / "macs_saving_pct" (this
     config against ``reference``; ``formula`` names the closed form in ``verify.FORMULAS``).
     ``published``: as printed, in ``unit`` ("", "%", "M", "G").
@@ -397,6 +399,48 @@ def _v2_rows() -> list[PaperRow]:
     ]  # fmt: skip
 
 
+def _v3_rows() -> list[PaperRow]:
+    """[V3] Table 3 (ImageNet, 224 px) and the TF release's checkpoint table.
+
+    The paper's networks are TensorFlow's: at 0.75 the widths follow TF's rule (expansions scaled
+    from each block's input, the head kept at 1280 / 1024), which ``keras_style=True`` builds; at
+    1.0 it is torchvision's network too. Its MAdds count the SE gates' channel-scale multiplies
+    (``macs_se_scale``): plain conv + FC mult-adds give 43.4 M for Small 0.75 (printed 44), and
+    counting the h-swish as well would overshoot Large 0.75 (156.3 M, printed 155)."""
+    rows = []
+    for arch, width, macs, params, unconfirmed in (
+        ("large", 1.0, "219", "5.4", False), ("large", 0.75, "155", "4.0", False),
+        ("small", 1.0, "56", "2.5", False), ("small", 0.75, "44", "2.0", True),
+    ):  # fmt: skip
+        config = _cfg(f"mobilenet_v3_{arch}", width, keras_style=True)
+        name, key = f"MobileNetV3-{arch.title()} {width}", f"V3-T3-{arch}-{width:g}"
+        erratum = None
+        if (arch, width) == ("large", 1.0):
+            erratum = Erratum(
+                "the TF release prints 217 M for this network; no counting of the h-swish or SE "
+                "operations gives 219 M together with the table's other rows (h-swish added: "
+                "218.7 M here, but 156.3 M for Large 0.75, printed 155)",
+                "[V3] Table 3 against the [slim-V3] checkpoint table (same network, two numbers)",
+                corrected="217",
+            )
+        rows += [
+            PaperRow(f"{key}-macs", "V3", "Table 3", name, config, "macs_se_scale", macs,
+                     erratum=erratum, unconfirmed=unconfirmed),
+            PaperRow(f"{key}-params", "V3", "Table 3", name, config, "params", params,
+                     convention="trainable", unconfirmed=unconfirmed),
+        ]  # fmt: skip
+    for width, macs, params in ((1.0, "217", "5.4"), (0.75, "155", "4.0")):
+        config = _cfg("mobilenet_v3_large", width, classes=1001, keras_style=True)
+        name = f"v3-large_224_{width:g}_float"
+        rows += [
+            PaperRow(f"slim-V3-large-{width:g}-macs", "slim-V3", "checkpoint table", name,
+                     config, "macs", macs),
+            PaperRow(f"slim-V3-large-{width:g}-params", "slim-V3", "checkpoint table", name,
+                     config, "params", params, convention="slim"),
+        ]  # fmt: skip
+    return rows
+
+
 def _slim_v2_rows() -> list[PaperRow]:
     """[slim-V2] "Mobilenet V2 Imagenet Checkpoints", all 22 rows."""
     table = (
@@ -439,6 +483,10 @@ def _framework_rows() -> list[PaperRow]:
         ("keras-table-old", "Keras VGG16", _cfg("vgg16"), "138,357,544", "keras"),
         ("keras-table-new", "Keras VGG16", _cfg("vgg16"), "138.4", "keras"),
         ("tv", "torchvision mobilenet_v2 num_params", V2, "3,504,872", "trainable"),
+        ("tv", "torchvision mobilenet_v3_large num_params", _cfg("mobilenet_v3_large"),
+         "5,483,032", "trainable"),
+        ("tv", "torchvision mobilenet_v3_small num_params", _cfg("mobilenet_v3_small"),
+         "2,542,856", "trainable"),
         ("timm-res", "mobilenetv1_100", V1, "4.23", "trainable"),
         ("timm-res", "mobilenetv2_100", V2, "3.50", "trainable"),
         ("timm-res", "mobilenetv2_140", _cfg("mobilenet_v2", 1.4), "6.11", "trainable"),
@@ -471,6 +519,12 @@ def _framework_rows() -> list[PaperRow]:
     rows += [
         PaperRow("tv-mobilenet_v2-gmacs", "tv", "GFLOPS (_ops 0.301)",
                  "torchvision mobilenet_v2 (its 'GFLOPS' are GMACs)", V2, "macs", "0.301", "G"),
+        PaperRow("tv-mobilenet_v3_large-gmacs", "tv", "GFLOPS (_ops 0.217)",
+                 "torchvision mobilenet_v3_large", _cfg("mobilenet_v3_large"), "macs", "0.217",
+                 "G"),
+        PaperRow("tv-mobilenet_v3_small-gmacs", "tv", "GFLOPS (_ops 0.057)",
+                 "torchvision mobilenet_v3_small", _cfg("mobilenet_v3_small"), "macs", "0.057",
+                 "G"),
         PaperRow("tf-keras-doc-mobilenet-macs", "tf-keras-doc", "docstring",
                  "MobileNet 1.0-224 (the docstring prints 529 for every resolution)", V1, "macs",
                  "529",
@@ -566,7 +620,7 @@ def _seed_rows() -> list[PaperRow]:
 
 #: every published number, in the order ``verify`` prints them
 ROWS: tuple[PaperRow, ...] = tuple(
-    _v1_rows() + _slim_v1_rows() + _v2_rows() + _slim_v2_rows() + _framework_rows()
+    _v1_rows() + _slim_v1_rows() + _v2_rows() + _slim_v2_rows() + _v3_rows() + _framework_rows()
     + _ghostnet_rows() + _seed_rows()
 )  # fmt: skip
 

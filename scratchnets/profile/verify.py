@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import models
-from ..models.blocks import make_divisible
+from ..models.blocks import SqueezeExcite, make_divisible
 from ..nn import (
     AdaptiveAvgPool2d,
     BatchNorm2d,
@@ -42,7 +42,7 @@ from ..nn import (
     Sequential,
 )
 from ..nn.init import skip_init
-from .conventions import CONVENTIONS, MACS, count_params
+from .conventions import CONVENTIONS, MACS, MACS_SE_SCALE, count_params
 from .papers import SOURCES, V1_TABLE1, V2_TABLE2, ModelConfig, PaperRow, SeedEntry
 from .summary import Summary, summary
 from .tables import markdown_table, millions, text_table, thousands
@@ -232,6 +232,14 @@ class Counter:
             self._summaries[config] = summary(model, shape, name=config.label())
         return self._summaries[config]
 
+    def _se_scale_multiplies(self, config: ModelConfig) -> int:
+        """The elements the squeeze-excite gates of ``config``'s model scale, per image: each
+        SE module's own multiply (x * g) in the summary."""
+        se_modules = {name for name, module in self.model(config)[0].named_modules()
+                      if isinstance(module, SqueezeExcite)}  # fmt: skip
+        return sum(row.other_ops.get("elementwise", 0) for row in self.summary(config).rows
+                   if row.name in se_modules and row.type == "mul")  # fmt: skip
+
     def count(self, row: PaperRow, config: ModelConfig | None = None, quantity: str | None = None):
         """The row's quantity for ``config`` (default the row's), in base units."""
         config, quantity = config or row.config, quantity or row.quantity
@@ -242,6 +250,8 @@ class Counter:
             return float(s.total_macs)
         if quantity == "conv_macs":
             return float(s.total_macs - s.macs_by_kind().get("fully connected", 0))
+        if quantity == "macs_se_scale":
+            return float(s.total_macs + self._se_scale_multiplies(config))
         if quantity == "depthwise_layers":
             return float(sum(1 for r in s.rows if r.kind.startswith("depthwise")))
         if quantity.startswith("macs_pct:"):
@@ -501,7 +511,7 @@ TOLERANCE = (
 
 
 def legend() -> str:
-    lines = ["Conventions:", f"  macs: {MACS}"]
+    lines = ["Conventions:", f"  macs: {MACS}", f"  macs_se_scale: {MACS_SE_SCALE}"]
     lines += [f"  {c.key}: {c.label} [{c.sources}]" for c in CONVENTIONS.values()]
     lines += ["Tolerance: " + TOLERANCE, "Sources:"]
     lines += [f"  [{key}] {text}" for key, text in SOURCES.items()]
@@ -524,8 +534,8 @@ def _cells(results: list[VerifiedRow]) -> tuple[list[str], list[list[str]], set[
 
 
 #: arXiv ids of the papers among ``papers.SOURCES`` (also in the sources' legend)
-ARXIV = {"V1": "1704.04861", "V2": "1801.04381", "GN": "1911.11907", "GNv2": "2211.12905",
-         "GNv3": "2404.11202"}  # fmt: skip
+ARXIV = {"V1": "1704.04861", "V2": "1801.04381", "V3": "1905.02244", "GN": "1911.11907",
+         "GNv2": "2211.12905", "GNv3": "2404.11202"}  # fmt: skip
 #: the text report's width (``--wide``: the published numbers one line per row, ~240 wide)
 WIDTH = 120
 #: the narrow table's "What" column: the description, config and quantity wrapped to this width
@@ -739,7 +749,11 @@ def render_json(results: list[VerifiedRow], seeds: Sequence[SeedResult] = ()) ->
                     "total": 2 * len(seeds),
                 },  # fmt: skip
             },
-            "conventions": {"macs": MACS, **{c.key: c.label for c in CONVENTIONS.values()}},
+            "conventions": {
+                "macs": MACS,
+                "macs_se_scale": MACS_SE_SCALE,
+                **{c.key: c.label for c in CONVENTIONS.values()},
+            },
             "tolerance": TOLERANCE,
             "sources": SOURCES,
         },
