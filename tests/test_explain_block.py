@@ -21,6 +21,8 @@ BLOCKS = [
     ("mobilenet_v1", "blocks.0", ["conv2d 3x3 depthwise", "conv2d 1x1", "relu6"]),
     ("mobilenet_v2", "features.2", ["conv2d 3x3 depthwise stride 2", "relu6"]),  # no residual
     ("mobilenet_v2", "features.3", ["conv2d 3x3 depthwise", "add"]),  # inverted residual
+    ("mobilenet_v3_small", "features.5",  # h-swish + SE inverted residual
+     ["conv2d 5x5 depthwise", "hard_swish", "global_avg_pool2d", "hard_sigmoid", "mul", "add"]),
     ("ghostnet_100", "blocks.3.0.ghost1", ["concat", "slice"]),  # ghost module
     ("ghostnet_100", "blocks.3.0.se", ["mul"]),  # squeeze-excite gate
     ("ghostnet_100", "blocks.3.0", ["concat", "mul", "add"]),  # bottleneck with SE and shortcut
