@@ -36,15 +36,23 @@ BLAS = {"env": {}, "haswell": {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE
 
 def model_and_twin(name: str, backend: str, seed: int):
     """The float32 model of draw ``seed``, its float64 twin and the input shape ``(N, 3, S, S)``,
-    as the test suite builds them (tests/test_models_mobilenet.py, tests/test_models_ghostnet.py)."""
+    as the test suite builds them (tests/test_models_mobilenet.py, test_models_mobilenet_v3.py,
+    test_models_ghostnet.py)."""
+    import importlib
+
     import numpy as np
 
     if name.startswith("mobilenet"):
         from tests.model_twins import torch_twin
-        from tests.test_models_mobilenet import PARITY_CASES, make_model
 
-        _, width, size, classes = next(c for c in PARITY_CASES if c[0] == name)
-        model = make_model(name, width, classes, np.float32, backend, seed=seed)
+        suite = (
+            "test_models_mobilenet_v3"
+            if name.startswith("mobilenet_v3")
+            else "test_models_mobilenet"
+        )
+        tests = importlib.import_module(f"tests.{suite}")
+        _, width, size, classes = next(c for c in tests.PARITY_CASES if c[0] == name)
+        model = tests.make_model(name, width, classes, np.float32, backend, seed=seed)
         return model, torch_twin(name, classes, width), (2, 3, size, size)
     from tests.test_models_ghostnet import F32_BATCH, SIZES, WIDTH, ghostnet_twin, make_model
 
@@ -93,9 +101,10 @@ def tally(log: Path) -> str:
             cell[1] += 1
             key = f"{r['blas']} {r['backend']}/{r['model']} draw {r['seed']}"
             cell[2] = max(cell[2], ratios.get(key, 0.0))
-    rows = [f"{'model':<16} {'backend':<10} {'blas':<8} {'passed / run':>12}  worst ratio"]
+    width = max([16] + [len(m) + 1 for m, _, _ in counts])
+    rows = [f"{'model':<{width}} {'backend':<10} {'blas':<8} {'passed / run':>12}  worst ratio"]
     rows += [
-        f"{m:<16} {b:<10} {s:<8} {f'{p} / {n}':>12}  {w:.1f}"
+        f"{m:<{width}} {b:<10} {s:<8} {f'{p} / {n}':>12}  {w:.1f}"
         for (m, b, s), (p, n, w) in sorted(counts.items())
     ]
     return "\n".join(rows)

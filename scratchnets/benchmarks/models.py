@@ -3,16 +3,16 @@
 For every model of ``scratchnets.models`` (or the ``--models`` given), at ``--resolution`` and
 ``--batch``, float32:
 
-* **inference**: one eval-mode forward pass: ours runs its eval fast path (BN folded, ReLU6
-  fused, ``models.fuse.EvalFastPath``), torch under ``no_grad``;
+* **inference**: one eval-mode forward pass: ours runs its eval fast path (BN folded, ReLU6 /
+  h-swish fused, ``models.fuse.EvalFastPath``), torch under ``no_grad``;
 * **training step**: train-mode forward, softmax cross-entropy on random labels, backward, and an
   SGD update (lr 0.001, momentum 0.9) of every parameter.
 
 Each is timed as the median of ``--repeat`` runs after a warm-up run (which also compiles the
 numba kernels), on scratchnets' ``--backend`` and, with ``--compare-torch``, on its PyTorch twin
-(torchvision ``mobilenet_v2``/``vgg16``, timm ``mobilenetv1_100``, ``ghostnet_100``,
-``ghostnetv2_100``, ``ghostnetv3_100``, ``legacy_xception``) holding the same weights, on the same
-device. Before timing, our eval logits are checked against the twin's.
+(torchvision ``mobilenet_v2`` / ``mobilenet_v3_large`` / ``mobilenet_v3_small`` / ``vgg16``, timm
+``mobilenetv1_100``, ``ghostnet_100``, ``ghostnetv2_100``, ``ghostnetv3_100``,
+``legacy_xception``) holding the same weights, on the same device. Before timing, our eval logits are checked against the twin's.
 
 Throughput is images/s; achieved GFLOP/s counts 2 FLOPs per multiply-add of the conv and linear
 layers (``scratchnets.profile.summary``) and, for a training step, 3x the forward's (the backward
