@@ -112,9 +112,9 @@ def test_squeeze_excitation_children_are_torchvisions():
     assert (se.fc1.out_channels, se.fc2.out_channels) == (8, 16)  # make_divisible(16 // 4, 8)
 
 
-def _timm_model(arch: str, classes: int) -> torch.nn.Module:
-    """timm's own MobileNetV3 in float32 with random BN affine parameters and statistics."""
-    model = timm.create_model(f"mobilenetv3_{arch}_100", num_classes=classes).float().eval()
+def _timm_model(name: str, classes: int) -> torch.nn.Module:
+    """timm's own model ``name`` in float32 with random BN affine parameters and statistics."""
+    model = timm.create_model(name, num_classes=classes).float().eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in model.modules():
@@ -126,27 +126,54 @@ def _timm_model(arch: str, classes: int) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
-@pytest.mark.parametrize("arch", ["large", "small"])
-def test_timm_files_load_renamed_with_timms_numerics(tmp_path, arch, fmt):
-    twin = _timm_model(arch, 5)
-    path = tmp_path / f"mobilenetv3_{arch}_100.{fmt}"
+def _save(twin: torch.nn.Module, path, fmt: str) -> None:
     if fmt == "pth":
         torch.save(twin.state_dict(), path)
     else:  # safetensors sorts its names: the renaming must not depend on their order
         sn.models.save_checkpoint({k: v.numpy() for k, v in twin.state_dict().items()}, path)
+
+
+def _assert_same_logits(model, twin, key: str, size: int = 64) -> None:
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x)).numpy()
+    err = record_error(key, model(x), expected)
+    assert err <= 1e-5 * np.max(np.abs(expected)), err
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+@pytest.mark.parametrize("arch", ["large", "small"])
+def test_timm_files_load_renamed_with_timms_numerics(tmp_path, arch, fmt):
+    twin = _timm_model(f"mobilenetv3_{arch}_100", 5)
+    path = tmp_path / f"mobilenetv3_{arch}_100.{fmt}"
+    _save(twin, path, fmt)
     model = sn.models.load_pretrained(path)
     assert model.pretrained_cfg["architecture"] == f"mobilenet_v3_{arch}"
     assert model.pretrained_cfg["source"] == "timm"
     assert model.pretrained_cfg["num_classes"] == 5
+    assert model.style == "timm"
     assert all(m.eps == 1e-5 for m in model.modules() if isinstance(m, BatchNorm2d))
-    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    with torch.no_grad():
-        expected = twin(torch.from_numpy(x)).numpy()
-    err = record_error(f"timm mobilenetv3_{arch}_100 file logits", model(x), expected)
-    assert err <= 1e-5 * np.max(np.abs(expected)), err
+    _assert_same_logits(model, twin, f"timm mobilenetv3_{arch}_100 file logits")
     named = sn.models.load_pretrained(path, f"mobilenetv3_{arch}_100")  # timm's name, an alias
+    x = np.ones((1, 3, 40, 40), np.float32)
     np.testing.assert_array_equal(named(x), model(x))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "size"),
+    [("mobilenetv3_large_075", {}, 64), ("tf_mobilenetv3_small_075", {"keras_style": True}, 57)],
+)
+def test_timm_files_at_width_075_load_with_tf_widths(tmp_path, name, options, size):
+    """timm's 0.75 models have TF's widths (3,993,528 parameters for Large, not torchvision's
+    3,377,576); its tf_ ports of Google's checkpoints also have TF's "same" padding and BN
+    epsilon 1e-3, which keras_style=True gives (the file cannot say)."""
+    twin = _timm_model(name, 4)
+    path = tmp_path / f"{name}.pth"
+    _save(twin, path, "pth")
+    model = sn.models.load_pretrained(path, **options)
+    assert model.pretrained_cfg["width_mult"] == 0.75
+    assert sum(p.data.size for p in model.parameters()) == sum(p.numel() for p in twin.parameters())
+    _assert_same_logits(model, twin, f"timm {name} file logits", size)
 
 
 def test_a_file_of_the_other_size_names_what_it_is(tmp_path):

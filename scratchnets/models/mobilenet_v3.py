@@ -18,32 +18,32 @@ the classifier. A bneck, k -> k' channels, expansion width e:
     + x                                  only when s = 1 and k = k'
 
 NL is ReLU ("RE") or h-swish ("HS": x * relu6(x + 3) / 6, [V3] §5.2); the SE gate is the hard
-sigmoid relu6(x + 3) / 6. BN epsilon 1e-3, momentum 0.01 (torchvision's; timm's own build uses
-1e-5 / 0.1, which ``load_pretrained`` sets for a timm file, or ``bn_eps=1e-5, bn_momentum=0.1``).
+sigmoid relu6(x + 3) / 6. Parameters at alpha = 1: Large 5,483,032, Small 2,542,856.
 
-Width multiplier alpha (torchvision): every bneck's input, expansion and output width, and the
-head's 1280 / 1024, become ``make_divisible(c * alpha, 8)``; the last conv is 6x the last bneck
-output. Parameters at alpha = 1: Large 5,483,032, Small 2,542,856 (torchvision's counts).
+The three sources build the same network at alpha = 1 and differ in their numerics and in how a
+width multiplier alpha scales it; ``style`` picks one (the parameter names stay torchvision's):
 
-``keras_style=True`` reproduces ``keras.applications.MobileNetV3Large`` / ``Small`` (and the
-TensorFlow models the paper's Table 3 describes; the parameter names stay torchvision's):
-
-* TF's width rule: the stem stays 16; a bneck's expansion is ``make_divisible(k * ratio)`` with
-  k its (scaled) input width and ratio the table's expansion / input at width 1 (4.5 for 72 / 16,
-  2.3 for 184 / 80); the head keeps 1280 / 1024 unless alpha > 1 (``finegrain_classification``).
-  At alpha = 1 the widths are torchvision's; at 0.75 they are not (Large 3,993,528 parameters
-  against torchvision's 3,377,576);
-* TensorFlow "same" padding (``Conv2dSame``) on the stem and the depthwise convs: a stride-2
-  conv on an even-sized map pads the bottom / right only;
-* BN epsilon 1e-3 and moving-average momentum 0.999 (PyTorch convention: 0.001).
-
-Keras' own preprocessing (its ``Rescaling`` layer, x / 127.5 - 1) is not part of the model.
+* "torchvision" (default): every bneck's input, expansion and output width, the stem and the
+  head's 1280 / 1024 become ``make_divisible(c * alpha, 8)``; PyTorch's symmetric padding; BN
+  epsilon 1e-3, momentum 0.01.
+* "keras" (``keras_style=True``, as for MobileNetV2): ``keras.applications.MobileNetV3Large`` /
+  ``Small``, and the TensorFlow models of the paper's Table 3. TF's width rule: the stem stays
+  16; a bneck's expansion is ``make_divisible(k * ratio)`` with k its (scaled) input width and
+  ratio the table's expansion / input at width 1 (4.5 for 72 / 16, 2.3 for 184 / 80); the head
+  keeps 1280 / 1024 unless alpha > 1 (TF's ``finegrain_classification_mode``). At 0.75 Large has
+  3,993,528 parameters against torchvision's 3,377,576. TensorFlow "same" padding
+  (``Conv2dSame``) on the stem and the depthwise convs (a stride-2 conv on an even-sized map pads
+  the bottom / right only); BN epsilon 1e-3, moving-average momentum 0.999 (PyTorch convention:
+  0.001). Keras' preprocessing layer (x / 127.5 - 1) is not part of the model.
+* "timm": timm's ``mobilenetv3_*`` (``load_pretrained`` picks it for a timm file): TF's width
+  rule (the stem scaled only for alpha > 1), symmetric padding, BN epsilon 1e-5, momentum 0.1.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -106,6 +106,24 @@ HEAD_CHANNELS = {"large": 1280, "small": 1024}
 STAGES = {"large": LARGE_STAGES, "small": SMALL_STAGES}
 
 
+@dataclass(frozen=True)
+class Numerics:
+    """What a source's build of MobileNetV3 changes: its width rule (TF's, or torchvision's
+    everything-scaled), its padding (``Conv2dSame``: TF's "same") and its BN."""
+
+    tf_widths: bool
+    conv_type: type[Conv2d]
+    bn_eps: float
+    bn_momentum: float  # PyTorch's convention: the weight of the new batch statistic
+
+
+STYLES = {
+    "torchvision": Numerics(False, Conv2d, 1e-3, 0.01),
+    "keras": Numerics(True, Conv2dSame, 1e-3, 1e-3),
+    "timm": Numerics(True, Conv2d, 1e-5, 0.1),
+}
+
+
 class SqueezeExcitation(SqueezeExcite):
     """torchvision's ``SqueezeExcitation`` as MobileNetV3 configures it: ``blocks.SqueezeExcite``
     under the child names ``fc1``, ``activation``, ``fc2``, ``scale_activation``, with
@@ -164,8 +182,9 @@ class MobileNetV3(EvalFastPath, Sequential):
     ``arch``: "large" or "small". Children: ``features`` (stem ConvBNAct, the bnecks, 1x1
     ConvBNAct), ``avgpool`` (global average + flatten), ``classifier`` (Linear, Hardswish,
     Dropout, Linear: ``classifier.0`` / ``classifier.3`` as in torchvision). ``rng`` (a Generator
-    or a seed) drives the initialisation (torchvision's). ``keras_style``: Keras' widths,
-    padding and BN (see the module docstring); ``bn_eps`` / ``bn_momentum`` override either's BN.
+    or a seed) drives the initialisation (torchvision's). ``style``: whose widths, padding and
+    BN ("torchvision", "keras", "timm": see the module docstring); ``keras_style=True`` is
+    ``style="keras"`` whatever ``style`` says.
     """
 
     def __init__(
@@ -174,28 +193,30 @@ class MobileNetV3(EvalFastPath, Sequential):
         num_classes: int = 1000,
         width_mult: float = 1.0,
         dropout: float = 0.2,
+        style: str = "torchvision",
         keras_style: bool = False,
-        bn_eps: float | None = None,
-        bn_momentum: float | None = None,
         rng: np.random.Generator | int | None = None,
     ):
         if arch not in STAGES:
             raise ValueError(f"arch must be one of {sorted(STAGES)}, got {arch!r}")
-        rng = np.random.default_rng(rng)
-        bn = {"eps": 1e-3, "momentum": 1e-3 if keras_style else 0.01}
-        bn |= {k: v for k, v in (("eps", bn_eps), ("momentum", bn_momentum)) if v is not None}
-        conv_type = Conv2dSame if keras_style else Conv2d
+        style = "keras" if keras_style else style
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {list(STYLES)}, got {style!r}")
+        numerics, rng = STYLES[style], np.random.default_rng(rng)
+        bn = {"eps": numerics.bn_eps, "momentum": numerics.bn_momentum}
+        conv_type = numerics.conv_type
         bn_kw = {"bn_eps": bn["eps"], "bn_momentum": bn["momentum"], "rng": rng}
 
         def scaled(c: int) -> int:
             return make_divisible(c * width_mult)
 
         def expansion(in_channels: int, base_in: int, expanded: int) -> int:
-            if keras_style:  # TF: the ratio to the block's input, applied to the scaled input
+            if numerics.tf_widths:  # the ratio to the block's input, applied to the scaled input
                 return make_divisible(in_channels * (expanded / base_in))
             return scaled(expanded)
 
-        channels = STEM_CHANNELS if keras_style else scaled(STEM_CHANNELS)
+        fixed_stem = numerics.tf_widths and (style == "keras" or width_mult <= 1)
+        channels = STEM_CHANNELS if fixed_stem else scaled(STEM_CHANNELS)
         features = [ConvBNAct(3, channels, 3, 2, act="hardswish", conv_type=conv_type, **bn_kw)]
         base_in = STEM_CHANNELS  # the block's input width at alpha = 1
         for stage in STAGES[arch]:
@@ -209,7 +230,7 @@ class MobileNetV3(EvalFastPath, Sequential):
         last_conv = 6 * channels
         features.append(ConvBNAct(channels, last_conv, 1, act="hardswish", **bn_kw))  # (N, 6k)
         head = HEAD_CHANNELS[arch]
-        head = scaled(head) if width_mult > 1 or not keras_style else head
+        head = scaled(head) if width_mult > 1 or not numerics.tf_widths else head
         super().__init__(
             {
                 "features": Sequential(*features),
@@ -222,7 +243,7 @@ class MobileNetV3(EvalFastPath, Sequential):
                 ),
             }
         )
-        self.arch, self.num_features, self.keras_style = arch, last_conv, keras_style
+        self.arch, self.num_features, self.style = arch, last_conv, style
         torchvision_init(self, rng, linear_std=0.01)
 
 
@@ -287,11 +308,11 @@ def _timm_block_key(state: dict, stage: int, index: int, rest: str, first: int) 
 
 
 def _from_timm(arch: str, state: dict) -> Translated | None:
-    """A timm file, renamed, with timm's BN (eps 1e-5, momentum 0.1) and preprocessing."""
+    """A timm file, renamed, built in timm's style, with timm's preprocessing."""
     renamed = timm_state_dict(state, arch)
     if renamed is None:
         return None
-    return Translated(renamed, {"bn_eps": 1e-5, "bn_momentum": 0.1}, timm_preprocessing())
+    return Translated(renamed, {"style": "timm"}, timm_preprocessing())
 
 
 def _cfg(arch: str) -> ModelCfg:
@@ -303,13 +324,13 @@ def _cfg(arch: str) -> ModelCfg:
 
 @register_model("mobilenet_v3_large", aliases=("mobilenetv3_large_100",), cfg=_cfg("large"))
 def mobilenet_v3_large(num_classes: int = 1000, width_mult: float = 1.0, **kwargs) -> MobileNetV3:
-    """MobileNetV3-Large with width ``width_mult``; kwargs: ``dropout`` (0.2), ``keras_style``,
-    ``bn_eps``, ``bn_momentum``, ``rng``."""
+    """MobileNetV3-Large with width ``width_mult``; kwargs: ``dropout`` (0.2), ``style``
+    ("torchvision", "keras", "timm"), ``keras_style``, ``rng``."""
     return MobileNetV3("large", num_classes, width_mult, **kwargs)
 
 
 @register_model("mobilenet_v3_small", aliases=("mobilenetv3_small_100",), cfg=_cfg("small"))
 def mobilenet_v3_small(num_classes: int = 1000, width_mult: float = 1.0, **kwargs) -> MobileNetV3:
-    """MobileNetV3-Small with width ``width_mult``; kwargs: ``dropout`` (0.2), ``keras_style``,
-    ``bn_eps``, ``bn_momentum``, ``rng``."""
+    """MobileNetV3-Small with width ``width_mult``; kwargs: ``dropout`` (0.2), ``style``
+    ("torchvision", "keras", "timm"), ``keras_style``, ``rng``."""
     return MobileNetV3("small", num_classes, width_mult, **kwargs)
