@@ -25,6 +25,8 @@ from tests.model_twins import randomize_bn
 MODELS = [
     ("mobilenet_v1", dict(width_mult=0.25), 48),
     ("mobilenet_v2", dict(width_mult=0.35), 48),
+    ("mobilenet_v3_large", dict(width_mult=0.35), 48),
+    ("mobilenet_v3_small", dict(width_mult=0.5, keras_style=True), 47),
     ("ghostnet_100", dict(width_mult=0.25), 48),
     ("ghostnetv2_100", dict(width_mult=0.25), 48),
     ("ghostnetv3_100", dict(width_mult=0.25), 48),
