@@ -20,6 +20,17 @@ settings.register_profile("thorough", max_examples=300, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+@pytest.fixture(scope="session")
+def keras():
+    """Keras 3 on its torch backend, the oracle of Keras numerics and files (the backend is read
+    once, at Keras' first import)."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"Keras runs on {keras.backend.backend()}, not torch")
+    return keras
+
+
 def pytest_terminal_summary(terminalreporter):
     """Print the largest relative error per op seen against torch (tests.helpers.record_error).
 

@@ -5,7 +5,6 @@ h-swish fused into the convs, and timm's files loading under their own names."""
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 
@@ -189,16 +188,6 @@ def test_a_file_of_the_other_size_names_what_it_is(tmp_path):
 
 
 # ------------------------------------------------------------------ Keras' MobileNetV3 numerics
-
-
-@pytest.fixture(scope="module")
-def keras():
-    """Keras 3 on its torch backend (the backend is read once, at Keras' first import)."""
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"Keras runs on {keras.backend.backend()}, not torch")
-    return keras
 
 
 def keras_weights_into(model, keras_model, rng: np.random.Generator) -> None:

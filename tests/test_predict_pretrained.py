@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import scratchnets as sn
-from scratchnets.models.labels import class_names, fit_to
+from scratchnets.models.labels import class_names, fit_to, imagenet_names
 from scratchnets.train.evaluate import predict_pretrained
 from tests.model_twins import timm, torch_twin, torchvision
 from tests.test_cli_errors import scratchnets
@@ -168,7 +168,7 @@ def test_predict_torchvision_weights_equals_the_torch_model(tmp_path):
             module.running_var.uniform_(0.5, 1.5, generator=generator)
     torch.save(twin.state_dict(), tmp_path / "mobilenet_v2.pth")
     results, info = predict_pretrained(tmp_path / "mobilenet_v2.pth", PHOTOS[:2], top=5)
-    assert info["source"] == "torchvision" and info["labels"] == "torchvision"
+    assert info["source"] == "torchvision" and info["labels"] == "ImageNet-1k class names"
     transforms = torchvision.transforms
     pipeline = transforms.Compose([
         transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
@@ -185,6 +185,14 @@ def test_predict_torchvision_weights_equals_the_torch_model(tmp_path):
         ours = np.array([t["probability"] for t in result["top"]])
         np.testing.assert_allclose(ours, probs[[t["index"] for t in result["top"]]], atol=1e-5)
         assert result["top"][0]["index"] == int(probs.argmax())
+
+
+def test_the_shipped_imagenet_names_are_torchvisions():
+    """The package's imagenet_classes.txt: 1000 names in class-index order, torchvision's list
+    (facts: the ImageNet-1k synsets' short names)."""
+    names = imagenet_names()
+    categories = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
+    assert names == list(categories) and len(names) == 1000 and names[254] == "pug"
 
 
 def test_label_lists_fit_the_1000_and_1001_class_conventions(tmp_path):
@@ -210,7 +218,7 @@ def test_label_lists_fit_the_1000_and_1001_class_conventions(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("predict", "--weights", "nothing.pth", "a.jpg"), "no checkpoint file at 'nothing.pth'"),
+        (("predict", "--weights", "nothing.pth", "a.jpg"), "no weight file at 'nothing.pth'"),
         (("predict", "only.npz"), "at least one IMAGE"),
         (("predict", "--weights", "w.pth", "a.jpg", "--top", "0"), "--top must be at least 1"),
         (("predict", "c.npz", "a.jpg", "--labels", "l.txt"), "--labels applies to --weights"),

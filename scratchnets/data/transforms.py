@@ -561,6 +561,8 @@ def pretrained_transforms(cfg: dict) -> Compose:
     - timm (``crop_pct``): shorter side to ``floor(size / crop_pct)``, centre crop ``size``, with
       the config's interpolation (bicubic for most);
     - TFLite (``crop == "centre square"``): the largest centred square resized to ``size x size``;
+    - Keras (``crop == "none"``): the whole image resized to ``size x size`` (its aspect ratio not
+      kept), as ``keras.utils.load_img(target_size=...)`` does;
 
     then ``Normalize(mean, std)`` (``[-1, 1]`` is mean = std = 0.5), or for a uint8 model
     (``dtype == "uint8"``) ``PixelsCHW``: the raw pixels. A config that says none of these gets
@@ -570,6 +572,8 @@ def pretrained_transforms(cfg: dict) -> Compose:
     interpolation = cfg.get("interpolation", "bilinear")
     if cfg.get("crop") == "centre square":
         steps = [CenterSquareCrop(), ResizeTo(size, interpolation)]
+    elif cfg.get("crop") == "none":
+        steps = [ResizeTo(size, interpolation)]
     else:
         if "crop_pct" in cfg:
             shorter = math.floor(size / float(cfg["crop_pct"]))

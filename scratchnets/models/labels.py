@@ -1,13 +1,14 @@
 """Class names for the outputs of published ImageNet models.
 
 ImageNet-1k models have 1000 outputs; Google's TF-slim / TFLite ones have 1001, output 0 being
-"background". The names are not shipped with scratchnets (they come with the weights): they are
-looked for, in order,
+"background". The names are looked for, in order,
 
 1. in the file the user names (``labels=``, ``predict --labels FILE``): one name per line;
 2. beside the weight file: ``labels.txt`` or ``imagenet_labels.txt`` (how Google's and Coral's
-   TFLite models are distributed);
-3. in torchvision, when it is installed (its ``_IMAGENET_CATEGORIES``, 1000 names).
+   TFLite models are distributed): a file's own labels win;
+3. in the list shipped with scratchnets, ``imagenet_classes.txt``: ImageNet-1k's 1000 class
+   names in class-index order, one a line, the short names torchvision uses ("pug", "tench";
+   tests/test_predict_pretrained.py checks it against torchvision's list).
 
 A 1000-name list serves a 1001-class model with "background" put first, and a 1001-name list
 (first line "background") a 1000-class model with that line dropped. When no list is found, or
@@ -33,12 +34,13 @@ def read_labels(path: str | Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _torchvision_names() -> list[str] | None:
-    try:
-        from torchvision.models._meta import _IMAGENET_CATEGORIES
-    except Exception:  # not installed, or unimportable beside this torch build
-        return None
-    return list(_IMAGENET_CATEGORIES)
+#: ImageNet-1k's class names, shipped as package data
+IMAGENET_CLASSES = Path(__file__).with_name("imagenet_classes.txt")
+
+
+def imagenet_names() -> list[str]:
+    """The 1000 ImageNet-1k class names, in class-index order."""
+    return read_labels(IMAGENET_CLASSES)
 
 
 def fit_to(names: list[str], num_classes: int) -> list[str] | None:
@@ -75,9 +77,7 @@ def class_names(
             path = Path(weights).parent / name
             if path.is_file():
                 candidates.append((read_labels(path), str(path)))
-    torchvision = _torchvision_names()
-    if torchvision is not None:
-        candidates.append((torchvision, "torchvision"))
+    candidates.append((imagenet_names(), "ImageNet-1k class names"))
     for names, source in candidates:
         fitted = fit_to(names, num_classes)
         if fitted is not None:

@@ -21,6 +21,17 @@ Width multiplier alpha: every channel count c becomes ``make_divisible(c * alpha
 ``round_channels``; alpha = 0.25 gives 8, 16, 32, ..., 256). Activation: ReLU6 as in timm and Keras
 (the paper says ReLU; pass ``act="relu"`` for it). 4,231,976 parameters at alpha = 1 (with BN
 gamma/beta and the FC bias; the paper's 4.2 M counts conv and FC weights only).
+
+``keras_style=True`` reproduces the numerics of ``keras.applications.MobileNet`` (the parameter
+names stay timm's):
+
+* widths ``int(c * alpha)``, truncated, with no rounding to a multiple of 8 (alpha = 0.25 gives
+  the same 8, 16, 32, ... as timm; alpha = 0.35 gives 11, 22, 44, ... where timm has 16, 24, ...);
+* the stem conv pads TF's "same" way (``Conv2dSame``); a stride-2 depthwise conv pads one row and
+  column at the bottom / right whatever the input size (Keras' ``ZeroPadding2D(((0, 1), (0, 1)))``
+  then "valid": on odd sizes this is not TF's "same");
+* BN epsilon 1e-3 and moving-average momentum 0.99 (PyTorch convention: 0.01); Keras' 1x1
+  ``conv_preds`` with bias on the pooled map is the Linear classifier.
 """
 
 from __future__ import annotations
@@ -28,7 +39,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..nn import Conv2d, Dropout, Linear, Sequential
-from .blocks import BatchNormAct2d, global_pool_flatten, make_divisible, timm_efficientnet_init
+from .blocks import (
+    BatchNormAct2d,
+    Conv2dSame,
+    global_pool_flatten,
+    make_divisible,
+    timm_efficientnet_init,
+)
 from .fuse import EvalFastPath
 from .registry import (
     INCEPTION_MEAN,
@@ -52,15 +69,26 @@ class DepthwiseSeparableConv(Sequential):
 
     bn_folds = (("conv_dw", "bn1"), ("conv_pw", "bn2"))
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, act: str, rng=None):
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, act: str, rng=None, *,
+        dw_padding=1, bn: dict | None = None,
+    ):  # fmt: skip
+        bn = bn or {}
         super().__init__(
             {
                 "conv_dw": Conv2d(
-                    in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False, rng=rng
-                ),
-                "bn1": BatchNormAct2d(in_channels, act),
+                    in_channels,
+                    in_channels,
+                    3,
+                    stride,
+                    dw_padding,
+                    groups=in_channels,
+                    bias=False,
+                    rng=rng,
+                ),  # fmt: skip
+                "bn1": BatchNormAct2d(in_channels, act, **bn),
                 "conv_pw": Conv2d(in_channels, out_channels, 1, bias=False, rng=rng),
-                "bn2": BatchNormAct2d(out_channels, act),
+                "bn2": BatchNormAct2d(out_channels, act, **bn),
             }
         )
 
@@ -71,6 +99,7 @@ class MobileNetV1(EvalFastPath, Sequential):
     Children: ``conv_stem``, ``bn1``, ``blocks`` (stages of DepthwiseSeparableConv),
     ``global_pool``, optionally ``head_drop`` (dropout before the classifier when
     ``drop_rate > 0``), ``classifier``. ``rng`` (a Generator or a seed) drives the initialisation.
+    ``keras_style``: Keras' widths, padding and BN (see the module docstring).
     """
 
     bn_folds = (("conv_stem", "bn1"),)
@@ -81,21 +110,31 @@ class MobileNetV1(EvalFastPath, Sequential):
         width_mult: float = 1.0,
         act: str = "relu6",
         drop_rate: float = 0.0,
+        keras_style: bool = False,
         rng: np.random.Generator | int | None = None,
     ):
         rng = np.random.default_rng(rng)
-        channels = make_divisible(STEM_CHANNELS * width_mult)
+
+        def width(c: int) -> int:
+            return int(c * width_mult) if keras_style else make_divisible(c * width_mult)
+
+        bn = {"eps": 1e-3, "momentum": 0.01} if keras_style else {}
+        stem = Conv2dSame if keras_style else Conv2d
+        channels = width(STEM_CHANNELS)
         layers = {
-            "conv_stem": Conv2d(3, channels, 3, 2, 1, bias=False, rng=rng),  # (N, 32a, H/2, W/2)
-            "bn1": BatchNormAct2d(channels, act),
+            "conv_stem": stem(3, channels, 3, 2, 1, bias=False, rng=rng),  # (N, 32a, H/2, W/2)
+            "bn1": BatchNormAct2d(channels, act, **bn),
         }
         stages = []
         for c, n, s in STAGES:
-            out_channels = make_divisible(c * width_mult)
+            out_channels = width(c)
             blocks = []
             for i in range(n):
                 stride = s if i == 0 else 1
-                blocks.append(DepthwiseSeparableConv(channels, out_channels, stride, act, rng))
+                # Keras: stride 2 pads (top, bottom, left, right) = (0, 1, 0, 1), then "valid"
+                dw_padding = (0, 1, 0, 1) if keras_style and stride == 2 else 1
+                blocks.append(DepthwiseSeparableConv(channels, out_channels, stride, act, rng,
+                                                     dw_padding=dw_padding, bn=bn))  # fmt: skip
                 channels = out_channels
             stages.append(Sequential(*blocks))
         layers["blocks"] = Sequential(*stages)  # (N, 1024a, H/32, W/32)
@@ -104,14 +143,26 @@ class MobileNetV1(EvalFastPath, Sequential):
             layers["head_drop"] = Dropout(drop_rate)
         layers["classifier"] = Linear(channels, num_classes, rng=rng)  # (N, num_classes)
         super().__init__(layers)
-        self.num_features = channels
+        self.num_features, self.keras_style = channels, keras_style
         timm_efficientnet_init(self, rng)
+
+
+def keras_layer_names(model: MobileNetV1) -> list[str]:
+    """The names ``keras.applications.MobileNet`` gives the layers that hold our conv, BN and
+    classifier weights, in our module order (its 1x1 ``conv_preds`` is our classifier)."""
+    blocks = [block for stage in model.blocks for block in stage]
+    names = ["conv1", "conv1_bn"]
+    for i in range(1, len(blocks) + 1):
+        names += [f"conv_dw_{i}", f"conv_dw_{i}_bn", f"conv_pw_{i}", f"conv_pw_{i}_bn"]
+    return [*names, "conv_preds"]
 
 
 @register_model("mobilenet_v1", aliases=("mobilenetv1_100", "mobilenetv1"), cfg=ModelCfg(
     preprocessing=timm_preprocessing(mean=INCEPTION_MEAN, std=INCEPTION_STD),
     twin=("timm", "mobilenetv1_100"), paper="arXiv:1704.04861", benchmarked=True, mobile=True,
+    keras_layers=keras_layer_names,
 ))  # fmt: skip
 def mobilenet_v1(num_classes: int = 1000, width_mult: float = 1.0, **kwargs) -> MobileNetV1:
-    """MobileNetV1 with width multiplier ``width_mult``; kwargs: ``act``, ``drop_rate``, ``rng``."""
+    """MobileNetV1 with width multiplier ``width_mult``; kwargs: ``act``, ``drop_rate``,
+    ``keras_style``, ``rng``."""
     return MobileNetV1(num_classes, width_mult, **kwargs)

@@ -174,9 +174,21 @@ class MobileNetV2(EvalFastPath, Sequential):
         torchvision_init(self, rng, linear_std=0.01)
 
 
+def keras_layer_names(model: MobileNetV2) -> list[str]:
+    """The names ``keras.applications.MobileNetV2`` gives the layers that hold our conv, BN and
+    classifier weights, in our module order."""
+    names = ["Conv1", "bn_Conv1", "expanded_conv_depthwise", "expanded_conv_depthwise_BN",
+             "expanded_conv_project", "expanded_conv_project_BN"]  # fmt: skip
+    for i in range(1, len(model.features) - 2):
+        for op in ("expand", "depthwise", "project"):
+            names += [f"block_{i}_{op}", f"block_{i}_{op}_BN"]
+    return [*names, "Conv_1", "Conv_1_bn", "predictions"]
+
+
 @register_model("mobilenet_v2", aliases=("mobilenetv2",), cfg=ModelCfg(
     preprocessing=torchvision_preprocessing(), classifier="classifier.1.weight",
     twin=("torchvision", "mobilenet_v2"), paper="arXiv:1801.04381", benchmarked=True, mobile=True,
+    keras_layers=keras_layer_names,
 ))  # fmt: skip
 def mobilenet_v2(num_classes: int = 1000, width_mult: float = 1.0, **kwargs) -> MobileNetV2:
     """MobileNetV2 with width multiplier ``width_mult``; kwargs: ``dropout``, ``keras_style``,

@@ -315,11 +315,29 @@ def _from_timm(arch: str, state: dict) -> Translated | None:
     return Translated(renamed, {"style": "timm"}, timm_preprocessing())
 
 
+def keras_layer_names(model: MobileNetV3) -> list[str]:
+    """The names ``keras.applications.MobileNetV3Large`` / ``Small`` give the layers that hold
+    our conv, BN and classifier weights, in our module order (block b's are prefixed
+    ``expanded_conv_{b}_``, the first block's ``expanded_conv_``)."""
+    names = ["conv", "conv_bn"]
+    for b, block in enumerate(list(model.features)[1:-1]):
+        prefix = f"expanded_conv_{b}_" if b else "expanded_conv_"
+        layers = list(block.block)
+        if layers[0][0].groups == 1:  # a 1x1 expansion before the depthwise conv
+            names += [prefix + "expand", prefix + "expand_bn"]
+        names += [prefix + "depthwise", prefix + "depthwise_bn"]
+        if any(isinstance(layer, SqueezeExcite) for layer in layers):
+            names += [prefix + "squeeze_excite_conv", prefix + "squeeze_excite_conv_1"]
+        names += [prefix + "project", prefix + "project_bn"]
+    return [*names, "conv_1", "conv_1_bn", "conv_2", "logits"]
+
+
 def _cfg(arch: str) -> ModelCfg:
     return ModelCfg(preprocessing=torchvision_preprocessing(), classifier="classifier.3.weight",
                     twin=("torchvision", f"mobilenet_v3_{arch}"), paper="arXiv:1905.02244",
                     benchmarked=True, mobile=True,
-                    foreign_names=functools.partial(_from_timm, arch))  # fmt: skip
+                    foreign_names=functools.partial(_from_timm, arch),
+                    keras_layers=keras_layer_names)  # fmt: skip
 
 
 @register_model("mobilenet_v3_large", aliases=("mobilenetv3_large_100",), cfg=_cfg("large"))

@@ -11,7 +11,9 @@ with ``weights_only=True``; a nested ``state_dict`` and ``module.`` prefixes are
 ``.safetensors``, ``.npz`` (see ``checkpoint.read_state_dict``), also in another library's names
 where the model translates them (timm's MobileNetV3: ``ModelCfg.foreign_names``); float ``.tflite`` graphs
 (``tflite_import.model_from_tflite``) and uint8 ones (``quantized.quantized_model_from_tflite``:
-a model taking uint8 pixels and returning TFLite's uint8 output, bit for bit).
+a model taking uint8 pixels and returning TFLite's uint8 output, bit for bit); Keras files,
+``.h5`` (the official keras.applications downloads, Keras 2 and 3 weights) and ``.keras``
+archives, built with Keras' numerics (``keras_import``).
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from ..formats.keras import read_keras
 from ..formats.tflite import read_tflite
-from .checkpoint import read_state_dict
+from .checkpoint import FORMATS, read_state_dict
+from .keras_import import input_size, keras_architecture, keras_state_dict
 from .quantized import quantized_model_from_tflite
 from .registry import (
     Translated,
+    WidthMisfit,
     create,
     fit_width,
     has_width,
+    keras_preprocessing,
     list_models,
     model_cfg,
     models_where,
@@ -117,6 +123,36 @@ def _build(arch: str, state: dict, kwargs: dict):
     return fit_width(arch, {name: value.shape for name, value in state.items()}, **kwargs)
 
 
+#: suffixes read as Keras files (``.weights.h5`` ends in ``.h5``)
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+
+def _load_keras(path: Path, model, kwargs: dict):
+    """A Keras file's model (see ``keras_import``): ``model`` may name the architecture."""
+    weights = read_keras(path)
+    if model is not None and not isinstance(model, str):
+        raise TypeError("a Keras file builds its own model: pass model= as a registered name")
+    arch, has_top = keras_architecture(weights)
+    if model is not None and resolve_name(model) != arch:
+        raise ValueError(f"{path} holds a Keras {arch}, not a {resolve_name(model)}")
+    state, origin = keras_state_dict(weights, arch)
+    options = {"keras_style": True} | kwargs
+    try:
+        built, width = _build(arch, state, options)
+    except WidthMisfit as misfit:
+        raise ValueError(f"{misfit} (in the file: Keras layer {origin[misfit.key]})") from None
+    if not has_top:  # no classifier in the file: a freshly initialised one
+        built = create(arch, width_mult=width, rng=0, **options)
+    built.load_state_dict(built.state_dict() | state)
+    cfg = dict(keras_preprocessing(input_size(weights, path)), architecture=arch,
+               width_mult=width, options={"keras_style": True}, file=str(path),
+               include_top=has_top, layout=weights.layout)  # fmt: skip
+    if has_top:
+        cfg["num_classes"] = int(state[model_cfg(arch).classifier].shape[0])
+    built.pretrained_cfg = cfg
+    return built.eval()
+
+
 def load_pretrained(path, model=None, **kwargs):
     """The model of the weight file ``path`` in eval mode, with ``model.pretrained_cfg``.
 
@@ -125,6 +161,10 @@ def load_pretrained(path, model=None, **kwargs):
     that fits neither is a ValueError naming what differs.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weight file at {str(path)!r}")
+    if path.suffix.lower() in KERAS_SUFFIXES:
+        return _load_keras(path, model, kwargs)
     if path.suffix.lower() == ".tflite":
         if model is not None or kwargs:
             raise TypeError(
@@ -136,6 +176,12 @@ def load_pretrained(path, model=None, **kwargs):
         model = model_from_tflite(path, graph)
         model.pretrained_cfg |= _registered_twin(model.state_dict())
         return model
+    if path.suffix.lower() not in FORMATS and not path.name.lower().endswith(".pth.tar"):
+        raise ValueError(
+            f"cannot tell the format of the weight file {str(path)!r} from its suffix "
+            f"{path.suffix!r}; load_pretrained reads {', '.join(FORMATS)}, .pth.tar, .tflite, "
+            f"{', '.join(KERAS_SUFFIXES)} (Keras, also .weights.h5)"
+        )
     state = read_state_dict(path)
     preprocessing = None
     if model is None or isinstance(model, str):

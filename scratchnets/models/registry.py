@@ -48,6 +48,14 @@ def timm_preprocessing(size=224, crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENE
                 std=std)  # fmt: skip
 
 
+def keras_preprocessing(size: int = 224) -> dict:
+    """keras.applications' MobileNets: the whole photo resized to ``size x size`` (Keras'
+    ``load_img(target_size=...)``, nearest neighbour, no crop), then [-1, 1] (their
+    ``preprocess_input``; MobileNetV3's in-model ``Rescaling`` does the same)."""
+    return dict(source="keras", size=size, crop="none", interpolation="nearest",
+                mean=INCEPTION_MEAN, std=INCEPTION_STD)  # fmt: skip
+
+
 def tflite_preprocessing() -> dict:
     """Google's TF-slim / TFLite files: the centre square, resized to 224, [-1, 1]."""
     return dict(source="tflite", size=224, crop="centre square", interpolation="bilinear",
@@ -66,7 +74,9 @@ class ModelCfg:
     ``scratchnets bench models``; ``mobile``: one of the mobile architectures (the float32
     sweep's models). ``foreign_names``: translates a state dict of another library's layout of
     the same network (timm's MobileNetV3) into ours, as a ``Translated``; None when the state
-    dict is not one.
+    dict is not one. ``keras_layers``: the names ``keras.applications`` gives the layers holding
+    a built model's conv / BN / linear weights, in the model's module order (Keras files:
+    ``models.keras_import``).
     """
 
     preprocessing: dict | None = None
@@ -76,6 +86,7 @@ class ModelCfg:
     benchmarked: bool = False
     mobile: bool = False
     foreign_names: Callable[[dict], Translated | None] | None = None
+    keras_layers: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -197,25 +208,34 @@ def create(
 def fit_width(name: str, shapes: dict, widths: tuple[float, ...] = WIDTHS, **kwargs):
     """``(model, width_mult)``: the uninitialised model ``name`` (built with ``kwargs``) whose
     tensors have the ``shapes`` given ({state dict name: shape}), trying ``widths`` in order
-    unless the model has a fixed width or ``kwargs`` names one. ValueError names the first
-    tensor that did not fit when none does."""
+    unless the model has a fixed width or ``kwargs`` names one. When none fits, ``WidthMisfit``
+    names the first tensor that does not fit the closest model (the width with the fewest
+    misfits), with both shapes."""
     fixed = not has_width(name) or "width_mult" in kwargs
-    first_misfit = None
+    closest = None  # (misfits, options, first misfit)
     for width in [None] if fixed else widths:
         options = kwargs if width is None else kwargs | {"width_mult": width}
         model = create(name, init=False, **options)
-        misfit = next(
-            ((key, tuple(shapes[key]), tuple(value.shape))
-             for key, value in model.state_dict().items()
-             if key in shapes and tuple(shapes[key]) != tuple(value.shape)),
-            None,
-        )  # fmt: skip
-        if misfit is None:
+        misfits = [(key, tuple(shapes[key]), tuple(value.shape))
+                   for key, value in model.state_dict().items()
+                   if key in shapes and tuple(shapes[key]) != tuple(value.shape)]  # fmt: skip
+        if not misfits:
             return model, options.get("width_mult", 1.0)
-        first_misfit = first_misfit or (options, *misfit)
-    options, key, theirs, ours = first_misfit
+        if closest is None or len(misfits) < closest[0]:
+            closest = (len(misfits), options, misfits[0])
+    count, options, (key, theirs, ours) = closest
     tried = f"{options}" if fixed else f"any width multiplier in {widths}"
-    raise ValueError(
+    raise WidthMisfit(
         f"the file is a {name} whose tensors fit no model with {tried}: {key} is {theirs} in "
-        f"the file but {ours} in a {name} with {options}; pass width_mult=... / num_classes=..."
+        f"the file but {ours} in a {name} with {options} (the closest: {count} tensors differ); "
+        "pass width_mult=... / num_classes=...",
+        key,
     )
+
+
+class WidthMisfit(ValueError):
+    """``fit_width`` found no width: ``key`` names the first tensor that did not fit."""
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key

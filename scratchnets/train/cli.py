@@ -218,13 +218,15 @@ def _check_writable(out_dir: str) -> None:
 
 def _defaults_from_init(path: str) -> dict:
     """The config fields a weight file decides unless a flag says otherwise: architecture,
-    width, input size and normalisation (the source's preprocessing)."""
+    width, the options its numerics need (a Keras file's ``keras_style``), input size and
+    normalisation (the source's preprocessing)."""
     from .finetune import describe_init
 
     cfg = describe_init(path)
     return {
         "model": cfg["architecture"],
         "width_mult": cfg.get("width_mult") or 1.0,
+        "model_options": dict(cfg.get("options", {})),
         "image_size": int(cfg.get("size", 224)),
         "input_mean": tuple(cfg["mean"]) if "mean" in cfg else None,
         "input_std": tuple(cfg["std"]) if "std" in cfg else None,

@@ -71,6 +71,7 @@ class TrainConfig:
     # model
     model: str = "mobilenet_v2"
     width_mult: float = 0.5
+    model_options: dict = field(default_factory=dict)  # more of models.create's, e.g. keras_style
     image_size: int = 128
     # data
     augment: str = "standard"  # scratchnets.data.POLICIES

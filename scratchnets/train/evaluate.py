@@ -99,8 +99,9 @@ def evaluate_model(model, batches: Iterable, classes: Sequence[str]) -> dict:
 def model_from_meta(meta: dict, backend: str):
     """A freshly built model of the architecture a checkpoint's ``model`` entry describes."""
     model = models.create(
-        meta["name"], num_classes=int(meta["num_classes"]), width_mult=float(meta["width_mult"])
-    )
+        meta["name"], num_classes=int(meta["num_classes"]), width_mult=float(meta["width_mult"]),
+        **meta.get("options", {}),
+    )  # fmt: skip
     return model.to(backend)
 
 
@@ -251,6 +252,11 @@ def predict_pretrained(
 
     model = models.load_pretrained(weights).to(backend or default_backend()).eval()
     cfg = model.pretrained_cfg
+    if not cfg.get("include_top", True):
+        raise ValueError(
+            f"{weights} has no classifier (a _no_top file: the features only), so it names no "
+            "classes; fine-tune it on your classes with scratchnets train --init FILE"
+        )
     pipeline = data.pretrained_transforms(cfg)
     names, labels_source = class_names(int(cfg["num_classes"]), weights, labels)
     results = _classify(model, pipeline, images, names, top, every_class=False)

@@ -55,11 +55,13 @@ def describe_init(path: str | Path) -> dict:
 
 
 def start_from(
-    path: str | Path, model_name: str, width_mult: float, num_classes: int, rng
-) -> tuple[Module, dict]:
-    """``(model, info)``: ``model_name`` at ``width_mult`` with ``num_classes`` outputs, every
-    tensor but the head's from the file at ``path``; ``info`` records the source. A file of
-    another architecture or width is a ValueError naming what differs (before any training)."""
+    path: str | Path, model_name: str, width_mult: float, num_classes: int, rng,
+    options: dict | None = None,
+) -> tuple[Module, dict]:  # fmt: skip
+    """``(model, info)``: ``model_name`` at ``width_mult`` with ``num_classes`` outputs (and
+    ``options``, more of ``models.create``'s: a Keras file's ``keras_style``), every tensor but
+    the head's from the file at ``path``; ``info`` records the source. A file of another
+    architecture or width is a ValueError naming what differs (before any training)."""
     pretrained = float_model(path)
     cfg = pretrained.pretrained_cfg
     arch, width = cfg.get("architecture"), cfg.get("width_mult")
@@ -70,7 +72,8 @@ def start_from(
             f"--init {path} holds a {arch} with width_mult {width}; it does not fit --model "
             f"{model_name} --width-mult {width_mult} (leave both out to take the file's)"
         )
-    model = models.create(model_name, num_classes=num_classes, width_mult=width_mult, rng=rng)
+    model = models.create(model_name, num_classes=num_classes, width_mult=width_mult, rng=rng,
+                          **(options or {}))  # fmt: skip
     head = head_name(model) + "."
     theirs = pretrained.state_dict()
     ours = model.state_dict()

@@ -248,6 +248,7 @@ class Trainer:
             "name": c.model,
             "num_classes": len(self.classes),
             "width_mult": c.width_mult,
+            "options": dict(c.model_options),
             "classes": self.classes,
             "image_size": c.image_size,
             "normalize": {"mean": list(mean), "std": list(std)},
@@ -255,11 +256,16 @@ class Trainer:
         }
         if c.init and resumed_meta is None:
             self.model, self.meta["init"] = finetune.start_from(
-                c.init, c.model, c.width_mult, len(self.classes), rng=c.seed
-            )
+                c.init, c.model, c.width_mult, len(self.classes), rng=c.seed,
+                options=c.model_options,
+            )  # fmt: skip
         else:  # from scratch, or resumed (restore loads the weights)
             self.model = models.create(
-                c.model, num_classes=len(self.classes), width_mult=c.width_mult, rng=c.seed
+                c.model,
+                num_classes=len(self.classes),
+                width_mult=c.width_mult,
+                rng=c.seed,
+                **c.model_options,
             )
             if c.init:
                 self.meta["init"] = resumed_meta.get("init")
