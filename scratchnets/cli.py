@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "scratchnets.benchmarks.cli",  # bench ops | train-step | convs | models
     "scratchnets.gradcheck_cli",  # gradcheck
     "scratchnets.explain.cli",  # explain
+    "scratchnets.export_cli",  # export keras
 )
 
 

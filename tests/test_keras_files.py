@@ -19,6 +19,7 @@ import scratchnets as sn
 from scratchnets.cli import main
 from scratchnets.formats import keras as keras_format
 from scratchnets.formats.keras import KerasFileError, read_keras
+from scratchnets.models.labels import imagenet_names
 from scratchnets.train.checkpointing import load_checkpoint
 from scratchnets.train.evaluate import load_for_inference
 from tests.helpers import record_error
@@ -227,7 +228,7 @@ def test_predict_names_imagenet_classes_with_keras_preprocessing(keras, v2_file,
     probs /= probs.sum()
     top = result["top"][0]
     assert top["index"] == int(probs.argmax())
-    assert top["class"] == sn.models.labels.imagenet_names()[top["index"]]
+    assert top["class"] == imagenet_names()[top["index"]]
     assert abs(top["probability"] - probs.max()) <= 1e-4
 
 
@@ -252,6 +253,61 @@ def test_train_init_from_a_keras_file_keeps_keras_numerics(keras, dataset, tmp_p
     assert np.allclose(ckpt["model"]["normalize"]["mean"], 0.5)  # Keras' [-1, 1]
     model, _ = load_for_inference(out / "last.npz", BACKEND)
     assert model.keras_style and model.bn1.eps == 1e-3
+    exported = tmp_path / "finetuned.h5"  # and back to Keras: the fine-tuned model, exported
+    assert main(["export", "keras", str(out / "last.npz"), "-o", str(exported)]) == 0
+    again = keras.applications.MobileNet(alpha=0.25, weights=str(exported), classes=2,
+                                         input_shape=(32, 32, 3), classifier_activation=None)  # fmt: skip
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert_equals_keras(keras, model, again, x, "keras fine-tuned here, exported")
+
+
+# ---------------------------------------------------------------------- export keras
+
+
+@pytest.mark.parametrize(("arch", "alpha"), [("mobilenet_v1", 0.5), ("mobilenet_v2", 0.35),
+                                             ("mobilenet_v3_large", 0.75),
+                                             ("mobilenet_v3_small", 1.0)])  # fmt: skip
+def test_export_keras_writes_what_keras_loads(keras, tmp_path, arch, alpha, capsys):
+    """Our keras_style model (random weights and BN statistics) written by ``export keras``:
+    Keras' own ``keras.applications`` function loads the file and computes our logits."""
+    from scratchnets.formats.keras import write_legacy_h5
+    from scratchnets.models.keras_import import keras_layers_of
+    from tests.model_twins import randomize_bn
+
+    ours = sn.models.create(arch, CLASSES, alpha, keras_style=True, rng=0)
+    randomize_bn(ours, np.random.default_rng(1))
+    path = tmp_path / "ours.h5"
+    write_legacy_h5(path, keras_layers_of(ours))
+    options = {"include_preprocessing": False} if arch.startswith("mobilenet_v3") else {}
+    theirs = getattr(keras.applications, BUILDERS[arch])(
+        alpha=alpha, weights=str(path), classes=CLASSES, input_shape=(SIZE, SIZE, 3),
+        classifier_activation=None, **options,
+    )  # fmt: skip
+    x = np.random.default_rng(5).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    assert_equals_keras(keras, ours.eval(), theirs, x, f"export keras {arch} {alpha}")
+    with pytest.raises(ValueError, match="is not keras_style"):
+        keras_layers_of(sn.models.create(arch, CLASSES, alpha, rng=0))
+
+
+def test_export_keras_of_googles_tflite_mobilenet_is_keras_mobilenet(keras, tmp_path, capsys):
+    """The float TFLite MobileNetV1 0.25 (BN folded, 1001 classes) exported: Keras' MobileNet
+    0.25 loads it, and its 1000 logits are the graph's but for "background"."""
+    from tests.test_tflite_reader import FLOAT
+
+    if not FLOAT.exists():
+        pytest.skip("../shared/weights is not on this machine")
+    path = tmp_path / "mobilenet_2_5_224_tf.h5"
+    assert main(["export", "keras", str(FLOAT), "-o", str(path)]) == 0
+    assert "keras.applications.MobileNet(alpha=0.25, classes=1000)" in capsys.readouterr().out
+    theirs = keras.applications.MobileNet(alpha=0.25, weights=str(path), classifier_activation=None)
+    graph = sn.models.load_pretrained(FLOAT)
+    x = np.random.default_rng(6).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    expected = keras.ops.convert_to_numpy(theirs(x.transpose(0, 2, 3, 1), training=False))
+    err = record_error("export keras of the TFLite MobileNetV1", graph(x)[:, 1:], expected)
+    assert err <= 1e-5 * np.max(np.abs(expected)), err
+    assert main(["export", "keras", str(FLOAT.with_name("mobilenet_v2_1.0_224_quant.tflite")),
+                 "-o", str(tmp_path / "v2.h5")]) == 1  # fmt: skip
+    assert "a tf_mobilenet_v2 has no Keras counterpart here" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------- damaged and hostile files

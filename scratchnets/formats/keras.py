@@ -22,8 +22,10 @@ zip, a missing attribute, a non-float dataset, a layer named twice, declared ten
 archive members past the limits below (checked before anything is read, so a small file
 declaring huge tensors, or a zip bomb, allocates nothing).
 
-    weights = read_keras("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96.h5")
+    weights = read_keras("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5")
     weights.layers["Conv1"][0].shape   # (3, 3, 3, 16): Conv1's kernel
+
+``write_legacy_h5`` writes that legacy layout (``scratchnets export keras``).
 """
 
 from __future__ import annotations
@@ -245,3 +247,27 @@ def _refuse_code(node, where: str) -> None:
         )
     for value in node.values():
         _refuse_code(value, where)
+
+
+def write_legacy_h5(path, layers: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> None:
+    """Write ``layers`` ((layer name, [(weight name, array), ...]) in model order) in the legacy
+    HDF5 layout of the keras.applications downloads, which Keras 2 and 3 both load
+    (``model.load_weights``): root attributes ``layer_names``, ``backend``, ``keras_version``;
+    per layer a group whose ``weight_names`` are ``<layer>/<weight>:0``, each a dataset. Written
+    to a temporary file beside ``path`` and renamed, so ``path`` is never half-written."""
+    h5py = _h5py()
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with h5py.File(partial, "w") as f:
+            f.attrs["layer_names"] = [name.encode() for name, _ in layers]
+            f.attrs["backend"], f.attrs["keras_version"] = b"tensorflow", b"2.15.0"
+            for name, weights in layers:
+                group = f.create_group(name)
+                full = [f"{name}/{weight}:0" for weight, _ in weights]
+                group.attrs["weight_names"] = [w.encode() for w in full]
+                for weight_name, (_, array) in zip(full, weights, strict=True):
+                    group.create_dataset(weight_name, data=np.asarray(array, np.float32))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)

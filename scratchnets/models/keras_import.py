@@ -132,3 +132,88 @@ def input_size(weights: KerasWeights, path: Path) -> int:
         if match:
             return int(match[1])
     return 224
+
+
+# ----------------------------------------------------------------- our models in Keras' layout
+
+#: the keras.applications function of each architecture
+KERAS_APPLICATIONS = {"mobilenet_v1": "MobileNet", "mobilenet_v2": "MobileNetV2",
+                      "mobilenet_v3_large": "MobileNetV3Large",
+                      "mobilenet_v3_small": "MobileNetV3Small"}  # fmt: skip
+#: the one keras.applications classifier that is a Dense layer (MobileNetV2's); the others are
+#: 1x1 Conv2D layers on the pooled map, kernel (1, 1, in, out)
+KERAS_DENSE = ("predictions",)
+
+
+def keras_layers_of(model) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
+    """The weights of a keras_style ``model`` of a registered Keras architecture as Keras holds
+    them: (layer name, [(weight name, array)]) in model order (``formats.keras.write_legacy_h5``
+    writes them; the inverse of ``keras_state_dict``)."""
+    arch = keras_architecture_of(model)
+    layers = []
+    for keras, (_, module) in zip(model_cfg(arch).keras_layers(model), _weighted_modules(model),
+                                  strict=True):  # fmt: skip
+        if isinstance(module, BatchNorm2d):
+            weights = [("gamma", module.weight.data), ("beta", module.bias.data),
+                       ("moving_mean", module.running_mean),
+                       ("moving_variance", module.running_var)]  # fmt: skip
+        elif isinstance(module, Linear):
+            kernel = module.weight.data.T  # (in, out)
+            weights = [("kernel", kernel if keras in KERAS_DENSE else kernel[None, None])]
+            weights.append(("bias", module.bias.data))
+        elif module.groups > 1:  # (C, 1, kh, kw) -> DepthwiseConv2D (kh, kw, C, 1)
+            weights = [("depthwise_kernel", module.weight.data.transpose(2, 3, 0, 1))]
+        else:  # (out, in, kh, kw) -> Conv2D (kh, kw, in, out)
+            weights = [("kernel", module.weight.data.transpose(2, 3, 1, 0))]
+            if module.bias is not None:
+                weights.append(("bias", module.bias.data))
+        layers.append((keras, [(name, np.asarray(a, np.float32)) for name, a in weights]))
+    return layers
+
+
+def keras_architecture_of(model) -> str:
+    """The registered Keras architecture ``model`` is (MobileNetV3's Large / Small by its
+    ``arch``); another model, or one without Keras' numerics, is a ValueError."""
+    for arch in keras_architectures():
+        thin = create(arch, num_classes=2, width_mult=0.25, init=False, keras_style=True)
+        if type(thin) is type(model) and getattr(thin, "arch", None) == getattr(
+            model, "arch", None
+        ):
+            break
+    else:
+        name = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+        raise ValueError(
+            f"a {name} has no Keras counterpart here: Keras' layouts exist for "
+            f"{', '.join(keras_architectures())} (and TF-slim's MobileNetV1 .tflite files)"
+        )
+    if not getattr(model, "keras_style", False) and getattr(model, "style", None) != "keras":
+        raise ValueError(
+            f"this {arch} is not keras_style: Keras' layers would compute another function (TF "
+            "'same' padding, Keras' BN epsilon and widths); build or load it with keras_style=True"
+        )
+    return arch
+
+
+def unfold_tf_mobilenet_v1(folded, drop_background: bool = True):
+    """TF-slim's folded-BN MobileNetV1 (``tf_mobilenet_v1``: a ``.tflite`` file's graph) as a
+    keras_style ``mobilenet_v1``: each biased conv becomes the conv and a BN that adds the bias
+    (gamma 1, beta the bias, moving mean 0, moving variance 1 - eps: the identity plus the
+    bias); TF-slim's 1001-class head loses its "background" output 0 for Keras' 1000 classes.
+    The same network: Keras' MobileNet was converted from TF-slim's checkpoints."""
+    state = folded.state_dict()
+    classes = state["Conv2d_1c_1x1.weight"].shape[0] - int(drop_background)
+    width = getattr(folded, "width_mult", None) or folded.pretrained_cfg["width_mult"]
+    model = create("mobilenet_v1", num_classes=classes, width_mult=width, keras_style=True, rng=0)
+    convs = [name[: -len(".weight")] for name in state if name.endswith(".weight")]
+    targets = [m for _, m in _weighted_modules(model)]
+    pairs = list(zip(targets[:-1:2], targets[1:-1:2], strict=True))  # (conv, BN) in order
+    if len(convs) != len(pairs) + 1:
+        raise ValueError(f"{len(convs)} convs do not unfold into {len(pairs)} conv + BN pairs")
+    for name, (conv, bn) in zip(convs[:-1], pairs, strict=True):
+        conv.weight.data[...] = state[f"{name}.weight"]
+        bn.weight.data[...], bn.bias.data[...] = 1.0, state[f"{name}.bias"]
+        bn.running_mean[...], bn.running_var[...] = 0.0, 1.0 - bn.eps
+    head = slice(int(drop_background), None)
+    model.classifier.weight.data[...] = state["Conv2d_1c_1x1.weight"][head, :, 0, 0]
+    model.classifier.bias.data[...] = state["Conv2d_1c_1x1.bias"][head]
+    return model.eval()

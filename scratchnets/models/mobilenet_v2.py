@@ -170,7 +170,7 @@ class MobileNetV2(EvalFastPath, Sequential):
                 "classifier": Sequential(Dropout(dropout), Linear(last, num_classes, rng=rng)),
             }
         )
-        self.num_features = last
+        self.num_features, self.keras_style = last, keras_style
         torchvision_init(self, rng, linear_std=0.01)
 
 

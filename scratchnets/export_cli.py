@@ -1,0 +1,68 @@
+"""``scratchnets export keras SRC -o OUT.h5``: a model in the layout of keras.applications' own
+weight files, which Keras loads (``keras.applications.MobileNet(alpha=..., weights="OUT.h5")``)
+and ``load_pretrained`` reads back.
+
+SRC is any weight file ``load_pretrained`` reads or a training checkpoint of ``scratchnets
+train``, holding a keras_style MobileNet, MobileNetV2 or MobileNetV3 (a model fine-tuned here
+from a Keras file is one), or Google's folded-BN MobileNetV1 of a ``.tflite`` file (the network
+Keras' MobileNet was converted from: each folded bias becomes a BN that adds it, and the
+"background" output is dropped for Keras' 1000 classes).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="write a model in another framework's file format (keras)",
+        description="Write the model of SRC (a weight file or a training checkpoint) in another "
+        "framework's format: keras = the legacy HDF5 layout of keras.applications' downloads.",
+    )
+    p.add_argument("format", choices=("keras",), help="the file format to write")
+    p.add_argument("source", metavar="SRC", help="a weight file or a training checkpoint")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the file to write")
+    p.set_defaults(func=run)
+
+
+def _model_of(path: Path):
+    """``(model, width multiplier)`` of a training checkpoint or a weight file."""
+    from .models.checkpoint import CheckpointError
+    from .models.keras_import import unfold_tf_mobilenet_v1
+    from .train.evaluate import load_for_inference
+    from .train.finetune import float_model
+
+    if path.suffix.lower() == ".npz":
+        try:
+            model, meta = load_for_inference(path, "cpu")
+            return model, meta["width_mult"]
+        except (CheckpointError, ValueError):
+            pass  # a plain state dict: a weight file
+    model = float_model(path)
+    width = model.pretrained_cfg.get("width_mult")
+    if model.pretrained_cfg.get("architecture") == "tf_mobilenet_v1":
+        model = unfold_tf_mobilenet_v1(model)
+    return model, width
+
+
+def run(args) -> int:
+    from .formats.keras import write_legacy_h5
+    from .models.keras_import import KERAS_APPLICATIONS, keras_architecture_of, keras_layers_of
+
+    output = Path(args.output)
+    try:
+        model, width = _model_of(Path(args.source))
+        arch = keras_architecture_of(model)
+        layers = keras_layers_of(model)
+        write_legacy_h5(output, layers)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    classes = layers[-1][1][-1][1].shape[0]
+    print(f"wrote {output}: keras.applications.{KERAS_APPLICATIONS[arch]}(alpha={width:g}, "
+          f"classes={classes}), {len(layers)} layers with weights, in the layout of Keras' own "
+          "downloads")  # fmt: skip
+    return 0
