@@ -45,6 +45,8 @@ def _model_of(path: Path):
     width = model.pretrained_cfg.get("width_mult")
     if model.pretrained_cfg.get("architecture") == "tf_mobilenet_v1":
         model = unfold_tf_mobilenet_v1(model)
+        print("its BatchNorm layers hold the graph's folded biases, not statistics: the file "
+              "predicts as the graph does; fine-tune it with --freeze-backbone")  # fmt: skip
     return model, width
 
 

@@ -6,7 +6,9 @@ continues the command). Every other line of the block must appear in the command
 (stdout, then stderr), in order, with runs of spaces compared as one; a line that starts with
 ``...`` marks lines left out of the quote. The command runs in a scratch folder beside a link to
 ``../shared`` (so paths like ``../shared/weights/...`` work as written and files it writes land in
-the scratch folder); quotes that read ``../shared`` are skipped where it is absent.
+the scratch folder), one folder per document, shared by its quotes in their order (a file a quote
+writes, ``export keras ... -o FILE``, is there for the quotes after it); quotes that read
+``../shared`` are skipped where it is absent.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: subcommands whose quotes run here: everything but training (minutes)
-RUN = {"explain", "predict", "summary", "verify", "gradcheck"}
+RUN = {"explain", "predict", "summary", "verify", "gradcheck", "export"}
 
 
 def quotes() -> list[tuple[str, str, list[str]]]:
@@ -68,17 +70,30 @@ def test_the_docs_quote_commands():
     assert len(ALL) >= 8, [q[0] for q in ALL]  # README and docs/explain.md at least
 
 
+#: document -> the scratch folder its quotes run in
+WORKDIRS: dict[str, Path] = {}
+
+
+def workdir_of(where: str, tmp_path_factory) -> Path:
+    """The document's scratch folder ``project`` (made on its first quote), beside ``shared``."""
+    document = where.rsplit(":", 1)[0]
+    if document not in WORKDIRS:
+        root = tmp_path_factory.mktemp("docs")
+        (root / "project").mkdir()
+        if SHARED.is_dir():
+            (root / "shared").symlink_to(SHARED)
+        WORKDIRS[document] = root / "project"
+    return WORKDIRS[document]
+
+
 @pytest.mark.parametrize(("where", "command", "quoted"), ALL, ids=[q[0] for q in ALL])
-def test_a_quoted_command_prints_what_the_quote_shows(where, command, quoted, tmp_path):
+def test_a_quoted_command_prints_what_the_quote_shows(where, command, quoted, tmp_path_factory):
     args = shlex.split(command)[1:]
     if args[0] not in RUN:
         pytest.skip(f"{args[0]} takes minutes: not run here")
     if "../shared" in command and not SHARED.is_dir():
         pytest.skip("../shared is not on this machine")
-    workdir = tmp_path / "project"
-    workdir.mkdir()
-    if SHARED.is_dir():
-        (tmp_path / "shared").symlink_to(SHARED)
+    workdir = workdir_of(where, tmp_path_factory)
     done = subprocess.run(
         [sys.executable, "-c", "import sys; from scratchnets.cli import main; sys.exit(main())",
          *args],

@@ -305,9 +305,33 @@ def test_export_keras_of_googles_tflite_mobilenet_is_keras_mobilenet(keras, tmp_
     expected = keras.ops.convert_to_numpy(theirs(x.transpose(0, 2, 3, 1), training=False))
     err = record_error("export keras of the TFLite MobileNetV1", graph(x)[:, 1:], expected)
     assert err <= 1e-5 * np.max(np.abs(expected)), err
+    from scratchnets.train.finetune import folded_batchnorm
+
+    assert folded_batchnorm(sn.models.load_pretrained(path))  # BN = the folded bias, no statistics
     assert main(["export", "keras", str(FLOAT.with_name("mobilenet_v2_1.0_224_quant.tflite")),
                  "-o", str(tmp_path / "v2.h5")]) == 1  # fmt: skip
     assert "a tf_mobilenet_v2 has no Keras counterpart here" in capsys.readouterr().err
+
+
+def test_train_init_refuses_to_train_batchnorm_without_statistics(dataset, tmp_path, capsys):  # noqa: F811
+    """A file whose BNs are folded biases (running mean 0, variance 1 - eps everywhere) trains
+    only with a frozen backbone: in train mode those BNs would normalise by batch statistics."""
+    from scratchnets.formats.keras import write_legacy_h5
+    from scratchnets.models.keras_import import keras_layers_of
+
+    model = sn.models.create("mobilenet_v1", 1000, 0.25, keras_style=True, rng=0)
+    for module in model.modules():
+        if isinstance(module, sn.nn.BatchNorm2d):
+            module.running_var[...] = 1.0 - module.eps
+    path = tmp_path / "folded.h5"
+    write_legacy_h5(path, keras_layers_of(model))
+    flags = ["--image-size", "32", "--batch-size", "8", "--epochs", "1", "--backend", BACKEND,
+             "--time-limit", "0", "--quiet"]  # fmt: skip
+    assert main(["train", "--data", str(dataset), "--init", str(path), *flags, "--out",
+                 str(tmp_path / "a")]) == 1  # fmt: skip
+    assert "hold folded biases, not statistics" in capsys.readouterr().err
+    assert main(["train", "--data", str(dataset), "--init", str(path), *flags, "--out",
+                 str(tmp_path / "b"), "--freeze-backbone"]) == 0  # fmt: skip
 
 
 # ----------------------------------------------------------------- damaged and hostile files

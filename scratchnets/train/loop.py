@@ -257,7 +257,7 @@ class Trainer:
         if c.init and resumed_meta is None:
             self.model, self.meta["init"] = finetune.start_from(
                 c.init, c.model, c.width_mult, len(self.classes), rng=c.seed,
-                options=c.model_options,
+                options=c.model_options, frozen=c.freeze_backbone,
             )  # fmt: skip
         else:  # from scratch, or resumed (restore loads the weights)
             self.model = models.create(
