@@ -1,4 +1,4 @@
-"""scratchnets: from-scratch CNN layers for MobileNetV1/V2 and GhostNet V1/V2/V3.
+"""scratchnets: from-scratch CNN layers for MobileNetV1/V2/V3 and GhostNet V1/V2/V3.
 
 Every op exists three times with one signature: ``scratchnets.reference`` (readable NumPy, the
 spec), ``scratchnets.kernels.cpu`` (Numba) and ``scratchnets.kernels.cuda`` (numba.cuda). Layers
@@ -25,6 +25,7 @@ _LAZY_SUBMODULES = {
     "data",
     "optim",
     "train",
+    "formats",
 }
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "get_backend",
     "register_backend",
     "available_backends",
+    "export_onnx",
     *sorted(_LAZY_SUBMODULES),
 ]
 
@@ -39,4 +41,6 @@ __all__ = [
 def __getattr__(name: str):
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name == "export_onnx":  # sn.export_onnx(model, path, input_shape)
+        return importlib.import_module(".formats.onnx", __name__).export_onnx
     raise AttributeError(f"module 'scratchnets' has no attribute {name!r}")

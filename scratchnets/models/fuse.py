@@ -179,6 +179,13 @@ def fuse(model: Module, inplace: bool = False, activations: bool = False) -> Mod
     return fused.eval()
 
 
+def folded_copy(model: Module) -> Module:
+    """The inference form of ``model`` as a new model: a deep copy with GhostNetV3's branches
+    re-parameterised and every declared (conv, BN) pair folded; eval mode. ``model`` is left as
+    it is (what an exporter writes)."""
+    return fuse(reparameterize_blocks(_copy_model(model)), inplace=True)
+
+
 class EvalFastPath:
     """A model mixin: in eval mode ``model(x)`` runs the model's inference copy, with no
     backward caches; ``train()`` returns to the training graph, which holds the parameters.
