@@ -465,7 +465,7 @@ def test_an_unknown_suffix_lists_every_format_and_a_missing_file_says_so(tmp_pat
     odd = tmp_path / "weights.ckpt"
     odd.write_bytes(b"")
     with pytest.raises(ValueError, match=r"reads .npz, .safetensors, .pth, .pt, .bin, .pth.tar, "
-                       r".tflite, .h5, .hdf5, .keras"):  # fmt: skip
+                       r".tflite, .h5, .hdf5, .keras \(Keras, also .weights.h5\), .onnx"):  # fmt: skip
         sn.models.load_pretrained(odd)
     with pytest.raises(FileNotFoundError, match="no weight file at"):
         sn.models.load_pretrained(tmp_path / "absent.h5")

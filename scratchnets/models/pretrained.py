@@ -13,7 +13,8 @@ where the model translates them (timm's MobileNetV3: ``ModelCfg.foreign_names``)
 (``tflite_import.model_from_tflite``) and uint8 ones (``quantized.quantized_model_from_tflite``:
 a model taking uint8 pixels and returning TFLite's uint8 output, bit for bit); Keras files,
 ``.h5`` (the official keras.applications downloads, Keras 2 and 3 weights) and ``.keras``
-archives, built with Keras' numerics (``keras_import``).
+archives, built with Keras' numerics (``keras_import``); ONNX graphs (``onnx_import``: one of
+our layers per node, trainable).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..formats.keras import read_keras
 from ..formats.tflite import read_tflite
 from .checkpoint import FORMATS, read_state_dict
 from .keras_import import input_size, keras_architecture, keras_state_dict
+from .onnx_import import model_from_onnx
 from .quantized import quantized_model_from_tflite
 from .registry import (
     Translated,
@@ -165,6 +167,12 @@ def load_pretrained(path, model=None, **kwargs):
         raise FileNotFoundError(f"no weight file at {str(path)!r}")
     if path.suffix.lower() in KERAS_SUFFIXES:
         return _load_keras(path, model, kwargs)
+    if path.suffix.lower() == ".onnx":
+        if model is not None or kwargs:
+            raise TypeError(
+                "an .onnx file builds its own model from its graph: no model= / options"
+            )
+        return model_from_onnx(path)
     if path.suffix.lower() == ".tflite":
         if model is not None or kwargs:
             raise TypeError(
@@ -180,7 +188,7 @@ def load_pretrained(path, model=None, **kwargs):
         raise ValueError(
             f"cannot tell the format of the weight file {str(path)!r} from its suffix "
             f"{path.suffix!r}; load_pretrained reads {', '.join(FORMATS)}, .pth.tar, .tflite, "
-            f"{', '.join(KERAS_SUFFIXES)} (Keras, also .weights.h5)"
+            f"{', '.join(KERAS_SUFFIXES)} (Keras, also .weights.h5), .onnx"
         )
     state = read_state_dict(path)
     preprocessing = None

@@ -1,0 +1,478 @@
+"""ONNX in: an ONNX graph as an ordinary scratchnets model (``load_pretrained("model.onnx")``).
+
+Each node becomes one of our layers (named after the node, so ``summary``, ``explain --layer``
+and checkpoints see ordinary named layers), its initializers the layer's parameters; the model
+runs the layers in the graph's order and its backward walks them back, adding the gradients of a
+tensor read by several nodes (a residual's input). So an exported torchvision or timm MobileNet
+trains here like one built here.
+
+    ONNX                                   layer
+    Conv (pads, strides, dilations,        Conv2d (explicit padding; auto_pad SAME_UPPER:
+          group, auto_pad)                 Conv2dSame, TF's "same"; VALID: no padding)
+    BatchNormalization (inference)         BatchNorm2d (epsilon; momentum 1 - m)
+    Relu / Sigmoid / HardSwish             ReLU / Sigmoid / Hardswish
+    Clip [0, 6] / [0, inf)                 ReLU6 / ReLU
+    HardSigmoid alpha 1/6, beta 1/2        Hardsigmoid
+    GlobalAveragePool, ReduceMean(H, W)    AdaptiveAvgPool2d(1)
+    AveragePool / MaxPool                  AvgPool2d / MaxPool2d (symmetric pads)
+    Gemm (alpha, beta, transB), MatMul     Linear
+    Flatten (axis 1), Reshape / Squeeze / Unsqueeze (constant shapes)   Reshape
+    Add / Mul (broadcasting, constants)    Add / Mul
+    Concat, Slice (constant, step 1)       Concat / Slice
+    Dropout, Identity                      (the same tensor)
+    Constant                               (folded into the layers that read it)
+
+Anything else, or an attribute value we do not implement, is a ValueError naming the node, its
+op type and the attribute: never a silently different model. ``onnx`` is an optional dependency
+(``pip install onnx``); the file is checked with ``onnx.checker`` first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import functional as F
+from ..nn import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Hardsigmoid,
+    Hardswish,
+    Linear,
+    MaxPool2d,
+    Module,
+    ReLU,
+    ReLU6,
+    Sigmoid,
+)
+from .blocks import Conv2dSame
+
+#: the largest file read (external data included): far above any mobile model
+MAX_FILE_BYTES = 1 << 30
+
+
+class OnnxImportError(ValueError):
+    """An ONNX graph we cannot turn into a model, with the node and attribute that stop it."""
+
+
+# --------------------------------------------------------------- layers for multi-input nodes
+
+
+class Binary(Module):
+    """y = a + b or a * b (``kind``), broadcasting; either operand may be a constant (not
+    trained, no gradient). backward -> the gradients of the dynamic operands, in order."""
+
+    def __init__(self, kind: str, constants: tuple):
+        super().__init__()
+        self.kind, self.constants = kind, constants  # per operand: None (dynamic) or an array
+
+    def forward(self, *dynamic):
+        it = iter(dynamic)
+        a, b = (next(it) if c is None else c.astype(dynamic[0].dtype) for c in self.constants)
+        y, cache = getattr(F, f"{self.kind}_forward")(a, b, backend=self.backend)
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        grads = getattr(F, f"{self.kind}_backward")(dy, self._saved(dy), backend=self.backend)
+        return tuple(g for g, c in zip(grads, self.constants, strict=True) if c is None)
+
+
+class Concat(Module):
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, *xs):
+        y, cache = F.concat_forward(list(xs), axis=self.axis, backend=self.backend)
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        return tuple(F.concat_backward(dy, self._saved(dy), backend=self.backend))
+
+
+class Slice(Module):
+    """x[start:stop] along ``axis`` (ONNX's clamped ends: INT64_MAX is "to the end")."""
+
+    def __init__(self, start: int, stop: int, axis: int):
+        super().__init__()
+        self.start, self.stop, self.axis = start, stop, axis
+
+    def forward(self, x):
+        size = x.shape[self.axis]
+        start, stop = (max(0, min(v + size if v < 0 else v, size)) for v in (self.start, self.stop))
+        y, cache = F.slice_forward(x, start, stop, axis=self.axis, backend=self.backend)
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        return F.slice_backward(dy, self._saved(dy), backend=self.backend)
+
+
+class Reshape(Module):
+    """x reshaped to ``shape`` (ONNX's rules: 0 copies the input's dimension, -1 is inferred);
+    backward reshapes dy back."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self, x):
+        shape = tuple(x.shape[k] if s == 0 else s for k, s in enumerate(self.shape))
+        y = x.reshape(shape)
+        self._save(x.shape, y.shape)
+        return y
+
+    def backward(self, dy):
+        return dy.reshape(self._saved(dy))
+
+
+# ------------------------------------------------------------------------------ the graph
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node: the layer (a child of the model, by name) reading ``inputs``, writing
+    ``output``."""
+
+    layer: str
+    inputs: tuple[str, ...]
+    output: str
+
+
+class OnnxModel(Module):
+    """An ONNX graph of our layers: ``forward(x)`` runs the steps in order; ``backward(dy)``
+    runs them back, summing the gradients of tensors read by several steps."""
+
+    def __init__(self, layers: dict[str, Module], steps: list[Step], input_name: str,
+                 output_name: str):  # fmt: skip
+        super().__init__()
+        for name, layer in layers.items():
+            setattr(self, name, layer)
+        self.steps, self.input_name, self.output_name = steps, input_name, output_name
+
+    def forward(self, x):
+        values = {self.input_name: x}
+        for step in self.steps:
+            values[step.output] = getattr(self, step.layer)(*(values[i] for i in step.inputs))
+        y = values[self.output_name]
+        self._save((), y.shape)
+        return y
+
+    def backward(self, dy):
+        self._saved(dy)
+        grads = {self.output_name: dy}
+        for step in reversed(self.steps):
+            g = grads.pop(step.output, None)
+            if g is None:  # nothing downstream of it reaches the output
+                continue
+            back = getattr(self, step.layer).backward(g)
+            for name, d in zip(step.inputs, back if isinstance(back, tuple) else (back,),
+                               strict=True):  # fmt: skip
+                grads[name] = d if name not in grads else F.add_forward(
+                    grads[name], d, backend=self.backend)[0]  # fmt: skip
+        return grads[self.input_name]
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError("reading ONNX files needs the onnx package: pip install onnx") from exc
+    return onnx
+
+
+def read_onnx(path):
+    """The checked ``ModelProto`` of ``path`` (external data only from the model's folder)."""
+    onnx = _onnx()
+    path = Path(path)
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise OnnxImportError(f"{path} is {path.stat().st_size:,} bytes, more than any model here")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        for tensor in proto.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+                target = (path.parent / location).resolve()
+                if path.parent.resolve() not in target.parents or not target.is_file():
+                    raise OnnxImportError(
+                        f"{path}: initializer {tensor.name!r} points at external data "
+                        f"{location!r}, outside the model's folder or missing"
+                    )
+        onnx.load_external_data_for_model(proto, str(path.parent))
+        onnx.checker.check_model(proto)
+    except OnnxImportError:
+        raise
+    except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError ...
+        raise OnnxImportError(f"{path} is not a valid ONNX model: {exc}") from exc
+    return proto
+
+
+def _layer_name(node, index: int) -> str:
+    base = re.sub(r"[^0-9A-Za-z_]", "_", node.name or node.op_type).strip("_") or node.op_type
+    return f"n{index}_{base}"
+
+
+class _Builder:
+    def __init__(self, onnx, proto):
+        self.onnx, self.numpy_helper = onnx, onnx.numpy_helper
+        self.constants = {t.name: self.numpy_helper.to_array(t) for t in proto.graph.initializer}
+        self.alias: dict[str, str] = {}
+        self.layers: dict[str, Module] = {}
+        self.steps: list[Step] = []
+        self.sources: dict[str, str] = {}  # our state dict name -> the initializer it came from
+
+    def resolve(self, name: str) -> str:
+        while name in self.alias:
+            name = self.alias[name]
+        return name
+
+    def const(self, node, position: int, what: str, required: bool = True):
+        names = node.input
+        if position >= len(names) or names[position] == "":
+            if required:
+                self.fail(node, f"its {what} input is missing")
+            return None
+        name = self.resolve(names[position])
+        if name not in self.constants:
+            self.fail(node, f"its {what} ({name!r}) is computed in the graph, not a constant")
+        return self.constants[name]
+
+    def fail(self, node, why: str):
+        raise OnnxImportError(f"node {node.name or '(unnamed)'!r} ({node.op_type}): {why}")
+
+    def attributes(self, node) -> dict:
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def add(self, node, index: int, layer: Module, inputs: list[str], sources=()) -> None:
+        """Layer ``layer`` for ``node`` reading ``inputs``; ``sources``: (its parameter or buffer
+        name, the node input position it was loaded from)."""
+        name = _layer_name(node, index)
+        self.layers[name] = layer
+        self.steps.append(Step(name, tuple(self.resolve(i) for i in inputs), node.output[0]))
+        for key, position in sources:
+            self.sources[f"{name}.{key}"] = self.resolve(node.input[position])
+
+
+def _decimal(value: float) -> float:
+    """A float attribute (ONNX stores them as float32) as the shortest decimal that float32
+    stands for: BN's epsilon 1e-5 is stored as 9.99999975e-06 and read back as 1e-5, so a float64
+    model computes what the exporting model computed."""
+    return float(np.format_float_scientific(np.float32(value), unique=True))
+
+
+def _check_attributes(builder, node, attributes: dict, allowed: dict) -> None:
+    """Each attribute must be one we implement, with a value we implement."""
+    for key, value in attributes.items():
+        if key not in allowed:
+            builder.fail(node, f"attribute {key} is not supported")
+        accept = allowed[key]
+        if accept is not None and not accept(value):
+            builder.fail(node, f"attribute {key}={value!r} is not supported")
+
+
+def _symmetric(builder, node, pads) -> tuple[int, int]:
+    top, left, bottom, right = pads
+    if (top, left) != (bottom, right):
+        builder.fail(node, f"attribute pads={list(pads)} is asymmetric, which pooling here is not")
+    return int(top), int(left)
+
+
+def _build(builder: _Builder, node, index: int, float_dtype) -> None:
+    op, a = node.op_type, builder.attributes(node)
+    x = node.input[0] if node.input else None
+    if op in ("Identity", "Dropout"):
+        builder.alias[node.output[0]] = builder.resolve(x)
+    elif op == "Constant":
+        _check_attributes(builder, node, a, {"value": None})
+        builder.constants[node.output[0]] = builder.numpy_helper.to_array(a["value"])
+    elif op == "Conv":
+        _check_attributes(builder, node, a, {"kernel_shape": None, "strides": None, "pads": None,
+                                             "dilations": None, "group": None,
+                                             "auto_pad": lambda v: v in (b"NOTSET", b"SAME_UPPER",
+                                                                         b"VALID")})  # fmt: skip
+        w = builder.const(node, 1, "weight")
+        b = builder.const(node, 2, "bias", required=False)
+        if w.ndim != 4:
+            builder.fail(node, f"a {w.ndim - 2}-D convolution; only 2-D ones are supported")
+        groups = int(a.get("group", 1))
+        top, left, bottom, right = a.get("pads", [0, 0, 0, 0])
+        auto = a.get("auto_pad", b"NOTSET")
+        conv_type = Conv2dSame if auto == b"SAME_UPPER" else Conv2d
+        layer = conv_type(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]),
+                          tuple(a.get("strides", [1, 1])), (top, bottom, left, right),
+                          tuple(a.get("dilations", [1, 1])), groups, bias=b is not None,
+                          dtype=float_dtype)  # fmt: skip
+        layer.weight.data[...] = w
+        if b is not None:
+            layer.bias.data[...] = b
+        builder.add(node, index, layer, [x], [("weight", 1)] + ([("bias", 2)] if b is not None
+                                                                 else []))  # fmt: skip
+    elif op == "BatchNormalization":
+        _check_attributes(builder, node, a, {"epsilon": None, "momentum": None,
+                                             "training_mode": lambda v: v == 0})  # fmt: skip
+        scale, bias, mean, var = (builder.const(node, k, w) for k, w in
+                                  ((1, "scale"), (2, "bias"), (3, "mean"), (4, "var")))  # fmt: skip
+        layer = BatchNorm2d(len(scale), eps=_decimal(a.get("epsilon", 1e-5)),
+                            momentum=1.0 - _decimal(a.get("momentum", 0.9)), dtype=float_dtype)  # fmt: skip
+        layer.weight.data[...], layer.bias.data[...] = scale, bias
+        layer.running_mean[...], layer.running_var[...] = mean, var
+        builder.add(node, index, layer, [x], [("weight", 1), ("bias", 2), ("running_mean", 3),
+                                              ("running_var", 4)])  # fmt: skip
+    elif op in ("Relu", "Sigmoid", "HardSwish"):
+        builder.add(node, index, {"Relu": ReLU, "Sigmoid": Sigmoid, "HardSwish": Hardswish}[op](),
+                    [x])  # fmt: skip
+    elif op == "HardSigmoid":
+        alpha, beta = _decimal(a.get("alpha", 0.2)), _decimal(a.get("beta", 0.5))
+        if abs(alpha - 1 / 6) > 1e-6 or beta != 0.5:
+            builder.fail(node, f"attribute alpha={alpha}, beta={beta}: only 1/6, 1/2 (torch's "
+                               "hardsigmoid) is supported")  # fmt: skip
+        builder.add(node, index, Hardsigmoid(), [x])
+    elif op == "Clip":
+        low = builder.const(node, 1, "min", required=False)
+        high = builder.const(node, 2, "max", required=False)
+        low = float(a.get("min", -np.inf)) if low is None else float(low)
+        high = float(a.get("max", np.inf)) if high is None else float(high)
+        if (low, high) == (0.0, 6.0):
+            builder.add(node, index, ReLU6(), [x])
+        elif (low, high) == (0.0, np.inf):
+            builder.add(node, index, ReLU(), [x])
+        else:
+            builder.fail(node, f"bounds [{low}, {high}]: only [0, 6] and [0, inf) are supported")
+    elif op == "GlobalAveragePool":
+        builder.add(node, index, AdaptiveAvgPool2d(1), [x])
+    elif op == "ReduceMean":
+        axes = a.get("axes")
+        if axes is None and len(node.input) > 1:
+            axes = builder.const(node, 1, "axes").tolist()
+        if sorted(int(v) % 4 for v in (axes or [])) != [2, 3] or not a.get("keepdims", 1):
+            builder.fail(node, f"axes={axes}, keepdims={a.get('keepdims', 1)}: only the mean over "
+                               "H and W keeping them is supported")  # fmt: skip
+        builder.add(node, index, AdaptiveAvgPool2d(1), [x])
+    elif op in ("AveragePool", "MaxPool"):
+        _check_attributes(builder, node, a, {
+            "kernel_shape": None, "strides": None, "pads": None, "ceil_mode": None,
+            "count_include_pad": None, "dilations": None,
+            "auto_pad": lambda v: v == b"NOTSET", "storage_order": lambda v: v == 0})  # fmt: skip
+        kernel = tuple(a["kernel_shape"])
+        stride = tuple(a.get("strides", [1, 1]))
+        padding = _symmetric(builder, node, a.get("pads", [0, 0, 0, 0]))
+        ceil = bool(a.get("ceil_mode", 0))
+        if op == "AveragePool":
+            layer = AvgPool2d(kernel, stride, padding, ceil, bool(a.get("count_include_pad", 0)))
+        else:
+            layer = MaxPool2d(kernel, stride, padding, tuple(a.get("dilations", [1, 1])),
+                              ceil_mode=ceil)  # fmt: skip
+        builder.add(node, index, layer, [x])
+    elif op in ("Gemm", "MatMul"):
+        if op == "Gemm":
+            _check_attributes(builder, node, a, {"alpha": None, "beta": None, "transA":
+                                                 lambda v: v == 0, "transB": None})  # fmt: skip
+        w = builder.const(node, 1, "weight")
+        if w.ndim != 2:
+            builder.fail(node, f"a weight of shape {w.shape}: only 2-D weights are supported")
+        w = w if a.get("transB", 0) else w.T  # (out, in)
+        c = builder.const(node, 2, "bias", required=False) if op == "Gemm" else None
+        if c is not None:
+            try:  # (out,), (1, out), a scalar: one bias per output; (N, out) is not a Linear's
+                c = np.broadcast_to(c, (1, w.shape[0])).reshape(w.shape[0])
+            except ValueError:
+                builder.fail(node, f"a bias of shape {c.shape} for {w.shape[0]} outputs: only one "
+                                   "bias per output is supported")  # fmt: skip
+        layer = Linear(w.shape[1], w.shape[0], bias=c is not None, dtype=float_dtype)
+        layer.weight.data[...] = _decimal(a.get("alpha", 1.0)) * w
+        if c is not None:
+            layer.bias.data[...] = _decimal(a.get("beta", 1.0)) * c
+        builder.add(node, index, layer, [x], [("weight", 1)] + ([("bias", 2)] if c is not None
+                                                                 else []))  # fmt: skip
+    elif op == "Flatten":
+        if int(a.get("axis", 1)) != 1:
+            builder.fail(node, f"attribute axis={a.get('axis')}: only axis 1 is supported")
+        builder.add(node, index, Reshape((0, -1)), [x])
+    elif op == "Reshape":
+        builder.add(node, index, Reshape(builder.const(node, 1, "shape").tolist()), [x])
+    elif op in ("Squeeze", "Unsqueeze"):
+        axes = a.get("axes")
+        if axes is None:
+            axes = builder.const(node, 1, "axes").tolist()
+        builder.add(node, index, _axes_reshape(builder, node, op, axes), [x])
+    elif op in ("Add", "Mul"):
+        constants = []
+        for position in (0, 1):
+            name = builder.resolve(node.input[position])
+            constants.append(builder.constants.get(name))
+        if all(c is not None for c in constants):
+            builder.fail(node, "both operands are constants (fold them before exporting)")
+        dynamic = [n for n, c in zip(node.input, constants, strict=True) if c is None]
+        builder.add(node, index, Binary(op.lower(), tuple(constants)), dynamic)
+    elif op == "Concat":
+        if any(builder.resolve(n) in builder.constants for n in node.input):
+            builder.fail(node, "a constant operand is not supported")
+        builder.add(node, index, Concat(int(a["axis"])), list(node.input))
+    elif op == "Slice":
+        starts, ends = builder.const(node, 1, "starts"), builder.const(node, 2, "ends")
+        axes = builder.const(node, 3, "axes", required=False)
+        steps = builder.const(node, 4, "steps", required=False)
+        if len(starts) != 1 or (steps is not None and int(steps[0]) != 1):
+            builder.fail(node, "only a single axis with step 1 is supported")
+        axis = int(axes[0]) if axes is not None else 0
+        stop = int(min(ends[0], 2**62))
+        builder.add(node, index, Slice(int(starts[0]), stop, axis), [x])
+    else:
+        builder.fail(node, "this op type is not supported")
+
+
+def _axes_reshape(builder, node, op: str, axes) -> Reshape:
+    """Squeeze / Unsqueeze of known axes as a Reshape with 0 (copy) for the kept dimensions:
+    needs the axes relative to a 4-D or 2-D tensor, which is what CNN graphs squeeze."""
+    axes = sorted(int(v) for v in axes)
+    if any(v < 0 for v in axes):
+        builder.fail(node, f"negative axes {axes} are not supported")
+    if op == "Squeeze":  # (N, C, 1, 1) -> (N, C) for axes [2, 3]
+        if axes != [2, 3]:
+            builder.fail(node, f"axes={axes}: only squeezing H and W ([2, 3]) is supported")
+        return Reshape((0, 0))
+    if axes != [2, 3]:
+        builder.fail(node, f"axes={axes}: only unsqueezing to (N, C, 1, 1) is supported")
+    return Reshape((0, 0, 1, 1))
+
+
+def model_from_onnx(path, dtype=np.float32) -> OnnxModel:
+    """The model of the ONNX file ``path``: one named layer per node (see the module docstring);
+    ``model.pretrained_cfg`` records the file, its input size and classes, and
+    ``model.onnx_sources`` maps each parameter and buffer to the initializer it came from (a torch
+    export names them after the torch model's own parameters)."""
+    onnx = _onnx()
+    proto = read_onnx(path)
+    graph = proto.graph
+    weights = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise OnnxImportError(
+            f"{path}: {len(inputs)} inputs and {len(graph.output)} outputs; a model here has one "
+            "image input and one output"
+        )
+    builder = _Builder(onnx, proto)
+    for index, node in enumerate(graph.node):
+        if len(node.output) != 1 and node.op_type not in ("Dropout", "BatchNormalization"):
+            builder.fail(
+                node, f"{len(node.output)} outputs; only single-output nodes are supported"
+            )
+        _build(builder, node, index, dtype)
+    output = builder.resolve(graph.output[0].name)
+    model = OnnxModel(builder.layers, builder.steps, inputs[0].name, output)
+    model.onnx_sources = builder.sources
+    dims = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
+    classes = [d.dim_value or None for d in graph.output[0].type.tensor_type.shape.dim]
+    size = dims[2] if len(dims) == 4 and dims[2] == dims[3] and dims[2] else 224
+    model.pretrained_cfg = {"source": "onnx", "file": str(path), "size": size,
+                            "architecture": None, "width_mult": None}  # fmt: skip
+    if len(classes) == 2 and classes[1]:
+        model.pretrained_cfg["num_classes"] = classes[1]
+    return model.eval()

@@ -1,0 +1,274 @@
+"""ONNX in (``models/onnx_import.py``): graphs exported by ``torch.onnx.export`` from torchvision
+MobileNetV2 and timm ghostnet_100 / mobilenetv1_100 load as trainable models whose logits are
+torch's and whose gradients are torch's (float64: the input gradient of the BN-folded export,
+and, with BN kept, every parameter gradient and running statistic in train mode); single
+operators built with ``onnx.helper`` (drawn attributes) match ONNX Runtime; our own exports load
+back; unsupported or damaged graphs fail by name."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("meta_registrations"))
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import scratchnets as sn  # noqa: E402
+from scratchnets.models.onnx_import import OnnxImportError  # noqa: E402
+from tests.helpers import record_error  # noqa: E402
+from tests.model_twins import randomize_bn, torch_twin  # noqa: E402
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+helper, numpy_helper = onnx.helper, onnx.numpy_helper
+pytestmark = pytest.mark.torch_models
+
+
+def _twin(name: str) -> torch.nn.Module:
+    """The torch model (float32, eval, random BN statistics and affine parameters)."""
+    if name == "mobilenet_v2":
+        model = torch_twin("mobilenet_v2", 5, 0.35, torch.float32)
+    else:
+        model = timm.create_model(name, num_classes=5).float()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.normal_(0.0, 0.2, generator=generator)
+                module.running_mean.normal_(0.0, 0.2, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+    return model.eval()
+
+
+def _export(model, path, fold: bool = True) -> None:
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float32)
+    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "N"}},
+                      do_constant_folding=fold,
+                      training=torch.onnx.TrainingMode.EVAL)  # fmt: skip
+
+
+TWINS = ["mobilenet_v2", "ghostnet_100", "mobilenetv1_100"]
+#: float64 parity through an ONNX file (train-mode BN on small late maps is ill-conditioned)
+F64_RTOL = 1e-9
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_torch_exports_load_with_torchs_logits_and_input_gradient(tmp_path, name):
+    twin = _twin(name)
+    path = tmp_path / f"{name}.onnx"
+    _export(twin, path)
+    model = sn.models.load_pretrained(path)
+    assert model.pretrained_cfg["source"] == "onnx" and model.pretrained_cfg["num_classes"] == 5
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64))
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x).float()).numpy()
+    err = record_error(f"onnx import {name} logits float32", model(x.astype(np.float32)), expected)
+    assert err <= 1e-5 * np.max(np.abs(expected))
+    # the folded graph's input gradient is the eval-mode torch model's, up to the float32 rounding
+    # of the exporter's BN folding (float64 parity with BN kept: the next test)
+    model = model.to(dtype=np.float64)
+    twin = twin.double()
+    dy = np.random.default_rng(2).standard_normal((2, 5))
+    xt = torch.tensor(x, requires_grad=True)
+    (twin(xt) * torch.from_numpy(dy)).sum().backward()
+    model.eval()(x)
+    dx = model.backward(dy)
+    record_error(f"onnx import {name} eval dx", dx, xt.grad.numpy())
+    expected = xt.grad.numpy()
+    assert np.max(np.abs(dx - expected)) <= 1e-5 * np.max(np.abs(expected))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenetv1_100"])
+def test_with_bn_kept_training_follows_torch(tmp_path, name):
+    """Exported with BatchNormalization nodes: in train mode our graph normalises by the batch
+    as torch does; dx, every parameter gradient (matched through the initializer names, torch's
+    own) and the updated running statistics agree in float64 (BN's epsilon and momentum are
+    float32 attributes in the file, read back as the decimals they stand for)."""
+    twin = _twin(name)
+    path = tmp_path / f"{name}_bn.onnx"
+    _export(twin, path, fold=False)
+    model = sn.models.load_pretrained(path).to(dtype=np.float64).train()
+    assert any(isinstance(m, sn.nn.BatchNorm2d) for m in model.modules())
+    twin = twin.double().train()
+    x = np.random.default_rng(3).standard_normal((4, 3, 48, 48))
+    dy = np.random.default_rng(4).standard_normal((4, 5))
+    xt = torch.tensor(x, requires_grad=True)
+    (twin(xt) * torch.from_numpy(dy)).sum().backward()
+    model.zero_grad()
+    model(x)
+    dx = model.backward(dy)
+    record_error(f"onnx import {name} train dx", dx, xt.grad.numpy())
+    assert np.max(np.abs(dx - xt.grad.numpy())) <= F64_RTOL * np.max(np.abs(xt.grad.numpy()))
+    theirs = dict(twin.named_parameters()) | dict(twin.named_buffers())
+    ours = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    # some gradients are analytically zero (a linear bottleneck's BN bias before a conv and a
+    # train-mode BN): compared against 1e-3 of the model's largest gradient, as model_twins does
+    floor = 1e-3 * max(float(p.grad.abs().max()) for p in twin.parameters())
+    checked = 0
+    for key, source in model.onnx_sources.items():
+        if source not in theirs:
+            continue
+        if key in ours:
+            actual, expected = ours[key].grad, theirs[source].grad.numpy()
+            scale = max(floor, float(np.max(np.abs(expected))))
+        else:  # a running statistic, updated by the train-mode forward
+            actual, expected = buffers[key], theirs[source].detach().numpy()
+            scale = float(np.max(np.abs(expected)))
+        assert np.max(np.abs(actual - expected)) <= F64_RTOL * scale, key
+        checked += 1
+    assert checked >= len(ours)  # every parameter came from a torch parameter
+
+
+def test_our_exports_load_back_and_train(tmp_path):
+    ours = sn.models.create("mobilenet_v3_small", 4, 0.5, keras_style=True, rng=0)
+    randomize_bn(ours, np.random.default_rng(1))
+    path = tmp_path / "v3.onnx"
+    sn.export_onnx(ours.eval(), path, (1, 3, 48, 48), fold=False)
+    back = sn.models.load_pretrained(path)
+    x = np.random.default_rng(5).standard_normal((2, 3, 48, 48)).astype(np.float32)
+    expected = ours(x)
+    assert record_error("onnx export -> import", back(x), expected) <= 1e-5 * np.abs(expected).max()
+    back.train()
+    y = back(x)
+    assert back.backward(np.ones_like(y)).shape == x.shape
+    assert all(p.grad is not None for p in back.parameters())
+    summary = sn.profile.summary(back, (1, 3, 48, 48))
+    assert summary.total_macs == sn.profile.summary(ours, (1, 3, 48, 48)).total_macs
+
+
+# ---------------------------------------------------------------- operators against ORT
+
+
+def _single(op_type, inputs, attributes, initializers, x_shape, out_name="y"):
+    """A one-node graph (``x`` the input; the output's rank that of x, or 2 for the ops that
+    flatten) and its model."""
+    rank = 2 if op_type in ("Flatten", "Reshape", "Gemm") else len(x_shape)
+    node = helper.make_node(op_type, inputs, [out_name], name="the_node", **attributes)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT,
+                                       [f"d{k}" for k in range(rank)])],
+        [numpy_helper.from_array(v.astype(np.float32) if v.dtype.kind == "f" else v, k)
+         for k, v in initializers.items()],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _check_against_ort(model_proto, x, tmp_path, key):
+    path = tmp_path / "op.onnx"
+    onnx.save(model_proto, path)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    actual = sn.models.load_pretrained(path)(x)
+    err = record_error(key, actual, expected)
+    assert err <= 1e-5 * max(1e-6, float(np.max(np.abs(expected)))), err
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    kernel=st.sampled_from([(1, 1), (3, 3), (1, 5), (3, 1)]),
+    strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    dilations=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    pads=st.tuples(*[st.integers(0, 2)] * 4),
+    auto_pad=st.sampled_from(["NOTSET", "SAME_UPPER", "VALID"]),
+    depthwise=st.booleans(),
+    bias=st.booleans(),
+    size=st.integers(6, 11),
+)
+def test_conv_attributes_match_onnx_runtime(kernel, strides, dilations, pads, auto_pad,
+                                            depthwise, bias, size, tmp_path_factory):  # fmt: skip
+    if auto_pad == "SAME_UPPER":
+        dilations = (1, 1)  # TF "same" with dilation: not what Conv2dSame computes
+    rng = np.random.default_rng(0)
+    c_in, c_out = 4, (4 if depthwise else 3)
+    weights = {"w": rng.standard_normal((c_out, 1 if depthwise else c_in, *kernel))}
+    if bias:
+        weights["b"] = rng.standard_normal(c_out)
+    attributes = dict(kernel_shape=list(kernel), strides=list(strides), dilations=list(dilations),
+                      group=c_in if depthwise else 1, auto_pad=auto_pad)  # fmt: skip
+    if auto_pad == "NOTSET":
+        attributes["pads"] = [pads[0], pads[2], pads[1], pads[3]]
+    proto = _single("Conv", ["x", *weights], attributes, weights, [2, c_in, size, size + 1])
+    x = rng.standard_normal((2, c_in, size, size + 1)).astype(np.float32)
+    _check_against_ort(proto, x, tmp_path_factory.mktemp("conv"), "onnx import Conv")
+
+
+@pytest.mark.parametrize(
+    ("op_type", "attributes", "extra"),
+    [
+        ("Relu", {}, {}), ("Sigmoid", {}, {}), ("HardSwish", {}, {}),
+        ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, {}),
+        ("Clip", {}, {"lo": np.array(0.0), "hi": np.array(6.0)}),
+        ("GlobalAveragePool", {}, {}),
+        ("ReduceMean", {"keepdims": 1}, {"axes": np.array([2, 3], np.int64)}),
+        ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                         "count_include_pad": 0, "ceil_mode": 1}, {}),
+        ("MaxPool", {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 1, 0, 1]}, {}),
+        ("Flatten", {"axis": 1}, {}),
+        ("Reshape", {}, {"shape": np.array([0, -1], np.int64)}),
+        ("Add", {}, {"c": np.full((1, 3, 1, 1), 0.5)}),
+        ("Mul", {}, {"c": np.arange(3.0).reshape(1, 3, 1, 1)}),
+        ("Slice", {}, {"s": np.array([1], np.int64), "e": np.array([2**62], np.int64),
+                       "ax": np.array([1], np.int64)}),
+    ],
+)  # fmt: skip
+def test_each_operator_matches_onnx_runtime(tmp_path, op_type, attributes, extra):
+    inputs = ["x", *extra]
+    if op_type == "ReduceMean":  # opset 17: axes is an attribute
+        attributes, extra, inputs = {**attributes, "axes": [2, 3]}, {}, ["x"]
+    proto = _single(op_type, inputs, attributes, extra, [2, 3, 7, 8])
+    x = (4 * np.random.default_rng(6).standard_normal((2, 3, 7, 8))).astype(np.float32)
+    _check_against_ort(proto, x, tmp_path, f"onnx import {op_type}")
+
+
+@settings(max_examples=8, deadline=None)
+@given(trans_b=st.booleans(), alpha=st.sampled_from([1.0, 0.5]), beta=st.sampled_from([1.0, 2.0]),
+       bias_shape=st.sampled_from([(5,), (1, 5)]))  # fmt: skip
+def test_gemm_attributes_match_onnx_runtime(trans_b, alpha, beta, bias_shape, tmp_path_factory):
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((5, 6) if trans_b else (6, 5))
+    proto = _single("Gemm", ["x", "w", "c"], dict(alpha=alpha, beta=beta, transB=int(trans_b)),
+                    {"w": w, "c": rng.standard_normal(bias_shape)}, [3, 6])  # fmt: skip
+    _check_against_ort(proto, rng.standard_normal((3, 6)).astype(np.float32),
+                       tmp_path_factory.mktemp("gemm"), "onnx import Gemm")  # fmt: skip
+
+
+def test_unsupported_operators_attributes_and_damaged_files_fail_by_name(tmp_path):
+    cases = [
+        (_single("LeakyRelu", ["x"], {}, {}, [1, 3, 4, 4]), "'the_node' (LeakyRelu): this op type"),
+        (_single("Conv", ["x", "w"], {"auto_pad": "SAME_LOWER"},
+                 {"w": np.ones((2, 3, 3, 3))}, [1, 3, 4, 4]),
+         "attribute auto_pad=b'SAME_LOWER' is not supported"),
+        (_single("Clip", ["x", "lo", "hi"], {}, {"lo": np.array(-1.0), "hi": np.array(1.0)},
+                 [1, 3, 4, 4]), "bounds [-1.0, 1.0]"),
+    ]  # fmt: skip
+    for proto, message in cases:
+        path = tmp_path / "bad.onnx"
+        onnx.save(proto, path)
+        with pytest.raises(OnnxImportError, match=re.escape(message)):
+            sn.models.load_pretrained(path)
+    good = tmp_path / "good.onnx"
+    onnx.save(_single("Relu", ["x"], {}, {}, [1, 3, 4, 4]), good)
+    data = good.read_bytes()
+    for cut in (0, 5, len(data) // 2, len(data) - 3):
+        (tmp_path / "cut.onnx").write_bytes(data[:cut])
+        with pytest.raises(OnnxImportError, match="not a valid ONNX model"):
+            sn.models.load_pretrained(tmp_path / "cut.onnx")
+    outside = _single("Conv", ["x", "w"], {}, {"w": np.ones((2, 3, 1, 1))}, [1, 3, 4, 4])
+    weight = outside.graph.initializer[0]
+    weight.ClearField("raw_data")
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="../../etc/passwd")
+    onnx.save(outside, tmp_path / "outside.onnx")
+    with pytest.raises(OnnxImportError, match="outside the model's folder"):
+        sn.models.load_pretrained(tmp_path / "outside.onnx")
