@@ -37,8 +37,9 @@ def register(subparsers) -> None:
 
 
 def _model_of(path: Path, keras: bool = True):
-    """``(model, width multiplier, input size)`` of a training checkpoint or a weight file
-    (``keras``: Google's folded TFLite MobileNetV1 unfolded into Keras' layers)."""
+    """``(model, width multiplier, input size, preprocessing, class names)`` of a training
+    checkpoint or a weight file (``keras``: Google's folded TFLite MobileNetV1 unfolded into
+    Keras' layers)."""
     from .models.checkpoint import CheckpointError
     from .models.keras_import import unfold_tf_mobilenet_v1
     from .train.evaluate import load_for_inference
@@ -47,16 +48,23 @@ def _model_of(path: Path, keras: bool = True):
     if path.suffix.lower() == ".npz":
         try:
             model, meta = load_for_inference(path, "cpu")
-            return model, meta["width_mult"], int(meta.get("image_size", 224))
+            size = int(meta.get("image_size", 224))
+            norm = meta.get("normalize", {})
+            preprocessing = {"source": "scratchnets checkpoint", "size": size,
+                             **{k: norm[k] for k in ("mean", "std") if k in norm}}  # fmt: skip
+            return model, meta["width_mult"], size, preprocessing, meta.get("classes")
         except (CheckpointError, ValueError):
             pass  # a plain state dict: a weight file
     model = float_model(path)
-    width, size = model.pretrained_cfg.get("width_mult"), int(model.pretrained_cfg.get("size", 224))
-    if keras and model.pretrained_cfg.get("architecture") == "tf_mobilenet_v1":
+    cfg = model.pretrained_cfg
+    width, size = cfg.get("width_mult"), int(cfg.get("size", 224))
+    preprocessing = {k: cfg[k] for k in ("source", "size", "resize", "crop", "crop_pct",
+                                         "interpolation", "mean", "std") if k in cfg}  # fmt: skip
+    if keras and cfg.get("architecture") == "tf_mobilenet_v1":
         model = unfold_tf_mobilenet_v1(model)
         print("its BatchNorm layers hold the graph's folded biases, not statistics: the file "
               "predicts as the graph does; fine-tune it with --freeze-backbone")  # fmt: skip
-    return model, width, size
+    return model, width, size, preprocessing, None
 
 
 def run(args) -> int:
@@ -67,7 +75,7 @@ def run(args) -> int:
 
     output = Path(args.output)
     try:
-        model, width, _ = _model_of(Path(args.source))
+        model, width, *_ = _model_of(Path(args.source))
         arch = keras_architecture_of(model)
         layers = keras_layers_of(model)
         write_legacy_h5(output, layers)
@@ -86,9 +94,10 @@ def _run_onnx(args) -> int:
 
     output = Path(args.output)
     try:
-        model, _, size = _model_of(Path(args.source), keras=False)
+        model, _, size, preprocessing, classes = _model_of(Path(args.source), keras=False)
         size = args.input_size or size
-        info = export_onnx(model, output, (1, 3, size, size))
+        info = export_onnx(model, output, (1, 3, size, size),
+                           preprocessing=preprocessing | {"size": size}, class_names=classes)  # fmt: skip
     except (FileNotFoundError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

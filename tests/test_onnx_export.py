@@ -132,6 +132,9 @@ def test_export_onnx_of_a_fine_tuned_checkpoint_gives_its_predictions(dataset, t
     ours, theirs = model(x), run_onnx(path, x)
     assert_close(theirs, ours, "onnx export of a checkpoint")
     assert (theirs.argmax(1) == ours.argmax(1)).all()
+    cfg = sn.models.load_pretrained(path).pretrained_cfg  # the file says how to use it
+    assert cfg["class_names"] == meta["classes"] == ["cat", "dog"]
+    assert cfg["size"] == 32 and cfg["mean"] == meta["normalize"]["mean"]
 
 
 def test_what_cannot_be_exported_is_refused_by_name(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ padding depends on them). Opset 17. ``onnx`` is an optional dependency (``pip in
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -228,15 +229,22 @@ def _emit(graph: _Graph, call, index: int) -> None:
         raise ValueError(f"{where}: op {op!r} has no ONNX export here")
 
 
-def export_onnx(model, path, input_shape=(1, 3, 224, 224), fold: bool = True) -> dict:
+#: metadata_props keys: how the model's input is prepared, and its class names (JSON)
+META_PREPROCESSING, META_CLASSES = "scratchnets.preprocessing", "scratchnets.class_names"
+
+
+def export_onnx(model, path, input_shape=(1, 3, 224, 224), fold: bool = True,
+                preprocessing: dict | None = None, class_names=None) -> dict:  # fmt: skip
     """Write ``model`` (eval mode, any scratchnets model) as an ONNX graph at ``path``, traced at
     ``input_shape`` (N symbolic in the file); returns ``{"nodes", "initializers", "ops"}``.
 
     ``fold``: the inference form, as the eval fast path computes it (every declared BN folded
     into its conv, GhostNetV3's branches re-parameterised: ``models.fuse.folded_copy``);
-    ``fold=False`` keeps each BN as a BatchNormalization node. The model's mode, backend and eval
-    fast path are restored afterwards. The file is checked with ``onnx.checker`` and written
-    atomically."""
+    ``fold=False`` keeps each BN as a BatchNormalization node. ``preprocessing`` (a
+    ``pretrained_cfg``-style dict: size, crop, interpolation, mean, std) and ``class_names`` go
+    into the file's metadata as JSON, for ``load_pretrained`` and ``predict`` to read back. The
+    model's mode, backend and eval fast path are restored afterwards. The file is checked with
+    ``onnx.checker`` and written atomically."""
     onnx = _onnx()
     from ..explain import trace
     from ..models.fuse import folded_copy
@@ -274,6 +282,8 @@ def export_onnx(model, path, input_shape=(1, 3, 224, 224), fold: bool = True) ->
     )  # fmt: skip
     proto = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="scratchnets")  # fmt: skip
+    metadata = {META_PREPROCESSING: preprocessing, META_CLASSES: class_names}
+    helper.set_model_props(proto, {k: json.dumps(v) for k, v in metadata.items() if v})
     onnx.checker.check_model(proto)
     path = Path(path)
     partial = path.with_name(path.name + ".partial")

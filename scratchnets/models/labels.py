@@ -57,11 +57,15 @@ def fit_to(names: list[str], num_classes: int) -> list[str] | None:
 
 
 def class_names(
-    num_classes: int, weights: str | Path | None = None, labels: str | Path | None = None
+    num_classes: int,
+    weights: str | Path | None = None,
+    labels: str | Path | None = None,
+    recorded: list[str] | None = None,
 ) -> tuple[list[str], str]:
     """``(names, where they came from)`` for a model with ``num_classes`` outputs whose weights
     are the file ``weights``; ``labels`` names a labels file (a list of the wrong length for it
-    is a ValueError)."""
+    is a ValueError); ``recorded``: names the weight file itself carries (an ONNX export's),
+    used when no labels file is named or found beside it."""
     if labels is not None:
         listed = read_labels(labels)
         names = fit_to(listed, num_classes)
@@ -77,6 +81,8 @@ def class_names(
             path = Path(weights).parent / name
             if path.is_file():
                 candidates.append((read_labels(path), str(path)))
+    if recorded:
+        candidates.append((list(recorded), "the weight file"))
     candidates.append((imagenet_names(), "ImageNet-1k class names"))
     for names, source in candidates:
         fitted = fit_to(names, num_classes)

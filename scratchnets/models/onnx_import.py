@@ -475,4 +475,31 @@ def model_from_onnx(path, dtype=np.float32) -> OnnxModel:
                             "architecture": None, "width_mult": None}  # fmt: skip
     if len(classes) == 2 and classes[1]:
         model.pretrained_cfg["num_classes"] = classes[1]
+    model.pretrained_cfg |= _metadata(proto, path)
     return model.eval()
+
+
+#: what a scratchnets export writes in metadata_props (formats.onnx): JSON of a preprocessing
+#: dict and of the class names
+_PREPROCESSING_KEYS = ("size", "resize", "crop", "crop_pct", "interpolation", "mean", "std")
+
+
+def _metadata(proto, path) -> dict:
+    """The preprocessing and class names a scratchnets export recorded (plain JSON: checked
+    field by field, anything else ignored)."""
+    import json
+
+    props = {p.key: p.value for p in proto.metadata_props}
+    found = {}
+    try:
+        pre = json.loads(props.get("scratchnets.preprocessing", "null")) or {}
+        names = json.loads(props.get("scratchnets.class_names", "null"))
+    except json.JSONDecodeError as exc:
+        raise OnnxImportError(f"{path}: its scratchnets metadata is not JSON: {exc}") from exc
+    if isinstance(pre, dict):
+        found |= {k: pre[k] for k in _PREPROCESSING_KEYS if k in pre}
+        if "source" in pre:
+            found["exported_from"] = pre["source"]
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        found["class_names"] = names
+    return found

@@ -258,7 +258,8 @@ def predict_pretrained(
             "classes; fine-tune it on your classes with scratchnets train --init FILE"
         )
     pipeline = data.pretrained_transforms(cfg)
-    names, labels_source = class_names(int(cfg["num_classes"]), weights, labels)
+    names, labels_source = class_names(int(cfg["num_classes"]), weights, labels,
+                                       cfg.get("class_names"))  # fmt: skip
     results = _classify(model, pipeline, images, names, top, every_class=False)
     info = {
         "weights": str(weights),
