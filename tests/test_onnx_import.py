@@ -130,6 +130,22 @@ def test_with_bn_kept_training_follows_torch(tmp_path, name):
     assert checked >= len(ours)  # every parameter came from a torch parameter
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large",
+                                  "ghostnet_100", "ghostnetv2_100", "ghostnetv3_100"])  # fmt: skip
+def test_every_model_exported_here_loads_back(tmp_path, name):
+    """Export then import: GhostNetV2's DFC attention comes back through Shape -> Concat ->
+    Resize (nearest, to the traced size) and AveragePool, the ghost modules' Concat and Slice."""
+    ours = sn.models.create(name, 4, 0.5, rng=0)
+    randomize_bn(ours, np.random.default_rng(1))
+    path = tmp_path / f"{name}.onnx"
+    sn.export_onnx(ours.eval(), path, (1, 3, 66, 66))
+    back = sn.models.load_pretrained(path)
+    x = np.random.default_rng(6).standard_normal((2, 3, 66, 66)).astype(np.float32)
+    expected = ours(x)
+    err = record_error(f"onnx export -> import {name}", back(x), expected)
+    assert err <= 1e-5 * np.abs(expected).max()
+
+
 def test_our_exports_load_back_and_train(tmp_path):
     ours = sn.models.create("mobilenet_v3_small", 4, 0.5, keras_style=True, rng=0)
     randomize_bn(ours, np.random.default_rng(1))
@@ -220,10 +236,21 @@ def test_conv_attributes_match_onnx_runtime(kernel, strides, dilations, pads, au
         ("Mul", {}, {"c": np.arange(3.0).reshape(1, 3, 1, 1)}),
         ("Slice", {}, {"s": np.array([1], np.int64), "e": np.array([2**62], np.int64),
                        "ax": np.array([1], np.int64)}),
+        ("GlobalMaxPool", {}, {}),
+        ("Pad", {"mode": "reflect"}, {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)}),
+        ("Pad", {"mode": "edge"}, {"p": np.array([0, 0, 0, 1, 0, 0, 2, 0], np.int64)}),
+        ("Pad", {"mode": "constant"}, {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+                                       "v": np.array(0.5, np.float32)}),
+        ("Resize", {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                    "nearest_mode": "floor"}, {"": None, " ": None,
+                                               "sz": np.array([2, 3, 14, 13], np.int64)}),
+        ("Resize", {"mode": "linear", "coordinate_transformation_mode": "half_pixel"},
+         {"": None, " ": None, "sz": np.array([2, 3, 11, 16], np.int64)}),
     ],
 )  # fmt: skip
 def test_each_operator_matches_onnx_runtime(tmp_path, op_type, attributes, extra):
-    inputs = ["x", *extra]
+    inputs = ["x", *(k.strip() for k in extra)]  # "" and " ": inputs left out (Resize's)
+    extra = {k: v for k, v in extra.items() if v is not None}
     if op_type == "ReduceMean":  # opset 17: axes is an attribute
         attributes, extra, inputs = {**attributes, "axes": [2, 3]}, {}, ["x"]
     proto = _single(op_type, inputs, attributes, extra, [2, 3, 7, 8])

@@ -19,6 +19,11 @@ trains here like one built here.
     Flatten (axis 1), Reshape / Squeeze / Unsqueeze (constant shapes)   Reshape
     Add / Mul (broadcasting, constants)    Add / Mul
     Concat, Slice (constant, step 1)       Concat / Slice
+    GlobalMaxPool                          AdaptiveMaxPool2d(1)
+    Pad (constant, reflect, edge; H and W) ConstantPad2d / ReflectionPad2d / ReplicationPad2d
+    Resize nearest (asymmetric, floor) /   Upsample nearest / bilinear, to the sizes given
+      linear (half_pixel), sizes given     (constant, or the input's N, C + constant H, W:
+                                           Shape -> Concat, as our export writes it)
     Dropout, Identity                      (the same tensor)
     Constant                               (folded into the layers that read it)
 
@@ -38,17 +43,22 @@ import numpy as np
 from .. import functional as F
 from ..nn import (
     AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
     AvgPool2d,
     BatchNorm2d,
+    ConstantPad2d,
     Conv2d,
     Hardsigmoid,
     Hardswish,
     Linear,
     MaxPool2d,
     Module,
+    ReflectionPad2d,
     ReLU,
     ReLU6,
+    ReplicationPad2d,
     Sigmoid,
+    Upsample,
 )
 from .blocks import Conv2dSame
 
@@ -227,6 +237,9 @@ class _Builder:
         self.layers: dict[str, Module] = {}
         self.steps: list[Step] = []
         self.sources: dict[str, str] = {}  # our state dict name -> the initializer it came from
+        #: tensors known only by their role: "NC" (the first two dims of a Shape), ("HW", (h, w))
+        #: (those followed by constant H, W: a Resize's sizes)
+        self.symbolic: dict[str, object] = {}
 
     def resolve(self, name: str) -> str:
         while name in self.alias:
@@ -347,6 +360,27 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
             builder.fail(node, f"bounds [{low}, {high}]: only [0, 6] and [0, inf) are supported")
     elif op == "GlobalAveragePool":
         builder.add(node, index, AdaptiveAvgPool2d(1), [x])
+    elif op == "GlobalMaxPool":
+        builder.add(node, index, AdaptiveMaxPool2d(1), [x])
+    elif op == "Shape":
+        if (int(a.get("start", 0)), a.get("end")) != (0, 2):
+            builder.fail(node, "only the shape's first two dimensions (start 0, end 2) are "
+                               "supported, as a Resize's sizes")  # fmt: skip
+        builder.symbolic[node.output[0]] = "NC"
+    elif op == "Pad":
+        mode = a.get("mode", b"constant").decode()
+        pads = builder.const(node, 1, "pads").tolist()
+        value = builder.const(node, 2, "constant_value", required=False)
+        if len(pads) != 8 or any(pads[k] for k in (0, 1, 4, 5)):
+            builder.fail(node, f"pads={pads}: only H and W of an NCHW tensor are supported")
+        top, left, bottom, right = pads[2], pads[3], pads[6], pads[7]
+        layers = {"constant": lambda p: ConstantPad2d(p, 0.0 if value is None else float(value)),
+                  "reflect": ReflectionPad2d, "edge": ReplicationPad2d}  # fmt: skip
+        if mode not in layers:
+            builder.fail(node, f"attribute mode={mode!r} is not supported")
+        builder.add(node, index, layers[mode]((left, right, top, bottom)), [x])
+    elif op == "Resize":
+        builder.add(node, index, _resize(builder, node, a), [x])
     elif op == "ReduceMean":
         axes = a.get("axes")
         if axes is None and len(node.input) > 1:
@@ -411,6 +445,11 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
             builder.fail(node, "both operands are constants (fold them before exporting)")
         dynamic = [n for n, c in zip(node.input, constants, strict=True) if c is None]
         builder.add(node, index, Binary(op.lower(), tuple(constants)), dynamic)
+    elif op == "Concat" and builder.resolve(node.input[0]) in builder.symbolic:
+        hw = builder.const(node, 1, "H, W") if len(node.input) == 2 else None
+        if builder.symbolic[builder.resolve(node.input[0])] != "NC" or hw is None or len(hw) != 2:
+            builder.fail(node, "only (N, C) of a Shape followed by a constant (H, W) is supported")
+        builder.symbolic[node.output[0]] = ("HW", tuple(int(v) for v in hw))
     elif op == "Concat":
         if any(builder.resolve(n) in builder.constants for n in node.input):
             builder.fail(node, "a constant operand is not supported")
@@ -426,6 +465,32 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
         builder.add(node, index, Slice(int(starts[0]), stop, axis), [x])
     else:
         builder.fail(node, "this op type is not supported")
+
+
+def _resize(builder, node, a: dict) -> Upsample:
+    """Resize to sizes given (constant, or the input's N, C with constant H, W) as our Upsample:
+    nearest with asymmetric coordinates and floor (torch's nearest), or linear with half-pixel
+    coordinates (torch's bilinear, align_corners False)."""
+    _check_attributes(builder, node, a, {
+        "mode": lambda v: v in (b"nearest", b"linear"),
+        "coordinate_transformation_mode": lambda v: v in (b"asymmetric", b"half_pixel",
+                                                          b"pytorch_half_pixel"),
+        "nearest_mode": lambda v: v == b"floor", "cubic_coeff_a": None,
+        "exclude_outside": lambda v: v == 0, "extrapolation_value": None})  # fmt: skip
+    mode = a.get("mode", b"nearest")
+    transform = a.get("coordinate_transformation_mode", b"half_pixel")
+    if (mode, transform) not in ((b"nearest", b"asymmetric"), (b"linear", b"half_pixel"),
+                                 (b"linear", b"pytorch_half_pixel")):  # fmt: skip
+        builder.fail(node, f"mode {mode.decode()} with coordinate_transformation_mode "
+                           f"{transform.decode()} is not supported")  # fmt: skip
+    sizes = builder.resolve(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if sizes in builder.symbolic and builder.symbolic[sizes][0] == "HW":
+        size = builder.symbolic[sizes][1]
+    elif sizes in builder.constants and len(builder.constants[sizes]) == 4:
+        size = tuple(int(v) for v in builder.constants[sizes][2:])
+    else:
+        builder.fail(node, "only sizes given as constants are supported (not scales)")
+    return Upsample(size=size, mode="nearest" if mode == b"nearest" else "bilinear")
 
 
 def _axes_reshape(builder, node, op: str, axes) -> Reshape:
