@@ -26,6 +26,8 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..nn.init import skip_init
 
 #: ImageNet statistics of torchvision and most timm models
@@ -202,7 +204,11 @@ def create(
         raise ValueError(f"{canonical} has a fixed width; width_mult={width_mult} is not supported")
     with nullcontext() if init else skip_init():
         model = factory(num_classes=num_classes, **kwargs)
-    return model if dtype is None else model.to(dtype=dtype)
+    if dtype is None:
+        return model
+    # without init the arrays hold whatever memory held: casting it may meet NaN bit patterns
+    with nullcontext() if init else np.errstate(invalid="ignore", over="ignore"):
+        return model.to(dtype=dtype)
 
 
 def fit_width(name: str, shapes: dict, widths: tuple[float, ...] = WIDTHS, **kwargs):
