@@ -13,7 +13,7 @@ import types
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("meta_registrations"))
@@ -205,6 +205,9 @@ def test_conv_attributes_match_onnx_runtime(kernel, strides, dilations, pads, au
                                             depthwise, bias, size, tmp_path_factory):  # fmt: skip
     if auto_pad == "SAME_UPPER":
         dilations = (1, 1)  # TF "same" with dilation: not what Conv2dSame computes
+    padded = (size + (pads[0] + pads[1] if auto_pad == "NOTSET" else 0),
+              size + 1 + (pads[2] + pads[3] if auto_pad == "NOTSET" else 0))  # fmt: skip
+    assume(all(d * (k - 1) + 1 <= p for d, k, p in zip(dilations, kernel, padded, strict=True)))
     rng = np.random.default_rng(0)
     c_in, c_out = 4, (4 if depthwise else 3)
     weights = {"w": rng.standard_normal((c_out, 1 if depthwise else c_in, *kernel))}
@@ -230,7 +233,8 @@ def test_conv_attributes_match_onnx_runtime(kernel, strides, dilations, pads, au
         ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
                          "count_include_pad": 0, "ceil_mode": 1}, {}),
         ("MaxPool", {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 1, 0, 1]}, {}),
-        ("Flatten", {"axis": 1}, {}),
+        ("Flatten", {"axis": 1}, {}), ("Flatten", {"axis": 0}, {}), ("Flatten", {"axis": 3}, {}),
+        ("Pad", {"mode": "wrap"}, {"p": np.array([0, 0, 2, 1, 0, 0, 1, 2], np.int64)}),
         ("Reshape", {}, {"shape": np.array([0, -1], np.int64)}),
         ("Add", {}, {"c": np.full((1, 3, 1, 1), 0.5)}),
         ("Mul", {}, {"c": np.arange(3.0).reshape(1, 3, 1, 1)}),
@@ -256,6 +260,28 @@ def test_each_operator_matches_onnx_runtime(tmp_path, op_type, attributes, extra
     proto = _single(op_type, inputs, attributes, extra, [2, 3, 7, 8])
     x = (4 * np.random.default_rng(6).standard_normal((2, 3, 7, 8))).astype(np.float32)
     _check_against_ort(proto, x, tmp_path, f"onnx import {op_type}")
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    op_type=st.sampled_from(["AveragePool", "MaxPool"]),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    pad=st.tuples(st.integers(0, 1), st.integers(0, 1)),
+    ceil_mode=st.integers(0, 1),
+    count_include_pad=st.integers(0, 1),
+    size=st.integers(5, 9),
+)
+def test_pool_attributes_match_onnx_runtime(op_type, kernel, strides, pad, ceil_mode,
+                                            count_include_pad, size, tmp_path_factory):  # fmt: skip
+    pad = tuple(min(p, k // 2) for p, k in zip(pad, kernel, strict=True))  # pads <= kernel / 2
+    attributes = dict(kernel_shape=list(kernel), strides=list(strides), ceil_mode=ceil_mode,
+                      pads=[pad[0], pad[1], pad[0], pad[1]])  # fmt: skip
+    if op_type == "AveragePool":
+        attributes["count_include_pad"] = count_include_pad
+    proto = _single(op_type, ["x"], attributes, {}, [2, 3, size, size + 2])
+    x = np.random.default_rng(8).standard_normal((2, 3, size, size + 2)).astype(np.float32)
+    _check_against_ort(proto, x, tmp_path_factory.mktemp("pool"), f"onnx import {op_type}")
 
 
 @settings(max_examples=8, deadline=None)
@@ -299,3 +325,12 @@ def test_unsupported_operators_attributes_and_damaged_files_fail_by_name(tmp_pat
     onnx.save(outside, tmp_path / "outside.onnx")
     with pytest.raises(OnnxImportError, match="outside the model's folder"):
         sn.models.load_pretrained(tmp_path / "outside.onnx")
+    cyclic = helper.make_graph(  # b reads c, c reads b
+        [helper.make_node("Relu", ["c"], ["b"]), helper.make_node("Relu", ["b"], ["c"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(cyclic, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "cyclic.onnx")  # fmt: skip
+    with pytest.raises(OnnxImportError, match="not a valid ONNX model"):
+        sn.models.load_pretrained(tmp_path / "cyclic.onnx")

@@ -16,11 +16,12 @@ trains here like one built here.
     GlobalAveragePool, ReduceMean(H, W)    AdaptiveAvgPool2d(1)
     AveragePool / MaxPool                  AvgPool2d / MaxPool2d (symmetric pads)
     Gemm (alpha, beta, transB), MatMul     Linear
-    Flatten (axis 1), Reshape / Squeeze / Unsqueeze (constant shapes)   Reshape
+    Flatten (any axis >= 0), Reshape / Squeeze / Unsqueeze (constant shapes)   Reshape
     Add / Mul (broadcasting, constants)    Add / Mul
     Concat, Slice (constant, step 1)       Concat / Slice
     GlobalMaxPool                          AdaptiveMaxPool2d(1)
-    Pad (constant, reflect, edge; H and W) ConstantPad2d / ReflectionPad2d / ReplicationPad2d
+    Pad (constant, reflect, edge, wrap;    ConstantPad2d / ReflectionPad2d / ReplicationPad2d /
+         H and W)                          CircularPad2d
     Resize nearest (asymmetric, floor) /   Upsample nearest / bilinear, to the sizes given
       linear (half_pixel), sizes given     (constant, or the input's N, C + constant H, W:
                                            Shape -> Concat, as our export writes it)
@@ -46,6 +47,7 @@ from ..nn import (
     AdaptiveMaxPool2d,
     AvgPool2d,
     BatchNorm2d,
+    CircularPad2d,
     ConstantPad2d,
     Conv2d,
     Hardsigmoid,
@@ -143,6 +145,23 @@ class Reshape(Module):
         return dy.reshape(self._saved(dy))
 
 
+class Flatten2d(Reshape):
+    """ONNX's Flatten: (d0, ..., dk-1, dk, ...) -> (d0 * ... * dk-1, dk * ...), k = ``axis``
+    (axis 0: one row)."""
+
+    def __init__(self, axis: int):
+        super().__init__(())
+        self.axis = axis
+
+    def forward(self, x):
+        if self.axis > x.ndim:
+            raise ValueError(f"Flatten axis {self.axis} for an input of {x.ndim} dimensions")
+        rows = int(np.prod(x.shape[: self.axis], dtype=np.int64))
+        y = x.reshape((rows, -1))
+        self._save(x.shape, y.shape)
+        return y
+
+
 # ------------------------------------------------------------------------------ the graph
 
 
@@ -206,6 +225,7 @@ def read_onnx(path):
         raise OnnxImportError(f"{path} is {path.stat().st_size:,} bytes, more than any model here")
     try:
         proto = onnx.load(str(path), load_external_data=False)
+        external = {}
         for tensor in proto.graph.initializer:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 location = {e.key: e.value for e in tensor.external_data}.get("location", "")
@@ -215,6 +235,12 @@ def read_onnx(path):
                         f"{path}: initializer {tensor.name!r} points at external data "
                         f"{location!r}, outside the model's folder or missing"
                     )
+                external[target] = target.stat().st_size
+        if path.stat().st_size + sum(external.values()) > MAX_FILE_BYTES:
+            raise OnnxImportError(
+                f"{path}: with its external data files it is "
+                f"{path.stat().st_size + sum(external.values()):,} bytes, more than any model here"
+            )
         onnx.load_external_data_for_model(proto, str(path.parent))
         onnx.checker.check_model(proto)
     except OnnxImportError:
@@ -375,7 +401,8 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
             builder.fail(node, f"pads={pads}: only H and W of an NCHW tensor are supported")
         top, left, bottom, right = pads[2], pads[3], pads[6], pads[7]
         layers = {"constant": lambda p: ConstantPad2d(p, 0.0 if value is None else float(value)),
-                  "reflect": ReflectionPad2d, "edge": ReplicationPad2d}  # fmt: skip
+                  "reflect": ReflectionPad2d, "edge": ReplicationPad2d,
+                  "wrap": CircularPad2d}  # fmt: skip
         if mode not in layers:
             builder.fail(node, f"attribute mode={mode!r} is not supported")
         builder.add(node, index, layers[mode]((left, right, top, bottom)), [x])
@@ -426,9 +453,10 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
         builder.add(node, index, layer, [x], [("weight", 1)] + ([("bias", 2)] if c is not None
                                                                  else []))  # fmt: skip
     elif op == "Flatten":
-        if int(a.get("axis", 1)) != 1:
-            builder.fail(node, f"attribute axis={a.get('axis')}: only axis 1 is supported")
-        builder.add(node, index, Reshape((0, -1)), [x])
+        axis = int(a.get("axis", 1))
+        if axis < 0:
+            builder.fail(node, f"attribute axis={axis}: a negative axis is not supported")
+        builder.add(node, index, Flatten2d(axis), [x])
     elif op == "Reshape":
         builder.add(node, index, Reshape(builder.const(node, 1, "shape").tolist()), [x])
     elif op in ("Squeeze", "Unsqueeze"):
