@@ -49,7 +49,14 @@ def _twin(name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def _export(model, path, fold: bool = True) -> None:
+def _export(model, path, fold: bool = True, dynamo: bool = False) -> None:
+    """torch.onnx.export's TorchScript exporter (batch symbolic), or the dynamo one (torch.export:
+    the batch of the example, 2; it needs onnxscript)."""
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        x = torch.randn(2, 3, 64, 64, dtype=torch.float32)
+        torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False)
+        return
     x = torch.randn(1, 3, 64, 64, dtype=torch.float32)
     torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"],
                       output_names=["logits"], dynamic_axes={"input": {0: "N"}},
@@ -62,17 +69,21 @@ TWINS = ["mobilenet_v2", "ghostnet_100", "mobilenetv1_100"]
 F64_RTOL = 1e-9
 
 
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", TWINS)
-def test_torch_exports_load_with_torchs_logits_and_input_gradient(tmp_path, name):
+def test_torch_exports_load_with_torchs_logits_and_input_gradient(tmp_path, name, exporter):
     twin = _twin(name)
     path = tmp_path / f"{name}.onnx"
-    _export(twin, path)
+    _export(twin, path, dynamo=exporter == "dynamo")
     model = sn.models.load_pretrained(path)
     assert model.pretrained_cfg["source"] == "onnx" and model.pretrained_cfg["num_classes"] == 5
+    if exporter == "dynamo":  # its graph reads the batch of the example: 2
+        assert {n.op_type for n in onnx.load(path).graph.node} >= {"Conv", "Reshape"}
     x = np.random.default_rng(1).standard_normal((2, 3, 64, 64))
     with torch.no_grad():
         expected = twin(torch.from_numpy(x).float()).numpy()
-    err = record_error(f"onnx import {name} logits float32", model(x.astype(np.float32)), expected)
+    err = record_error(f"onnx import {name} {exporter} logits float32", model(x.astype(np.float32)),
+                       expected)  # fmt: skip
     assert err <= 1e-5 * np.max(np.abs(expected))
     # the folded graph's input gradient is the eval-mode torch model's, up to the float32 rounding
     # of the exporter's BN folding (float64 parity with BN kept: the next test)
@@ -83,7 +94,7 @@ def test_torch_exports_load_with_torchs_logits_and_input_gradient(tmp_path, name
     (twin(xt) * torch.from_numpy(dy)).sum().backward()
     model.eval()(x)
     dx = model.backward(dy)
-    record_error(f"onnx import {name} eval dx", dx, xt.grad.numpy())
+    record_error(f"onnx import {name} {exporter} eval dx", dx, xt.grad.numpy())
     expected = xt.grad.numpy()
     assert np.max(np.abs(dx - expected)) <= 1e-5 * np.max(np.abs(expected))
 
@@ -166,7 +177,7 @@ def test_our_exports_load_back_and_train(tmp_path):
 # ---------------------------------------------------------------- operators against ORT
 
 
-def _single(op_type, inputs, attributes, initializers, x_shape, out_name="y"):
+def _single(op_type, inputs, attributes, initializers, x_shape, out_name="y", opset=17):
     """A one-node graph (``x`` the input; the output's rank that of x, or 2 for the ops that
     flatten) and its model."""
     rank = 2 if op_type in ("Flatten", "Reshape", "Gemm") else len(x_shape)
@@ -178,7 +189,7 @@ def _single(op_type, inputs, attributes, initializers, x_shape, out_name="y"):
         [numpy_helper.from_array(v.astype(np.float32) if v.dtype.kind == "f" else v, k)
          for k, v in initializers.items()],
     )  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _check_against_ort(model_proto, x, tmp_path, key):
@@ -282,6 +293,20 @@ def test_pool_attributes_match_onnx_runtime(op_type, kernel, strides, pad, ceil_
     proto = _single(op_type, ["x"], attributes, {}, [2, 3, size, size + 2])
     x = np.random.default_rng(8).standard_normal((2, 3, size, size + 2)).astype(np.float32)
     _check_against_ort(proto, x, tmp_path_factory.mktemp("pool"), f"onnx import {op_type}")
+
+
+@pytest.mark.parametrize(
+    ("op_type", "attributes", "opset"),
+    [("Slice", {"starts": [1], "ends": [3], "axes": [1]}, 9),
+     ("Pad", {"mode": "reflect", "pads": [0, 0, 1, 2, 0, 0, 2, 1]}, 10),
+     ("Pad", {"mode": "constant", "pads": [0, 0, 1, 0, 0, 0, 0, 1], "value": 2.0}, 10),
+     ("Clip", {"min": 0.0, "max": 6.0}, 9)],
+)  # fmt: skip
+def test_older_opsets_attribute_forms(tmp_path, op_type, attributes, opset):
+    """Before opsets 10 / 11 Slice's and Pad's (and before 11 Clip's) arguments were attributes."""
+    proto = _single(op_type, ["x"], attributes, {}, [2, 4, 6, 7], opset=opset)
+    x = (4 * np.random.default_rng(9).standard_normal((2, 4, 6, 7))).astype(np.float32)
+    _check_against_ort(proto, x, tmp_path, f"onnx import {op_type} opset {opset}")
 
 
 @settings(max_examples=8, deadline=None)

@@ -395,8 +395,11 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
         builder.symbolic[node.output[0]] = "NC"
     elif op == "Pad":
         mode = a.get("mode", b"constant").decode()
-        pads = builder.const(node, 1, "pads").tolist()
-        value = builder.const(node, 2, "constant_value", required=False)
+        if "pads" in a:  # opsets before 11: pads and value are attributes
+            pads, value = list(a["pads"]), a.get("value")
+        else:
+            pads = builder.const(node, 1, "pads").tolist()
+            value = builder.const(node, 2, "constant_value", required=False)
         if len(pads) != 8 or any(pads[k] for k in (0, 1, 4, 5)):
             builder.fail(node, f"pads={pads}: only H and W of an NCHW tensor are supported")
         top, left, bottom, right = pads[2], pads[3], pads[6], pads[7]
@@ -483,9 +486,13 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
             builder.fail(node, "a constant operand is not supported")
         builder.add(node, index, Concat(int(a["axis"])), list(node.input))
     elif op == "Slice":
-        starts, ends = builder.const(node, 1, "starts"), builder.const(node, 2, "ends")
-        axes = builder.const(node, 3, "axes", required=False)
-        steps = builder.const(node, 4, "steps", required=False)
+        if "starts" in a:  # opsets before 10: starts, ends, axes are attributes
+            starts, ends = np.array(a["starts"]), np.array(a["ends"])
+            axes, steps = (np.array(a["axes"]) if "axes" in a else None), None
+        else:
+            starts, ends = builder.const(node, 1, "starts"), builder.const(node, 2, "ends")
+            axes = builder.const(node, 3, "axes", required=False)
+            steps = builder.const(node, 4, "steps", required=False)
         if len(starts) != 1 or (steps is not None and int(steps[0]) != 1):
             builder.fail(node, "only a single axis with step 1 is supported")
         axis = int(axes[0]) if axes is not None else 0
