@@ -157,6 +157,34 @@ def test_every_model_exported_here_loads_back(tmp_path, name):
     assert err <= 1e-5 * np.abs(expected).max()
 
 
+def test_shape_arithmetic_of_a_view_is_folded_into_the_reshape(tmp_path):
+    """``y.view(y.size(0), -1)`` exports as Shape -> Gather -> Unsqueeze -> Concat -> Reshape;
+    it loads as a Reshape keeping the batch, for any batch."""
+
+    class View(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4 * 6 * 6, 5)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(y.view(y.size(0), -1))
+
+    model = View().float().eval()
+    path = tmp_path / "view.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 8, 8, dtype=torch.float32),), str(path),
+                      dynamo=False, input_names=["input"], output_names=["y"],
+                      dynamic_axes={"input": {0: "N"}})  # fmt: skip
+    assert {"Shape", "Gather", "Concat"} <= {n.op_type for n in onnx.load(path).graph.node}
+    ours = sn.models.load_pretrained(path)
+    x = np.random.default_rng(10).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    assert (
+        record_error("onnx import view chain", ours(x), expected) <= 1e-5 * np.abs(expected).max()
+    )
+
+
 def test_our_exports_load_back_and_train(tmp_path):
     ours = sn.models.create("mobilenet_v3_small", 4, 0.5, keras_style=True, rng=0)
     randomize_bn(ours, np.random.default_rng(1))

@@ -17,6 +17,7 @@ trains here like one built here.
     AveragePool / MaxPool                  AvgPool2d / MaxPool2d (symmetric pads)
     Gemm (alpha, beta, transB), MatMul     Linear
     Flatten (any axis >= 0), Reshape / Squeeze / Unsqueeze (constant shapes)   Reshape
+    Shape -> Gather -> Unsqueeze -> Concat (x.view(x.size(0), -1))  folded into the Reshape
     Add / Mul (broadcasting, constants)    Add / Mul
     Concat, Slice (constant, step 1)       Concat / Slice
     GlobalMaxPool                          AdaptiveMaxPool2d(1)
@@ -258,6 +259,7 @@ def _layer_name(node, index: int) -> str:
 class _Builder:
     def __init__(self, onnx, proto):
         self.onnx, self.numpy_helper = onnx, onnx.numpy_helper
+        self.shapes = _inferred_shapes(onnx, proto)
         self.constants = {t.name: self.numpy_helper.to_array(t) for t in proto.graph.initializer}
         self.alias: dict[str, str] = {}
         self.layers: dict[str, Module] = {}
@@ -266,6 +268,9 @@ class _Builder:
         #: tensors known only by their role: "NC" (the first two dims of a Shape), ("HW", (h, w))
         #: (those followed by constant H, W: a Resize's sizes)
         self.symbolic: dict[str, object] = {}
+        #: shape vectors computed in the graph (Shape -> Gather -> Unsqueeze -> Concat ...): their
+        #: entries, each an int or the name of a symbolic dimension ("N")
+        self.dims: dict[str, list] = {}
 
     def resolve(self, name: str) -> str:
         while name in self.alias:
@@ -306,6 +311,77 @@ def _decimal(value: float) -> float:
     return float(np.format_float_scientific(np.float32(value), unique=True))
 
 
+def _inferred_shapes(onnx, proto) -> dict[str, list]:
+    """Every tensor's shape that ONNX's shape inference finds: each dim an int or its
+    symbolic name ("N"; "?" when unknown)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # a graph inference cannot follow: no shapes, the chains then fail by name
+        return {}
+    shapes = {}
+    graph = inferred.graph
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        if info.type.tensor_type.HasField("shape"):
+            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                                 for d in info.type.tensor_type.shape.dim]  # fmt: skip
+    return shapes
+
+
+def _fold_shape_op(builder, node, a: dict) -> bool:
+    """Shape arithmetic the exporters write for ``x.view(x.size(0), -1)``: Shape, Gather of a
+    constant index, Unsqueeze / Squeeze, Concat, Cast of shape vectors, kept as lists of dims
+    (``builder.dims``) for a Reshape to read. Returns whether ``node`` was one."""
+    op = node.op_type
+    ins = [builder.resolve(i) for i in node.input]
+    if op == "Shape" and (int(a.get("start", 0)), a.get("end")) != (0, 2):
+        shape = builder.shapes.get(ins[0])
+        if shape is None:
+            builder.fail(node, "the shape of its input is not known to shape inference")
+        builder.dims[node.output[0]] = shape[int(a.get("start", 0)) : a.get("end")]
+        return True
+    if not ins or ins[0] not in builder.dims:
+        return False
+    source = builder.dims[ins[0]]
+    if op == "Gather":
+        index = builder.const(node, 1, "indices")
+        builder.dims[node.output[0]] = [source[int(i)] for i in np.atleast_1d(index)]
+    elif op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+        builder.dims[node.output[0]] = list(source)
+    elif op == "Concat":
+        parts = []
+        for name in ins:
+            if name in builder.dims:
+                parts += builder.dims[name]
+            elif name in builder.constants:
+                parts += [int(v) for v in np.atleast_1d(builder.constants[name])]
+            else:
+                builder.fail(node, f"{name!r} is computed in the graph and no shape vector")
+        builder.dims[node.output[0]] = parts
+    else:
+        builder.fail(node, "arithmetic on a shape vector is not supported")
+    return True
+
+
+def _reshape_target(builder, node, data: str, target: str) -> tuple[int, ...]:
+    """A Reshape's target as constants, 0 standing for "the input's dimension here" where a
+    shape vector copies the input's own symbolic dimension (the batch)."""
+    if target in builder.constants:
+        return tuple(int(v) for v in builder.constants[target])
+    if target not in builder.dims:
+        builder.fail(node, f"its shape ({target!r}) is computed in the graph, not a constant")
+    own = builder.shapes.get(data, [])
+    out = []
+    for position, dim in enumerate(builder.dims[target]):
+        if isinstance(dim, int):
+            out.append(dim)
+        elif position < len(own) and own[position] == dim and dim != "?":
+            out.append(0)  # the input's own dimension, as many as it has at run time
+        else:
+            builder.fail(node, f"shape entry {position} is the dynamic dimension {dim!r}, not the "
+                               "input's own at that position")  # fmt: skip
+    return tuple(out)
+
+
 def _check_attributes(builder, node, attributes: dict, allowed: dict) -> None:
     """Each attribute must be one we implement, with a value we implement."""
     for key, value in attributes.items():
@@ -326,6 +402,8 @@ def _symmetric(builder, node, pads) -> tuple[int, int]:
 def _build(builder: _Builder, node, index: int, float_dtype) -> None:
     op, a = node.op_type, builder.attributes(node)
     x = node.input[0] if node.input else None
+    if _fold_shape_op(builder, node, a):
+        return
     if op in ("Identity", "Dropout"):
         builder.alias[node.output[0]] = builder.resolve(x)
     elif op == "Constant":
@@ -461,7 +539,8 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
             builder.fail(node, f"attribute axis={axis}: a negative axis is not supported")
         builder.add(node, index, Flatten2d(axis), [x])
     elif op == "Reshape":
-        builder.add(node, index, Reshape(builder.const(node, 1, "shape").tolist()), [x])
+        target = _reshape_target(builder, node, builder.resolve(x), builder.resolve(node.input[1]))
+        builder.add(node, index, Reshape(target), [x])
     elif op in ("Squeeze", "Unsqueeze"):
         axes = a.get("axes")
         if axes is None:
