@@ -185,6 +185,22 @@ def test_shape_arithmetic_of_a_view_is_folded_into_the_reshape(tmp_path):
     )
 
 
+def test_a_final_softmax_is_left_out_and_recorded(tmp_path):
+    torch_model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4),
+                                      torch.nn.Softmax(dim=1)).float().eval()  # fmt: skip
+    path = tmp_path / "softmax.onnx"
+    torch.onnx.export(torch_model, (torch.randn(1, 3, 2, 2, dtype=torch.float32),), str(path),
+                      dynamo=False, input_names=["input"], output_names=["p"])  # fmt: skip
+    ours = sn.models.load_pretrained(path)
+    assert ours.pretrained_cfg["softmax"]
+    x = np.random.default_rng(11).standard_normal((1, 3, 2, 2)).astype(np.float32)
+    logits = ours(x)
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_our_exports_load_back_and_train(tmp_path):
     ours = sn.models.create("mobilenet_v3_small", 4, 0.5, keras_style=True, rng=0)
     randomize_bn(ours, np.random.default_rng(1))

@@ -28,6 +28,9 @@ trains here like one built here.
                                            Shape -> Concat, as our export writes it)
     Dropout, Identity                      (the same tensor)
     Constant                               (folded into the layers that read it)
+    Softmax on the graph's output          left out: models here return logits (cross-entropy
+                                           takes them; predict applies the softmax), as a
+                                           TFLite file's final SOFTMAX; recorded as "softmax"
 
 Anything else, or an attribute value we do not implement, is a ValueError naming the node, its
 op type and the attribute: never a silently different model. ``onnx`` is an optional dependency
@@ -638,7 +641,14 @@ def model_from_onnx(path, dtype=np.float32) -> OnnxModel:
             "image input and one output"
         )
     builder = _Builder(onnx, proto)
-    for index, node in enumerate(graph.node):
+    nodes, softmax = list(graph.node), False
+    if nodes and nodes[-1].op_type == "Softmax" and nodes[-1].output[0] == graph.output[0].name:
+        axis = builder.attributes(nodes[-1]).get("axis", -1)
+        if axis not in (-1, 1):
+            builder.fail(nodes[-1], f"a final softmax over axis {axis}, not the classes")
+        builder.alias[nodes[-1].output[0]] = nodes[-1].input[0]  # the logits it reads
+        nodes, softmax = nodes[:-1], True
+    for index, node in enumerate(nodes):
         if len(node.output) != 1 and node.op_type not in ("Dropout", "BatchNormalization"):
             builder.fail(
                 node, f"{len(node.output)} outputs; only single-output nodes are supported"
@@ -654,7 +664,7 @@ def model_from_onnx(path, dtype=np.float32) -> OnnxModel:
                             "architecture": None, "width_mult": None}  # fmt: skip
     if len(classes) == 2 and classes[1]:
         model.pretrained_cfg["num_classes"] = classes[1]
-    model.pretrained_cfg |= _metadata(proto, path)
+    model.pretrained_cfg |= _metadata(proto, path) | ({"softmax": True} if softmax else {})
     return model.eval()
 
 
