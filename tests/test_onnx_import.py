@@ -251,15 +251,15 @@ def _check_against_ort(model_proto, x, tmp_path, key):
     strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
     dilations=st.tuples(st.integers(1, 2), st.integers(1, 2)),
     pads=st.tuples(*[st.integers(0, 2)] * 4),
-    auto_pad=st.sampled_from(["NOTSET", "SAME_UPPER", "VALID"]),
+    auto_pad=st.sampled_from(["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
     depthwise=st.booleans(),
     bias=st.booleans(),
     size=st.integers(6, 11),
 )
 def test_conv_attributes_match_onnx_runtime(kernel, strides, dilations, pads, auto_pad,
                                             depthwise, bias, size, tmp_path_factory):  # fmt: skip
-    if auto_pad == "SAME_UPPER":
-        dilations = (1, 1)  # TF "same" with dilation: not what Conv2dSame computes
+    if auto_pad.startswith("SAME"):
+        dilations = (1, 1)  # ONNX Runtime refuses dilation with auto_pad SAME_*
     padded = (size + (pads[0] + pads[1] if auto_pad == "NOTSET" else 0),
               size + 1 + (pads[2] + pads[3] if auto_pad == "NOTSET" else 0))  # fmt: skip
     assume(all(d * (k - 1) + 1 <= p for d, k, p in zip(dilations, kernel, padded, strict=True)))
@@ -369,8 +369,8 @@ def test_unsupported_operators_attributes_and_damaged_files_fail_by_name(tmp_pat
     cases = [
         (_single("LeakyRelu", ["x"], {}, {}, [1, 3, 4, 4]), "'the_node' (LeakyRelu): this op type"),
         (_single("Conv", ["x", "w"], {"auto_pad": "SAME_LOWER"},
-                 {"w": np.ones((2, 3, 3, 3))}, [1, 3, 4, 4]),
-         "attribute auto_pad=b'SAME_LOWER' is not supported"),
+                 {"w": np.ones((2, 3, 3, 3))}, [1, 3, "H", "W"]),
+         "auto_pad=SAME_LOWER needs the input's H and W"),
         (_single("Clip", ["x", "lo", "hi"], {}, {"lo": np.array(-1.0), "hi": np.array(1.0)},
                  [1, 3, 4, 4]), "bounds [-1.0, 1.0]"),
     ]  # fmt: skip

@@ -416,7 +416,7 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
         _check_attributes(builder, node, a, {"kernel_shape": None, "strides": None, "pads": None,
                                              "dilations": None, "group": None,
                                              "auto_pad": lambda v: v in (b"NOTSET", b"SAME_UPPER",
-                                                                         b"VALID")})  # fmt: skip
+                                                                         b"SAME_LOWER", b"VALID")})  # fmt: skip
         w = builder.const(node, 1, "weight")
         b = builder.const(node, 2, "bias", required=False)
         if w.ndim != 4:
@@ -425,6 +425,10 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
         top, left, bottom, right = a.get("pads", [0, 0, 0, 0])
         auto = a.get("auto_pad", b"NOTSET")
         conv_type = Conv2dSame if auto == b"SAME_UPPER" else Conv2d
+        if auto == b"SAME_LOWER":  # the odd pixel first: needs the input's H and W
+            top, bottom, left, right = _same_lower(builder, node, builder.resolve(x), w.shape[2:],
+                                                   a.get("strides", [1, 1]),
+                                                   a.get("dilations", [1, 1]))  # fmt: skip
         layer = conv_type(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]),
                           tuple(a.get("strides", [1, 1])), (top, bottom, left, right),
                           tuple(a.get("dilations", [1, 1])), groups, bias=b is not None,
@@ -582,6 +586,22 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
         builder.add(node, index, Slice(int(starts[0]), stop, axis), [x])
     else:
         builder.fail(node, "this op type is not supported")
+
+
+def _same_lower(builder, node, x: str, kernel, strides, dilations) -> tuple[int, int, int, int]:
+    """auto_pad SAME_LOWER's (top, bottom, left, right): TF's "same" total padding with the odd
+    pixel at the top / left, for the input's static H and W (shape inference)."""
+    from .blocks import tf_same_padding
+
+    shape = builder.shapes.get(x, [])
+    if len(shape) != 4 or not all(isinstance(v, int) and v > 0 for v in shape[2:]):
+        builder.fail(node, "attribute auto_pad=SAME_LOWER needs the input's H and W, which "
+                           f"shape inference leaves {shape[2:] or 'unknown'}")  # fmt: skip
+    pads = [
+        tf_same_padding(size, k, s, d)[::-1]  # (more, fewer): the odd pixel first
+        for size, k, s, d in zip(shape[2:], kernel, strides, dilations, strict=True)
+    ]
+    return (*pads[0], *pads[1])
 
 
 def _resize(builder, node, a: dict) -> Upsample:
