@@ -1,5 +1,6 @@
-"""ONNX out: any model built from scratchnets' layers as a standard ONNX graph
-(``export_onnx``, ``scratchnets export onnx``) that ONNX Runtime runs.
+"""ONNX files: ``read_onnx`` (a checked ``ModelProto``; ``models.onnx_import`` turns its graph
+into a model of our layers) and, out, any model built from scratchnets' layers as a standard ONNX
+graph (``export_onnx``, ``scratchnets export onnx``) that ONNX Runtime runs.
 
 The graph is read off the model's own forward pass, not written per architecture: the model runs
 once in eval mode on the "trace" backend (the reference ops, each call recorded with its
@@ -36,14 +37,54 @@ from pathlib import Path
 import numpy as np
 
 OPSET = 17
+#: the largest file read (external data included): far above any mobile model
+MAX_FILE_BYTES = 1 << 30
+
+
+class OnnxImportError(ValueError):
+    """An ONNX file or graph we cannot turn into a model, naming what stops it (the node and
+    attribute, for a graph)."""
 
 
 def _onnx():
     try:
         import onnx
     except ImportError as exc:
-        raise ImportError("writing ONNX files needs the onnx package: pip install onnx") from exc
+        raise ImportError("ONNX files need the onnx package: pip install onnx") from exc
     return onnx
+
+
+def read_onnx(path):
+    """The checked ``ModelProto`` of ``path`` (external data only from the model's folder)."""
+    onnx = _onnx()
+    path = Path(path)
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise OnnxImportError(f"{path} is {path.stat().st_size:,} bytes, more than any model here")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        external = {}
+        for tensor in proto.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+                target = (path.parent / location).resolve()
+                if path.parent.resolve() not in target.parents or not target.is_file():
+                    raise OnnxImportError(
+                        f"{path}: initializer {tensor.name!r} points at external data "
+                        f"{location!r}, outside the model's folder or missing"
+                    )
+                external[target] = target.stat().st_size
+        if path.stat().st_size + sum(external.values()) > MAX_FILE_BYTES:
+            raise OnnxImportError(
+                f"{path}: with its external data files it is "
+                f"{path.stat().st_size + sum(external.values()):,} bytes, more than any model here"
+            )
+        onnx.load_external_data_for_model(proto, str(path.parent))
+        onnx.checker.check_model(proto)
+    except OnnxImportError:
+        raise
+    except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError ...
+        raise OnnxImportError(f"{path} is not a valid ONNX model: {exc}") from exc
+    return proto
 
 
 class _Graph:

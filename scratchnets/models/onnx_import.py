@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .. import functional as F
+from ..formats.onnx import OnnxImportError, read_onnx
 from ..nn import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -67,14 +67,6 @@ from ..nn import (
     Upsample,
 )
 from .blocks import Conv2dSame
-
-#: the largest file read (external data included): far above any mobile model
-MAX_FILE_BYTES = 1 << 30
-
-
-class OnnxImportError(ValueError):
-    """An ONNX graph we cannot turn into a model, with the node and attribute that stop it."""
-
 
 # --------------------------------------------------------------- layers for multi-input nodes
 
@@ -211,47 +203,6 @@ class OnnxModel(Module):
                 grads[name] = d if name not in grads else F.add_forward(
                     grads[name], d, backend=self.backend)[0]  # fmt: skip
         return grads[self.input_name]
-
-
-def _onnx():
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ImportError("reading ONNX files needs the onnx package: pip install onnx") from exc
-    return onnx
-
-
-def read_onnx(path):
-    """The checked ``ModelProto`` of ``path`` (external data only from the model's folder)."""
-    onnx = _onnx()
-    path = Path(path)
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise OnnxImportError(f"{path} is {path.stat().st_size:,} bytes, more than any model here")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-        external = {}
-        for tensor in proto.graph.initializer:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-                target = (path.parent / location).resolve()
-                if path.parent.resolve() not in target.parents or not target.is_file():
-                    raise OnnxImportError(
-                        f"{path}: initializer {tensor.name!r} points at external data "
-                        f"{location!r}, outside the model's folder or missing"
-                    )
-                external[target] = target.stat().st_size
-        if path.stat().st_size + sum(external.values()) > MAX_FILE_BYTES:
-            raise OnnxImportError(
-                f"{path}: with its external data files it is "
-                f"{path.stat().st_size + sum(external.values()):,} bytes, more than any model here"
-            )
-        onnx.load_external_data_for_model(proto, str(path.parent))
-        onnx.checker.check_model(proto)
-    except OnnxImportError:
-        raise
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError ...
-        raise OnnxImportError(f"{path} is not a valid ONNX model: {exc}") from exc
-    return proto
 
 
 def _layer_name(node, index: int) -> str:
@@ -650,8 +601,9 @@ def model_from_onnx(path, dtype=np.float32) -> OnnxModel:
     ``model.pretrained_cfg`` records the file, its input size and classes, and
     ``model.onnx_sources`` maps each parameter and buffer to the initializer it came from (a torch
     export names them after the torch model's own parameters)."""
-    onnx = _onnx()
-    proto = read_onnx(path)
+    proto = read_onnx(path)  # ImportError naming pip install onnx when it is absent
+    import onnx
+
     graph = proto.graph
     weights = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in weights]
