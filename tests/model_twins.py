@@ -84,6 +84,20 @@ def randomize_bn(model, rng: np.random.Generator) -> None:
             module.running_var[...] = rng.uniform(0.5, 2.0, c)
 
 
+def randomize_torch_bn(twin: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """``randomize_bn`` for a torch model (its weights written by a file, not copied from ours):
+    the same distributions, drawn by torch; returns ``twin``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in twin.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.normal_(0.0, 0.2, generator=generator)
+                module.running_mean.normal_(0.0, 0.2, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+    return twin
+
+
 def load_into_twin(ours, twin) -> None:
     """Copy our parameters and buffers into the torch twin (host arrays, read without copying)."""
     arrays = {n: p.data for n, p in ours.named_parameters()} | dict(ours.named_buffers())

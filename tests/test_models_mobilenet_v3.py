@@ -26,6 +26,7 @@ from tests.model_twins import (  # noqa: E402
     assert_same_layout,
     check_parity,
     randomize_bn,
+    randomize_torch_bn,
     torch_twin,
 )
 
@@ -113,16 +114,7 @@ def test_squeeze_excitation_children_are_torchvisions():
 
 def _timm_model(name: str, classes: int) -> torch.nn.Module:
     """timm's own model ``name`` in float32 with random BN affine parameters and statistics."""
-    model = timm.create_model(name, num_classes=classes).float().eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5, generator=generator)
-                module.bias.normal_(0.0, 0.2, generator=generator)
-                module.running_mean.normal_(0.0, 0.2, generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
-    return model
+    return randomize_torch_bn(timm.create_model(name, num_classes=classes).float().eval())
 
 
 def _save(twin: torch.nn.Module, path, fmt: str) -> None:

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import scratchnets as sn  # noqa: E402
 from scratchnets.models.onnx_import import OnnxImportError  # noqa: E402
 from tests.helpers import record_error  # noqa: E402
-from tests.model_twins import randomize_bn, torch_twin  # noqa: E402
+from tests.model_twins import randomize_bn, randomize_torch_bn, torch_twin  # noqa: E402
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -38,15 +38,7 @@ def _twin(name: str) -> torch.nn.Module:
         model = torch_twin("mobilenet_v2", 5, 0.35, torch.float32)
     else:
         model = timm.create_model(name, num_classes=5).float()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5, generator=generator)
-                module.bias.normal_(0.0, 0.2, generator=generator)
-                module.running_mean.normal_(0.0, 0.2, generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
-    return model.eval()
+    return randomize_torch_bn(model).eval()
 
 
 def _export(model, path, fold: bool = True, dynamo: bool = False) -> None:

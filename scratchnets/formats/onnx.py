@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..reference.windows import normalize_padding, pair
+
 OPSET = 17
 #: the largest file read (external data included): far above any mobile model
 MAX_FILE_BYTES = 1 << 30
@@ -166,17 +168,14 @@ class _Graph:
 
 
 def _pads(padding) -> list[int]:
-    """scratchnets' (top, bottom, left, right) -> ONNX's [top, left, bottom, right]."""
-    if isinstance(padding, (int, np.integer)):
-        padding = (padding,) * 4
-    elif len(padding) == 2:
-        padding = (padding[0], padding[0], padding[1], padding[1])
-    top, bottom, left, right = map(int, padding)
+    """Any scratchnets padding (``normalize_padding``: int, pair or (top, bottom, left, right))
+    as ONNX's [top, left, bottom, right]."""
+    top, bottom, left, right = normalize_padding(padding)
     return [top, left, bottom, right]
 
 
-def _pair(value) -> list[int]:
-    return [int(value)] * 2 if isinstance(value, (int, np.integer)) else [int(v) for v in value]
+def _pair(value, name: str) -> list[int]:
+    return list(pair(value, name))
 
 
 def _emit(graph: _Graph, call, index: int) -> None:
@@ -219,8 +218,8 @@ def _emit(graph: _Graph, call, index: int) -> None:
     elif op == "global_avg_pool2d" or (op == "adaptive_avg_pool2d" and y.shape[2:] == (1, 1)):
         graph.node("GlobalAveragePool", [x], y, "pool")
     elif op in ("avg_pool2d", "max_pool2d"):
-        kernel = _pair(arg(1, "kernel_size"))
-        stride = _pair(arg(2, "stride") or kernel)
+        kernel = _pair(arg(1, "kernel_size"), "kernel_size")
+        stride = _pair(arg(2, "stride") or kernel, "stride")
         attributes = dict(kernel_shape=kernel, strides=stride, pads=_pads(arg(3, "padding", 0)),
                           ceil_mode=int(bool(arg(5 if op == "max_pool2d" else 4, "ceil_mode"))))  # fmt: skip
         if op == "avg_pool2d":
@@ -229,7 +228,7 @@ def _emit(graph: _Graph, call, index: int) -> None:
             attributes["count_include_pad"] = int(bool(arg(5, "count_include_pad", True)))
             graph.node("AveragePool", [x], y, "avg_pool", **attributes)
         else:
-            attributes["dilations"] = _pair(arg(4, "dilation", 1))
+            attributes["dilations"] = _pair(arg(4, "dilation", 1), "dilation")
             graph.node("MaxPool", [x], y, "max_pool", **attributes)
     elif op == "linear":
         w, b = args[1], arg(2, "b")

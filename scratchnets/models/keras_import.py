@@ -19,6 +19,7 @@ A file without the classifier loads into a model whose classifier is freshly ini
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -46,15 +47,24 @@ def _weighted_modules(model) -> list[tuple[str, object]]:
             if isinstance(m, (Conv2d, BatchNorm2d, Linear))]  # fmt: skip
 
 
-def _layout(arch: str) -> list[tuple[str, str, object]]:
-    """(Keras layer name, our module path, our module) of ``arch``, in module order (the names
-    do not depend on the width: a thin model is built, with no weights drawn)."""
-    model = create(arch, num_classes=2, width_mult=0.25, init=False, keras_style=True)
+@functools.cache
+def _thin(arch: str):
+    """A thin keras_style ``arch`` with no weights drawn: its layout and Keras names do not
+    depend on the width, so one serves every file."""
+    return create(arch, num_classes=2, width_mult=0.25, init=False, keras_style=True)
+
+
+@functools.cache
+def _layout(arch: str) -> tuple[tuple[str, str, object], ...]:
+    """(Keras layer name, our module path, our module) of ``arch``, in module order."""
+    model = _thin(arch)
     modules = _weighted_modules(model)
     names = model_cfg(arch).keras_layers(model)
     if len(names) != len(modules):
         raise AssertionError(f"{arch}: {len(names)} Keras names for {len(modules)} layers")
-    return [(keras, path, module) for keras, (path, module) in zip(names, modules, strict=True)]
+    return tuple(
+        (keras, path, module) for keras, (path, module) in zip(names, modules, strict=True)
+    )
 
 
 def keras_architecture(weights: KerasWeights) -> tuple[str, bool]:
@@ -175,7 +185,7 @@ def keras_architecture_of(model) -> str:
     """The registered Keras architecture ``model`` is (MobileNetV3's Large / Small by its
     ``arch``); another model, or one without Keras' numerics, is a ValueError."""
     for arch in keras_architectures():
-        thin = create(arch, num_classes=2, width_mult=0.25, init=False, keras_style=True)
+        thin = _thin(arch)
         if type(thin) is type(model) and getattr(thin, "arch", None) == getattr(
             model, "arch", None
         ):
