@@ -63,7 +63,7 @@ OP_TABLE: tuple[Op, ...] = (
     Op("pad2d", "pad", "data"),
     Op("batch_norm2d", "batchnorm", "batch_norm"),
     *_family("activations", "activation",
-             "relu", "relu6", "sigmoid", "hard_sigmoid", "hard_swish", "silu"),
+             "relu", "relu6", "clip", "sigmoid", "hard_sigmoid", "hard_swish", "silu", "softmax"),
     Op("max_pool2d", "pooling", "pooling", indices=True),
     Op("avg_pool2d", "pooling", "pooling"),
     Op("global_avg_pool2d", "pooling", "pooling"),

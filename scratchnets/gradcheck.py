@@ -130,6 +130,20 @@ def _cases(rng: np.random.Generator) -> list[Case]:
             for op in ("relu", "relu6", "sigmoid", "hard_sigmoid", "hard_swish", "silu")
         ],
         Case(
+            "clip [-2.5, 1.5]",
+            "clip",
+            {"x": _away_from(rng.uniform(-4, 4, (2, 3, 4, 4)), (-2.5, 1.5))},
+            lambda ops, v: ops.clip_forward(v["x"], -2.5, 1.5),
+            ("x",),
+        ),
+        Case(
+            "softmax over the channels",
+            "softmax",
+            {"x": randn(2, 5, 3, 2)},
+            lambda ops, v: ops.softmax_forward(v["x"], 1),
+            ("x",),
+        ),
+        Case(
             "max_pool2d 3x3 s2 p1",
             "max_pool2d",
             {"x": distinct},

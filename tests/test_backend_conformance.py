@@ -106,6 +106,8 @@ _ERROR_CASES = {
     "relu6": ((np.zeros((2, 3)),), (3, 2)),
     "sigmoid": ((np.zeros((2, 3)),), (3, 2)),
     "hard_sigmoid": ((np.zeros((2, 3)),), (3, 2)),
+    "clip": ((np.zeros((2, 3)), -0.5, 2.0), (3, 2)),
+    "softmax": ((np.zeros((2, 3)), 0), (3, 2)),
     "batch_norm2d": ((np.zeros((2, 3, 2, 2)), None, None, None, None), (2, 3, 2, 3)),
     "max_pool2d": ((np.zeros((1, 2, 4, 4)), 2), (1, 2, 3, 2)),
     "avg_pool2d": ((np.zeros((1, 2, 4, 4)), 2), (1, 2, 3, 2)),

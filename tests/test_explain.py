@@ -55,6 +55,8 @@ ORACLES = {
     "concat": lambda a, c: torch.cat([a["x0"], a["x1"]], 1),
     "slice": lambda a, c: a["x"].narrow(1, c["start"], c["stop"] - c["start"]),
     "dropout": lambda a, c: a["x"] * a["mask"] / (1 - c["p"]) if c["mode"] == "train" else a["x"],
+    "clip": lambda a, c: F.hardtanh(a["x"], c["low"], c["high"]),
+    "softmax": lambda a, c: F.softmax(a["x"], c["axis"]),
     "cross_entropy": lambda a, c: F.cross_entropy(a["logits"], a["target"],
                                                   label_smoothing=c["label_smoothing"]),
     **{op: _torch_relu6_like(name) for op, name in [
@@ -101,6 +103,25 @@ def assert_elements_are_torchs(e: Explanation):
 @pytest.mark.parametrize("op", sorted(ORACLES))
 def test_every_element_equals_torchs_at_its_index(op, seed):
     assert_elements_are_torchs(explain_op(op, seed=seed))
+
+
+@pytest.mark.parametrize("arguments", [dict(low=0.0, high=6.0), dict(low=-np.inf, high=0.5),
+                                       dict(low=1.5, high=1.5)])  # fmt: skip
+def test_clip_with_other_bounds_places_them_and_equals_torch(arguments):
+    e = explain_op("clip", **arguments)
+    assert_elements_are_torchs(e)
+    x = e.inputs["x"].reshape(-1)
+    assert all(b in x for b in arguments.values() if np.isfinite(b))  # the kinks were placed
+
+
+def test_clip_with_crossed_bounds_is_refused_by_name():
+    with pytest.raises(ValueError, match="--low 2.0 is above --high -1.0"):
+        explain_op("clip", low=2.0, high=-1.0)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_softmax_along_each_axis_equals_torch(axis):
+    assert_elements_are_torchs(explain_op("softmax", input=(2, 3, 2, 4), axis=axis, seed=4))
 
 
 QUANTIZED = ["quantized_conv2d", "quantized_add", "quantized_avg_pool2d", "quantized_softmax"]

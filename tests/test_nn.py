@@ -180,6 +180,8 @@ LAYER_CASES = [
         (2, 3, 5, 4),
     ),
     ("Dropout-eval", lambda: nn.Dropout(0.3).eval(), lambda: tnn.Dropout(0.3).eval(), (2, 3, 4)),
+    ("Softmax-dim1", lambda: nn.Softmax(1), lambda: tnn.Softmax(1), (2, 3, 4, 5)),
+    ("Softmax-last", nn.Softmax, lambda: tnn.Softmax(-1), (3, 7)),
 ]
 
 
@@ -203,6 +205,13 @@ ACTIVATION_CASES = [
     ("ReLU", nn.ReLU, tnn.ReLU, None, [0.0]),
     ("ReLU6", nn.ReLU6, tnn.ReLU6, None, [0.0, 6.0]),
     ("Hardsigmoid", nn.Hardsigmoid, tnn.Hardsigmoid, hardsigmoid_by_definition, [-3.0, 3.0]),
+    (
+        "Hardtanh",
+        lambda: nn.Hardtanh(-2.5, 1.5),
+        lambda: tnn.Hardtanh(-2.5, 1.5),
+        None,
+        [-2.5, 1.5],
+    ),
 ]
 
 

@@ -118,6 +118,21 @@ def test_reshapes_concat_slice_add_mul_and_resize(tmp_path):
     assert_close(run_onnx(path, x), model(x), "onnx conv pool flatten linear")
 
 
+def test_clip_and_a_softmax_inside_export_and_load_back(tmp_path):
+    """Hardtanh as Clip(min, max), a channel softmax as Softmax(axis 1): ONNX Runtime computes
+    ours, and the file loads back as the same layers."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1, rng=np.random.default_rng(0)),
+                          nn.Hardtanh(-0.5, 0.75), nn.Softmax(1))  # fmt: skip
+    path = tmp_path / "clip_softmax.onnx"
+    info = sn.export_onnx(model, path, (1, 3, 6, 6))
+    assert {"Clip", "Softmax"} <= set(info["ops"])
+    x = np.random.default_rng(6).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    assert_close(run_onnx(path, x), model(x), "onnx clip softmax")
+    back = sn.models.load_pretrained(path)
+    assert {type(m).__name__ for m in back.modules()} >= {"Hardtanh", "Softmax"}
+    assert_close(back(x), model(x), "onnx clip softmax loaded back")
+
+
 def test_export_onnx_of_a_fine_tuned_checkpoint_gives_its_predictions(dataset, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     assert main(["train", "--data", str(dataset), "--model", "mobilenet_v3_small", "--width-mult",

@@ -275,6 +275,9 @@ def test_conv_attributes_match_onnx_runtime(kernel, strides, dilations, pads, au
         ("Relu", {}, {}), ("Sigmoid", {}, {}), ("HardSwish", {}, {}),
         ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, {}),
         ("Clip", {}, {"lo": np.array(0.0), "hi": np.array(6.0)}),
+        ("Clip", {}, {"lo": np.array(-1.5), "hi": np.array(2.25)}),
+        ("Clip", {}, {"": None, "hi": np.array(0.5)}),
+        ("Softmax", {"axis": 1}, {}), ("Softmax", {}, {}), ("Softmax", {"axis": -2}, {}),
         ("GlobalAveragePool", {}, {}),
         ("ReduceMean", {"keepdims": 1}, {"axes": np.array([2, 3], np.int64)}),
         ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
@@ -336,13 +339,40 @@ def test_pool_attributes_match_onnx_runtime(op_type, kernel, strides, pad, ceil_
     [("Slice", {"starts": [1], "ends": [3], "axes": [1]}, 9),
      ("Pad", {"mode": "reflect", "pads": [0, 0, 1, 2, 0, 0, 2, 1]}, 10),
      ("Pad", {"mode": "constant", "pads": [0, 0, 1, 0, 0, 0, 0, 1], "value": 2.0}, 10),
-     ("Clip", {"min": 0.0, "max": 6.0}, 9)],
+     ("Clip", {"min": 0.0, "max": 6.0}, 9), ("Clip", {"min": -2.0}, 9),
+     ("Softmax", {"axis": 1}, 11), ("Softmax", {"axis": 3}, 11), ("Softmax", {}, 12)],
 )  # fmt: skip
 def test_older_opsets_attribute_forms(tmp_path, op_type, attributes, opset):
-    """Before opsets 10 / 11 Slice's and Pad's (and before 11 Clip's) arguments were attributes."""
+    """Before opsets 10 / 11 Slice's and Pad's (and before 11 Clip's) arguments were attributes;
+    before 13 Softmax took the dims from its axis (default 1) on as one."""
     proto = _single(op_type, ["x"], attributes, {}, [2, 4, 6, 7], opset=opset)
     x = (4 * np.random.default_rng(9).standard_normal((2, 4, 6, 7))).astype(np.float32)
     _check_against_ort(proto, x, tmp_path, f"onnx import {op_type} opset {opset}")
+
+
+def test_softmax_inside_a_graph_trains_like_torchs(tmp_path):
+    """An attention-like graph, x * softmax over the channels (opset 17) and the same over the
+    flattened C, H, W (opset 11's coercion): float64 input gradients equal torch's."""
+    for opset, axis, torch_softmax in [(17, 1, lambda t: torch.softmax(t, 1)),
+                                       (11, 1, lambda t: torch.softmax(t.flatten(1), 1)
+                                        .reshape(t.shape))]:  # fmt: skip
+        nodes = [helper.make_node("Softmax", ["x"], ["p"], axis=axis),
+                 helper.make_node("Mul", ["x", "p"], ["y"])]  # fmt: skip
+        graph = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 4, 5])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3, 4, 5])])  # fmt: skip
+        path = tmp_path / f"attention{opset}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+        ours = sn.models.load_pretrained(path).to(dtype=np.float64).train()
+        rng = np.random.default_rng(opset)
+        x, dy = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3, 4, 5))
+        xt = torch.tensor(x, requires_grad=True)
+        yt = xt * torch_softmax(xt)
+        yt.backward(torch.tensor(dy))
+        y = ours(x)
+        assert record_error(f"onnx import softmax opset {opset} y", y, yt.detach().numpy()) < 1e-12
+        dx = ours.backward(dy)
+        assert record_error(f"onnx import softmax opset {opset} dx", dx, xt.grad.numpy()) < 1e-12
 
 
 @settings(max_examples=8, deadline=None)
@@ -363,8 +393,8 @@ def test_unsupported_operators_attributes_and_damaged_files_fail_by_name(tmp_pat
         (_single("Conv", ["x", "w"], {"auto_pad": "SAME_LOWER"},
                  {"w": np.ones((2, 3, 3, 3))}, [1, 3, "H", "W"]),
          "auto_pad=SAME_LOWER needs the input's H and W"),
-        (_single("Clip", ["x", "lo", "hi"], {}, {"lo": np.array(-1.0), "hi": np.array(1.0)},
-                 [1, 3, 4, 4]), "bounds [-1.0, 1.0]"),
+        (_single("Clip", ["x", "lo", "hi"], {}, {"lo": np.array(1.0), "hi": np.array(-1.0)},
+                 [1, 3, 4, 4]), "bounds [1.0, -1.0]: min above max"),
     ]  # fmt: skip
     for proto, message in cases:
         path = tmp_path / "bad.onnx"

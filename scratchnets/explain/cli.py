@@ -31,6 +31,9 @@ OP_OPTIONS = {
     "start": "start",
     "stop": "stop",
     "activation": "activation",
+    "low": "low",
+    "high": "high",
+    "axis": "axis",
     "at": "at",
 }
 
@@ -112,6 +115,9 @@ def register(subparsers) -> None:
     p.add_argument("--label-smoothing", type=float, help="cross_entropy: label smoothing")
     p.add_argument("--start", type=int, help="slice: first channel kept")
     p.add_argument("--stop", type=int, help="slice: one past the last channel kept")
+    p.add_argument("--low", type=float, help="clip: the lower bound (default -1; -inf allowed)")
+    p.add_argument("--high", type=float, help="clip: the upper bound (default 1; inf allowed)")
+    p.add_argument("--axis", type=int, help="softmax: the axis of each distribution (default 1)")
     p.add_argument("--activation", choices=("RELU", "RELU6"),
                    help="quantized_conv2d / quantized_add: the fused activation's clamp")  # fmt: skip
     p.add_argument("--at", type=sizes, help="the output element to write out, e.g. 0,1,2,2 "

@@ -333,6 +333,10 @@ def _op_arguments(module, x) -> tuple[str, dict] | None:
         b = None if module.bias is None else module.bias.data
         return "linear", dict(out_features=module.out_features, bias=b is not None,
                               arrays={"x": x, "w": module.weight.data, "b": b})  # fmt: skip
+    if isinstance(module, nn.Hardtanh):
+        return "clip", dict(low=module.min_val, high=module.max_val, arrays={"x": x})
+    if isinstance(module, nn.Softmax):
+        return "softmax", dict(axis=module.dim, arrays={"x": x})
     if activation_op(module) is not None:
         return activation_op(module), dict(arrays={"x": x})
     if isinstance(module, nn.MaxPool2d):

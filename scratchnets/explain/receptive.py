@@ -208,6 +208,16 @@ def _elementwise(x, *args, **kwargs):
 
 batch_norm2d_forward = relu_forward = relu6_forward = sigmoid_forward = _elementwise
 hard_sigmoid_forward = hard_swish_forward = silu_forward = dropout_forward = _elementwise
+clip_forward = _elementwise
+
+
+def softmax_forward(x, axis=-1):
+    """Elementwise except along ``axis``: a softmax over the rows or columns of a map (N, C, H, W)
+    makes each unit see all of them."""
+    axis %= x.ndim
+    rows = x.rows.whole() if (x.ndim, axis) == (4, 2) else x.rows
+    cols = x.cols.whole() if (x.ndim, axis) == (4, 3) else x.cols
+    return _like(x, x.shape, rows, cols)
 
 
 def _broadcast(a, b):

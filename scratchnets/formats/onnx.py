@@ -14,7 +14,8 @@ name, never baked in as a constant).
     op (scratchnets)                ONNX
     conv2d                          Conv (pads, strides, dilations, group)
     batch_norm2d (eval)             BatchNormalization
-    relu / relu6 / sigmoid          Relu / Clip(0, 6) / Sigmoid
+    relu / relu6 / clip / sigmoid   Relu / Clip(0, 6) / Clip(low, high) / Sigmoid
+    softmax                         Softmax (axis)
     hard_sigmoid / hard_swish       HardSigmoid(alpha 1/6, beta 1/2) / HardSwish
     silu                            Mul(x, Sigmoid(x))
     global / adaptive avg pool      GlobalAveragePool (adaptive: output 1x1 only)
@@ -204,9 +205,14 @@ def _emit(graph: _Graph, call, index: int) -> None:
         graph.node("BatchNormalization", [x, *names], y, "bn", epsilon=float(arg(7, "eps", 1e-5)))
     elif op in ("relu", "sigmoid"):
         graph.node(op.title(), [x], y, op)
-    elif op == "relu6":
-        low, high = graph.constant(0.0, "min", np.float32), graph.constant(6.0, "max", np.float32)
-        graph.node("Clip", [x, low, high], y, "relu6")
+    elif op in ("relu6", "clip"):
+        bounds = (0.0, 6.0) if op == "relu6" else (float(arg(1, "low", -1.0)),
+                                                    float(arg(2, "high", 1.0)))  # fmt: skip
+        low, high = (graph.constant(v, k, np.float32)
+                     for k, v in zip(("min", "max"), bounds, strict=True))  # fmt: skip
+        graph.node("Clip", [x, low, high], y, op)
+    elif op == "softmax":
+        graph.node("Softmax", [x], y, "softmax", axis=int(arg(1, "axis", -1)))
     elif op == "hard_sigmoid":
         graph.node("HardSigmoid", [x], y, "hard_sigmoid", alpha=1.0 / 6.0, beta=0.5)
     elif op == "hard_swish":

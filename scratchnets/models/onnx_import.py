@@ -11,7 +11,9 @@ trains here like one built here.
           group, auto_pad)                 Conv2dSame, TF's "same"; VALID: no padding)
     BatchNormalization (inference)         BatchNorm2d (epsilon; momentum 1 - m)
     Relu / Sigmoid / HardSwish             ReLU / Sigmoid / Hardswish
-    Clip [0, 6] / [0, inf)                 ReLU6 / ReLU
+    Clip [0, 6] / [0, inf) / other bounds  ReLU6 / ReLU / Hardtanh(min, max)
+    Softmax (axis; before opset 13 over    Softmax(axis) / FlatSoftmax
+      the dims from axis on)
     HardSigmoid alpha 1/6, beta 1/2        Hardsigmoid
     GlobalAveragePool, ReduceMean(H, W)    AdaptiveAvgPool2d(1)
     AveragePool / MaxPool                  AvgPool2d / MaxPool2d (symmetric pads)
@@ -28,7 +30,7 @@ trains here like one built here.
                                            Shape -> Concat, as our export writes it)
     Dropout, Identity                      (the same tensor)
     Constant                               (folded into the layers that read it)
-    Softmax on the graph's output          left out: models here return logits (cross-entropy
+    a Softmax on the graph's output        left out: models here return logits (cross-entropy
                                            takes them; predict applies the softmax), as a
                                            TFLite file's final SOFTMAX; recorded as "softmax"
 
@@ -56,6 +58,7 @@ from ..nn import (
     Conv2d,
     Hardsigmoid,
     Hardswish,
+    Hardtanh,
     Linear,
     MaxPool2d,
     Module,
@@ -64,6 +67,7 @@ from ..nn import (
     ReLU6,
     ReplicationPad2d,
     Sigmoid,
+    Softmax,
     Upsample,
 )
 from .blocks import Conv2dSame
@@ -214,6 +218,8 @@ class _Builder:
     def __init__(self, onnx, proto):
         self.onnx, self.numpy_helper = onnx, onnx.numpy_helper
         self.shapes = _inferred_shapes(onnx, proto)
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                          1)  # fmt: skip
         self.constants = {t.name: self.numpy_helper.to_array(t) for t in proto.graph.initializer}
         self.alias: dict[str, str] = {}
         self.layers: dict[str, Module] = {}
@@ -414,12 +420,12 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
         high = builder.const(node, 2, "max", required=False)
         low = float(a.get("min", -np.inf)) if low is None else float(low)
         high = float(a.get("max", np.inf)) if high is None else float(high)
-        if (low, high) == (0.0, 6.0):
-            builder.add(node, index, ReLU6(), [x])
-        elif (low, high) == (0.0, np.inf):
-            builder.add(node, index, ReLU(), [x])
-        else:
-            builder.fail(node, f"bounds [{low}, {high}]: only [0, 6] and [0, inf) are supported")
+        if low > high:
+            builder.fail(node, f"bounds [{low}, {high}]: min above max")
+        layer = {(0.0, 6.0): ReLU6, (0.0, np.inf): ReLU}.get((low, high))  # the fused forms
+        builder.add(node, index, layer() if layer else Hardtanh(low, high), [x])
+    elif op == "Softmax":
+        builder.add(node, index, _softmax(builder, node, a), [x])
     elif op == "GlobalAveragePool":
         builder.add(node, index, AdaptiveAvgPool2d(1), [x])
     elif op == "GlobalMaxPool":
@@ -539,6 +545,42 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
         builder.fail(node, "this op type is not supported")
 
 
+class FlatSoftmax(Module):
+    """ONNX's Softmax before opset 13: the input coerced to 2-D at ``axis`` (dims from ``axis``
+    on flattened into one) and the softmax taken over that flattened axis."""
+
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x):
+        axis = self.axis % x.ndim
+        rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+        y, cache = F.softmax_forward(x.reshape(rows, -1), -1, backend=self.backend)
+        self._save((cache, rows), x.shape)
+        return y.reshape(x.shape)
+
+    def backward(self, dy):
+        cache, rows = self._saved(dy)
+        dx = F.softmax_backward(dy.reshape(rows, -1), cache, backend=self.backend)
+        return dx.reshape(dy.shape)
+
+
+def _softmax(builder, node, a: dict) -> Module:
+    """Softmax along one axis (opset >= 13); before 13, over the dims from ``axis`` on, which is
+    one axis when it is the last or the dims after it are 1 (shape inference), else
+    ``FlatSoftmax``."""
+    _check_attributes(builder, node, a, {"axis": None})
+    opset = builder.opset
+    axis = int(a.get("axis", -1 if opset >= 13 else 1))
+    if opset >= 13:
+        return Softmax(axis)
+    shape = builder.shapes.get(builder.resolve(node.input[0]), [])
+    if shape and (axis % len(shape) == len(shape) - 1 or all(d == 1 for d in shape[axis + 1 :])):
+        return Softmax(axis)
+    return FlatSoftmax(axis)
+
+
 def _same_lower(builder, node, x: str, kernel, strides, dilations) -> tuple[int, int, int, int]:
     """auto_pad SAME_LOWER's (top, bottom, left, right): TF's "same" total padding with the odd
     pixel at the top / left, for the input's static H and W (shape inference)."""
@@ -614,11 +656,11 @@ def model_from_onnx(path, dtype=np.float32) -> OnnxModel:
         )
     builder = _Builder(onnx, proto)
     nodes, softmax = list(graph.node), False
-    if nodes and nodes[-1].op_type == "Softmax" and nodes[-1].output[0] == graph.output[0].name:
-        axis = builder.attributes(nodes[-1]).get("axis", -1)
-        if axis not in (-1, 1):
-            builder.fail(nodes[-1], f"a final softmax over axis {axis}, not the classes")
-        builder.alias[nodes[-1].output[0]] = nodes[-1].input[0]  # the logits it reads
+    last = nodes[-1] if nodes else None
+    if (last is not None and last.op_type == "Softmax" and last.output[0] == graph.output[0].name
+            and builder.attributes(last).get("axis", -1 if builder.opset >= 13 else 1) in (-1, 1)
+            and len(builder.shapes.get(last.input[0], [0, 0])) == 2):  # fmt: skip
+        builder.alias[last.output[0]] = last.input[0]  # the class logits it reads
         nodes, softmax = nodes[:-1], True
     for index, node in enumerate(nodes):
         if len(node.output) != 1 and node.op_type not in ("Dropout", "BatchNormalization"):

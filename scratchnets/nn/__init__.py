@@ -22,6 +22,7 @@ from .layers import (
     Flatten,
     Hardsigmoid,
     Hardswish,
+    Hardtanh,
     Linear,
     MaxPool2d,
     ReflectionPad2d,
@@ -30,6 +31,7 @@ from .layers import (
     ReplicationPad2d,
     Sigmoid,
     SiLU,
+    Softmax,
     Upsample,
     ZeroPad2d,
 )

@@ -427,6 +427,52 @@ class ReLU6(_InplaceFlag):
     _op = "relu6"
 
 
+class Hardtanh(_InplaceFlag):
+    """y = min(max(x, min_val), max_val); dx = dy * [min_val < x < max_val]  (``torch.nn.Hardtanh``,
+    ONNX's Clip; ReLU6 is Hardtanh(0, 6))."""
+
+    _op = "clip"
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):
+        super().__init__(inplace)
+        if not min_val <= max_val:
+            raise ValueError(f"Hardtanh: min_val {min_val} is above max_val {max_val}")
+        self.min_val, self.max_val = float(min_val), float(max_val)
+
+    def forward(self, x):
+        y, cache = F.clip_forward(x, self.min_val, self.max_val, backend=self.backend)
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        return F.clip_backward(dy, self._saved(dy), backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"min_val={self.min_val}, max_val={self.max_val}" + (
+            ", inplace=True" if self.inplace else "")  # fmt: skip
+
+
+class Softmax(Module):
+    """y = exp(x) / sum exp(x) along ``dim``; dx = y * (dy - sum(dy * y))  (``torch.nn.Softmax``).
+    Models here return logits (cross-entropy takes them); this is for a softmax inside a network
+    (an attention map)."""
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, x):
+        y, cache = F.softmax_forward(x, self.dim, backend=self.backend)
+        self._save(cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        return F.softmax_backward(dy, self._saved(dy), backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
 class Sigmoid(_UnaryOp):
     """y = 1 / (1 + exp(-x)); dx = dy * y * (1 - y)  (``torch.nn.Sigmoid``)."""
 

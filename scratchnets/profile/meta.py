@@ -163,6 +163,8 @@ def _same_shape(op: str):
 
 relu_forward = _same_shape("relu")
 relu6_forward = _same_shape("relu6")
+clip_forward = _same_shape("clip")  # (x, low, high)
+softmax_forward = _same_shape("softmax")  # (x, axis)
 sigmoid_forward = _same_shape("sigmoid")
 hard_sigmoid_forward = _same_shape("hard_sigmoid")
 hard_swish_forward = _same_shape("hard_swish")

@@ -14,6 +14,8 @@ Signatures (identical in ``scratchnets.kernels.cpu`` and ``scratchnets.kernels.c
     batch_norm2d_backward(dy, cache) -> (dx, dweight, dbias)
     relu_forward(x) / relu6_forward(x) / sigmoid_forward(x) / hard_sigmoid_forward(x) -> (y, cache)
     hard_swish_forward(x) / silu_forward(x) -> (y, cache)
+    clip_forward(x, low=-1.0, high=1.0) -> (y, cache)    # F.hardtanh, ONNX Clip
+    softmax_forward(x, axis=-1) -> (y, cache)
     relu_backward(dy, cache) ... -> dx
     max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1,
                        ceil_mode=False) -> (y, cache)
@@ -35,6 +37,8 @@ Signatures (identical in ``scratchnets.kernels.cpu`` and ``scratchnets.kernels.c
 """
 
 from .activations import (
+    clip_backward,
+    clip_forward,
     hard_sigmoid_backward,
     hard_sigmoid_forward,
     hard_swish_backward,
@@ -47,6 +51,8 @@ from .activations import (
     sigmoid_forward,
     silu_backward,
     silu_forward,
+    softmax_backward,
+    softmax_forward,
 )
 from .batchnorm import batch_norm2d_backward, batch_norm2d_forward
 from .conv import conv2d_backward, conv2d_forward

@@ -1,5 +1,5 @@
-"""Elementwise activations and their gradients: ReLU, ReLU6, sigmoid, hard-sigmoid, hard-swish,
-SiLU (swish).
+"""Activations and their gradients: ReLU, ReLU6, clip (hardtanh), sigmoid, hard-sigmoid,
+hard-swish, SiLU (swish), elementwise; and softmax along one axis.
 
 Each op is ``<op>_forward(x) -> (y, cache)`` and ``<op>_backward(dy, cache) -> dx``; x, y, dy and
 dx share one shape (any) and dtype (float32 or float64). At the kinks the gradient follows torch:
@@ -39,6 +39,21 @@ def relu6_forward(x):
 def relu6_backward(dy, cache):
     """dx = dy * [0 < x < 6]: 0 at exactly x = 0 and x = 6 (as ``F.relu6``)."""
     return _masked_backward(dy, cache, "relu6")
+
+
+def clip_forward(x, low=-1.0, high=1.0):
+    """y = min(max(x, low), high); like ``F.hardtanh(x, low, high)`` and ONNX's Clip (ReLU6 is
+    clip(x, 0, 6)). ``low`` may be -inf and ``high`` inf; ``low > high`` gives ``high``
+    everywhere, as ``torch.clamp``. The bounds are rounded to x's dtype first. Returns
+    ``(y, cache)``."""
+    x = float_array(x, "x")
+    low, high = x.dtype.type(low), x.dtype.type(high)
+    return np.minimum(np.maximum(x, low), high), (x > low) & (x < high)
+
+
+def clip_backward(dy, cache):
+    """dx = dy * [low < x < high]: 0 at exactly the bounds (as ``F.hardtanh``)."""
+    return _masked_backward(dy, cache, "clip")
 
 
 def hard_sigmoid_forward(x):
@@ -108,3 +123,30 @@ def silu_backward(dy, cache):
     x, s, s_complement = cache
     dy = check_dy(dy, x.shape, "silu")
     return dy * s * (1 + x * s_complement)
+
+
+def softmax_lines(shape: tuple, axis: int) -> tuple[int, int, int]:
+    """(O, K, I): an array of ``shape`` viewed as O x I lines of K elements along ``axis`` (how
+    the kernels walk it; a ValueError for an axis the shape does not have)."""
+    if not shape or not -len(shape) <= axis < len(shape):
+        raise ValueError(f"softmax: axis {axis} for an input of shape {tuple(shape)}")
+    axis %= len(shape)
+    return (int(np.prod(shape[:axis], dtype=np.int64)), int(shape[axis]),
+            int(np.prod(shape[axis + 1 :], dtype=np.int64)))  # fmt: skip
+
+
+def softmax_forward(x, axis=-1):
+    """y = exp(x - m) / sum(exp(x - m)) along ``axis``, m the maximum there (so exp never
+    overflows); like ``F.softmax(x, dim=axis)``. Returns ``(y, (y, axis))``."""
+    x = float_array(x, "x")
+    softmax_lines(x.shape, axis)  # checks the axis
+    e = np.exp(x - x.max(axis=axis, keepdims=True))  # in (0, 1], 1 at the maximum
+    y = e / e.sum(axis=axis, keepdims=True)
+    return y, (y, axis)
+
+
+def softmax_backward(dy, cache):
+    """dx = y * (dy - sum(dy * y)) along the axis: the Jacobian diag(y) - y y^T applied to dy."""
+    y, axis = cache
+    dy = check_dy(dy, y.shape, "softmax")
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))

@@ -1,4 +1,5 @@
-"""ReLU, ReLU6, sigmoid, hard-sigmoid, hard-swish and SiLU against float64 torch, on every backend."""
+"""ReLU, ReLU6, clip, sigmoid, hard-sigmoid, hard-swish, SiLU and softmax against float64 torch,
+on every backend."""
 
 from __future__ import annotations
 
@@ -44,11 +45,17 @@ from tests.ops.common import (
 TORCH = {
     "relu": F.relu,
     "relu6": F.relu6,
+    "clip": lambda x: F.hardtanh(x, -3.0, 6.0),
     "sigmoid": torch.sigmoid,
     "hard_sigmoid": F.hardsigmoid,
     "hard_swish": F.hardswish,
     "silu": F.silu,
+    "softmax": lambda x: F.softmax(x, -1),
 }
+#: the arguments after x that the shared tests pass (clip's bounds on the boundary values -3, 6;
+#: softmax over the last axis); the drawn ones have tests of their own
+ARGS = {"clip": (-3.0, 6.0), "softmax": (-1,)}
+SELECTIONS = ("relu", "relu6", "clip")  # forward is a pure selection: bit-exact
 
 
 def test_the_oracle_covers_every_activation_of_the_op_table():
@@ -62,11 +69,12 @@ def test_the_oracle_covers_every_activation_of_the_op_table():
 # (incl. kinks, +-1e6).
 # ===============================================================================================
 
-#: name -> (forward, backward, torch function)
+#: name -> (forward of x, backward, torch function)
 OPS = {
-    op: (getattr(act, f"{op}_forward"), getattr(act, f"{op}_backward"), fn)
+    op: (lambda x, op=op: getattr(act, f"{op}_forward")(x, *ARGS.get(op, ())),
+         getattr(act, f"{op}_backward"), fn)
     for op, fn in TORCH.items()
-}
+}  # fmt: skip
 
 
 #: the kinks of relu / relu6 / hard_sigmoid, huge values, signed zero
@@ -113,7 +121,7 @@ def run(name, x, dy):
     return y, dx
 
 
-@pytest.mark.parametrize("name", ["relu", "relu6"])
+@pytest.mark.parametrize("name", SELECTIONS)
 @given(case=arrays_with_boundaries())
 def test_relu_family_bit_exact(name, case):
     """Selection ops: forward and gradient bit-exact against torch in float32 and float64."""
@@ -148,22 +156,24 @@ def test_hard_sigmoid(case):
         record_error("reference/hard_sigmoid dx", dx, dx_t)
 
 
-@pytest.mark.parametrize("name", ["sigmoid", "hard_swish", "silu"])
+@pytest.mark.parametrize("name", ["sigmoid", "hard_swish", "silu", "softmax"])
 @given(case=arrays_with_boundaries())
 def test_smooth_and_swish_family(name, case):
     """float64 within 1e-10 of torch (kinks of hard_swish at -3 and 3 included); float32 against
-    the float64 oracle. The slopes are at most 1.5 (hard_swish at x -> 3), ~1.1 (silu)."""
+    the float64 oracle. The slopes are at most 1.5 (hard_swish at x -> 3), ~1.1 (silu); softmax
+    sums K terms per element (its dx at most 2 max|dy|)."""
     x, dy = case
     y, dx = run(name, x, dy)
     y_t, dx_t = torch_f64(OPS[name][2], x, dy)
+    terms = x.shape[-1] if name == "softmax" else 1
     if x.dtype == np.float64:
         record_error(f"reference/{name} y", y, y_t)
         record_error(f"reference/{name} dx", dx, dx_t)
         assert_close_f64(y, y_t, what="y")
         assert_close_f64(dx, dx_t, what="dx")
     else:
-        assert_close_f32(y, y_t, 1, 1.0, what="y")
-        assert_close_f32(dx, dx_t, 1, 1.5 * float(np.max(np.abs(dy))), what="dx")
+        assert_close_f32(y, y_t, terms, 1.0, what="y")
+        assert_close_f32(dx, dx_t, terms, 2 * float(np.max(np.abs(dy))), what="dx")
 
 
 def test_hard_swish_slope_at_the_kinks_is_torchs():
@@ -251,13 +261,13 @@ def test_cpu_activations(name, dtype, shape, layout, seed):
     dy = with_layout(rng.standard_normal(shape).astype(dtype), layout)
     forward, backward = getattr(cpu, f"{name}_forward"), getattr(cpu, f"{name}_backward")
     with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
-        y, cache = forward(x)
+        y, cache = forward(x, *ARGS.get(name, ()))
         dx = backward(dy, cache)
     assert y.dtype == dx.dtype == dtype
-    y_ref, cache_ref = getattr(ref, f"{name}_forward")(x)
+    y_ref, cache_ref = getattr(ref, f"{name}_forward")(x, *ARGS.get(name, ()))
     dx_ref = getattr(ref, f"{name}_backward")(dy, cache_ref)
     y_t, dx_t = torch_f64(TORCH[name], x, dy)
-    check_cpu(name, "y", y, y_ref, y_t, exact=name in ("relu", "relu6"))
+    check_cpu(name, "y", y, y_ref, y_t, exact=name in SELECTIONS)
     if name == "hard_sigmoid":
         # y = relu6(x + 3) / 6 in x's dtype: bit-exact against torch and the reference in x's dtype
         np.testing.assert_array_equal(y, F.hardsigmoid(torch.tensor(x)).numpy())
@@ -268,8 +278,8 @@ def test_cpu_activations(name, dtype, shape, layout, seed):
         np.testing.assert_allclose(dx, dx_ref, rtol=2 * np.finfo(dtype).eps, atol=0)
         np.testing.assert_allclose(dx, dx_t, rtol=4 * np.finfo(np.float32).eps, atol=0)
     else:
-        smooth = name in ("sigmoid", "hard_swish", "silu")  # slopes from arithmetic, not a select
-        check_cpu(name, "dx", dx, dx_ref, dx_t, magnitude=1.5 * amax(dy), exact=not smooth)
+        smooth = name in ("sigmoid", "hard_swish", "silu", "softmax")  # arithmetic, not a select
+        check_cpu(name, "dx", dx, dx_ref, dx_t, magnitude=2 * amax(dy), exact=not smooth)
 
 
 # ===============================================================================================
@@ -285,8 +295,6 @@ def test_cpu_activations(name, dtype, shape, layout, seed):
 # Shapes are tiny: under the simulator every GPU thread is a Python thread.
 # ===============================================================================================
 
-SELECTIONS = ("relu", "relu6")  # forward is a pure selection: bit-exact
-
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("op", sorted(TORCH))
@@ -296,8 +304,8 @@ def test_cuda_activation_matches_torch(op, seed, dtype, shape):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) * 4).astype(dtype)
     x.flat[:4] = [0.0, 6.0, -3.0, 3.0]  # the kinks: gradient 0 there, as torch
-    y, cache = getattr(CK, f"{op}_forward")(x)
-    y_ref, cache_ref = getattr(R, f"{op}_forward")(x)
+    y, cache = getattr(CK, f"{op}_forward")(x, *ARGS.get(op, ()))
+    y_ref, cache_ref = getattr(R, f"{op}_forward")(x, *ARGS.get(op, ()))
     dy = rand(rng, shape, dtype)
     dx = getattr(CK, f"{op}_backward")(dy, cache)
     yt, dxt = torch_f64(TORCH[op], x, dy)
@@ -308,7 +316,92 @@ def test_cuda_activation_matches_torch(op, seed, dtype, shape):
         dxt = np.where((x > -3) & (x < 3), dy.astype(np.float64) / 6, 0.0)
     if op in SELECTIONS:
         np.testing.assert_array_equal(to_numpy(y), y_ref)
-    check_cuda(op, "y", y, yt, y_ref)
+    terms = shape[-1] if op == "softmax" else 1
+    check_cuda(op, "y", y, yt, y_ref, terms)
     check_cuda(
-        op, "dx", dx, dxt, getattr(R, f"{op}_backward")(dy, cache_ref), 1, 1.5 * amax_product(dy)
+        op, "dx", dx, dxt, getattr(R, f"{op}_backward")(dy, cache_ref), terms, 2 * amax_product(dy)
     )
+
+
+# ===============================================================================================
+# clip's drawn bounds and softmax's drawn axis, on every backend
+# ===============================================================================================
+
+BACKENDS = {"reference": ref, "cpu": cpu}
+
+#: clip bounds: finite, half-open (ReLU's [0, inf)), and crossed (low > high: high everywhere)
+BOUNDS = st.sampled_from([(-1.0, 1.0), (0.0, 6.0), (0.0, np.inf), (-np.inf, 2.5), (-0.5, 0.25),
+                          (2.0, -1.0), (-np.inf, np.inf)])  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@given(bounds=BOUNDS, dtype=FLOATS, shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+       seed=seeds)  # fmt: skip
+def test_clip_drawn_bounds_bit_exact(backend, bounds, dtype, shape, seed):
+    """y and dx bit-exact against torch's hardtanh in x's dtype, the bounds themselves in x."""
+    ops = BACKENDS[backend]
+    rng = np.random.default_rng(seed)
+    finite = [b for b in bounds if np.isfinite(b)]
+    x = with_boundaries(rng, shape, 2.0, np.array(finite or [0.0])).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    y, cache = ops.clip_forward(x, *bounds)
+    dx = ops.clip_backward(dy, cache)
+    y_t, dx_t = torch_same_dtype(lambda v: torch.clamp(v, *bounds) if bounds[0] > bounds[1]
+                                 else F.hardtanh(v, *bounds), x, dy)  # fmt: skip
+    np.testing.assert_array_equal(y, y_t)
+    expected_dx = np.where((x > bounds[0]) & (x < bounds[1]), dy, 0)  # hardtanh's rule
+    if bounds[0] <= bounds[1]:
+        np.testing.assert_array_equal(dx_t, expected_dx)  # the rule is torch's
+    np.testing.assert_array_equal(dx, expected_dx)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@given(dtype=FLOATS, shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), seed=seeds,
+       data=st.data())  # fmt: skip
+def test_softmax_drawn_axis_matches_torch(backend, dtype, shape, seed, data):
+    ops = BACKENDS[backend]
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1), label="axis")
+    rng = np.random.default_rng(seed)
+    x = (6 * rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    y, cache = ops.softmax_forward(x, axis)
+    dx = ops.softmax_backward(dy, cache)
+    assert y.dtype == dx.dtype == dtype
+    y_t, dx_t = torch_f64(lambda v: F.softmax(v, axis), x, dy)
+    if dtype == np.float64:
+        record_error(f"{backend}/softmax y", y, y_t)
+        record_error(f"{backend}/softmax dx", dx, dx_t)
+        assert_close_f64(y, y_t, what="y")
+        assert_close_f64(dx, dx_t, what="dx")
+    else:
+        assert_close_f32(y, y_t, shape[axis], 1.0, what="y")
+        assert_close_f32(dx, dx_t, shape[axis], 2 * amax(dy), what="dx")
+    np.testing.assert_allclose(y.sum(axis=axis), 1.0, rtol=4 * shape[axis] * np.finfo(dtype).eps)
+
+
+def test_softmax_and_clip_errors_name_the_problem():
+    for ops in BACKENDS.values():
+        with pytest.raises(ValueError, match=r"softmax: axis 2 for an input of shape \(3, 4\)"):
+            ops.softmax_forward(np.zeros((3, 4)), 2)
+        with pytest.raises(TypeError, match="float32 or float64"):
+            ops.clip_forward(np.arange(3), 0, 1)
+
+
+@pytest.mark.cuda
+@settings(max_examples=examples(3, 30))
+@given(seed=st.integers(0, 2**16), dtype=FLOATS, axis=st.sampled_from([0, 1, -1]),
+       bounds=BOUNDS)  # fmt: skip
+def test_cuda_softmax_axis_and_clip_bounds(seed, dtype, axis, bounds):
+    rng = np.random.default_rng(seed)
+    shape = (2, 3, 2, 2)
+    x = (4 * rng.standard_normal(shape)).astype(dtype)
+    dy = rand(rng, shape, dtype)
+    y, cache = CK.softmax_forward(x, axis)
+    dx = CK.softmax_backward(dy, cache)
+    yt, dxt = torch_f64(lambda v: F.softmax(v, axis), x, dy)
+    check_cuda("softmax", "y", y, yt, ref.softmax_forward(x, axis)[0], shape[axis])
+    check_cuda("softmax", "dx", dx, dxt, None, shape[axis], 2 * amax_product(dy))
+    y, cache = CK.clip_forward(x, *bounds)
+    np.testing.assert_array_equal(to_numpy(y), ref.clip_forward(x, *bounds)[0])
+    dx = CK.clip_backward(dy, cache)
+    np.testing.assert_array_equal(to_numpy(dx), np.where((x > bounds[0]) & (x < bounds[1]), dy, 0))

@@ -1,4 +1,5 @@
-"""Elementwise activations on the CPU: ReLU, ReLU6, sigmoid, hard-sigmoid, hard-swish, SiLU (Numba).
+"""Activations on the CPU (Numba): ReLU, ReLU6, clip, sigmoid, hard-sigmoid, hard-swish, SiLU
+elementwise, and softmax along an axis.
 
 What is optimised and why: these ops are memory-bound, so the cost is the number of passes over
 memory. NumPy needs several for one activation (``np.minimum(np.maximum(x, 0), 6)`` writes a
@@ -12,7 +13,10 @@ NumPy 100 ms, this kernel 16 ms.
 
 Semantics follow ``scratchnets.reference.activations`` (and torch): the gradient is 0 at the
 kinks themselves (x = 0, 6 for ReLU6; x = -3, 3 for hard-sigmoid), NaN passes through y.
-The caches are the masks (1 byte per element) and, for sigmoid, y itself. Hard-swish and SiLU
+The caches are the masks (1 byte per element) and, for sigmoid, y itself.
+Softmax views the array as (O, K, I), K along the axis (no transposing copy), and runs one line
+of K per iteration, parallel over the O x I lines, each read three times (max, sum of exps,
+exps over the sum), in float64 and rounded once. Hard-swish and SiLU
 have no piecewise-constant slope, so they cache x and their backward recomputes the slope from
 it in the same single pass (SiLU: sigmoid(x) and sigmoid(-x) in float64, like sigmoid's kernel).
 """
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from scratchnets.reference.activations import softmax_lines
 
 from ._common import check_shape, kernel_array, masked_scale
 
@@ -58,6 +64,14 @@ def _relu6_kernel(x, y, mask):
         v = x[i]
         y[i] = 0.0 if v <= 0.0 else (6.0 if v >= 6.0 else v)
         mask[i] = (v > 0.0) and (v < 6.0)
+
+
+@njit(parallel=True, cache=True)
+def _clip_kernel(x, y, mask, low, high):
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = high if v >= high else (low if v <= low else v)  # low > high: high, as clamp
+        mask[i] = (v > low) and (v < high)
 
 
 @njit(parallel=True, cache=True)
@@ -102,6 +116,16 @@ def relu6_forward(x):
 def relu6_backward(dy, cache):
     """dx = dy * [0 < x < 6]: 0 at exactly x = 0 and x = 6 (as ``F.relu6``)."""
     return _backward(dy, cache, 1.0, "relu6")
+
+
+def clip_forward(x, low=-1.0, high=1.0):
+    """y = min(max(x, low), high); like ``F.hardtanh`` and ONNX's Clip. Returns ``(y, cache)``."""
+    return _forward(_clip_kernel, x, low, high)
+
+
+def clip_backward(dy, cache):
+    """dx = dy * [low < x < high] (0 at exactly the bounds, as ``F.hardtanh``)."""
+    return _backward(dy, cache, 1.0, "clip")
 
 
 def hard_sigmoid_forward(x):
@@ -214,3 +238,55 @@ def silu_forward(x):
 def silu_backward(dy, cache):
     """dx = dy * s * (1 + x (1 - s)), s = sigmoid(x) recomputed from the cached x."""
     return _recomputing_backward(_silu_backward_kernel, dy, cache, "silu")
+
+
+@njit(parallel=True, cache=True)
+def _softmax_kernel(x, y):
+    """y[o, :, i] = exp(x[o, :, i] - max) / sum exp(x[o, :, i] - max) for x, y (O, K, I)."""
+    outer, size, inner = x.shape
+    for line in prange(outer * inner):
+        o, i = line // inner, line % inner
+        top = x[o, 0, i]
+        for k in range(1, size):
+            top = max(top, x[o, k, i])
+        total = 0.0
+        for k in range(size):
+            total += np.exp(float(x[o, k, i]) - float(top))
+        for k in range(size):  # the exp again rather than a stored (rounded) one
+            y[o, k, i] = np.exp(float(x[o, k, i]) - float(top)) / total
+
+
+@njit(parallel=True, cache=True)
+def _softmax_backward_kernel(dy, y, dx):
+    """dx[o, :, i] = y[o, :, i] * (dy[o, :, i] - sum(dy[o, :, i] * y[o, :, i]))."""
+    outer, size, inner = y.shape
+    for line in prange(outer * inner):
+        o, i = line // inner, line % inner
+        dot = 0.0
+        for k in range(size):
+            dot += float(dy[o, k, i]) * float(y[o, k, i])
+        for k in range(size):
+            dx[o, k, i] = float(y[o, k, i]) * (float(dy[o, k, i]) - dot)
+
+
+def softmax_forward(x, axis=-1):
+    """y = exp(x - max) / sum exp(x - max) along ``axis``; like ``F.softmax(x, dim=axis)``.
+    Returns ``(y, (y, axis))``."""
+    x = kernel_array(x, "x")
+    lines = softmax_lines(x.shape, axis)
+    y = np.empty_like(x)
+    if x.size:
+        _softmax_kernel(x.reshape(lines), y.reshape(lines))
+    return y, (y, axis)
+
+
+def softmax_backward(dy, cache):
+    """dx = y * (dy - sum(dy * y)) along the axis."""
+    y, axis = cache
+    dy = kernel_array(dy, "dy", y.dtype)
+    check_shape(dy, y.shape, "softmax_backward")
+    lines = softmax_lines(y.shape, axis)
+    dx = np.empty_like(y)
+    if y.size:
+        _softmax_backward_kernel(dy.reshape(lines), y.reshape(lines), dx.reshape(lines))
+    return dx

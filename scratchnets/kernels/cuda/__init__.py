@@ -22,6 +22,8 @@ numba's simulator (slow; for tests at tiny shapes).
 """
 
 from .activations import (
+    clip_backward,
+    clip_forward,
     hard_sigmoid_backward,
     hard_sigmoid_forward,
     hard_swish_backward,
@@ -34,6 +36,8 @@ from .activations import (
     sigmoid_forward,
     silu_backward,
     silu_forward,
+    softmax_backward,
+    softmax_forward,
 )
 from .batchnorm import batch_norm2d_backward, batch_norm2d_forward
 from .conv import conv2d_backward, conv2d_forward

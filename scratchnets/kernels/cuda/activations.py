@@ -1,5 +1,5 @@
-"""Elementwise activations on the GPU: ReLU, ReLU6, hard-sigmoid, sigmoid, hard-swish, SiLU, and
-their gradients.
+"""Activations on the GPU: ReLU, ReLU6, clip, hard-sigmoid, sigmoid, hard-swish, SiLU elementwise,
+softmax along an axis, and their gradients.
 
 One thread per element of the flattened (contiguous) array; semantics exactly as
 ``scratchnets.reference.activations`` (gradient 0 at the kinks, NaN propagates forward).
@@ -11,7 +11,11 @@ The three piecewise-linear ops are one clamp with different constants::
 and their backward is one select, ``dx = dy / divisor where lo < x < hi else 0``. The cache is
 the input x itself (no mask array): the backward recomputes the comparison. Sigmoid's backward
 recomputes sigmoid(x) and sigmoid(-x) from the cached x with the overflow-free formula; so do
-hard-swish (its slope x / 3 + 1/2 between the kinks) and SiLU (s (1 + x (1 - s))).
+hard-swish (its slope x / 3 + 1/2 between the kinks) and SiLU (s (1 + x (1 - s))). Clip has
+its own clamp (arbitrary bounds) and the same select backward, its cache (x, low, high).
+
+Softmax views the array as (O, K, I) lines of K along the axis (``softmax_lines``), one thread
+per line: max, sum of exps, exps over the sum, in float64 and rounded once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import math
 
 from numba import cuda
+
+from scratchnets.reference.activations import softmax_lines
 
 from ._launch import device_array, device_dy, empty, flat, launch_1d
 
@@ -99,6 +105,29 @@ def relu6_forward(x):
 def relu6_backward(dy, cache):
     """dx = dy * [0 < x < 6] (0 at exactly 0 and 6, as ``F.relu6``)."""
     return _select_backward(dy, cache, 0.0, 6.0, 1.0, "relu6")
+
+
+@cuda.jit
+def _clip_kernel(x, low, high, y):
+    i = cuda.grid(1)
+    if i < x.size:
+        v = x[i]
+        y[i] = high if v >= high else (low if v <= low else v)  # low > high: high, as clamp
+
+
+def clip_forward(x, low=-1.0, high=1.0):
+    """y = min(max(x, low), high); like ``F.hardtanh`` and ONNX's Clip."""
+    x = device_array(x, "x")
+    y = empty(x.shape, x.dtype)
+    low, high = x.dtype.type(low), x.dtype.type(high)
+    launch_1d(_clip_kernel, x.size, flat(x), low, high, flat(y))
+    return y, (x, low, high)
+
+
+def clip_backward(dy, cache):
+    """dx = dy * [low < x < high] (0 at exactly the bounds, as ``F.hardtanh``)."""
+    x, low, high = cache
+    return _select_backward(dy, x, low, high, 1.0, "clip")
 
 
 def hard_sigmoid_forward(x):
@@ -198,3 +227,52 @@ def silu_forward(x):
 def silu_backward(dy, cache):
     """dx = dy * s * (1 + x (1 - s)), s = sigmoid(x) recomputed from the cached x."""
     return _elementwise_backward(_silu_backward_kernel, dy, cache, "silu")
+
+
+@cuda.jit
+def _softmax_kernel(x, y):
+    line = cuda.grid(1)
+    outer, size, inner = x.shape
+    if line < outer * inner:
+        o, i = line // inner, line % inner
+        top = x[o, 0, i]
+        for k in range(1, size):
+            top = max(top, x[o, k, i])
+        total = 0.0
+        for k in range(size):
+            total += math.exp(float(x[o, k, i]) - float(top))
+        for k in range(size):
+            y[o, k, i] = math.exp(float(x[o, k, i]) - float(top)) / total
+
+
+@cuda.jit
+def _softmax_backward_kernel(dy, y, dx):
+    line = cuda.grid(1)
+    outer, size, inner = y.shape
+    if line < outer * inner:
+        o, i = line // inner, line % inner
+        dot = 0.0
+        for k in range(size):
+            dot += float(dy[o, k, i]) * float(y[o, k, i])
+        for k in range(size):
+            dx[o, k, i] = float(y[o, k, i]) * (float(dy[o, k, i]) - dot)
+
+
+def softmax_forward(x, axis=-1):
+    """y = exp(x - max) / sum exp(x - max) along ``axis``; like ``F.softmax(x, dim=axis)``."""
+    x = device_array(x, "x")
+    outer, size, inner = lines = softmax_lines(tuple(x.shape), axis)
+    y = empty(x.shape, x.dtype)
+    launch_1d(_softmax_kernel, outer * inner if x.size else 0, x.reshape(lines), y.reshape(lines))
+    return y, (y, axis)
+
+
+def softmax_backward(dy, cache):
+    """dx = y * (dy - sum(dy * y)) along the axis."""
+    y, axis = cache
+    dy = device_dy(dy, tuple(y.shape), y.dtype, "softmax_backward")
+    outer, size, inner = lines = softmax_lines(tuple(y.shape), axis)
+    dx = empty(y.shape, y.dtype)
+    launch_1d(_softmax_backward_kernel, outer * inner if y.size else 0, dy.reshape(lines),
+              y.reshape(lines), dx.reshape(lines))  # fmt: skip
+    return dx
