@@ -179,6 +179,18 @@ LAYER_CASES = [
         lambda: tnn.Upsample(scale_factor=1.5, mode="bilinear", recompute_scale_factor=True),
         (2, 3, 5, 4),
     ),
+    (
+        "Upsample-bilinear-align-corners",
+        lambda: nn.Upsample(size=(7, 9), mode="bilinear", align_corners=True),
+        lambda: tnn.Upsample(size=(7, 9), mode="bilinear", align_corners=True),
+        (2, 3, 4, 5),
+    ),
+    (
+        "Upsample-bilinear-align-corners-down",
+        lambda: nn.Upsample(size=(3, 1), mode="bilinear", align_corners=True),
+        lambda: tnn.Upsample(size=(3, 1), mode="bilinear", align_corners=True),
+        (2, 3, 5, 4),
+    ),
     ("Dropout-eval", lambda: nn.Dropout(0.3).eval(), lambda: tnn.Dropout(0.3).eval(), (2, 3, 4)),
     ("Softmax-dim1", lambda: nn.Softmax(1), lambda: tnn.Softmax(1), (2, 3, 4, 5)),
     ("Softmax-last", nn.Softmax, lambda: tnn.Softmax(-1), (3, 7)),

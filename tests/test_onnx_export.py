@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import scratchnets as sn
 from scratchnets import nn
 from scratchnets.cli import main
+from scratchnets.reference.upsample import Sampling
 from tests.helpers import record_error
 from tests.model_twins import randomize_bn
 from tests.test_train import BACKEND, dataset  # noqa: F401 (a fixture)
@@ -131,6 +132,22 @@ def test_clip_and_a_softmax_inside_export_and_load_back(tmp_path):
     back = sn.models.load_pretrained(path)
     assert {type(m).__name__ for m in back.modules()} >= {"Hardtanh", "Softmax"}
     assert_close(back(x), model(x), "onnx clip softmax loaded back")
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nn.Upsample(size=(7, 9), mode="bilinear", align_corners=True),
+     nn.Upsample(size=(4, 11), sampling=Sampling("half_pixel", "round_prefer_ceil")),
+     nn.Upsample(scale_factor=(1.5, 2.5), sampling=Sampling("asymmetric", "floor", (1.5, 2.5)))],
+    ids=["align_corners", "half_pixel_round_up", "scales"],
+)  # fmt: skip
+def test_resize_placements_export_as_resize_attributes(tmp_path, layer):
+    model = nn.Sequential(layer)
+    path = tmp_path / "resize.onnx"
+    sn.export_onnx(model, path, (1, 3, 5, 6))
+    x = np.random.default_rng(7).standard_normal((2, 3, 5, 6)).astype(np.float32)
+    assert_close(run_onnx(path, x), model(x), "onnx resize placement")
+    assert_close(sn.models.load_pretrained(path)(x), model(x), "onnx resize loaded back")
 
 
 def test_export_onnx_of_a_fine_tuned_checkpoint_gives_its_predictions(dataset, tmp_path):  # noqa: F811

@@ -228,11 +228,14 @@ def _single(op_type, inputs, attributes, initializers, x_shape, out_name="y", op
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def _check_against_ort(model_proto, x, tmp_path, key):
+def _check_against_ort(model_proto, x, tmp_path, key, exact=False):
+    """The file loaded here gives ONNX Runtime's output (bit-exact for selections: ``exact``)."""
     path = tmp_path / "op.onnx"
     onnx.save(model_proto, path)
     expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     actual = sn.models.load_pretrained(path)(x)
+    if exact:
+        np.testing.assert_array_equal(actual, expected, err_msg=key)
     err = record_error(key, actual, expected)
     assert err <= 1e-5 * max(1e-6, float(np.max(np.abs(expected)))), err
 
@@ -312,26 +315,121 @@ def test_each_operator_matches_onnx_runtime(tmp_path, op_type, attributes, extra
     _check_against_ort(proto, x, tmp_path, f"onnx import {op_type}")
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     op_type=st.sampled_from(["AveragePool", "MaxPool"]),
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    pad=st.tuples(st.integers(0, 1), st.integers(0, 1)),
+    pads=st.tuples(*[st.integers(0, 2)] * 4),
+    auto_pad=st.sampled_from(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
+    dilation=st.integers(1, 2),
     ceil_mode=st.integers(0, 1),
     count_include_pad=st.integers(0, 1),
     size=st.integers(5, 9),
 )
-def test_pool_attributes_match_onnx_runtime(op_type, kernel, strides, pad, ceil_mode,
-                                            count_include_pad, size, tmp_path_factory):  # fmt: skip
-    pad = tuple(min(p, k // 2) for p, k in zip(pad, kernel, strict=True))  # pads <= kernel / 2
+def test_pool_attributes_match_onnx_runtime(op_type, kernel, strides, pads, auto_pad, dilation,
+                                            ceil_mode, count_include_pad, size,
+                                            tmp_path_factory):  # fmt: skip
+    """Symmetric and asymmetric pads (each below the kernel, as ONNX Runtime requires), auto_pad,
+    ceil_mode, count_include_pad, MaxPool's dilations."""
+    top, left, bottom, right = (min(p, k - 1) for p, k in zip(pads, kernel * 2, strict=True))
+    if auto_pad.startswith("SAME"):  # ONNX Runtime's own "same" padding fails when it is negative
+        assume(all((-(-n // s) - 1) * s + k >= n for n, s, k in
+                   zip((size, size + 2), strides, kernel, strict=True)))  # fmt: skip
     attributes = dict(kernel_shape=list(kernel), strides=list(strides), ceil_mode=ceil_mode,
-                      pads=[pad[0], pad[1], pad[0], pad[1]])  # fmt: skip
+                      auto_pad=auto_pad)  # fmt: skip
+    if auto_pad == "NOTSET":
+        attributes["pads"] = [top, left, bottom, right]
     if op_type == "AveragePool":
         attributes["count_include_pad"] = count_include_pad
+    elif not auto_pad.startswith("SAME"):  # ONNX Runtime refuses dilation with auto_pad SAME_*
+        attributes["dilations"] = [dilation, dilation]
     proto = _single(op_type, ["x"], attributes, {}, [2, 3, size, size + 2])
     x = np.random.default_rng(8).standard_normal((2, 3, size, size + 2)).astype(np.float32)
     _check_against_ort(proto, x, tmp_path_factory.mktemp("pool"), f"onnx import {op_type}")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mode=st.sampled_from(["nearest", "linear"]),
+    coordinates=st.sampled_from(["half_pixel", "pytorch_half_pixel", "align_corners",
+                                 "asymmetric", "tf_half_pixel_for_nn"]),
+    rounding=st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]),
+    given_as=st.sampled_from(["sizes", "scales"]),
+    hw=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    out=st.tuples(st.integers(1, 13), st.integers(1, 13)),
+    scales=st.tuples(*[st.sampled_from([0.5, 0.75, 1.0, 1.5, 2.0, 3.0])] * 2),
+    opset=st.sampled_from([11, 13, 19]),
+)  # fmt: skip
+def test_resize_attributes_match_onnx_runtime(mode, coordinates, rounding, given_as, hw, out,
+                                              scales, opset, tmp_path_factory):  # fmt: skip
+    """Resize in every coordinate mode but crop-and-resize, nearest's four roundings, sizes or
+    scales: ONNX Runtime's output (bit-exact for nearest)."""
+    assume(not (mode == "linear" and coordinates == "tf_half_pixel_for_nn"))  # ORT refuses it
+    # opsets 11 and 12: roi and scales are required inputs (empty ones), not left out
+    roi = {"roi": np.zeros(0, np.float32)} if opset < 13 else {"": None}
+    if given_as == "scales":
+        assume(
+            all(int(np.float32(s) * np.float32(n)) >= 1 for s, n in zip(scales, hw, strict=True))
+        )
+        extra = {**roi, "sc": np.array([1, 1, *scales], np.float32)}
+    else:
+        no_scales = {"sc": np.zeros(0, np.float32)} if opset < 13 else {" ": None}
+        extra = {**roi, **no_scales, "sz": np.array([2, 3, *out], np.int64)}
+    attributes = dict(mode=mode, coordinate_transformation_mode=coordinates, nearest_mode=rounding)
+    proto = _single("Resize", ["x", *(k.strip() for k in extra)], attributes,
+                    {k: v for k, v in extra.items() if v is not None}, [2, 3, *hw], opset=opset)  # fmt: skip
+    x = np.random.default_rng(12).standard_normal((2, 3, *hw)).astype(np.float32)
+    _check_against_ort(proto, x, tmp_path_factory.mktemp("resize"), f"onnx import Resize {mode}",
+                       exact=mode == "nearest")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("op_type", "attributes", "scales", "opset"),
+    [("Upsample", {"mode": "nearest", "scales": [1.0, 1.0, 2.0, 3.0]}, None, 7),
+     ("Upsample", {"mode": "linear", "scales": [1.0, 1.0, 1.5, 2.0]}, None, 7),
+     ("Upsample", {"mode": "nearest"}, [1.0, 1.0, 2.5, 1.5], 9),
+     ("Upsample", {"mode": "linear"}, [1.0, 1.0, 3.0, 2.0], 9),
+     ("Resize", {"mode": "nearest"}, [1.0, 1.0, 0.5, 0.75], 10),
+     ("Resize", {"mode": "nearest"}, [1.0, 1.0, 1.75, 2.5], 10),
+     ("Resize", {"mode": "linear"}, [1.0, 1.0, 1.5, 0.5], 10)],
+)  # fmt: skip
+def test_opset_7_to_10_upsample_and_resize(tmp_path, op_type, attributes, scales, opset):
+    """Before opset 11: scales only (an attribute in Upsample-7), asymmetric coordinates, and
+    nearest's "simple" rounding (floor when enlarging, ceil when shrinking)."""
+    extra = {} if scales is None else {"sc": np.array(scales, np.float32)}
+    proto = _single(op_type, ["x", *extra], attributes, extra, [2, 3, 5, 6], opset=opset)
+    x = np.random.default_rng(13).standard_normal((2, 3, 5, 6)).astype(np.float32)
+    _check_against_ort(proto, x, tmp_path, f"onnx import {op_type} opset {opset}",
+                       exact=attributes["mode"] == "nearest")  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    mode=st.sampled_from(["constant", "reflect", "edge", "wrap"]),
+    pads=st.tuples(*[st.integers(0, 3)] * 4),
+    value=st.sampled_from([None, 0.0, -1.5, 2.25]),
+    opset=st.sampled_from([10, 11, 13, 19]),
+    hw=st.tuples(st.integers(4, 7), st.integers(4, 7)),
+)  # fmt: skip
+def test_pad_attributes_match_onnx_runtime(mode, pads, value, opset, hw, tmp_path_factory):
+    """Pad's modes with drawn pads and constant values, as attributes (opset 10) or inputs."""
+    assume(mode != "wrap" or opset >= 19)  # wrap is new in opset 19
+    top, left, bottom, right = pads
+    full = [0, 0, top, left, 0, 0, bottom, right]
+    attributes, extra = {"mode": mode}, {}
+    if opset < 11:
+        attributes["pads"] = full
+        if value is not None:
+            attributes["value"] = value
+    else:
+        extra["p"] = np.array(full, np.int64)
+        if value is not None:
+            extra["v"] = np.array(value, np.float32)
+    proto = _single("Pad", ["x", *extra], attributes, extra, [2, 3, *hw], opset=opset)
+    x = np.random.default_rng(14).standard_normal((2, 3, *hw)).astype(np.float32)
+    _check_against_ort(proto, x, tmp_path_factory.mktemp("pad"), f"onnx import Pad {mode}",
+                       exact=True)  # fmt: skip
 
 
 @pytest.mark.parametrize(

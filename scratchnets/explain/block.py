@@ -32,7 +32,7 @@ from ..reference.pooling import (
     divisor_rule,
     pool_geometry,
 )
-from ..reference.upsample import nearest_source_index
+from ..reference.upsample import nearest_taps
 from ..reference.windows import normalize_padding, pair
 from .activations import ACTIVATIONS
 from .core import num
@@ -380,8 +380,9 @@ def _step(call: Call, a: dict, index, block_input) -> tuple[object, tuple, str, 
     if op in ("upsample_nearest2d", "upsample_bilinear2d"):
         x = a["x"]
         n, c, p, q = index
-        rows = nearest_source_index(x.shape[2], y.shape[2])
-        cols = nearest_source_index(x.shape[3], y.shape[3])
+        sampling = a.get("sampling")
+        rows = nearest_taps(x.shape[2], y.shape[2], sampling, 0)[0][0]
+        cols = nearest_taps(x.shape[3], y.shape[3], sampling, 1)[0][0]
         at = (n, c, int(rows[p]), int(cols[q]))
         if op == "upsample_nearest2d":
             return x, at, f"copied from {list(at)}", float(x[at])

@@ -32,7 +32,7 @@ from ..profile.summary import ForwardSwap
 from ..reference.conv import conv_geometry
 from ..reference.pad import OUTSIDE, pad_source_index
 from ..reference.pooling import adaptive_output_size, adaptive_windows, pool_geometry
-from ..reference.upsample import bilinear_taps, nearest_source_index
+from ..reference.upsample import linear_taps, nearest_taps
 from ..reference.windows import normalize_padding, pair
 
 
@@ -180,26 +180,26 @@ def pad2d_forward(x, padding, mode="constant", value=0.0):
                  axis(x.cols, x.shape[3], left, right))  # fmt: skip
 
 
-def _resize(x, size, taps_of):
+def _resize(x, size, taps_of, sampling):
     OH, OW = pair(size, "size", minimum=1)
 
-    def axis(a: Axis, n: int, out: int) -> Axis:
-        taps = taps_of(n, out)
+    def axis(a: Axis, n: int, out: int, index: int) -> Axis:
+        taps = taps_of(n, out, sampling, index)
         first = taps[0][0]  # a tap of weight 0 reads nothing: count the first tap instead
         sources = [index if weight is None else np.where(weight != 0, index, first)
                    for index, weight in taps]  # fmt: skip
         return a.gather(sources, out)
 
-    return _like(x, (*x.shape[:2], OH, OW), axis(x.rows, x.shape[2], OH),
-                 axis(x.cols, x.shape[3], OW))  # fmt: skip
+    return _like(x, (*x.shape[:2], OH, OW), axis(x.rows, x.shape[2], OH, 0),
+                 axis(x.cols, x.shape[3], OW, 1))  # fmt: skip
 
 
-def upsample_nearest2d_forward(x, size):
-    return _resize(x, size, lambda n, out: [(nearest_source_index(n, out), None)])
+def upsample_nearest2d_forward(x, size, sampling=None):
+    return _resize(x, size, nearest_taps, sampling)
 
 
-def upsample_bilinear2d_forward(x, size):
-    return _resize(x, size, bilinear_taps)
+def upsample_bilinear2d_forward(x, size, sampling=None):
+    return _resize(x, size, linear_taps, sampling)
 
 
 def _elementwise(x, *args, **kwargs):

@@ -22,7 +22,8 @@ name, never baked in as a constant).
     avg_pool2d / max_pool2d         AveragePool / MaxPool
     linear                          Gemm (transB)
     add / mul / concat / slice      Add / Mul / Concat / Slice
-    upsample_nearest2d / bilinear   Resize (asymmetric + floor / half_pixel linear)
+    upsample_nearest2d / bilinear   Resize (asymmetric + floor / half_pixel linear; a Sampling's
+                                    coordinate mode, rounding and scales)
     pad2d                           Pad (constant, reflect, edge; circular refused)
     dropout (eval)                  nothing: the identity
 
@@ -251,14 +252,26 @@ def _emit(graph: _Graph, call, index: int) -> None:
                   graph.constant([axis], "axis")]  # fmt: skip
         graph.node("Slice", inputs, y, "slice")
     elif op in ("upsample_nearest2d", "upsample_bilinear2d"):
+        sampling = arg(2, "sampling")
+        nearest = op == "upsample_nearest2d"
+        if sampling is None:  # torch's: nearest asymmetric + floor, bilinear half-pixel
+            mode = ({"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+                    if nearest else {"coordinate_transformation_mode": "half_pixel"})  # fmt: skip
+        elif sampling.rounding == "simple":
+            raise ValueError(f"{where}: an opset-10 Upsample's rounding has no opset-17 form")
+        else:
+            mode = {"coordinate_transformation_mode": sampling.coordinates}
+            mode |= {"nearest_mode": sampling.rounding} if nearest else {}
+        mode["mode"] = "nearest" if nearest else "linear"
+        if sampling is not None and sampling.scales is not None:
+            scales = graph.constant([1.0, 1.0, *sampling.scales], "scales", np.float32)
+            graph.node("Resize", [x, "", scales], y, "resize", **mode)
+            return
         shape = graph.fresh("shape")  # sizes: N and C from the input, H and W the traced ones
         graph.nodes.append(graph.helper.make_node("Shape", [x], [shape], start=0, end=2))
         full = graph.fresh("sizes")
         graph.nodes.append(graph.helper.make_node(
             "Concat", [shape, graph.constant(list(y.shape[2:]), "hw")], [full], axis=0))  # fmt: skip
-        mode = ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
-                 "nearest_mode": "floor"} if op == "upsample_nearest2d"
-                else {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})  # fmt: skip
         graph.node("Resize", [x, "", "", full], y, "resize", **mode)
     elif op == "pad2d":
         mode = arg(2, "mode", "constant")

@@ -25,9 +25,10 @@ trains here like one built here.
     GlobalMaxPool                          AdaptiveMaxPool2d(1)
     Pad (constant, reflect, edge, wrap;    ConstantPad2d / ReflectionPad2d / ReplicationPad2d /
          H and W)                          CircularPad2d
-    Resize nearest (asymmetric, floor) /   Upsample nearest / bilinear, to the sizes given
-      linear (half_pixel), sizes given     (constant, or the input's N, C + constant H, W:
-                                           Shape -> Concat, as our export writes it)
+    Resize nearest / linear, every         Upsample nearest / bilinear with the file's Sampling
+      coordinate mode but crop-and-resize, (ONNX Runtime's placement of the samples), to sizes
+      nearest_mode; Upsample (opsets 7-9) (constant, or the input's N, C + constant H, W:
+                                           Shape -> Concat) or by constant scales
     Dropout, Identity                      (the same tensor)
     Constant                               (folded into the layers that read it)
     a Softmax on the graph's output        left out: models here return logits (cross-entropy
@@ -66,10 +67,12 @@ from ..nn import (
     ReLU,
     ReLU6,
     ReplicationPad2d,
+    Sequential,
     Sigmoid,
     Softmax,
     Upsample,
 )
+from ..reference.upsample import COORDINATES, ROUNDINGS, Sampling
 from .blocks import Conv2dSame
 
 # --------------------------------------------------------------- layers for multi-input nodes
@@ -352,13 +355,6 @@ def _check_attributes(builder, node, attributes: dict, allowed: dict) -> None:
             builder.fail(node, f"attribute {key}={value!r} is not supported")
 
 
-def _symmetric(builder, node, pads) -> tuple[int, int]:
-    top, left, bottom, right = pads
-    if (top, left) != (bottom, right):
-        builder.fail(node, f"attribute pads={list(pads)} is asymmetric, which pooling here is not")
-    return int(top), int(left)
-
-
 def _build(builder: _Builder, node, index: int, float_dtype) -> None:
     op, a = node.op_type, builder.attributes(node)
     x = node.input[0] if node.input else None
@@ -383,9 +379,9 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
         auto = a.get("auto_pad", b"NOTSET")
         conv_type = Conv2dSame if auto == b"SAME_UPPER" else Conv2d
         if auto == b"SAME_LOWER":  # the odd pixel first: needs the input's H and W
-            top, bottom, left, right = _same_lower(builder, node, builder.resolve(x), w.shape[2:],
-                                                   a.get("strides", [1, 1]),
-                                                   a.get("dilations", [1, 1]))  # fmt: skip
+            top, bottom, left, right = _same_pads(builder, node, builder.resolve(x), w.shape[2:],
+                                                  a.get("strides", [1, 1]),
+                                                  a.get("dilations", [1, 1]), lower=True)  # fmt: skip
         layer = conv_type(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]),
                           tuple(a.get("strides", [1, 1])), (top, bottom, left, right),
                           tuple(a.get("dilations", [1, 1])), groups, bias=b is not None,
@@ -451,7 +447,7 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
         if mode not in layers:
             builder.fail(node, f"attribute mode={mode!r} is not supported")
         builder.add(node, index, layers[mode]((left, right, top, bottom)), [x])
-    elif op == "Resize":
+    elif op in ("Resize", "Upsample"):
         builder.add(node, index, _resize(builder, node, a), [x])
     elif op == "ReduceMean":
         axes = a.get("axes")
@@ -462,20 +458,7 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
                                "H and W keeping them is supported")  # fmt: skip
         builder.add(node, index, AdaptiveAvgPool2d(1), [x])
     elif op in ("AveragePool", "MaxPool"):
-        _check_attributes(builder, node, a, {
-            "kernel_shape": None, "strides": None, "pads": None, "ceil_mode": None,
-            "count_include_pad": None, "dilations": None,
-            "auto_pad": lambda v: v == b"NOTSET", "storage_order": lambda v: v == 0})  # fmt: skip
-        kernel = tuple(a["kernel_shape"])
-        stride = tuple(a.get("strides", [1, 1]))
-        padding = _symmetric(builder, node, a.get("pads", [0, 0, 0, 0]))
-        ceil = bool(a.get("ceil_mode", 0))
-        if op == "AveragePool":
-            layer = AvgPool2d(kernel, stride, padding, ceil, bool(a.get("count_include_pad", 0)))
-        else:
-            layer = MaxPool2d(kernel, stride, padding, tuple(a.get("dilations", [1, 1])),
-                              ceil_mode=ceil)  # fmt: skip
-        builder.add(node, index, layer, [x])
+        builder.add(node, index, _pool(builder, node, a, builder.resolve(x)), [x])
     elif op in ("Gemm", "MatMul"):
         if op == "Gemm":
             _check_attributes(builder, node, a, {"alpha": None, "beta": None, "transA":
@@ -581,46 +564,144 @@ def _softmax(builder, node, a: dict) -> Module:
     return FlatSoftmax(axis)
 
 
-def _same_lower(builder, node, x: str, kernel, strides, dilations) -> tuple[int, int, int, int]:
-    """auto_pad SAME_LOWER's (top, bottom, left, right): TF's "same" total padding with the odd
-    pixel at the top / left, for the input's static H and W (shape inference)."""
-    from .blocks import tf_same_padding
-
+def _static_hw(builder, node, x: str, why: str) -> tuple[int, int]:
+    """The input's H and W from shape inference; a dynamic one fails by name, saying ``why``."""
     shape = builder.shapes.get(x, [])
     if len(shape) != 4 or not all(isinstance(v, int) and v > 0 for v in shape[2:]):
-        builder.fail(node, "attribute auto_pad=SAME_LOWER needs the input's H and W, which "
-                           f"shape inference leaves {shape[2:] or 'unknown'}")  # fmt: skip
+        builder.fail(node, f"{why} needs the input's H and W, which shape inference leaves "
+                           f"{shape[2:] or 'unknown'}")  # fmt: skip
+    return shape[2], shape[3]
+
+
+def _same_pads(builder, node, x: str, kernel, strides, dilations, lower: bool
+               ) -> tuple[int, int, int, int]:  # fmt: skip
+    """auto_pad SAME_UPPER / SAME_LOWER's (top, bottom, left, right): TF's "same" total padding,
+    the odd pixel at the end (upper) or first (lower), for the input's static H and W (shape
+    inference)."""
+    from .blocks import tf_same_padding
+
+    hw = _static_hw(
+        builder, node, x, f"attribute auto_pad={'SAME_LOWER' if lower else 'SAME_UPPER'}"
+    )
     pads = [
-        tf_same_padding(size, k, s, d)[::-1]  # (more, fewer): the odd pixel first
-        for size, k, s, d in zip(shape[2:], kernel, strides, dilations, strict=True)
+        tf_same_padding(size, k, s, d)[:: -1 if lower else 1]  # (fewer, more): upper
+        for size, k, s, d in zip(hw, kernel, strides, dilations, strict=True)
     ]
     return (*pads[0], *pads[1])
 
 
-def _resize(builder, node, a: dict) -> Upsample:
-    """Resize to sizes given (constant, or the input's N, C with constant H, W) as our Upsample:
-    nearest with asymmetric coordinates and floor (torch's nearest), or linear with half-pixel
-    coordinates (torch's bilinear, align_corners False)."""
+def _pool(builder, node, a: dict, x: str) -> Module:
+    """AveragePool / MaxPool. Symmetric pads within half the kernel: our AvgPool2d / MaxPool2d
+    as they are. Asymmetric pads (given, or auto_pad SAME_*), or wider ones: the pads made
+    explicit (-inf for max, 0 for average) and the pooling run without padding; an average that
+    excludes the pads is then rescaled per output position by (pixels the window covers) /
+    (real pixels it covers), a constant of the input's static H and W."""
+    op = node.op_type
     _check_attributes(builder, node, a, {
-        "mode": lambda v: v in (b"nearest", b"linear"),
-        "coordinate_transformation_mode": lambda v: v in (b"asymmetric", b"half_pixel",
-                                                          b"pytorch_half_pixel"),
-        "nearest_mode": lambda v: v == b"floor", "cubic_coeff_a": None,
-        "exclude_outside": lambda v: v == 0, "extrapolation_value": None})  # fmt: skip
+        "kernel_shape": None, "strides": None, "pads": None, "ceil_mode": None,
+        "count_include_pad": None, "storage_order": lambda v: v == 0,
+        "dilations": (lambda v: all(d == 1 for d in v)) if op == "AveragePool" else None,
+        "auto_pad": lambda v: v in (b"NOTSET", b"SAME_UPPER", b"SAME_LOWER", b"VALID")})  # fmt: skip
+    kernel = tuple(int(k) for k in a["kernel_shape"])
+    if len(kernel) != 2:
+        builder.fail(node, f"a {len(kernel)}-D pooling; only 2-D ones are supported")
+    stride = tuple(int(v) for v in a.get("strides", [1, 1]))
+    dilation = tuple(int(v) for v in a.get("dilations", [1, 1]))
+    ceil, auto = bool(a.get("ceil_mode", 0)), a.get("auto_pad", b"NOTSET")
+    include_pad = bool(a.get("count_include_pad", 0))
+    if auto in (b"SAME_UPPER", b"SAME_LOWER"):
+        top, bottom, left, right = _same_pads(builder, node, x, kernel, stride, dilation,
+                                              lower=auto == b"SAME_LOWER")  # fmt: skip
+    elif auto == b"VALID":
+        top = bottom = left = right = 0
+    else:
+        top, left, bottom, right = (int(v) for v in a.get("pads", [0, 0, 0, 0]))
+
+    def pooling(padding):
+        if op == "AveragePool":
+            return AvgPool2d(kernel, stride, padding, ceil, include_pad)
+        return MaxPool2d(kernel, stride, padding, dilation, ceil_mode=ceil)
+
+    if (top, left) == (bottom, right) and top <= kernel[0] // 2 and left <= kernel[1] // 2:
+        return pooling((top, left))
+    layers = [ConstantPad2d((left, right, top, bottom), -np.inf if op == "MaxPool" else 0.0),
+              pooling(0)]  # fmt: skip
+    kept = None
+    if ceil:  # the last window is dropped when it starts past the input and its *leading* pads
+        hw = _static_hw(builder, node, x, "ceil_mode with asymmetric pads")
+        kept = [_ceil_windows(n, k, s, d, before, before + after)
+                for n, k, s, d, before, after in zip(hw, kernel, stride, dilation, (top, left),
+                                                     (bottom, right), strict=True)]  # fmt: skip
+        for axis, (keep, made) in zip((2, 3), kept, strict=True):
+            if keep < made:
+                layers.append(Slice(0, keep, axis))
+    if op == "AveragePool" and not include_pad:
+        h, w = _static_hw(builder, node, x, "an average pooling that excludes asymmetric pads")
+        real = np.pad(np.ones((1, 1, h, w)), ((0, 0), (0, 0), (top, bottom), (left, right)))
+        fraction = F.avg_pool2d_forward(real, kernel, stride, 0, ceil, True, backend="reference")[0]
+        if kept is not None:
+            fraction = fraction[:, :, : kept[0][0], : kept[1][0]]
+        layers.append(Binary("mul", (None, 1.0 / fraction)))  # (1, 1, OH, OW)
+    return Sequential(*layers)
+
+
+def _ceil_windows(size: int, kernel: int, stride: int, dilation: int, before: int, pads: int
+                  ) -> tuple[int, int]:  # fmt: skip
+    """(windows ONNX Runtime keeps, windows a pooling of the explicitly padded input makes) along
+    one axis in ceil mode: both ceil((size + pads - span) / stride) + 1, less the last window if it
+    starts at or past ``size + before`` (ONNX Runtime, as torch) or ``size + pads`` (padded)."""
+    span = dilation * (kernel - 1) + 1
+    windows = -(-(size + pads - span) // stride) + 1
+    keep = windows - ((windows - 1) * stride >= size + before)
+    made = windows - ((windows - 1) * stride >= size + pads)
+    return keep, made
+
+
+def _resize(builder, node, a: dict) -> Upsample:
+    """Resize (and opsets 7-9's Upsample) as our Upsample with the file's ``Sampling``: nearest
+    (its four roundings; opsets before 11 "simple") or linear, in every coordinate mode but
+    tf_crop_and_resize; to sizes given (constants, or the input's N, C with constant H, W) or
+    by constant scales (N and C kept)."""
+    old = node.op_type == "Upsample" or builder.opset < 11  # scales only, asymmetric, "simple"
+    _check_attributes(builder, node, a, {
+        "mode": lambda v: v in (b"nearest", b"linear", b"bilinear"),
+        "coordinate_transformation_mode": lambda v: v.decode() in COORDINATES,
+        "nearest_mode": lambda v: v.decode() in ROUNDINGS, "cubic_coeff_a": None,
+        "exclude_outside": lambda v: v == 0, "extrapolation_value": None,
+        "antialias": lambda v: v == 0, "keep_aspect_ratio_policy": lambda v: v == b"stretch",
+        "axes": lambda v: list(v) in ([2, 3], [-2, -1]), "scales": None})  # fmt: skip
     mode = a.get("mode", b"nearest")
-    transform = a.get("coordinate_transformation_mode", b"half_pixel")
-    if (mode, transform) not in ((b"nearest", b"asymmetric"), (b"linear", b"half_pixel"),
-                                 (b"linear", b"pytorch_half_pixel")):  # fmt: skip
-        builder.fail(node, f"mode {mode.decode()} with coordinate_transformation_mode "
-                           f"{transform.decode()} is not supported")  # fmt: skip
+    if old:
+        sampling = Sampling("asymmetric", "simple")
+        scales = a.get("scales")
+        if scales is None:
+            scales = builder.const(node, 1, "scales")
+    else:
+        sampling = Sampling(a.get("coordinate_transformation_mode", b"half_pixel").decode(),
+                            a.get("nearest_mode", b"round_prefer_floor").decode())  # fmt: skip
+        scales = builder.const(node, 2, "scales", required=False)
+        if scales is not None and np.size(scales) == 0:
+            scales = None
+    axes = len(a["axes"]) if "axes" in a else 4
+    if scales is not None:
+        scales = [float(v) for v in np.ravel(scales)]
+        if len(scales) != axes or (axes == 4 and scales[:2] != [1.0, 1.0]):
+            builder.fail(node, f"scales {scales}: only H and W of an NCHW tensor are resized here")
+        sampling = Sampling(sampling.coordinates, sampling.rounding, tuple(scales[-2:]))
+        return Upsample(scale_factor=tuple(scales[-2:]), mode=_UPSAMPLE_MODES[mode],
+                        sampling=sampling)  # fmt: skip
     sizes = builder.resolve(node.input[3]) if len(node.input) > 3 and node.input[3] else None
     if sizes in builder.symbolic and builder.symbolic[sizes][0] == "HW":
         size = builder.symbolic[sizes][1]
-    elif sizes in builder.constants and len(builder.constants[sizes]) == 4:
-        size = tuple(int(v) for v in builder.constants[sizes][2:])
+    elif sizes in builder.constants and len(builder.constants[sizes]) in (2, axes):
+        size = tuple(int(v) for v in builder.constants[sizes][-2:])
     else:
-        builder.fail(node, "only sizes given as constants are supported (not scales)")
-    return Upsample(size=size, mode="nearest" if mode == b"nearest" else "bilinear")
+        builder.fail(node, "neither constant scales nor sizes (constants, or the input's N, C "
+                           "with constant H, W) are given")  # fmt: skip
+    return Upsample(size=size, mode=_UPSAMPLE_MODES[mode], sampling=sampling)
+
+
+_UPSAMPLE_MODES = {b"nearest": "nearest", b"linear": "bilinear", b"bilinear": "bilinear"}
 
 
 def _axes_reshape(builder, node, op: str, axes) -> Reshape:

@@ -24,6 +24,7 @@ from ..backends import get_backend
 from ..reference.batchnorm import eval_scale_shift
 from ..reference.conv import prepare_conv
 from ..reference.pooling import adaptive_output_size, divisor_rule
+from ..reference.upsample import Sampling
 from . import init
 from .module import Module, Parameter, as_float_dtype
 
@@ -842,38 +843,55 @@ class Flatten(Module):
 
 
 class Upsample(Module):
-    """Spatial upsampling, ``torch.nn.Upsample`` with mode "nearest" or "bilinear"
-    (align_corners=False).
+    """Spatial upsampling, ``torch.nn.Upsample`` with mode "nearest" or "bilinear" (and
+    ``align_corners``).
 
     Output size: ``size`` (int or (OH, OW)), or ``floor(in * scale_factor)`` per axis. The source
     coordinates then use in / out, which equals torch's ``1 / scale_factor`` for integer scale
     factors; for fractional ones it matches torch with ``recompute_scale_factor=True``.
     Nearest: src = floor(dst * in / out). See ``reference.upsample_*2d_forward``.
+    ``sampling`` (a ``reference.upsample.Sampling``): ONNX's Resize's placement of the samples
+    instead (an ONNX file's; with its scales, the output size is ONNX Runtime's).
     """
 
-    def __init__(self, size=None, scale_factor=None, mode: str = "nearest"):
+    def __init__(self, size=None, scale_factor=None, mode: str = "nearest",
+                 align_corners: bool | None = None, *, sampling: Sampling | None = None):  # fmt: skip
         super().__init__()
         if (size is None) == (scale_factor is None):
             raise ValueError("Upsample needs exactly one of size and scale_factor")
         if mode not in ("nearest", "bilinear"):
             raise ValueError(f"Upsample supports mode 'nearest' or 'bilinear', got {mode!r}")
+        if align_corners is not None and mode == "nearest":
+            raise ValueError("align_corners applies to mode 'bilinear' only (as in torch)")
+        if align_corners and sampling is not None:
+            raise ValueError("give align_corners or a sampling, not both")
         self.size = size
         if isinstance(scale_factor, (tuple, list)):
             scale_factor = tuple(float(s) for s in scale_factor)
         elif scale_factor is not None:
             scale_factor = float(scale_factor)
         self.scale_factor = scale_factor
-        self.mode = mode
+        self.mode, self.align_corners = mode, align_corners
+        self.sampling = Sampling("align_corners") if align_corners else sampling
 
     def extra_repr(self) -> str:
-        if self.scale_factor is not None:
-            return f"scale_factor={self.scale_factor!r}, mode={self.mode!r}"
-        return f"size={self.size!r}, mode={self.mode!r}"
+        what = (f"scale_factor={self.scale_factor!r}" if self.scale_factor is not None
+                else f"size={self.size!r}")  # fmt: skip
+        if self.align_corners is not None:
+            return f"{what}, mode={self.mode!r}, align_corners={self.align_corners}"
+        if self.sampling is not None:
+            return f"{what}, mode={self.mode!r}, sampling={self.sampling}"
+        return f"{what}, mode={self.mode!r}"
 
     def output_size(self, in_hw: tuple[int, int]) -> tuple[int, int]:
         """(OH, OW) for an input of spatial size ``in_hw``."""
         if self.size is not None:
             return _pair(self.size, "size")
+        if self.sampling is not None and self.sampling.scales is not None:
+            out = tuple(self.sampling.output_size(n, axis) for axis, n in enumerate(in_hw))
+            if min(out) < 1:
+                raise ValueError(f"{self!r}: input size {in_hw} gives an empty output {out}")
+            return out
         scales = (
             self.scale_factor if isinstance(self.scale_factor, tuple) else (self.scale_factor,) * 2
         )
@@ -889,7 +907,7 @@ class Upsample(Module):
             if self.mode == "nearest"
             else F.upsample_bilinear2d_forward
         )
-        y, cache = op(x, self.output_size(tuple(x.shape[2:])), backend=self.backend)
+        y, cache = op(x, self.output_size(tuple(x.shape[2:])), self.sampling, backend=self.backend)
         self._save(cache, y.shape)
         return y
 

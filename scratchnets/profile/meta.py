@@ -228,7 +228,7 @@ adaptive_max_pool2d_indices = max_pool2d_indices
 
 
 def _resize(op: str):
-    def forward(x, size):
+    def forward(x, size, sampling=None):
         N, C, H, W = _nchw(x, op)
         OH, OW = pair(size, "size", minimum=1)
         return _emit(OpRecord(op, ((N, C, H, W),), (N, C, OH, OW)), x.dtype)

@@ -26,7 +26,8 @@ Signatures (identical in ``scratchnets.kernels.cpu`` and ``scratchnets.kernels.c
     *_pool2d_backward(dy, cache) -> dx
     linear_forward(x, w, b=None) -> (y, cache); linear_backward(dy, cache) -> (dx, dw, db_or_None)
     dropout_forward(x, p=0.5, training=True, seed=None) -> (y, cache); dropout_backward -> dx
-    upsample_nearest2d_forward(x, size) / upsample_bilinear2d_forward(x, size) -> (y, cache)
+    upsample_nearest2d_forward(x, size, sampling=None) / upsample_bilinear2d_forward(x, size,
+                               sampling=None) -> (y, cache)   # sampling: upsample.Sampling
     upsample_*_backward(dy, cache) -> dx
     add_forward(a, b) / mul_forward(a, b) -> (y, cache)    # NumPy broadcasting
     add_backward(dy, cache) / mul_backward(dy, cache) -> (da, db)   # reduced to input shapes

@@ -291,3 +291,133 @@ def test_cuda_upsample_matches_torch(mode, seed, dtype, hw, size):
     fan = int(np.prod([-(-o // i) + 1 for o, i in zip(size, hw, strict=True)]))
     check_cuda(op, "y", y, yt, y_ref, 4, amax_product(x))
     check_cuda(op, "dx", dx, dxt, dx_ref, fan, amax_product(dy))
+
+
+# ===============================================================================================
+# Sampling: ONNX's Resize placements, on every backend, against ONNX Runtime
+#
+# The forward of each (coordinates, rounding, scales) is ONNX Runtime's output for a one-node
+# Resize graph (bit-exact for nearest: a selection); the backward is the forward's adjoint
+# (<y, dy> = <x, dx>, float64) and equal across the backends; align_corners bilinear also against
+# torch's F.interpolate(align_corners=True) in float64, gradients included.
+# ===============================================================================================
+
+SAMPLING_BACKENDS = {"reference": R, "cpu": cpu}
+
+
+def onnx_runtime_resize(x, mode, sampling, size):
+    """ONNX Runtime's Resize (opset 19) of x with the sampling's attributes: sizes, or the
+    sampling's scales."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    if sampling.scales is None:
+        inputs, initializer = ["x", "", "", "sizes"], numpy_helper.from_array(
+            np.array([*x.shape[:2], *size], np.int64), "sizes")  # fmt: skip
+    else:
+        inputs, initializer = ["x", "", "scales"], numpy_helper.from_array(
+            np.array([1, 1, *sampling.scales], np.float32), "scales")  # fmt: skip
+    node = helper.make_node("Resize", inputs, ["y"], mode=mode,
+                            coordinate_transformation_mode=sampling.coordinates,
+                            nearest_mode=sampling.rounding)  # fmt: skip
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [initializer])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x.astype(np.float32)})[0]
+
+
+@st.composite
+def samplings(draw):
+    """(sampling, in (H, W), out (H, W)): sizes given, or scales whose float32 output size is
+    at least 1."""
+    from scratchnets.reference.upsample import COORDINATES, Sampling
+
+    hw = draw(st.tuples(st.integers(1, 7), st.integers(1, 7)), label="in")
+    coordinates = draw(st.sampled_from(COORDINATES), label="coordinates")
+    rounding = draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]),
+                    label="rounding")  # fmt: skip
+    if draw(st.booleans(), label="scales given"):
+        scales = draw(
+            st.tuples(*[st.sampled_from([0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 1 / 3])] * 2)
+        )
+        sampling = Sampling(coordinates, rounding, tuple(float(np.float32(s)) for s in scales))
+        out = tuple(sampling.output_size(n, axis) for axis, n in enumerate(hw))
+        from hypothesis import assume
+
+        assume(min(out) >= 1)
+    else:
+        sampling = Sampling(coordinates, rounding)
+        out = draw(st.tuples(st.integers(1, 12), st.integers(1, 12)), label="out")
+    return sampling, hw, out
+
+
+@pytest.mark.parametrize("backend", list(SAMPLING_BACKENDS))
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@settings(max_examples=60, deadline=None)
+@given(case=samplings(), seed=seeds)
+def test_sampling_matches_onnx_runtime_and_its_backward_is_the_adjoint(backend, mode, case, seed):
+    sampling, hw, out = case
+    if mode == "bilinear" and sampling.coordinates == "tf_half_pixel_for_nn":
+        return  # ONNX Runtime refuses linear with it (a nearest-only mode)
+    ops, op = SAMPLING_BACKENDS[backend], f"upsample_{mode}2d"
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, *hw)).astype(np.float32)
+    y, _ = getattr(ops, f"{op}_forward")(x, out, sampling)
+    expected = onnx_runtime_resize(x, "nearest" if mode == "nearest" else "linear", sampling, out)
+    assert y.shape == expected.shape
+    if mode == "nearest":
+        np.testing.assert_array_equal(y, expected)
+    else:
+        assert_close_f32(y, expected, 4, amax(x), what=f"{backend} {op} vs ONNX Runtime")
+    x64 = x.astype(np.float64)
+    y64, cache = getattr(ops, f"{op}_forward")(x64, out, sampling)
+    dy = rng.standard_normal(y64.shape)
+    dx = getattr(ops, f"{op}_backward")(dy, cache)
+    np.testing.assert_allclose(np.vdot(y64, dy), np.vdot(x64, dx), rtol=1e-12, atol=1e-12)
+    y_ref, cache_ref = getattr(R, f"{op}_forward")(x64, out, sampling)
+    np.testing.assert_allclose(dx, getattr(R, f"{op}_backward")(dy, cache_ref), rtol=1e-13,
+                               atol=1e-13)  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", list(SAMPLING_BACKENDS))
+@given(hw=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+       size=st.tuples(st.integers(1, 11), st.integers(1, 11)), seed=seeds)  # fmt: skip
+def test_align_corners_bilinear_is_torchs_in_float64(backend, hw, size, seed):
+    from scratchnets.reference.upsample import Sampling
+
+    ops = SAMPLING_BACKENDS[backend]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 2, *hw))
+    y, cache = ops.upsample_bilinear2d_forward(x, size, Sampling("align_corners"))
+    dy = rng.standard_normal(y.shape)
+    dx = ops.upsample_bilinear2d_backward(dy, cache)
+    yt, dxt = torch_op(lambda v: F.interpolate(v, size=size, mode="bilinear", align_corners=True),
+                       x, dy)  # fmt: skip
+    record_error(f"{backend}/upsample_bilinear2d align_corners y", y, yt)
+    assert_close_f64(y, yt, what="y")
+    assert_close_f64(dx, dxt, what="dx")
+
+
+def test_a_sampling_of_the_wrong_type_is_refused():
+    for ops in SAMPLING_BACKENDS.values():
+        with pytest.raises(TypeError, match="sampling must be a reference.upsample.Sampling"):
+            ops.upsample_nearest2d_forward(np.zeros((1, 1, 2, 2)), 3, "align_corners")
+
+
+@pytest.mark.cuda
+@settings(max_examples=examples(3, 30), deadline=None)
+@given(case=samplings(), mode=st.sampled_from(["nearest", "bilinear"]), seed=st.integers(0, 99))
+def test_cuda_sampling_equals_the_reference(case, mode, seed):
+    sampling, hw, out = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, 2, *hw))
+    op = f"upsample_{mode}2d"
+    y, cache = getattr(CK, f"{op}_forward")(x, out, sampling)
+    y_ref, cache_ref = getattr(R, f"{op}_forward")(x, out, sampling)
+    dy = rng.standard_normal(y_ref.shape)
+    check_cuda(op, "y", y, y_ref, y_ref, 4, amax_product(x))
+    dx_ref = getattr(R, f"{op}_backward")(dy, cache_ref)
+    check_cuda(op, "dx", getattr(CK, f"{op}_backward")(dy, cache), dx_ref, dx_ref, 16,
+               amax_product(dy))  # fmt: skip

@@ -1,8 +1,8 @@
 """Nearest and bilinear resizing on the CPU (Numba), like ``F.interpolate(x, size=...)`` with
 ``mode="nearest"`` and ``mode="bilinear", align_corners=False``.
 
-The source indices and weights along each axis are the reference's (``nearest_source_index``,
-which reproduces torch's float32 index rounding, and ``bilinear_taps``): small (out_size,)
+The source indices and weights along each axis are the reference's (``nearest_taps``, which
+reproduces torch's float32 index rounding or a ``Sampling``'s, and ``linear_taps``): small (out_size,)
 tables computed once per call in NumPy. What is optimised is the per-pixel work: the reference
 resizes in two separable NumPy passes (``np.take`` twice, a temporary between them) and its
 backward uses ``np.add.at``, an unbuffered scatter that is slow. Here one kernel, parallel over
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from scratchnets.reference.upsample import bilinear_taps, nearest_source_index
+from scratchnets.reference.upsample import check_sampling, linear_taps, nearest_taps
 from scratchnets.reference.windows import pair
 
 from ._common import check_shape, kernel_array
@@ -95,28 +95,29 @@ class ResizeCache:
     tables: tuple  # nearest: (rows, cols); bilinear: (h0, h1, lh, w0, w1, lw)
 
 
-def _nearest_tables(h, w, oh, ow) -> tuple:
-    return nearest_source_index(h, oh).astype(np.int64), nearest_source_index(w, ow).astype(
-        np.int64
-    )
+def _nearest_tables(h, w, oh, ow, sampling) -> tuple:
+    """(rows, cols): the source index of each output row and column (int64)."""
+    return tuple(nearest_taps(size, out, sampling, axis)[0][0].astype(np.int64)
+                 for axis, (size, out) in enumerate(((h, oh), (w, ow))))  # fmt: skip
 
 
-def _bilinear_tables(h, w, oh, ow) -> tuple:
+def _bilinear_tables(h, w, oh, ow, sampling) -> tuple:
     """(h0, h1, lh, w0, w1, lw): index pairs (int64) and the second tap's weight l (float64)."""
     tables = []
-    for size, out in ((h, oh), (w, ow)):
-        (i0, _), (i1, lam) = bilinear_taps(size, out)
+    for axis, (size, out) in enumerate(((h, oh), (w, ow))):
+        (i0, _), (i1, lam) = linear_taps(size, out, sampling, axis)
         tables += [i0.astype(np.int64), i1.astype(np.int64), np.ascontiguousarray(lam)]
     return tuple(tables)
 
 
-def _resize(x, size, name, make_tables, kernel):
+def _resize(x, size, name, make_tables, kernel, sampling):
     x = kernel_array(x, "x")
     if x.ndim != 4:
         raise ValueError(f"{name} expects x of shape (N, C, H, W), got shape {x.shape}")
+    check_sampling(sampling)
     oh, ow = pair(size, "size", minimum=1)
     n, c, h, w = x.shape
-    tables = make_tables(h, w, oh, ow)
+    tables = make_tables(h, w, oh, ow, sampling)
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     kernel(x.reshape(n * c, h, w), *tables, y.reshape(n * c, oh, ow))
     return y, ResizeCache(x.shape, (oh, ow), x.dtype, tables)
@@ -131,12 +132,13 @@ def _resize_backward(dy, cache: ResizeCache, name, kernel):
     return dx
 
 
-def upsample_nearest2d_forward(x, size):
+def upsample_nearest2d_forward(x, size, sampling=None):
     """y[n, c, p, q] = x[n, c, src_h(p), src_w(q)], src(d) = floor(d * in / out) evaluated like
-    torch (``reference.upsample.nearest_source_index``); like ``F.interpolate(mode="nearest")``.
-    Shapes: (N, C, H, W), size int or (H_out, W_out) -> (N, C, H_out, W_out). Bit-exact selection.
+    torch (``reference.upsample.nearest_source_index``); like ``F.interpolate(mode="nearest")``;
+    a ``Sampling`` gives its own src (ONNX's Resize). Shapes: (N, C, H, W), size int or
+    (H_out, W_out) -> (N, C, H_out, W_out). Bit-exact selection.
     """
-    return _resize(x, size, "upsample_nearest2d", _nearest_tables, _nearest_kernel)
+    return _resize(x, size, "upsample_nearest2d", _nearest_tables, _nearest_kernel, sampling)
 
 
 def upsample_nearest2d_backward(dy, cache):
@@ -144,12 +146,13 @@ def upsample_nearest2d_backward(dy, cache):
     return _resize_backward(dy, cache, "upsample_nearest2d_backward", _nearest_backward_kernel)
 
 
-def upsample_bilinear2d_forward(x, size):
+def upsample_bilinear2d_forward(x, size, sampling=None):
     """Bilinear resize with half-pixel centres (``align_corners=False``): each output is the
     weighted sum of its four neighbours, weights ``(1-a)(1-b), (1-a)b, a(1-b), ab`` from
-    ``reference.upsample.bilinear_taps``. Shapes: (N, C, H, W) -> (N, C, H_out, W_out).
+    ``reference.upsample.linear_taps`` (a ``Sampling`` places them its way).
+    Shapes: (N, C, H, W) -> (N, C, H_out, W_out).
     """
-    return _resize(x, size, "upsample_bilinear2d", _bilinear_tables, _bilinear_kernel)
+    return _resize(x, size, "upsample_bilinear2d", _bilinear_tables, _bilinear_kernel, sampling)
 
 
 def upsample_bilinear2d_backward(dy, cache):

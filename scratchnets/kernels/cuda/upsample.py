@@ -1,7 +1,7 @@
 """Nearest and bilinear resizing on the GPU (``F.interpolate``, align_corners=False).
 
 Both modes are separable with ``T`` taps per axis (nearest: 1 tap of weight 1; bilinear: 2),
-taken from the reference backend (``nearest_source_index``, ``bilinear_taps``) and copied to the
+taken from the reference backend (``nearest_taps``, ``linear_taps``) and copied to the
 device as tables ``index (T, out)`` (int32) and ``weight (T, out)``::
 
     y[n, c, p, q] = sum_tw ww[tw, q] * sum_th wh[th, p] * x[n, c, ih[th, p], iw[tw, q]]
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda
 
-from scratchnets.reference.upsample import bilinear_taps, nearest_source_index
+from scratchnets.reference.upsample import check_sampling, linear_taps, nearest_taps
 from scratchnets.reference.windows import pair
 
 from ._launch import check_float, device_array, device_dy, empty, launch_1d
@@ -106,15 +106,16 @@ def _resize_backward_kernel(dy, ih, wh, first_h, stop_h, iw, ww, first_w, stop_w
     dx[n, c, h, w] = acc
 
 
-def _resize_forward(x, size, name: str, make_taps):
+def _resize_forward(x, size, name: str, make_taps, sampling):
     check_float(x, "x")
+    check_sampling(sampling)
     if len(x.shape) != 4:
         raise ValueError(f"{name} expects x of shape (N, C, H, W), got shape {tuple(x.shape)}")
     out_h, out_w = pair(size, "size", minimum=1)
     x = device_array(x, "x")
     N, C, H, W = x.shape
-    taps_h = _axis_taps(make_taps(H, out_h), H, x.dtype)
-    taps_w = _axis_taps(make_taps(W, out_w), W, x.dtype)
+    taps_h = _axis_taps(make_taps(H, out_h, sampling, 0), H, x.dtype)
+    taps_w = _axis_taps(make_taps(W, out_w, sampling, 1), W, x.dtype)
     y = empty((N, C, out_h, out_w), x.dtype)
     launch_1d(
         _resize_kernel, y.size, x, taps_h.index, taps_h.weight, taps_w.index, taps_w.weight, y
@@ -144,14 +145,11 @@ def _resize_backward(dy, cache: CudaResizeCache, name: str):
     return dx
 
 
-def _nearest_taps(in_size: int, out_size: int):
-    return [(nearest_source_index(in_size, out_size), None)]  # one tap, weight 1
-
-
-def upsample_nearest2d_forward(x, size):
+def upsample_nearest2d_forward(x, size, sampling=None):
     """y[n, c, p, q] = x[n, c, floor(p * H / H_out), floor(q * W / W_out)] (torch's float32
-    rounding); like ``F.interpolate(mode="nearest")``. Returns ``(y, cache)``, y on the device."""
-    return _resize_forward(x, size, "upsample_nearest2d", _nearest_taps)
+    rounding); like ``F.interpolate(mode="nearest")``; a ``Sampling`` gives its own indices
+    (ONNX's Resize). Returns ``(y, cache)``, y on the device."""
+    return _resize_forward(x, size, "upsample_nearest2d", nearest_taps, sampling)
 
 
 def upsample_nearest2d_backward(dy, cache):
@@ -159,10 +157,11 @@ def upsample_nearest2d_backward(dy, cache):
     return _resize_backward(dy, cache, "upsample_nearest2d_backward")
 
 
-def upsample_bilinear2d_forward(x, size):
+def upsample_bilinear2d_forward(x, size, sampling=None):
     """Bilinear resize with half-pixel centres; like ``F.interpolate(mode="bilinear",
-    align_corners=False)``. Returns ``(y, cache)``, y a device array."""
-    return _resize_forward(x, size, "upsample_bilinear2d", bilinear_taps)
+    align_corners=False)``; a ``Sampling`` places the taps its way. Returns ``(y, cache)``, y a
+    device array."""
+    return _resize_forward(x, size, "upsample_bilinear2d", linear_taps, sampling)
 
 
 def upsample_bilinear2d_backward(dy, cache):
