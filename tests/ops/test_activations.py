@@ -379,6 +379,15 @@ def test_softmax_drawn_axis_matches_torch(backend, dtype, shape, seed, data):
     np.testing.assert_allclose(y.sum(axis=axis), 1.0, rtol=4 * shape[axis] * np.finfo(dtype).eps)
 
 
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_clip_crossed_bounds_give_high_everywhere_and_nan_passes(backend):
+    x = np.array([-3.0, -1.0, 0.0, 2.0, 5.0, np.nan])
+    y, _ = BACKENDS[backend].clip_forward(x, 2.0, -1.0)
+    np.testing.assert_array_equal(y, torch.clamp(torch.tensor(x), 2.0, -1.0).numpy())
+    y, _ = BACKENDS[backend].clip_forward(x, -0.5, 0.5)
+    np.testing.assert_array_equal(y, [-0.5, -0.5, 0.0, 0.5, 0.5, np.nan])
+
+
 def test_softmax_and_clip_errors_name_the_problem():
     for ops in BACKENDS.values():
         with pytest.raises(ValueError, match=r"softmax: axis 2 for an input of shape \(3, 4\)"):

@@ -70,7 +70,8 @@ def _relu6_kernel(x, y, mask):
 def _clip_kernel(x, y, mask, low, high):
     for i in prange(x.size):
         v = x[i]
-        y[i] = high if v >= high else (low if v <= low else v)  # low > high: high, as clamp
+        t = low if v < low else v  # a NaN passes both tests
+        y[i] = high if t > high else t  # low > high: high everywhere, as torch.clamp
         mask[i] = (v > low) and (v < high)
 
 

@@ -112,7 +112,8 @@ def _clip_kernel(x, low, high, y):
     i = cuda.grid(1)
     if i < x.size:
         v = x[i]
-        y[i] = high if v >= high else (low if v <= low else v)  # low > high: high, as clamp
+        t = low if v < low else v  # a NaN passes both tests
+        y[i] = high if t > high else t  # low > high: high everywhere, as torch.clamp
 
 
 def clip_forward(x, low=-1.0, high=1.0):
