@@ -214,9 +214,13 @@ def test_our_exports_load_back_and_train(tmp_path):
 
 
 def _single(op_type, inputs, attributes, initializers, x_shape, out_name="y", opset=17):
-    """A one-node graph (``x`` the input; the output's rank that of x, or 2 for the ops that
-    flatten) and its model."""
+    """A one-node graph (``x`` the input; the output's rank that of x, 2 for the ops that
+    flatten, x's less or more the axes for Squeeze / Unsqueeze) and its model."""
     rank = 2 if op_type in ("Flatten", "Reshape", "Gemm") else len(x_shape)
+    if op_type in ("Squeeze", "Unsqueeze"):
+        axes = attributes.get("axes", next(iter(initializers.values()), None))
+        count = x_shape.count(1) if axes is None else len(axes)
+        rank += count if op_type == "Unsqueeze" else -count
     node = helper.make_node(op_type, inputs, [out_name], name="the_node", **attributes)
     graph = helper.make_graph(
         [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
@@ -233,7 +237,10 @@ def _check_against_ort(model_proto, x, tmp_path, key, exact=False):
     path = tmp_path / "op.onnx"
     onnx.save(model_proto, path)
     expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-    actual = sn.models.load_pretrained(path)(x)
+    model = sn.models.load_pretrained(path)
+    actual = model(x)
+    dx = model.train().backward(np.ones_like(actual))  # it trains: a gradient of x's shape
+    assert dx.shape == x.shape and np.isfinite(dx).all(), key
     if exact:
         np.testing.assert_array_equal(actual, expected, err_msg=key)
     err = record_error(key, actual, expected)
@@ -287,6 +294,9 @@ def test_conv_attributes_match_onnx_runtime(kernel, strides, dilations, pads, au
                          "count_include_pad": 0, "ceil_mode": 1}, {}),
         ("MaxPool", {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 1, 0, 1]}, {}),
         ("Flatten", {"axis": 1}, {}), ("Flatten", {"axis": 0}, {}), ("Flatten", {"axis": 3}, {}),
+        ("Flatten", {"axis": -1}, {}), ("Flatten", {"axis": -3}, {}),
+        ("Unsqueeze", {}, {"ax": np.array([0, -1], np.int64)}),
+        ("Unsqueeze", {}, {"ax": np.array([2], np.int64)}),
         ("Pad", {"mode": "wrap"}, {"p": np.array([0, 0, 2, 1, 0, 0, 1, 2], np.int64)}),
         ("Reshape", {}, {"shape": np.array([0, -1], np.int64)}),
         ("Add", {}, {"c": np.full((1, 3, 1, 1), 0.5)}),
@@ -448,6 +458,20 @@ def test_older_opsets_attribute_forms(tmp_path, op_type, attributes, opset):
     _check_against_ort(proto, x, tmp_path, f"onnx import {op_type} opset {opset}")
 
 
+@pytest.mark.parametrize(("axes", "opset"), [([1, 3], 13), ([-3], 13), (None, 13), ([1], 11)])
+def test_squeeze_of_drawn_axes_matches_onnx_runtime(tmp_path, axes, opset):
+    """Squeeze of given (negative too) or all size-1 axes, as an input (opset 13) or an
+    attribute (11)."""
+    attributes, extra = {}, {}
+    if axes is not None and opset < 13:
+        attributes["axes"] = axes
+    elif axes is not None:
+        extra["ax"] = np.array(axes, np.int64)
+    proto = _single("Squeeze", ["x", *extra], attributes, extra, [2, 1, 4, 1], opset=opset)
+    x = np.random.default_rng(15).standard_normal((2, 1, 4, 1)).astype(np.float32)
+    _check_against_ort(proto, x, tmp_path, "onnx import Squeeze", exact=True)
+
+
 def test_softmax_inside_a_graph_trains_like_torchs(tmp_path):
     """An attention-like graph, x * softmax over the channels (opset 17) and the same over the
     flattened C, H, W (opset 11's coercion): float64 input gradients equal torch's."""
@@ -473,16 +497,30 @@ def test_softmax_inside_a_graph_trains_like_torchs(tmp_path):
         assert record_error(f"onnx import softmax opset {opset} dx", dx, xt.grad.numpy()) < 1e-12
 
 
-@settings(max_examples=8, deadline=None)
-@given(trans_b=st.booleans(), alpha=st.sampled_from([1.0, 0.5]), beta=st.sampled_from([1.0, 2.0]),
-       bias_shape=st.sampled_from([(5,), (1, 5)]))  # fmt: skip
-def test_gemm_attributes_match_onnx_runtime(trans_b, alpha, beta, bias_shape, tmp_path_factory):
+@settings(max_examples=24, deadline=None)
+@given(trans_a=st.booleans(), trans_b=st.booleans(), alpha=st.sampled_from([1.0, 0.5]),
+       beta=st.sampled_from([1.0, 2.0]),
+       bias_shape=st.sampled_from([None, (), (5,), (1, 5), (3, 5), (3, 1), (1, 1)]))  # fmt: skip
+def test_gemm_attributes_match_onnx_runtime(trans_a, trans_b, alpha, beta, bias_shape,
+                                            tmp_path_factory):  # fmt: skip
+    """Gemm's alpha, beta, transA, transB and a bias of any shape that broadcasts to (N, out);
+    the loaded layer trains (its input gradient is the transposed product)."""
     rng = np.random.default_rng(7)
     w = rng.standard_normal((5, 6) if trans_b else (6, 5))
-    proto = _single("Gemm", ["x", "w", "c"], dict(alpha=alpha, beta=beta, transB=int(trans_b)),
-                    {"w": w, "c": rng.standard_normal(bias_shape)}, [3, 6])  # fmt: skip
-    _check_against_ort(proto, rng.standard_normal((3, 6)).astype(np.float32),
-                       tmp_path_factory.mktemp("gemm"), "onnx import Gemm")  # fmt: skip
+    weights = {"w": w} | ({} if bias_shape is None else {"c": rng.standard_normal(bias_shape)})
+    proto = _single("Gemm", ["x", *weights], dict(alpha=alpha, beta=beta, transA=int(trans_a),
+                                                  transB=int(trans_b)), weights,
+                    [6, 3] if trans_a else [3, 6])  # fmt: skip
+    x = rng.standard_normal((6, 3) if trans_a else (3, 6)).astype(np.float32)
+    path = tmp_path_factory.mktemp("gemm")
+    _check_against_ort(proto, x, path, "onnx import Gemm")
+    model = sn.models.load_pretrained(path / "op.onnx").to(dtype=np.float64).train()
+    dy = rng.standard_normal((3, 5))
+    model(x.astype(np.float64))
+    a_t, b = (x.T if trans_a else x).astype(np.float64), (w.T if trans_b else w)
+    expected = alpha * dy @ b.T  # d/dA' of alpha A' B'
+    np.testing.assert_allclose(model.backward(dy), expected.T if trans_a else expected, rtol=1e-6)
+    assert a_t.shape == (3, 6)
 
 
 def test_unsupported_operators_attributes_and_damaged_files_fail_by_name(tmp_path):

@@ -16,9 +16,13 @@ trains here like one built here.
       the dims from axis on)
     HardSigmoid alpha 1/6, beta 1/2        Hardsigmoid
     GlobalAveragePool, ReduceMean(H, W)    AdaptiveAvgPool2d(1)
-    AveragePool / MaxPool                  AvgPool2d / MaxPool2d (symmetric pads)
-    Gemm (alpha, beta, transB), MatMul     Linear
-    Flatten (any axis >= 0), Reshape / Squeeze / Unsqueeze (constant shapes)   Reshape
+    AveragePool / MaxPool (pads, auto_pad, AvgPool2d / MaxPool2d; asymmetric or wide pads made
+      ceil_mode, count_include_pad,        explicit first (a Sequential of pad, pool, and
+      MaxPool's dilations)                 crop / rescale to ONNX Runtime's windows)
+    Gemm (alpha, beta, transA, transB,     Linear (a transpose first for transA; a bias that is
+      any bias shape), MatMul              not one per output added after it as a constant)
+    Flatten (any axis), Reshape (constant  Flatten2d / Reshape / Axes (the axes worked out per
+      shapes), Squeeze / Unsqueeze         input, negative ones from the end)
     Shape -> Gather -> Unsqueeze -> Concat (x.view(x.size(0), -1))  folded into the Reshape
     Add / Mul (broadcasting, constants)    Add / Mul
     Concat, Slice (constant, step 1)       Concat / Slice
@@ -80,7 +84,8 @@ from .blocks import Conv2dSame
 
 class Binary(Module):
     """y = a + b or a * b (``kind``), broadcasting; either operand may be a constant (not
-    trained, no gradient). backward -> the gradients of the dynamic operands, in order."""
+    trained, no gradient). backward -> the gradients of the dynamic operands, in order (the
+    array itself when there is one)."""
 
     def __init__(self, kind: str, constants: tuple):
         super().__init__()
@@ -95,7 +100,8 @@ class Binary(Module):
 
     def backward(self, dy):
         grads = getattr(F, f"{self.kind}_backward")(dy, self._saved(dy), backend=self.backend)
-        return tuple(g for g, c in zip(grads, self.constants, strict=True) if c is None)
+        dynamic = tuple(g for g, c in zip(grads, self.constants, strict=True) if c is None)
+        return dynamic[0] if len(dynamic) == 1 else dynamic  # one array inside a Sequential
 
 
 class Concat(Module):
@@ -130,6 +136,20 @@ class Slice(Module):
         return F.slice_backward(dy, self._saved(dy), backend=self.backend)
 
 
+class Transpose2d(Module):
+    """A matrix's transpose (Gemm's transA): (K, N) -> (N, K); backward transposes dy back."""
+
+    def forward(self, x):
+        if x.ndim != 2:
+            raise ValueError(f"Gemm's transA needs a 2-D input, got shape {x.shape}")
+        self._save((), (x.shape[1], x.shape[0]))
+        return np.ascontiguousarray(x.T)
+
+    def backward(self, dy):
+        self._saved(dy)
+        return np.ascontiguousarray(dy.T)
+
+
 class Reshape(Module):
     """x reshaped to ``shape`` (ONNX's rules: 0 copies the input's dimension, -1 is inferred);
     backward reshapes dy back."""
@@ -148,18 +168,51 @@ class Reshape(Module):
         return dy.reshape(self._saved(dy))
 
 
+class Axes(Module):
+    """Squeeze (drop the size-1 ``axes``, or every size-1 axis when None) or Unsqueeze (insert
+    size-1 ``axes``, counted in the output), negative axes from the end, worked out per input;
+    backward reshapes dy back."""
+
+    def __init__(self, op: str, axes: list[int] | None):
+        super().__init__()
+        self.op, self.axes = op, axes
+
+    def forward(self, x):
+        shape = list(x.shape)
+        if self.op == "Squeeze":
+            axes = ([k for k, d in enumerate(shape) if d == 1] if self.axes is None
+                    else sorted(a % x.ndim for a in self.axes))  # fmt: skip
+            if any(shape[a] != 1 for a in axes):
+                raise ValueError(f"Squeeze axes {self.axes} of an input of shape {x.shape}")
+            shape = [d for k, d in enumerate(shape) if k not in axes]
+        else:
+            rank = x.ndim + len(self.axes)
+            for a in sorted(a % rank for a in self.axes):
+                shape.insert(a, 1)
+        y = x.reshape(shape)
+        self._save(x.shape, y.shape)
+        return y
+
+    def backward(self, dy):
+        return dy.reshape(self._saved(dy))
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, axes={self.axes}"
+
+
 class Flatten2d(Reshape):
     """ONNX's Flatten: (d0, ..., dk-1, dk, ...) -> (d0 * ... * dk-1, dk * ...), k = ``axis``
-    (axis 0: one row)."""
+    (axis 0: one row; a negative axis counts from the end)."""
 
     def __init__(self, axis: int):
         super().__init__(())
         self.axis = axis
 
     def forward(self, x):
-        if self.axis > x.ndim:
+        if not -x.ndim <= self.axis <= x.ndim:
             raise ValueError(f"Flatten axis {self.axis} for an input of {x.ndim} dimensions")
-        rows = int(np.prod(x.shape[: self.axis], dtype=np.int64))
+        axis = self.axis % x.ndim if self.axis < 0 else self.axis
+        rows = int(np.prod(x.shape[:axis], dtype=np.int64))
         y = x.reshape((rows, -1))
         self._save(x.shape, y.shape)
         return y
@@ -460,39 +513,18 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
     elif op in ("AveragePool", "MaxPool"):
         builder.add(node, index, _pool(builder, node, a, builder.resolve(x)), [x])
     elif op in ("Gemm", "MatMul"):
-        if op == "Gemm":
-            _check_attributes(builder, node, a, {"alpha": None, "beta": None, "transA":
-                                                 lambda v: v == 0, "transB": None})  # fmt: skip
-        w = builder.const(node, 1, "weight")
-        if w.ndim != 2:
-            builder.fail(node, f"a weight of shape {w.shape}: only 2-D weights are supported")
-        w = w if a.get("transB", 0) else w.T  # (out, in)
-        c = builder.const(node, 2, "bias", required=False) if op == "Gemm" else None
-        if c is not None:
-            try:  # (out,), (1, out), a scalar: one bias per output; (N, out) is not a Linear's
-                c = np.broadcast_to(c, (1, w.shape[0])).reshape(w.shape[0])
-            except ValueError:
-                builder.fail(node, f"a bias of shape {c.shape} for {w.shape[0]} outputs: only one "
-                                   "bias per output is supported")  # fmt: skip
-        layer = Linear(w.shape[1], w.shape[0], bias=c is not None, dtype=float_dtype)
-        layer.weight.data[...] = _decimal(a.get("alpha", 1.0)) * w
-        if c is not None:
-            layer.bias.data[...] = _decimal(a.get("beta", 1.0)) * c
-        builder.add(node, index, layer, [x], [("weight", 1)] + ([("bias", 2)] if c is not None
-                                                                 else []))  # fmt: skip
+        layer, sources = _gemm(builder, node, a, float_dtype)
+        builder.add(node, index, layer, [x], sources)
     elif op == "Flatten":
-        axis = int(a.get("axis", 1))
-        if axis < 0:
-            builder.fail(node, f"attribute axis={axis}: a negative axis is not supported")
-        builder.add(node, index, Flatten2d(axis), [x])
+        builder.add(node, index, Flatten2d(int(a.get("axis", 1))), [x])
     elif op == "Reshape":
         target = _reshape_target(builder, node, builder.resolve(x), builder.resolve(node.input[1]))
         builder.add(node, index, Reshape(target), [x])
     elif op in ("Squeeze", "Unsqueeze"):
         axes = a.get("axes")
         if axes is None:
-            axes = builder.const(node, 1, "axes").tolist()
-        builder.add(node, index, _axes_reshape(builder, node, op, axes), [x])
+            axes = builder.const(node, 1, "axes", required=op == "Unsqueeze")
+        builder.add(node, index, Axes(op, None if axes is None else np.ravel(axes).tolist()), [x])
     elif op in ("Add", "Mul"):
         constants = []
         for position in (0, 1):
@@ -571,6 +603,44 @@ def _static_hw(builder, node, x: str, why: str) -> tuple[int, int]:
         builder.fail(node, f"{why} needs the input's H and W, which shape inference leaves "
                            f"{shape[2:] or 'unknown'}")  # fmt: skip
     return shape[2], shape[3]
+
+
+def _gemm(builder, node, a: dict, float_dtype) -> tuple[Module, list]:
+    """Gemm (y = alpha A' B' + beta C, A' = A or A^T, B' = B or B^T) and MatMul with a constant
+    2-D B as a Linear: alpha folded into its weight, beta C into its bias when C is one value per
+    output (a scalar, (out,), (1, out)); a C of another broadcastable shape ((N, out), (N, 1)) is
+    added after it as a constant; transA transposes the input first. Returns the layer and the
+    (parameter, node input) pairs it was loaded from."""
+    op = node.op_type
+    if op == "Gemm":
+        _check_attributes(builder, node, a, {"alpha": None, "beta": None, "transA": None,
+                                             "transB": None})  # fmt: skip
+    w = builder.const(node, 1, "weight")
+    if w.ndim != 2:
+        builder.fail(node, f"a weight of shape {w.shape}: only 2-D weights are supported")
+    w = w if a.get("transB", 0) else w.T  # (out, in)
+    c = builder.const(node, 2, "bias", required=False) if op == "Gemm" else None
+    beta = _decimal(a.get("beta", 1.0))
+    per_output = None
+    if c is not None and c.ndim <= 2 and (c.ndim < 2 or c.shape[0] == 1):
+        try:
+            per_output = np.broadcast_to(c, (1, w.shape[0])).reshape(w.shape[0])
+        except ValueError:
+            per_output = None
+    linear = Linear(w.shape[1], w.shape[0], bias=per_output is not None, dtype=float_dtype)
+    linear.weight.data[...] = _decimal(a.get("alpha", 1.0)) * w
+    if per_output is not None:
+        linear.bias.data[...] = beta * per_output
+    layers = [Transpose2d(), linear] if a.get("transA", 0) else [linear]
+    if c is not None and per_output is None:
+        if c.ndim > 2 or c.shape[-1] not in (1, w.shape[0]):
+            builder.fail(node, f"a bias of shape {c.shape} for {w.shape[0]} outputs")
+        layers.append(Binary("add", (None, beta * c)))
+    sources = [("weight", 1)] + ([("bias", 2)] if per_output is not None else [])
+    if len(layers) == 1:
+        return linear, sources
+    child = layers.index(linear)
+    return Sequential(*layers), [(f"{child}.{key}", position) for key, position in sources]
 
 
 def _same_pads(builder, node, x: str, kernel, strides, dilations, lower: bool
@@ -702,21 +772,6 @@ def _resize(builder, node, a: dict) -> Upsample:
 
 
 _UPSAMPLE_MODES = {b"nearest": "nearest", b"linear": "bilinear", b"bilinear": "bilinear"}
-
-
-def _axes_reshape(builder, node, op: str, axes) -> Reshape:
-    """Squeeze / Unsqueeze of known axes as a Reshape with 0 (copy) for the kept dimensions:
-    needs the axes relative to a 4-D or 2-D tensor, which is what CNN graphs squeeze."""
-    axes = sorted(int(v) for v in axes)
-    if any(v < 0 for v in axes):
-        builder.fail(node, f"negative axes {axes} are not supported")
-    if op == "Squeeze":  # (N, C, 1, 1) -> (N, C) for axes [2, 3]
-        if axes != [2, 3]:
-            builder.fail(node, f"axes={axes}: only squeezing H and W ([2, 3]) is supported")
-        return Reshape((0, 0))
-    if axes != [2, 3]:
-        builder.fail(node, f"axes={axes}: only unsqueezing to (N, C, 1, 1) is supported")
-    return Reshape((0, 0, 1, 1))
 
 
 def model_from_onnx(path, dtype=np.float32) -> OnnxModel:
