@@ -25,6 +25,7 @@ import scratchnets as sn  # noqa: E402
 from scratchnets.models.onnx_import import OnnxImportError  # noqa: E402
 from tests.helpers import record_error  # noqa: E402
 from tests.model_twins import randomize_bn, randomize_torch_bn, torch_twin  # noqa: E402
+from tests.test_train import BACKEND, dataset  # noqa: E402, F401 (a fixture)
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -561,3 +562,40 @@ def test_unsupported_operators_attributes_and_damaged_files_fail_by_name(tmp_pat
               tmp_path / "cyclic.onnx")  # fmt: skip
     with pytest.raises(OnnxImportError, match="not a valid ONNX model"):
         sn.models.load_pretrained(tmp_path / "cyclic.onnx")
+
+
+def test_train_init_from_an_onnx_graph_fine_tunes_and_its_checkpoint_rebuilds(
+    dataset,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    """``train --init model.onnx`` of a torch export (no registered twin named in the file): the
+    graph with a fresh 2-class head trains, the checkpoint records the file as the architecture,
+    and evaluate / predict / export rebuild it from that file; a file whose graph gives no
+    classifier to replace fails by name before training."""
+    from scratchnets.cli import main
+    from scratchnets.train.evaluate import load_for_inference
+
+    twin = _twin("mobilenet_v2")
+    path = tmp_path / "mnv2.onnx"
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float32)
+    torch.onnx.export(twin, (x,), str(path), dynamo=False, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "N"}})  # fmt: skip
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(dataset), "--init", str(path), "--epochs", "1",
+                 "--image-size", "32", "--batch-size", "8", "--backend", BACKEND,
+                 "--time-limit", "0", "--quiet", "--out", str(out)]) == 0  # fmt: skip
+    model, meta = load_for_inference(out / "best.npz", BACKEND)
+    assert meta["name"] == "onnx" and meta["options"] == {"file": str(path)}
+    assert meta["init"]["replaced_head"] and meta["classes"] == ["cat", "dog"]
+    head = meta["init"]["replaced_head"]
+    assert model.state_dict()[f"{head}.weight"].shape[0] == 2
+    assert np.any(model.state_dict()[f"{head}.bias"] != 0)  # the new head (bias 0 at first) trained
+    assert model(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 2)
+    assert main(["evaluate", str(out / "best.npz"), "--data", str(dataset / "val"), "--backend",
+                 BACKEND]) == 0  # fmt: skip
+    relu = tmp_path / "relu.onnx"
+    onnx.save(_single("Relu", ["x"], {}, {}, [1, 3, 4, 4]), relu)
+    assert main(["train", "--data", str(dataset), "--init", str(relu), "--epochs", "1",
+                 "--out", str(tmp_path / "bad"), "--quiet"]) == 1  # fmt: skip
+    assert "its graph has no parameters, so no classifier to replace" in capsys.readouterr().err

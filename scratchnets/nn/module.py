@@ -218,10 +218,12 @@ class Module:
         Module.layout_version += 1
 
     def add_module(self, name: str, module: Module | None) -> None:
+        """Register ``module`` as child ``name``; replacing a child keeps its place (as torch)."""
         self._check_new_name(name)
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"cannot register {type(module).__name__} {name!r} as a Module")
-        self._forget(name)
+        if name not in self._modules:
+            self._forget(name)
         self._modules[name] = module
         Module.layout_version += 1
 

@@ -97,11 +97,12 @@ def evaluate_model(model, batches: Iterable, classes: Sequence[str]) -> dict:
 
 
 def model_from_meta(meta: dict, backend: str):
-    """A freshly built model of the architecture a checkpoint's ``model`` entry describes."""
-    model = models.create(
-        meta["name"], num_classes=int(meta["num_classes"]), width_mult=float(meta["width_mult"]),
-        **meta.get("options", {}),
-    )  # fmt: skip
+    """A freshly built model of the architecture a checkpoint's ``model`` entry describes (for
+    one fine-tuned from an ONNX graph, the graph of the file its options name)."""
+    from .finetune import build
+
+    model = build(meta["name"], int(meta["num_classes"]), float(meta["width_mult"]),
+                  **meta.get("options", {}))  # fmt: skip
     return model.to(backend)
 
 

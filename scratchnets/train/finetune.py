@@ -47,10 +47,63 @@ def float_model(path: str | Path) -> Module:
     return model.dequantize() if isinstance(model, QuantizedModel) else model
 
 
+#: the model name of a network defined by an ONNX file (``options["file"]``): its graph, with
+#: the head replaced, is the architecture, rebuilt from that file whenever a checkpoint is read
+ONNX_MODEL = "onnx"
+
+
+def build(model_name: str, num_classes: int, width_mult: float, rng=None, **options) -> Module:
+    """``models.create``'s model, or for ``ONNX_MODEL`` the graph of ``options["file"]`` with a
+    fresh ``num_classes`` head (``graph_with_head``)."""
+    if model_name == ONNX_MODEL:
+        return graph_with_head(options["file"], num_classes, rng)
+    return models.create(model_name, num_classes=num_classes, width_mult=width_mult, rng=rng,
+                         **options)  # fmt: skip
+
+
+def graph_with_head(path: str | Path, num_classes: int, rng=None) -> Module:
+    """The ONNX file's model with its head (the layer owning the last parameter: a Linear, or a
+    1x1 Conv2d classifier) replaced by a new one of ``num_classes`` outputs, initialised as
+    ``start_from`` does. The graph must then give (N, num_classes): a constant reshape to the
+    file's own class count after the head is a ValueError naming it."""
+    from ..nn import Conv2d, Linear
+
+    model = models.load_pretrained(path)
+    if not any(True for _ in model.parameters()):
+        raise ValueError(f"--init {path}: its graph has no parameters, so no classifier to replace")
+    name = head_name(model)
+    *path_to, child = name.split(".")
+    owner = model
+    for part in path_to:
+        owner = getattr(owner, part)
+    old = getattr(owner, child)
+    if isinstance(old, Linear):
+        new = Linear(old.in_features, num_classes, bias=True, dtype=old.weight.dtype)
+    elif isinstance(old, Conv2d) and old.kernel_size == (1, 1) and old.groups == 1:
+        new = Conv2d(old.in_channels, num_classes, 1, bias=True, dtype=old.weight.dtype)
+    else:
+        raise ValueError(f"--init {path}: its last layer {name} is a {type(old).__name__}, not a "
+                         "classifier (a Linear or a 1x1 convolution) to replace")  # fmt: skip
+    new.weight.data[...] = np.random.default_rng(rng).normal(0.0, 0.01, new.weight.data.shape)
+    new.bias.data[...] = 0.0
+    owner.add_module(child, new)  # in the old one's place
+    size = int(model.pretrained_cfg.get("size", 224))
+    out = np.shape(model.eval()(np.zeros((1, 3, size, size), new.weight.dtype)))
+    if out != (1, num_classes):
+        raise ValueError(f"--init {path}: with a {num_classes}-class head its graph outputs "
+                         f"{out}, not (N, {num_classes}) (a reshape to the file's own classes "
+                         "follows the head)")  # fmt: skip
+    model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=num_classes)
+    return model.train()
+
+
 def describe_init(path: str | Path) -> dict:
     """What a weight file holds: its ``pretrained_cfg`` (``architecture``, ``width_mult``,
-    ``size``, ``mean``, ``std``, ``source`` ...), without keeping the model."""
+    ``size``, ``mean``, ``std``, ``source`` ...), without keeping the model. An ONNX graph of no
+    registered architecture is ``ONNX_MODEL``, with the file as its option."""
     cfg = dict(float_model(path).pretrained_cfg)
+    if cfg.get("architecture") is None and cfg.get("source") == "onnx":
+        return cfg | {"architecture": ONNX_MODEL, "options": {"file": str(path)}}
     if cfg.get("architecture") is None:
         raise ValueError(
             f"--init {path}: its graph is no registered architecture, so a model fine-tuned from "
@@ -82,15 +135,20 @@ def start_from(
     pretrained = float_model(path)
     cfg = pretrained.pretrained_cfg
     arch, width = cfg.get("architecture"), cfg.get("width_mult")
-    if arch != models.registry.resolve_name(model_name) or (
-        width is not None and abs(float(width) - float(width_mult)) > 1e-9
+    if arch is None and cfg.get("source") == "onnx":
+        arch = ONNX_MODEL
+    elif model_name == ONNX_MODEL:
+        raise ValueError(f"--init {path} holds a {arch}; --model {ONNX_MODEL} is for ONNX graphs")
+    if model_name != ONNX_MODEL and (
+        arch != models.registry.resolve_name(model_name)
+        or (width is not None and abs(float(width) - float(width_mult)) > 1e-9)
     ):
         raise ValueError(
             f"--init {path} holds a {arch} with width_mult {width}; it does not fit --model "
             f"{model_name} --width-mult {width_mult} (leave both out to take the file's)"
         )
-    model = models.create(model_name, num_classes=num_classes, width_mult=width_mult, rng=rng,
-                          **(options or {}))  # fmt: skip
+    options = dict(options or {}, **({"file": str(path)} if arch == ONNX_MODEL else {}))
+    model = build(model_name, num_classes, width_mult, rng, **options)
     head = head_name(model) + "."
     for name, param in model.named_parameters():  # the head: N(0, 0.01^2) weights, zero bias
         if name.startswith(head):

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import data, models, optim
+from .. import data, optim
 from ..arrays import to_numpy
 from ..nn import CrossEntropyLoss
 from . import finetune
@@ -260,13 +260,8 @@ class Trainer:
                 options=c.model_options, frozen=c.freeze_backbone,
             )  # fmt: skip
         else:  # from scratch, or resumed (restore loads the weights)
-            self.model = models.create(
-                c.model,
-                num_classes=len(self.classes),
-                width_mult=c.width_mult,
-                rng=c.seed,
-                **c.model_options,
-            )
+            self.model = finetune.build(c.model, len(self.classes), c.width_mult, c.seed,
+                                        **c.model_options)  # fmt: skip
             if c.init:
                 self.meta["init"] = resumed_meta.get("init")
         seed_module_generators(self.model, c.seed)
@@ -529,8 +524,11 @@ def fit(
         if trainer.finished:
             return _result(trainer, trainer.stop_reason, "the run had already ended")
     else:
+        what = (f"the graph of {Path(config.model_options['file']).name} ("
+                if config.model == finetune.ONNX_MODEL
+                else f"{config.model} (width {config.width_mult}, ")  # fmt: skip
         log(
-            f"training {config.model} (width {config.width_mult}, {config.image_size} px) on "
+            f"training {what}{config.image_size} px) on "
             f"{len(trainer.train_set)} images ({', '.join(trainer.classes)}), validating on "
             f"{len(trainer.val_set)}; {config.epochs} epochs of {trainer.steps_per_epoch} steps, "
             f"{config.optimizer} lr {config.lr}, backend {config.backend} -> {out_dir}"
