@@ -599,3 +599,23 @@ def test_train_init_from_an_onnx_graph_fine_tunes_and_its_checkpoint_rebuilds(
     assert main(["train", "--data", str(dataset), "--init", str(relu), "--epochs", "1",
                  "--out", str(tmp_path / "bad"), "--quiet"]) == 1  # fmt: skip
     assert "its graph has no parameters, so no classifier to replace" in capsys.readouterr().err
+
+
+def test_explain_walks_a_layer_of_an_onnx_graph(tmp_path, capsys):
+    """``scratchnets explain model.onnx``: the layer table of the graph's named layers, and
+    ``--layer`` one conv and one activation on their real weights, every element checked."""
+    from scratchnets.cli import main
+
+    path = tmp_path / "mnv2.onnx"
+    _export(_twin("mobilenet_v2"), path)
+    model = sn.models.load_pretrained(path)
+    names = [name for name, _ in model.named_children()]
+    conv = next(n for n in names if n.endswith("_Conv") and "features_2" in n)
+    clip = next(n for n in names if n.endswith("_Clip"))
+    assert main(["explain", str(path)]) == 0
+    assert conv in capsys.readouterr().out
+    for layer in (conv, clip):
+        assert main(["explain", str(path), "--layer", layer]) == 0
+        assert "every element checked" in capsys.readouterr().out
+    assert main(["explain", str(path), "--weights", str(path)]) == 1
+    assert "is a model file: give it alone" in capsys.readouterr().err

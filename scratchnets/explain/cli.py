@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from pathlib import Path
 
 from .ops import EXPLAINERS, explain_op
 
@@ -69,14 +70,16 @@ def register(subparsers) -> None:
         "explain",
         help="step through an op or a model with its numbers: equations, elements, receptive fields",
         usage="scratchnets explain OP [case options] | MODEL [--resolution R] [--layer NAME] "
-        "[--weights FILE] [--image IMG] [--save-maps DIR]",
+        "[--weights FILE] [--image IMG] [--save-maps DIR] | model.onnx [--layer NAME] ...",
         description="Explain OP for a concrete case: the output-size arithmetic, params and "
         "multiply-adds (checked against the counter), the forward and backward equations with "
         "the case's numbers, the reference code's lines, and single elements of y, dx and dw "
         "written out as their sums and checked against the reference op and torch. "
         f"OP: {', '.join(sorted(EXPLAINERS))}. Or explain MODEL ({', '.join(list_models())}): "
         "its layers with shapes, params, multiply-adds and receptive fields; --layer walks "
-        "through one layer on its real weights and real input; --save-maps writes PNGs.",
+        "through one layer on its real weights and real input; --save-maps writes PNGs. A model file "
+        "(an ONNX graph: model.onnx) in MODEL's place is explained the same way, its layers named "
+        "after its nodes.",
     )
     p.add_argument("target", metavar="OP|MODEL", help="the op or model to explain")
     p.add_argument("--input", type=sizes, help="input shape, e.g. 1x4x7x7 (N x C x H x W)")
@@ -151,7 +154,7 @@ def _flag(option: str) -> str:
 def run_explain(args) -> int:
     from ..models import list_models
 
-    if args.target in list_models():
+    if args.target in list_models() or Path(args.target).is_file():  # a name, or a model file
         return run_explain_model(args)
     for option in MODEL_OPTIONS:
         if getattr(args, option) is not None:
@@ -185,8 +188,13 @@ def run_explain_model(args) -> int:
         raise ValueError(
             "--at picks the element of --layer's (or --block's) output to write out: give one"
         )
+    weights = args.weights
+    if Path(args.target).is_file():  # an ONNX graph (or any weight file) is its own model
+        if weights is not None:
+            raise ValueError(f"{args.target} is a model file: give it alone, without --weights")
+        weights = args.target
     result = explain_model(
-        args.target, resolution=args.resolution, layer=args.layer, weights=args.weights,
+        args.target, resolution=args.resolution, layer=args.layer, weights=weights,
         image=args.image, seed=args.seed, save_maps=args.save_maps, at=args.at, block=args.block,
     )  # fmt: skip
     print(result.json() if args.json else result.text())

@@ -150,7 +150,7 @@ def explain_model(
         return explain_quantized_model(f"{name} ({weights})", model, R, layer, image, seed, at)
     shape = (1, 3, R, R)
     result = ModelExplanation(
-        model=name if weights is None else f"{name} ({weights})",
+        model=name if weights in (None, name) else f"{name} ({weights})",
         input_shape=shape,
         rows=layer_rows(model, shape),
         notes=list(RECURRENCE_NOTES),
