@@ -538,6 +538,22 @@ def test_unsupported_operators_attributes_and_damaged_files_fail_by_name(tmp_pat
         onnx.save(proto, path)
         with pytest.raises(OnnxImportError, match=re.escape(message)):
             sn.models.load_pretrained(path)
+    absurd = _single("Conv", ["x", "w"], {}, {"w": np.ones((2, 3, 1, 1))}, [1, 3, 4, 4])
+    absurd.graph.initializer[0].dims[:] = [1 << 20, 1 << 20, 1, 1]  # 4 TB declared, 24 bytes held
+    huge_input = _single("Relu", ["x"], {}, {}, [1, 3, 1 << 30, 1 << 30])
+    cases += [
+        (absurd, "is too small for the declared shape"),
+        (huge_input, "sides above 16,384 pixels"),
+        (_single("Resize", ["x", "", "", "sz"], {}, {"sz": np.array([1, 3, 1 << 20, 4])},
+                 [1, 3, 4, 4]), "sizes [1048576, 4]: each side must be 1 to 16,384"),
+        (_single("Pad", ["x", "p"], {}, {"p": np.array([0, 0, -1, 0, 0, 0, 0, 0])}, [1, 3, 4, 4]),
+         "negative pads, crops, are not supported"),
+    ]  # fmt: skip
+    for proto, message in cases[3:]:
+        path = tmp_path / "bad.onnx"
+        onnx.save(proto, path)
+        with pytest.raises(OnnxImportError, match=re.escape(message)):
+            sn.models.load_pretrained(path)
     good = tmp_path / "good.onnx"
     onnx.save(_single("Relu", ["x"], {}, {}, [1, 3, 4, 4]), good)
     data = good.read_bytes()

@@ -79,6 +79,10 @@ from ..nn import (
 from ..reference.upsample import COORDINATES, ROUNDINGS, Sampling
 from .blocks import Conv2dSame
 
+#: the largest image side a graph may declare, resize to or pad by: far above any image model's,
+#: far below what would exhaust memory at the first forward
+MAX_SIDE = 16384
+
 # --------------------------------------------------------------- layers for multi-input nodes
 
 
@@ -493,6 +497,9 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
             value = builder.const(node, 2, "constant_value", required=False)
         if len(pads) != 8 or any(pads[k] for k in (0, 1, 4, 5)):
             builder.fail(node, f"pads={pads}: only H and W of an NCHW tensor are supported")
+        if not all(0 <= int(v) <= MAX_SIDE for v in pads):
+            builder.fail(node, f"pads={pads}: each must be 0 to {MAX_SIDE:,} (negative pads, "
+                               "crops, are not supported)")  # fmt: skip
         top, left, bottom, right = pads[2], pads[3], pads[6], pads[7]
         layers = {"constant": lambda p: ConstantPad2d(p, 0.0 if value is None else float(value)),
                   "reflect": ReflectionPad2d, "edge": ReplicationPad2d,
@@ -757,6 +764,9 @@ def _resize(builder, node, a: dict) -> Upsample:
         scales = [float(v) for v in np.ravel(scales)]
         if len(scales) != axes or (axes == 4 and scales[:2] != [1.0, 1.0]):
             builder.fail(node, f"scales {scales}: only H and W of an NCHW tensor are resized here")
+        if not all(0 < v <= MAX_SIDE for v in scales[-2:]):
+            builder.fail(node, f"scales {scales[-2:]}: each must be above 0 and at most "
+                               f"{MAX_SIDE:,}")  # fmt: skip
         sampling = Sampling(sampling.coordinates, sampling.rounding, tuple(scales[-2:]))
         return Upsample(scale_factor=tuple(scales[-2:]), mode=_UPSAMPLE_MODES[mode],
                         sampling=sampling)  # fmt: skip
@@ -768,6 +778,8 @@ def _resize(builder, node, a: dict) -> Upsample:
     else:
         builder.fail(node, "neither constant scales nor sizes (constants, or the input's N, C "
                            "with constant H, W) are given")  # fmt: skip
+    if not all(0 < v <= MAX_SIDE for v in size):
+        builder.fail(node, f"sizes {list(size)}: each side must be 1 to {MAX_SIDE:,} pixels")
     return Upsample(size=size, mode=_UPSAMPLE_MODES[mode], sampling=sampling)
 
 
@@ -808,6 +820,9 @@ def model_from_onnx(path, dtype=np.float32) -> OnnxModel:
     model = OnnxModel(builder.layers, builder.steps, inputs[0].name, output)
     model.onnx_sources = builder.sources
     dims = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
+    if any(d is not None and d > MAX_SIDE for d in dims[2:]):
+        raise OnnxImportError(f"{path}: its input is declared {dims}, sides above {MAX_SIDE:,} "
+                              "pixels: no image model here takes that")  # fmt: skip
     classes = [d.dim_value or None for d in graph.output[0].type.tensor_type.shape.dim]
     size = dims[2] if len(dims) == 4 and dims[2] == dims[3] and dims[2] else 224
     model.pretrained_cfg = {"source": "onnx", "file": str(path), "size": size,
