@@ -284,7 +284,9 @@ def test_conv_attributes_match_onnx_runtime(kernel, strides, dilations, pads, au
     ("op_type", "attributes", "extra"),
     [
         ("Relu", {}, {}), ("Sigmoid", {}, {}), ("HardSwish", {}, {}),
-        ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, {}),
+        ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, {}), ("HardSigmoid", {}, {}),
+        ("HardSigmoid", {"alpha": 0.5, "beta": 0.0}, {}),
+        ("HardSigmoid", {"alpha": -0.25, "beta": 0.75}, {}),
         ("Clip", {}, {"lo": np.array(0.0), "hi": np.array(6.0)}),
         ("Clip", {}, {"lo": np.array(-1.5), "hi": np.array(2.25)}),
         ("Clip", {}, {"": None, "hi": np.array(0.5)}),

@@ -14,7 +14,8 @@ trains here like one built here.
     Clip [0, 6] / [0, inf) / other bounds  ReLU6 / ReLU / Hardtanh(min, max)
     Softmax (axis; before opset 13 over    Softmax(axis) / FlatSoftmax
       the dims from axis on)
-    HardSigmoid alpha 1/6, beta 1/2        Hardsigmoid
+    HardSigmoid alpha 1/6, beta 1/2 /      Hardsigmoid / Sequential(x * alpha, + beta,
+      other alpha, beta                    Hardtanh(0, 1))
     GlobalAveragePool, ReduceMean(H, W)    AdaptiveAvgPool2d(1)
     AveragePool / MaxPool (pads, auto_pad, AvgPool2d / MaxPool2d; asymmetric or wide pads made
       ceil_mode, count_include_pad,        explicit first (a Sequential of pad, pool, and
@@ -464,10 +465,12 @@ def _build(builder: _Builder, node, index: int, float_dtype) -> None:
                     [x])  # fmt: skip
     elif op == "HardSigmoid":
         alpha, beta = _decimal(a.get("alpha", 0.2)), _decimal(a.get("beta", 0.5))
-        if abs(alpha - 1 / 6) > 1e-6 or beta != 0.5:
-            builder.fail(node, f"attribute alpha={alpha}, beta={beta}: only 1/6, 1/2 (torch's "
-                               "hardsigmoid) is supported")  # fmt: skip
-        builder.add(node, index, Hardsigmoid(), [x])
+        if abs(alpha - 1 / 6) <= 1e-6 and beta == 0.5:  # torch's: the fused op
+            builder.add(node, index, Hardsigmoid(), [x])
+        else:  # max(0, min(1, alpha x + beta)), in ONNX Runtime's order
+            affine = [Binary("mul", (None, np.array(alpha)))] + (
+                [Binary("add", (None, np.array(beta)))] if beta else [])  # fmt: skip
+            builder.add(node, index, Sequential(*affine, Hardtanh(0.0, 1.0)), [x])
     elif op == "Clip":
         low = builder.const(node, 1, "min", required=False)
         high = builder.const(node, 2, "max", required=False)
