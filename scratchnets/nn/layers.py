@@ -116,8 +116,8 @@ class _AcceptsUnbatched:
     _without_batch = False  # the last forward's input had no batch axis
 
     def _add_batch(self, a, forward: bool = False):
-        if forward:
-            self._without_batch = len(a.shape) == 3
+        if forward:  # a plain attribute, set on every forward: no __setattr__ checks
+            self.__dict__["_without_batch"] = len(a.shape) == 3
         return a.reshape((1, *tuple(a.shape))) if self._without_batch else a
 
     def _drop_batch(self, a):
