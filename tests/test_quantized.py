@@ -238,6 +238,61 @@ def test_cpu_quantized_conv2d_equals_the_reference(case):
     np.testing.assert_array_equal(ours, expected)
 
 
+@given(st.integers(0, 2**32 - 1), CODES, CODES, st.integers(1, 4), st.integers(1, 40))
+def test_the_accumulator_bound_holds_and_is_reached(seed, x_zero, w_zero, out_channels, taps):
+    """``accumulator_bound`` is sound: the inputs that maximise each channel's sum (every code at
+    an end of [0, 255], on its weight's side) stay within it; and tight: with weights all on one
+    side of Zw, the input at the end farthest from Zx reaches it."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(0, 256, (out_channels, taps, 1, 1), dtype=np.uint8)
+    x_q, w_q = QuantParams(0.1, x_zero), QuantParams(0.1, w_zero)
+    centred = w[:, :, 0, 0].astype(np.int64) - w_zero
+    bound = cpu_quantized.accumulator_bound(w, w_q, x_q)
+    largest_sum = (
+        np.maximum(  # per channel: x = 255 where the weight is positive, else 0; or mirrored
+            (centred * (np.where(centred > 0, 255, 0) - x_zero)).sum(axis=1),
+            -(centred * (np.where(centred > 0, 0, 255) - x_zero)).sum(axis=1),
+        )
+    )
+    assert largest_sum.max() <= bound
+    one_sided = np.maximum(w, w_zero).astype(np.uint8)
+    far = 255 if 255 - x_zero >= x_zero else 0  # the end of [0, 255] farthest from Zx
+    reached = np.abs((one_sided[:, :, 0, 0].astype(np.int64) - w_zero) * (far - x_zero)).sum(1)
+    assert reached.max() == cpu_quantized.accumulator_bound(one_sided, w_q, x_q)
+
+
+def test_a_conv_past_float32s_exact_range_runs_in_float64_and_stays_exact():
+    """1024 taps of codes 128..255 (Zw = 0) on a saturated input sum past 2^24: a float32 GEMM
+    would round them (shown), so the kernel takes float64 and equals the reference."""
+    rng = np.random.default_rng(0)
+    x = np.full((1, 1024, 2, 2), 255, np.uint8)
+    w = rng.integers(128, 256, (16, 1024, 1, 1), dtype=np.uint8)
+    x_q, w_q, y_q = QuantParams(0.02, 0), QuantParams(0.01, 0), QuantParams(20000.0, 3)
+    assert cpu_quantized.accumulator_bound(w, w_q, x_q) > cpu_quantized.FLOAT32_EXACT_LIMIT
+    assert cpu_quantized.centred_weights(w, w_q, x_q).dtype == np.float64
+    exact = w[:, :, 0, 0].astype(np.int64) @ np.full(1024, 255, np.int64)
+    in_float32 = w[:, :, 0, 0].astype(np.float32) @ np.full(1024, 255, np.float32)
+    assert (in_float32.astype(np.int64) != exact).any()  # why the bound matters
+    ours = cpu_quantized.quantized_conv2d(x, x_q, w, w_q, None, y_q)
+    reference = qops.quantized_conv2d(x, x_q, w, w_q, None, y_q)
+    assert 0 < reference.min() and reference.max() < 255  # the requantized sums are not clamped
+    np.testing.assert_array_equal(ours, reference)
+
+
+@needs_files
+@pytest.mark.parametrize("name", QUANT_MODELS)
+def test_googles_mobilenets_run_every_gemm_in_float32(name):
+    """Their accumulator bounds leave float32 exact everywhere: the fast GEMM, prepared once."""
+    model = quantized_model_from_tflite(WEIGHTS / f"{name}.tflite")
+    _, height, width, channels = model.graph.tensors[model.input_index].shape
+    model(np.zeros((1, channels, height, width), np.uint8))
+    convs = [i for i, layer in enumerate(model.layers) if layer.op == "quantized_conv2d"]
+    assert sorted(model._centred_weights) == convs
+    assert {centred.dtype for _, centred in model._centred_weights.values()} == {
+        np.dtype(np.float32)
+    }
+
+
 @given(
     st.integers(0, 2**32 - 1),
     st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)),

@@ -165,6 +165,7 @@ class QuantizedModel(Module):
         self.output_q = _params(graph.tensors[self.output_index], "the graph output")
         self.path = path
         self.training = False
+        self._centred_weights = {}  # layer position -> (w, the cpu kernels' centred copy of it)
 
     def extra_repr(self) -> str:
         return f"{len(self.layers)} integer ops from {self.path!r}"
@@ -181,7 +182,7 @@ class QuantizedModel(Module):
             )
         ops = qops if self.backend == "reference" else _cpu_ops()
         tensors = {self.input_index: x}
-        for layer in self.layers:
+        for position, layer in enumerate(self.layers):
             inputs = [tensors[i] for i in layer.inputs]
             arguments = layer.arguments
             if layer.op == "reshape":
@@ -192,8 +193,20 @@ class QuantizedModel(Module):
                 pads = (*tf_same_padding(inputs[0].shape[2], kh, sh),
                         *tf_same_padding(inputs[0].shape[3], kw, sw))  # fmt: skip
                 arguments = arguments | {"padding": pads}
+            if ops is not qops and layer.op == "quantized_conv2d":
+                arguments = arguments | {"centred_w": self._centred(position, arguments)}
             tensors[layer.output] = getattr(ops, layer.op)(*inputs, **arguments)
         return tensors if return_all else tensors[self.output_index]
+
+    def _centred(self, position: int, arguments: dict) -> np.ndarray:
+        """The CPU kernels' ``centred_weights`` of a conv layer, prepared on its first forward and
+        again whenever its ``w`` is replaced by another array (the file's weights are constants)."""
+        w = arguments["w"]
+        cached = self._centred_weights.get(position)
+        if cached is None or cached[0] is not w:
+            cached = (w, _cpu_ops().centred_weights(w, arguments["w_q"], arguments["x_q"]))
+            self._centred_weights[position] = cached
+        return cached[1]
 
     def real_output(self, q) -> np.ndarray:
         """The reals the uint8 output stands for, ``S (q - Z)`` in float64 (for the softmax of

@@ -19,25 +19,8 @@ from scratchnets.reference.conv import prepare_conv
 from .conv import conv_kind
 from .conv.depthwise import _depthwise_forward
 from .conv.im2col import _general_forward
-from .conv.pointwise import _pointwise_forward, _pointwise_input
-
-#: the activations a conv can absorb, by the code the epilogue kernel switches on
-ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hard_swish": 3}
-
-
-@njit(cache=True, inline="always")
-def _activate(v, activation, zero, three, six):
-    """``ACTIVATION_CODES``' activation of one value, each a select (no branch, no store): the
-    activation kernels' own float operations (``cpu.activations``); NaN passes through."""
-    if activation == 1:
-        return zero if v <= zero else v
-    if activation == 2:
-        return zero if v <= zero else (six if v >= six else v)
-    if activation == 3:  # h-swish: v * min(max(v + 3, 0), 6) / 6
-        r = v + three
-        r = zero if r <= zero else (six if r >= six else r)
-        return v * r / six
-    return v
+from .conv.pointwise import _pointwise_input
+from .gemm import ACTIVATION_CODES, activate, tiled_matmul
 
 
 @njit(parallel=True, cache=True)
@@ -59,10 +42,10 @@ def _epilogue_kernel(y, scale, use_scale, shift, use_shift, activation, zero, th
         row = y[n, c]
         if use_scale:
             for i in range(size):
-                row[i] = _activate(row[i] * s + b, activation, zero, three, six)
+                row[i] = activate(row[i] * s + b, activation, zero, three, six)
         else:
             for i in range(size):
-                row[i] = _activate(row[i] + b, activation, zero, three, six)
+                row[i] = activate(row[i] + b, activation, zero, three, six)
 
 
 def conv2d_bias_act_forward(
@@ -86,6 +69,12 @@ def conv2d_bias_act_checked(x, w, b, g, activation, scale=None) -> np.ndarray:
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     b = None if b is None else np.ascontiguousarray(b)
     kind = conv_kind(g)
+    if kind == "pointwise":  # the epilogue inside the GEMM, on each tile while in cache
+        y = np.empty((g.batch, g.out_channels, *g.out_hw), x.dtype)
+        w2 = w.reshape(g.out_channels, g.in_channels)
+        tiled_matmul(w2, _pointwise_input(x, g), y.reshape(g.batch, g.out_channels, -1),
+                     scale=scale, shift=b, activation=activation)  # fmt: skip
+        return y
     if kind == "depthwise" and scale is None:
         y, _ = _depthwise_forward(x, w, b, g)  # bias added in the kernel
         bias_left = None
@@ -93,11 +82,7 @@ def conv2d_bias_act_checked(x, w, b, g, activation, scale=None) -> np.ndarray:
         y, _ = _depthwise_forward(x, w, None, g)
         bias_left = b
     else:
-        y = (
-            _pointwise_forward(_pointwise_input(x, g), w, g)
-            if kind == "pointwise"
-            else (_general_forward(x, w, g))
-        )
+        y = _general_forward(x, w, g)
         bias_left = b
     if bias_left is None and activation is None and scale is None:
         return y

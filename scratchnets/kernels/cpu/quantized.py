@@ -13,10 +13,15 @@ temporary), a third in the float64 convolutions. Here:
   directly from the uint8 input (padding skipped, which is the real 0 of ``q = Z``) and
   requantized in the same loop, channels in parallel; no float copy of the input, no accumulator
   tensor;
-* **pointwise and other convolutions** as the float conv of this backend in float64 (BLAS GEMMs
-  split over the cores): every partial sum is an integer far below 2^53, so float64 is exact,
-  and BLAS beats any integer loop we could write in Numba. Its accumulators then go through
-  ``_requantize``.
+* **pointwise and other convolutions** as the float conv of this backend (BLAS GEMMs split over
+  the cores) on the centred codes ``x - Zx`` and ``w - Zw``: every product and partial sum is an
+  integer, exact in a float type while it stays below the type's integer limit. Whatever order
+  BLAS sums in, a partial sum of output channel c is at most ``max|x - Zx| * sum_k |w[c, k] -
+  Zw|`` (``accumulator_bound``, fixed by the weights alone), so where that is below 2^24 the
+  GEMM runs in **float32** (every layer of Google's MobileNets: at most half the limit), else in
+  float64 (2^53, any model). BLAS beats any integer loop we could write in Numba, and float32
+  doubles float64's throughput. The centred weights are prepared once per layer
+  (``centred_weights``, cached by the model). The accumulators then go through ``_requantize``.
 * the addition is one fused Numba pass; average pool and softmax (one small tensor each, at the
   end of the network) are the reference's.
 """
@@ -41,7 +46,14 @@ from scratchnets.reference.windows import conv_output_size, normalize_padding, p
 
 from .conv import conv2d_forward
 
-__all__ = ["quantized_conv2d", "quantized_add", "quantized_avg_pool2d", "quantized_softmax"]
+__all__ = [
+    "accumulator_bound",
+    "centred_weights",
+    "quantized_conv2d",
+    "quantized_add",
+    "quantized_avg_pool2d",
+    "quantized_softmax",
+]
 
 
 @njit(inline="always")
@@ -73,7 +85,7 @@ def multiply_by_quantized_multiplier(acc, m0, left_shift, right_shift):
 
 @njit(parallel=True, cache=True)
 def _requantize(acc, bias, m0, left_shift, right_shift, zero_point, low, high, out):
-    """out[n, c] = clamp(Z + M (acc[n, c] + bias[c])) for float64 accumulators holding integers:
+    """out[n, c] = clamp(Z + M (acc[n, c] + bias[c])) for float accumulators holding integers:
     (N, C, P) -> uint8 (N, C, P), one (n, c) plane per iteration."""
     n_batch, channels, size = acc.shape
     for plane in prange(n_batch * channels):
@@ -127,11 +139,32 @@ def _shifts(real_multiplier: float) -> tuple[int, int, int]:
     return m0, max(shift, 0), max(-shift, 0)
 
 
+#: float32 holds every integer of magnitude up to 2^24 exactly
+FLOAT32_EXACT_LIMIT = 2**24
+
+
+def accumulator_bound(w: np.ndarray, w_q: QuantParams, x_q: QuantParams) -> int:
+    """The largest magnitude any partial sum of a conv's accumulators can reach, whatever the
+    input and the order of summation: ``max|x - Zx| * max_c sum_k |w[c, k] - Zw|`` (uint8 x)."""
+    largest_input = max(x_q.zero_point, 255 - x_q.zero_point)
+    centred = np.abs(w.reshape(len(w), -1).astype(np.int64) - w_q.zero_point)
+    return largest_input * int(centred.sum(axis=1).max(initial=0))
+
+
+def centred_weights(w, w_q: QuantParams, x_q: QuantParams) -> np.ndarray:
+    """``w - Zw`` for the GEMM of ``quantized_conv2d``: float32 where ``accumulator_bound``
+    proves every partial sum exact in it, else float64."""
+    w = _uint8(w, "w")
+    exact32 = accumulator_bound(w, w_q, x_q) < FLOAT32_EXACT_LIMIT
+    return np.subtract(w, w_q.zero_point, dtype=np.float32 if exact32 else np.float64)
+
+
 def quantized_conv2d(
     x, x_q: QuantParams, w, w_q: QuantParams, bias, y_q: QuantParams,
-    stride=1, padding=0, groups=1, activation: str | None = None,
+    stride=1, padding=0, groups=1, activation: str | None = None, centred_w=None,
 ) -> np.ndarray:  # fmt: skip
-    """``reference.quantized.quantized_conv2d``, bit for bit; see the module docstring."""
+    """``reference.quantized.quantized_conv2d``, bit for bit; see the module docstring.
+    ``centred_w``: ``centred_weights(w, w_q, x_q)``, prepared once (computed here if None)."""
     x, w = _uint8(x, "x"), _uint8(w, "w")
     out_channels = w.shape[0]
     bias = np.zeros(out_channels, np.int64) if bias is None else np.asarray(bias, np.int64)
@@ -150,8 +183,11 @@ def quantized_conv2d(
         _depthwise_kernel(x, w[:, 0], bias, x_q.zero_point, w_q.zero_point, sh, sw, top, left,
                           *requantize, out)  # fmt: skip
         return out
-    centred_x = x.astype(np.float64) - x_q.zero_point  # exact: see the module docstring
-    centred_w = w.astype(np.float64) - w_q.zero_point
+    if centred_w is None:
+        centred_w = centred_weights(w, w_q, x_q)
+    elif centred_w.shape != w.shape:
+        raise ValueError(f"quantized_conv2d: centred_w {centred_w.shape} is not w's {w.shape}")
+    centred_x = np.subtract(x, x_q.zero_point, dtype=centred_w.dtype)  # exact: module docstring
     acc, _ = conv2d_forward(centred_x, centred_w, None, stride, padding, 1, groups)
     n, c, h, width = acc.shape
     out = np.empty((n, c, h * width), np.uint8)

@@ -20,7 +20,7 @@ from numba import njit, prange
 
 from scratchnets.reference.conv import ConvGeometry
 
-from .._threads import matmul, sum_of_matmuls
+from ..gemm import matmul, sum_of_matmuls
 from ._loops import _valid_range
 
 #: largest im2col buffer (elements) for one chunk of the batch in the general path; 4M float32

@@ -16,7 +16,7 @@ import numpy as np
 
 from scratchnets.reference.conv import ConvGeometry
 
-from .._threads import matmul, sum_of_matmuls
+from ..gemm import matmul, sum_of_matmuls
 
 #: pointwise dw: planes of at most this many pixels use one GEMM over the whole batch (after
 #: transposing copies), larger ones a GEMM per image; measured crossover, bench/NOTES.md
