@@ -91,7 +91,7 @@ def test_the_epilogue_equals_the_ops_after_the_product_bit_for_bit(activation, w
     b = (3 * rng.standard_normal((2, 16, 12544))).astype(dtype)
     scale = rng.uniform(0.5, 2, 96).astype(dtype) if with_scale else None
     shift = rng.standard_normal(96).astype(dtype)
-    assert len(gemm.tile_plan(2, 96, 12544, 2)) > 8
+    assert len(gemm.tile_plan(2, 96, 12544, 16, 2)) > 8
     product = gemm.matmul(a, b, np.empty((2, 96, 12544), dtype))
     fused = gemm.tiled_matmul(a, b, np.empty((2, 96, 12544), dtype), scale, shift, activation)
     np.testing.assert_array_equal(fused, _epilogue(product, scale, shift, activation))
@@ -109,9 +109,10 @@ def test_refuses_mixed_dtypes_and_unknown_activations():
         gemm.sum_of_matmuls(a[None], a[None])
 
 
-@given(st.integers(1, 9), st.integers(1, 2000), st.integers(1, 20000), st.integers(1, 8))
-def test_a_tile_plan_covers_every_output_once(batch, rows, columns, cores):
-    plan = gemm.tile_plan(batch, rows, columns, cores)
+@given(st.integers(1, 9), st.integers(1, 2000), st.integers(1, 20000), st.integers(1, 1000),
+       st.integers(1, 8))  # fmt: skip
+def test_a_tile_plan_covers_every_output_once(batch, rows, columns, inner, cores):
+    plan = gemm.tile_plan(batch, rows, columns, inner, cores)
     covered = np.zeros((batch, rows, columns), np.int8) if batch * rows * columns < 5e6 else None
     for n, r0, r1, c0, c1 in plan:
         assert 0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= columns
@@ -124,6 +125,8 @@ def test_a_tile_plan_covers_every_output_once(batch, rows, columns, cores):
     most_per_image = max(1, columns // gemm.MIN_TILE_COLUMNS) * max(1, rows // gemm.MIN_TILE_ROWS)
     assert len(plan) >= min(cores, batch * most_per_image)  # every core busy, if cuts allow
     per_image = len(plan) // batch  # tiles of about equal size (cuts on cache-line multiples)
-    assert rows * columns <= gemm.TILE_ELEMENTS * per_image or per_image == most_per_image
+    elements = rows * columns / per_image
+    small_enough = elements <= gemm.TILE_ELEMENTS or elements * inner < 2 * gemm.MIN_TILE_MACS
+    assert small_enough or per_image == most_per_image
     widths = [c1 - c0 for _, r0, _, c0, c1 in plan if r0 == 0]
     assert max(widths) - min(widths) <= 2 * gemm.COLUMN_ALIGN

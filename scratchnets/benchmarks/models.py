@@ -17,7 +17,7 @@ numba kernels), on scratchnets' ``--backend`` and, with ``--compare-torch``, on 
 Throughput is images/s; achieved GFLOP/s counts 2 FLOPs per multiply-add of the conv and linear
 layers (``scratchnets.profile.summary``) and, for a training step, 3x the forward's (the backward
 computes dx and dW, each as many MACs as the forward), next to the machine's measured peak (a
-2048^3 float32 matmul: NumPy's BLAS on the CPU, torch on the GPU).
+2048^3 float32 matmul: NumPy's BLAS on every usable core, torch on the GPU).
 
 With ``--compare-onnx`` the torch twin is also exported to ONNX and timed in ONNX Runtime (CPU,
 one intra-op thread per usable core), its logits checked against ours first: inference only.

@@ -202,7 +202,8 @@ def max_rel_error(ours, theirs) -> float:
 
 def machine_peaks(device: str = "cpu", n: int = 2048, copy_mib: int = 256, repeat: int = 5) -> dict:
     """The roofline of ``device``, measured: float32 GFLOP/s of an (n, n) @ (n, n) matmul
-    (2 n^3 FLOPs; NumPy's BLAS on "cpu", torch on "cuda") and GB/s of copying a ``copy_mib``
+    (2 n^3 FLOPs; NumPy's BLAS on every usable core on "cpu", torch on "cuda") and GB/s of
+    copying a ``copy_mib``
     MiB array (read + write = 2 * copy_mib MiB). Their ratio, FLOPs per byte, is the arithmetic
     intensity below which a kernel is memory-bound on this machine (the roofline's ridge point)."""
     floats = copy_mib * 2**18  # float32 elements
@@ -225,7 +226,16 @@ def machine_peaks(device: str = "cpu", n: int = 2048, copy_mib: int = 256, repea
         src, dst = np.ones(floats, np.float32), np.empty(floats, np.float32)
         matmul = lambda: a @ b  # noqa: E731
         copy = lambda: np.copyto(dst, src)  # noqa: E731
-    gflops = 2.0 * n**3 / median_time(matmul, repeat) / 1e9
+    if device == "cuda":
+        gflops = 2.0 * n**3 / median_time(matmul, repeat) / 1e9
+    else:  # BLAS is single-threaded under our kernels (kernels/cpu/_threads.py): all cores here
+        from threadpoolctl import threadpool_limits
+
+        from scratchnets.kernels.cpu._threads import usable_cores
+
+        with threadpool_limits(usable_cores(), user_api="blas"):
+            gflops = 2.0 * n**3 / median_time(matmul, repeat) / 1e9
+        time.sleep(0.2)  # BLAS's idle workers poll for ~0.1 s before they sleep
     gbs = 2.0 * 4 * floats / median_time(copy, repeat) / 1e9
     return {"matmul_gflops": gflops, "copy_gbs": gbs, "ridge_flop_per_byte": gflops / gbs}
 
