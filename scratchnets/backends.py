@@ -61,7 +61,7 @@ def _family(family: str, cost: str, *names: str) -> list[Op]:
 OP_TABLE: tuple[Op, ...] = (
     Op("conv2d", "conv", "mult_adds", fused=("conv2d_bias_act_forward", "conv2d_bias_act_checked")),
     Op("pad2d", "pad", "data"),
-    Op("batch_norm2d", "batchnorm", "batch_norm"),
+    Op("batch_norm2d", "batchnorm", "batch_norm", fused=("batch_norm2d_eval_affine",)),
     *_family("activations", "activation",
              "relu", "relu6", "clip", "sigmoid", "hard_sigmoid", "hard_swish", "silu", "softmax"),
     Op("max_pool2d", "pooling", "pooling", indices=True),

@@ -11,6 +11,7 @@ import pytest
 
 import scratchnets as sn
 from scratchnets.kernels.cpu import (
+    batch_norm2d_eval_affine,
     conv2d_bias_act_forward,
     conv2d_forward,
     hard_swish_forward,
@@ -19,6 +20,7 @@ from scratchnets.kernels.cpu import (
 )
 from scratchnets.models.fuse import Snapshot
 from scratchnets.nn import BatchNorm2d, Conv2d
+from scratchnets.reference.batchnorm import eval_scale_shift
 from tests.model_twins import randomize_bn
 
 #: (model, create options, input size): every registered architecture with BatchNorm, small
@@ -160,6 +162,25 @@ def test_conv2d_bias_act_equals_conv_then_activation_bit_for_bit(
     np.testing.assert_array_equal(y, expected)
     with pytest.raises(ValueError, match="activation must be one of"):
         conv2d_bias_act_forward(x, w, b, stride, 0, 1, groups, "tanh")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "present", [(True, True, True), (False, False, False), (True, False, True)]
+)
+def test_bn_eval_affine_equals_the_reference_scale_shift(dtype, present):
+    """The compiled BN scale / shift of the eval fast path: the reference's float64 values, cast,
+    bit for bit, with and without BN weight, BN bias and conv bias."""
+    rng = np.random.default_rng(8)
+    weight, bias, conv_bias = (rng.standard_normal(37).astype(dtype) if there else None
+                               for there in present)  # fmt: skip
+    mean = rng.standard_normal(37).astype(dtype)
+    var = rng.uniform(0, 3, 37).astype(dtype)
+    scale, shift = batch_norm2d_eval_affine(weight, bias, mean, var, 1e-3, conv_bias, dtype)
+    ref_scale, ref_shift = eval_scale_shift(weight, bias, mean, var, 1e-3, conv_bias)
+    assert scale.dtype == shift.dtype == dtype
+    np.testing.assert_array_equal(scale, ref_scale.astype(dtype))
+    np.testing.assert_array_equal(shift, np.broadcast_to(ref_shift, (37,)).astype(dtype))
 
 
 def test_snapshot_sees_every_kind_of_change():

@@ -240,8 +240,15 @@ class Conv2d(_AcceptsUnbatched, Module):
     def _bn_scale_shift(self, b, dtype) -> tuple[np.ndarray, np.ndarray]:
         """The attached BN as ``y * scale + shift`` after the conv (its bias ``b`` included):
         scale = gamma / sqrt(running_var + eps), shift = (b - running_mean) * scale + beta, in
-        float64, returned in the input's dtype."""
-        scale, shift = self._modules["folded_bn"].eval_scale_shift(b)
+        float64, returned in the input's dtype (in one compiled call where the backend has it)."""
+        bn = self._modules["folded_bn"]
+        ops = get_backend(self.backend)
+        if hasattr(ops, "batch_norm2d_eval_affine"):
+            weight, bias = (None if p is None else p.data for p in (bn.weight, bn.bias))
+            return ops.batch_norm2d_eval_affine(
+                weight, bias, bn.running_mean, bn.running_var, bn.eps, b, dtype
+            )
+        scale, shift = bn.eval_scale_shift(b)
         return scale.astype(dtype), np.broadcast_to(shift, scale.shape).astype(dtype)
 
     def _forward_fused(self, x, b, args: dict):

@@ -42,6 +42,7 @@ from .elementwise import (
     slice_forward,
 )
 from .fused import (
+    batch_norm2d_eval_affine,
     conv2d_bias_act_checked,
     conv2d_bias_act_forward,
 )
