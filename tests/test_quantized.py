@@ -231,7 +231,7 @@ def conv_cases(draw):
 
 @given(conv_cases())
 def test_cpu_quantized_conv2d_equals_the_reference(case):
-    """Every byte, for dense, grouped and depthwise (the Numba int32 kernel) convolutions."""
+    """Every byte, for dense, grouped and depthwise convolutions (exact float convs of the centred codes)."""
     ours = cpu_quantized.quantized_conv2d(**case)
     expected = qops.quantized_conv2d(**case)
     assert ours.dtype == np.uint8
