@@ -18,6 +18,7 @@ from scratchnets.kernels.cpu import (
     relu6_forward,
     relu_forward,
 )
+from scratchnets.models.blocks import residual_add
 from scratchnets.models.fuse import Snapshot
 from scratchnets.nn import BatchNorm2d, Conv2d
 from scratchnets.reference.batchnorm import eval_scale_shift
@@ -181,6 +182,21 @@ def test_bn_eval_affine_equals_the_reference_scale_shift(dtype, present):
     assert scale.dtype == shift.dtype == dtype
     np.testing.assert_array_equal(scale, ref_scale.astype(dtype))
     np.testing.assert_array_equal(shift, np.broadcast_to(ref_shift, (37,)).astype(dtype))
+
+
+def test_residual_add_works_in_place_only_on_a_branchs_own_buffer():
+    """In the inference copy a residual add reuses the branch's output, never the block's input
+    (an all-Identity branch hands back x itself), and outside the copy it allocates."""
+    block = sn.nn.Identity()
+    x = np.arange(6.0).reshape(1, 6, 1, 1)
+    branch_output = 2 * x
+    assert residual_add(block, branch_output, x, x) is not branch_output  # not forward_only
+    block.forward_only = True
+    y = residual_add(block, branch_output, x, x)
+    assert y is branch_output and np.array_equal(y, 3 * x)
+    z = residual_add(block, x, x, x)  # the branch returned x: a new array, x untouched
+    assert z is not x and np.array_equal(x, np.arange(6.0).reshape(1, 6, 1, 1))
+    np.testing.assert_array_equal(z, 2 * x)
 
 
 def test_snapshot_sees_every_kind_of_change():

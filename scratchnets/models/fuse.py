@@ -275,6 +275,8 @@ def inference_copy(model: Module, arrays: list) -> Module:
         conv.folded_bn = bn.eval()
     fuse_activations(copy_)
     copy_.fast_eval = False
+    for module in copy_.modules():
+        module.__dict__["forward_only"] = True
     return copy_.eval()
 
 

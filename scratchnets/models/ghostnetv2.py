@@ -103,6 +103,10 @@ class GhostModuleV2(GhostModule):
             return super().forward(x)
         out, ghost_cache = self._ghost_forward(x)  # (N, n, H', W')
         g, dfc_cache = self._dfc_forward(x, out.shape[2:])  # (N, n, H', W')
+        if self.forward_only and ghost_cache is None:  # out is the module's own buffer
+            y = np.multiply(out, g, out=out)
+            self._save(None, y.shape)
+            return y
         y, mul_cache = F.mul_forward(out, g, backend=self.backend)
         self._save((ghost_cache, dfc_cache, mul_cache), y.shape)
         return y

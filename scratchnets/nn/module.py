@@ -127,6 +127,11 @@ class Module:
     #: submodule: lets a caller cache the layout of a module tree (models/fuse.py does)
     layout_version = 0
 
+    #: True on the modules of the eval fast path's inference copy (``models.fuse.inference_copy``):
+    #: no backward follows their forwards, so a block may skip its caches and write into the
+    #: buffers its own children just made (``forward_only_add``)
+    forward_only = False
+
     def __init__(self):
         # the three registries go straight into __dict__: __setattr__ below reads them
         object.__setattr__(self, "_parameters", {})
