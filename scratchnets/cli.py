@@ -21,7 +21,7 @@ COMMAND_MODULES = (
     "scratchnets.profile.cli",  # summary, verify
     "scratchnets.train.cli",  # train, evaluate, predict
     "scratchnets.data.cli",  # data download
-    "scratchnets.benchmarks.cli",  # bench ops | train-step | convs | models
+    "scratchnets.benchmarks.cli",  # bench ops | train-step | convs | models | quantized | targets
     "scratchnets.gradcheck_cli",  # gradcheck
     "scratchnets.explain.cli",  # explain
     "scratchnets.export_cli",  # export keras

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from scratchnets.benchmarks import convs, models, ops, quantized, timing
+from scratchnets.benchmarks import convs, models, ops, quantized, targets, timing
 from scratchnets.cli import main
 from tests.test_tflite_reader import WEIGHTS, needs_files
 
@@ -32,6 +32,7 @@ def small_peaks(monkeypatch):
     small = functools.partial(timing.machine_peaks, n=128, copy_mib=4, repeat=1)
     monkeypatch.setattr(convs, "machine_peaks", small)
     monkeypatch.setattr(models, "machine_peaks", small)
+    monkeypatch.setattr(targets, "machine_peaks", small)
 
 
 def run_json(capsys, argv: list[str]) -> tuple[dict, str]:
@@ -172,6 +173,41 @@ def test_bench_quantized_validates_and_times_every_side(capsys):
     assert row["cpu_vs_tflite_ref"] == pytest.approx(row["ours_cpu_ms"] / row["tflite_ref_ms"])
     assert 0 <= row["xnnpack_max_steps"] <= 16  # XNNPACK rounds differently, by a few steps
     assert "TFLite ref" in err
+
+
+def test_bench_targets_measures_every_kind_of_target(capsys, tmp_path):
+    argv = ("bench targets --models mobilenet_v3_small --resolution 32 --batch 1 "
+            "--train-resolution 32 --train-batch 2 --repeat 1 --no-onnx --no-quantized").split()  # fmt: skip
+    result, err = run_json(capsys, argv)
+    kinds = [row["target"].split()[0] for row in result["rows"]]
+    assert kinds == [
+        "eval",
+        "pointwise",
+        "train",
+        "train",
+    ]  # V3-Small eval + GEMMs; V2, V3-Small train
+    for row in result["rows"]:
+        goal = float(row["goal"].split()[1])
+        assert row["met"] == (
+            row["measured"] >= goal if ">=" in row["goal"] else row["measured"] <= goal
+        )
+    assert "targets met" in err
+    saved = tmp_path / "targets.json"
+    saved.write_text(json.dumps(result))
+    assert main(["bench", "targets", "--from", str(saved)]) == 0
+    assert capsys.readouterr().out.strip() == targets.markdown(result)
+
+
+def test_the_readme_target_table_is_the_saved_runs():
+    """README's targets table is ``bench targets --from bench/targets_cpu.json``, character for
+    character (between its marker comments), so no number in it can drift from the JSON."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    start, end = "<!-- bench targets: bench/targets_cpu.json -->\n", "\n<!-- /bench targets -->"
+    assert start in readme and end in readme
+    table = readme.split(start, 1)[1].split(end, 1)[0]
+    saved = json.loads((root / "bench" / "targets_cpu.json").read_text())
+    assert table.strip() == targets.markdown(saved)
 
 
 def test_bench_quantized_names_a_missing_file(capsys, tmp_path):

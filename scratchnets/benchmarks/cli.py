@@ -17,6 +17,7 @@ BENCHMARKS = (
     ("convs", "scratchnets.benchmarks.convs"),
     ("models", "scratchnets.benchmarks.models"),
     ("quantized", "scratchnets.benchmarks.quantized"),
+    ("targets", "scratchnets.benchmarks.targets"),
 )
 
 
