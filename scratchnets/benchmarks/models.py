@@ -41,11 +41,11 @@ from .timing import (
     add_json_option,
     format_table,
     import_torchvision,
+    interleaved_median_times,
     json_to_stdout,
     machine_info,
     machine_peaks,
     max_rel_error,
-    median_time,
     print_header,
     setup_torch,
     write_json,
@@ -202,18 +202,19 @@ def bench_model(name: str, args, torch, bar) -> dict:
         error = max_rel_error(ours.infer(), onnx_side.infer())
         if not error <= VALIDATION_TOLERANCE:
             raise AssertionError(f"{name}: ONNX Runtime's logits differ from ours by {error:.2e}")
-        bar.set_postfix_str(f"{name} infer onnx")
-        row["onnx_infer_ms"] = 1e3 * median_time(onnx_side.infer, args.repeat, 1)
-        row["onnx_infer_img_s"] = args.batch / (row["onnx_infer_ms"] / 1e3)
     # (phase, method of a side, FLOPs per image, warm-up runs: validation warmed up inference)
     phases = (("infer", "infer", 2 * macs, 0), ("train", "train_step", 6 * macs, 1))
     for phase, method, flops_per_image, warmup in phases[: 1 if args.inference_only else 2]:
-        for who, side in sides.items():
-            bar.set_postfix_str(f"{name} {phase} {who}")
-            seconds = median_time(getattr(side, method), args.repeat, warmup)
-            row[f"{who}_{phase}_ms"] = 1e3 * seconds
-            row[f"{who}_{phase}_img_s"] = args.batch / seconds
-            row[f"{who}_{phase}_gflops"] = flops_per_image * args.batch / seconds / 1e9
+        bar.set_postfix_str(f"{name} {phase}")
+        timed = {who: getattr(side, method) for who, side in sides.items()}
+        if phase == "infer" and args.compare_onnx:
+            timed["onnx"] = onnx_side.infer
+        seconds = interleaved_median_times(timed, args.repeat, warmup)
+        for who in timed:
+            row[f"{who}_{phase}_ms"] = 1e3 * seconds[who]
+            row[f"{who}_{phase}_img_s"] = args.batch / seconds[who]
+            if who != "onnx":
+                row[f"{who}_{phase}_gflops"] = flops_per_image * args.batch / seconds[who] / 1e9
         if args.compare_torch:
             row[f"{phase}_ratio"] = row[f"ours_{phase}_ms"] / row[f"torch_{phase}_ms"]
         if f"onnx_{phase}_ms" in row:

@@ -31,6 +31,28 @@ def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> f
     return statistics.median(times)
 
 
+def interleaved_median_times(
+    fns: dict[str, Callable[[], object]], repeat: int = 5, warmup: int = 1, settle: float = 0.02
+) -> dict[str, float]:
+    """``median_time`` of each of ``fns`` (by name), the calls interleaved: ``warmup`` calls of
+    each, then ``repeat`` rounds that time every function once. On a shared machine a slow
+    spell then slows every side of a round alike instead of all the runs of one side, so the
+    ratios of one run hold (a side timed in a block of its own read up to 2x off). Between two
+    calls the process sleeps ``settle`` seconds, untimed: the side just run may leave worker
+    threads spinning (OpenMP, ONNX Runtime's pool) that would steal a core from the next."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeat)):
+        for name, fn in fns.items():
+            time.sleep(settle)
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def setup_torch(threads: int | None = None):
     """Import torch with one intra-op thread per core (``torch.set_num_threads(os.cpu_count())``)
     and, for its GPU side, TF32 off and cuDNN on: float32 is compared with float32."""
