@@ -184,6 +184,30 @@ def test_bn_eval_affine_equals_the_reference_scale_shift(dtype, present):
     np.testing.assert_array_equal(shift, np.broadcast_to(ref_shift, (37,)).astype(dtype))
 
 
+def test_an_inference_convs_shortcut_still_checks_what_changed():
+    """After one checked call an inference conv skips its input checks for inputs of the same
+    shape and dtypes; anything else (another dtype or shape, training mode, the fused activation
+    taken away) goes through the full path and its errors."""
+    conv = Conv2d(4, 6, 3, padding=1, rng=np.random.default_rng(0))
+    conv.fused_activation = "relu6"
+    conv.eval()
+    x = np.random.default_rng(1).standard_normal((2, 4, 5, 5)).astype(np.float32)
+    first = conv(x)
+    np.testing.assert_array_equal(conv(x), first)  # the shortcut, same result
+    with pytest.raises(TypeError, match="float32 arrays but got a float64 input"):
+        conv(x.astype(np.float64))
+    with pytest.raises(ValueError, match="expects an input of shape"):
+        conv(np.zeros((2, 3, 5, 5), np.float32))
+    assert conv(x[:1]).shape == (1, 6, 5, 5)  # another shape: checked, new geometry
+    conv.fused_activation = None  # an ordinary conv again: its eval forward keeps a cache
+    conv(x)
+    assert conv.backward(np.ones((2, 6, 5, 5), np.float32)).shape == x.shape
+    conv.fused_activation = "relu6"
+    conv.train()
+    with pytest.raises(RuntimeError, match="inference"):
+        conv(x)
+
+
 def test_residual_add_works_in_place_only_on_a_branchs_own_buffer():
     """In the inference copy a residual add reuses the branch's output, never the block's input
     (an all-Identity branch hands back x itself), and outside the copy it allocates."""

@@ -221,6 +221,10 @@ class Conv2d(_AcceptsUnbatched, Module):
         return self.fused_activation is not None or "folded_bn" in self._modules
 
     def forward(self, x):
+        cached = self.__dict__.get("_fused_geometry")  # the inference path's last checked input
+        if (cached is not None and type(x) is np.ndarray and cached[0] == self._fused_key(x)
+                and (self.forward_only or self._inference_only())):  # fmt: skip
+            return self._fused_call(x, cached[1])  # same shape, dtypes, padding: checked before
         self._check_input(x, ("N", self.in_channels, "H", "W"), match_dtype=True, unbatched=True)
         x = self._add_batch(x, forward=True)
         b = None if self.bias is None else self.bias.data
@@ -231,11 +235,28 @@ class Conv2d(_AcceptsUnbatched, Module):
             padding = 0
         args = dict(stride=self.stride, padding=padding, dilation=self.dilation,
                     groups=self.groups)  # fmt: skip
-        if self._inference_only():
+        if self._inference_only() or self.forward_only:  # no backward follows: no cache
             return self._drop_batch(self._forward_fused(x, b, args))
         y, cache = F.conv2d_forward(x, self.weight.data, b, **args, backend=self.backend)
         self._save((cache, pad_cache), y.shape)
         return self._drop_batch(y)
+
+    def _fused_key(self, x) -> tuple:
+        """What an input's checks and conv geometry depend on (the inference path caches them):
+        its shape and dtype, the layer's dtype, weight dtype, backend, padding and mode."""
+        return (x.shape, x.dtype, self.dtype, self.weight.data.dtype, self.backend,
+                self._op_padding, self.training)  # fmt: skip
+
+    def _fused_call(self, x, geometry):
+        """The inference forward of a batched host input whose key matches ``geometry``'s."""
+        b = None if self.bias is None else self.bias.data
+        scale = None
+        if "folded_bn" in self._modules:
+            scale, b = self._bn_scale_shift(b, x.dtype)
+        self.__dict__["_without_batch"] = False
+        return get_backend(self.backend).conv2d_bias_act_checked(
+            x, self.weight.data, b, geometry, self.fused_activation, scale
+        )
 
     def _bn_scale_shift(self, b, dtype) -> tuple[np.ndarray, np.ndarray]:
         """The attached BN as ``y * scale + shift`` after the conv (its bias ``b`` included):
@@ -265,11 +286,14 @@ class Conv2d(_AcceptsUnbatched, Module):
         ops = get_backend(self.backend)
         if hasattr(ops, "conv2d_bias_act_checked"):
             # the arguments' checks and geometry, once per input shape and dtype
-            key = (x.shape, x.dtype, args["padding"])
+            unpadded = self.padding_mode == "zeros"  # else x was padded here: not forward's x
+            key = self._fused_key(x) if unpadded else None
             cached = self.__dict__.get("_fused_geometry")
-            if cached is None or cached[0] != key:
+            if key is None or cached is None or cached[0] != key:
                 x, _, _, g = prepare_conv(x, self.weight.data, b, **args)
-                self.__dict__["_fused_geometry"] = cached = (key, g)
+                cached = (key, g)
+                if key is not None and x.ndim == 4:  # forward's shortcut: a batched input
+                    self.__dict__["_fused_geometry"] = cached
             return ops.conv2d_bias_act_checked(
                 x, self.weight.data, b, cached[1], self.fused_activation, scale
             )

@@ -29,10 +29,9 @@ from __future__ import annotations
 import ctypes
 import functools
 
+import numba
 import numpy as np
 from numba import njit, prange
-
-from ._threads import usable_cores
 
 #: the activations an epilogue applies, by code
 ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hard_swish": 3}
@@ -165,6 +164,10 @@ def _tiled_gemm_sum(gemm, a, b, transpose_b, out, tiles):
                        0.0 if n == 0 else 1.0)  # fmt: skip
 
 
+#: the epilogue's unused scale / shift arguments, per dtype (read by no one)
+_NOTHING = {t: np.zeros(1, t) for t in (np.float32, np.float64)}
+
+
 def _cuts(length: int, pieces: int, align: int) -> list[int]:
     """``pieces`` + 1 boundaries of ``range(length)``, as even as possible on multiples of
     ``align`` (the last is ``length``)."""
@@ -246,8 +249,8 @@ def tiled_matmul(a, b, out, scale=None, shift=None, activation=None) -> np.ndarr
         raise ValueError(f"tiled_matmul: shapes {a.shape}, {b.shape} -> {out.shape} do not fit")
     if not _rows_ready(out3):
         raise ValueError("tiled_matmul: out's rows must have unit stride and not overlap")
-    dummy = np.zeros(1, dtype)
-    tiles = tile_plan(out3.shape[0], rows, out3.shape[2], inner, usable_cores())
+    dummy = _NOTHING[dtype.type]
+    tiles = tile_plan(out3.shape[0], rows, out3.shape[2], inner, numba.get_num_threads())
     _tiled_gemm(
         blas_gemm(dtype), a, transpose_a, b3, out3, tiles,
         dummy if scale is None else np.ascontiguousarray(scale, dtype), scale is not None,
@@ -277,6 +280,6 @@ def sum_of_matmuls(a, b) -> np.ndarray:
     if a.shape[0] == 0:
         out[...] = 0
         return out
-    tiles = tile_plan(1, rows, columns, inner * len(a), usable_cores())
+    tiles = tile_plan(1, rows, columns, inner * len(a), numba.get_num_threads())
     _tiled_gemm_sum(blas_gemm(dtype), a, b, transpose_b, out, tiles)
     return out
