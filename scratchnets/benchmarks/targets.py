@@ -216,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from .models import MODELS as BENCHMARKED
     from .models import check_onnx_available
+    from .quantized import SIDES
 
     unknown = sorted(set(args.models) - set(BENCHMARKED))
     if unknown:
@@ -227,7 +228,10 @@ def run(args: argparse.Namespace) -> int:
     torch = setup_torch()
     peak = machine_peaks("cpu")
     notes = []
-    total = len(args.models) * (len(args.batch) + 2) + len(args.train_batch) + 1
+    others = [name for name in args.models if name != "mobilenet_v2"]
+    quantized_steps = 0 if args.no_quantized else len(SIDES)  # bench_file's updates
+    total = len(args.models) * (len(args.batch) + 1) + len(args.train_batch) + len(others)
+    total += quantized_steps
     with tqdm(total=total, desc="bench targets", file=sys.stderr) as bar:
         rows = eval_rows(args, torch, bar)
         rows += gemm_rows(args, torch, peak["matmul_gflops"], bar)
