@@ -177,7 +177,7 @@ def markdown(result: dict) -> str:
     """The README's table of a run: target, measured, goal, met, detail."""
     lines = ["| target | measured | goal | met | detail |", "|---|---:|---|:---:|---|"]
     for r in result["rows"]:
-        value = f"{r['measured']:.0%}" if "share of peak" in r["target"] else f"{r['measured']:.2f}"
+        value = f"{r['measured']:.1%}" if "share of peak" in r["target"] else f"{r['measured']:.3f}"
         lines.append(f"| {r['target']} | {value} | {r['goal']} | {'yes' if r['met'] else '**no**'}"
                      f" | {r['detail']} |")  # fmt: skip
     met = sum(r["met"] for r in result["rows"])
