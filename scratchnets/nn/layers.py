@@ -224,7 +224,8 @@ class Conv2d(_AcceptsUnbatched, Module):
         cached = self.__dict__.get("_fused_geometry")  # the inference path's last checked input
         if (cached is not None and type(x) is np.ndarray and cached[0] == self._fused_key(x)
                 and (self.forward_only or self._inference_only())):  # fmt: skip
-            return self._fused_call(x, cached[1])  # same shape, dtypes, padding: checked before
+            self.__dict__["_without_batch"] = False  # same shape, dtypes, padding: checked before
+            return self._fused_call(x, None if self.bias is None else self.bias.data, cached[1])
         self._check_input(x, ("N", self.in_channels, "H", "W"), match_dtype=True, unbatched=True)
         x = self._add_batch(x, forward=True)
         b = None if self.bias is None else self.bias.data
@@ -243,25 +244,25 @@ class Conv2d(_AcceptsUnbatched, Module):
 
     def _fused_key(self, x) -> tuple:
         """What an input's checks and conv geometry depend on (the inference path caches them):
-        its shape and dtype, the layer's dtype, weight dtype, backend, padding and mode."""
+        its shape and dtype, the layer's and weight's dtypes, backend, padding and mode."""
         return (x.shape, x.dtype, self.dtype, self.weight.data.dtype, self.backend,
                 self._op_padding, self.training)  # fmt: skip
 
-    def _fused_call(self, x, geometry):
-        """The inference forward of a batched host input whose key matches ``geometry``'s."""
-        b = None if self.bias is None else self.bias.data
-        scale = None
-        if "folded_bn" in self._modules:
-            scale, b = self._bn_scale_shift(b, x.dtype)
-        self.__dict__["_without_batch"] = False
+    def _fused_call(self, x, b, geometry):
+        """act(BN(conv(x) + b)) by the backend's fused kernel, for a checked input ``x`` with its
+        ``geometry``."""
+        scale, b = self._bn_scale_shift(b, x.dtype)
         return get_backend(self.backend).conv2d_bias_act_checked(
             x, self.weight.data, b, geometry, self.fused_activation, scale
         )
 
-    def _bn_scale_shift(self, b, dtype) -> tuple[np.ndarray, np.ndarray]:
+    def _bn_scale_shift(self, b, dtype) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The attached BN as ``y * scale + shift`` after the conv (its bias ``b`` included):
         scale = gamma / sqrt(running_var + eps), shift = (b - running_mean) * scale + beta, in
-        float64, returned in the input's dtype (in one compiled call where the backend has it)."""
+        float64, returned in the input's dtype (in one compiled call where the backend has it);
+        ``(None, b)`` without an attached BN."""
+        if "folded_bn" not in self._modules:
+            return None, b
         bn = self._modules["folded_bn"]
         ops = get_backend(self.backend)
         if hasattr(ops, "batch_norm2d_eval_affine"):
@@ -280,9 +281,6 @@ class Conv2d(_AcceptsUnbatched, Module):
                 f"{self._get_name()} with a fused BN / activation is for inference (eval mode) "
                 "only: train the unfused model"
             )
-        scale = None
-        if "folded_bn" in self._modules:
-            scale, b = self._bn_scale_shift(b, x.dtype)
         ops = get_backend(self.backend)
         if hasattr(ops, "conv2d_bias_act_checked"):
             # the arguments' checks and geometry, once per input shape and dtype
@@ -294,9 +292,8 @@ class Conv2d(_AcceptsUnbatched, Module):
                 cached = (key, g)
                 if key is not None and x.ndim == 4:  # forward's shortcut: a batched input
                     self.__dict__["_fused_geometry"] = cached
-            return ops.conv2d_bias_act_checked(
-                x, self.weight.data, b, cached[1], self.fused_activation, scale
-            )
+            return self._fused_call(x, b, cached[1])
+        scale, b = self._bn_scale_shift(b, x.dtype)
         y, _ = ops.conv2d_forward(x, self.weight.data, None if scale is not None else b, **args)
         if scale is not None:
             y = y * scale[None, :, None, None] + b[None, :, None, None]

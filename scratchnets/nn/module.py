@@ -129,7 +129,7 @@ class Module:
 
     #: True on the modules of the eval fast path's inference copy (``models.fuse.inference_copy``):
     #: no backward follows their forwards, so a block may skip its caches and write into the
-    #: buffers its own children just made (``forward_only_add``)
+    #: buffers its own children just made (``models.blocks.residual_add``)
     forward_only = False
 
     def __init__(self):

@@ -60,20 +60,19 @@ __all__ = [
 @njit(inline="always")
 def saturating_rounding_doubling_high_mul(a, b):
     """``reference.fixed_point.saturating_rounding_doubling_high_mul`` on int64 scalars holding
-    int32 values. Written without branches (selects, and the truncating division by 2^31 as a
-    shift after adding 2^31 - 1 to a negative value) so that loops over it vectorise."""
-    product = a * b
-    nudged = product + (np.int64(1 << 30) if product >= 0 else np.int64(1 - (1 << 30)))
-    truncated = (nudged + ((nudged >> 63) & np.int64((1 << 31) - 1))) >> 31  # toward zero
-    return np.int64(INT32_MAX) if (a == INT32_MIN) & (b == INT32_MIN) else truncated
+    int32 values."""
+    if a == INT32_MIN and b == INT32_MIN:
+        return INT32_MAX
+    nudged = a * b + ((1 << 30) if a * b >= 0 else 1 - (1 << 30))
+    return nudged >> 31 if nudged >= 0 else -((-nudged) >> 31)
 
 
 @njit(inline="always")
 def rounding_divide_by_pot(x, exponent):
-    """``reference.fixed_point.rounding_divide_by_pot`` on an int64 scalar (branch-free)."""
+    """``reference.fixed_point.rounding_divide_by_pot`` on an int64 scalar."""
     mask = (np.int64(1) << exponent) - 1
-    threshold = (mask >> 1) + np.int64(x < 0)
-    return (x >> exponent) + np.int64((x & mask) > threshold)
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> exponent) + (1 if (x & mask) > threshold else 0)
 
 
 @njit(inline="always")
@@ -88,18 +87,16 @@ def multiply_by_quantized_multiplier(acc, m0, left_shift, right_shift):
 @njit(parallel=True, cache=True)
 def _requantize(acc, bias, m0, left_shift, right_shift, zero_point, low, high, out):
     """out[n, c] = clamp(Z + M (acc[n, c] + bias[c])) for float accumulators holding integers:
-    (N, C, P) -> uint8 (N, C, P), one (n, c) plane per iteration, each a loop over a row view
-    indexed from 0 (no negative-index wrap: it vectorises)."""
-    n_batch, channels, _ = acc.shape
+    (N, C, P) -> uint8 (N, C, P), one (n, c) plane per iteration."""
+    n_batch, channels, size = acc.shape
     for plane in prange(n_batch * channels):
         n, c = plane // channels, plane % channels
-        sums, codes, b = acc[n, c], out[n, c], bias[c]
-        for i in range(sums.size):
-            total = np.int64(sums[i]) + b
+        for i in range(size):
+            total = np.int64(acc[n, c, i]) + bias[c]
             value = (
                 multiply_by_quantized_multiplier(total, m0, left_shift, right_shift) + zero_point
             )
-            codes[i] = min(max(value, low), high)
+            out[n, c, i] = min(max(value, low), high)
 
 
 def _uint8(q, name: str) -> np.ndarray:
