@@ -126,7 +126,20 @@ def test_a_tile_plan_covers_every_output_once(batch, rows, columns, inner, cores
     assert len(plan) >= min(cores, batch * most_per_image)  # every core busy, if cuts allow
     per_image = len(plan) // batch  # tiles of about equal size (cuts on cache-line multiples)
     elements = rows * columns / per_image
-    small_enough = elements <= gemm.TILE_ELEMENTS or elements * inner < 2 * gemm.MIN_TILE_MACS
+    small_enough = (
+        elements <= gemm.most_tile_elements(inner) or elements * inner < 2 * gemm.MIN_TILE_MACS
+    )
     assert small_enough or per_image == most_per_image
     widths = [c1 - c0 for _, r0, _, c0, c1 in plan if r0 == 0]
     assert max(widths) - min(widths) <= 2 * gemm.COLUMN_ALIGN
+
+
+def test_a_long_inner_dimension_gets_larger_tiles():
+    """Tiles over a long inner dimension are cut less finely (BLAS repacks a tile's panels of
+    (rows + columns) x inner values on every call): MobileNetV1's 512 -> 512 layer at 8x8 pixels,
+    batch 8, as forward / dx (inner 512) against the same output with inner 64."""
+    short, long = gemm.tile_plan(8, 512, 64, 64, 2), gemm.tile_plan(8, 512, 64, 512, 2)
+    assert len(long) * 4 == len(short)
+    for plan, inner in ((short, 64), (long, 512)):
+        biggest = max((r1 - r0) * (c1 - c0) for _, r0, r1, c0, c1 in plan)
+        assert biggest <= gemm.most_tile_elements(inner)

@@ -43,6 +43,13 @@ ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hard_swish": 3}
 #: 3.20 / 24.9, 2 Ki 3.12 / 24.7, 1 Ki 2.99 / 24.0 (+-5 %): small tiles win (the output block
 #: and the input panel stay in L1 / L2, and the cores finish together).
 TILE_ELEMENTS = 2048
+#: ... times ``inner / TILE_INNER`` where the inner dimension is longer: BLAS packs a tile's row
+#: and column panels ((rows + columns) x inner values) on every call, and thin tiles over a long
+#: inner dimension spent more on that than on the product. Sums over the pointwise GEMMs,
+#: fastest of 3 (/tmp-style sweep recorded in bench/NOTES.md): MobileNetV1's training GEMMs at
+#: b8 128 px 77.5 -> 60.2 ms, its eval GEMMs at 224 px b8 63.4 -> 56.2 ms; MobileNetV1 / V2 at
+#: b1 and V2 at b8 and b32 training unchanged within noise.
+TILE_INNER = 128
 #: a BLAS call costs ~1 us: a tile keeps at least this many multiply-adds (~0.5 us of work)
 MIN_TILE_MACS = 32 * 1024
 #: tiles are not cut narrower or shorter than this (BLAS loses efficiency below)
@@ -183,19 +190,25 @@ def _cuts(length: int, pieces: int, align: int) -> list[int]:
     return [*bounds, length]
 
 
+def most_tile_elements(inner: int) -> float:
+    """How many output elements a tile is cut down to, for ``inner`` terms per element."""
+    return TILE_ELEMENTS * max(1.0, inner / TILE_INNER)
+
+
 @functools.lru_cache(maxsize=4096)
 def tile_plan(batch: int, rows: int, columns: int, inner: int, cores: int) -> np.ndarray:
     """The tiles (n, r0, r1, c0, c1) of a (batch, rows, columns) output with ``inner`` terms per
     element: every image cut into the same grid, columns first (the weights' packed rows are then
     reused), until there are at least ``cores`` tiles (a multiple of ``cores`` while there are
-    few) and each holds at most ``TILE_ELEMENTS``, as long as a tile keeps ``MIN_TILE_MACS`` of
+    few) and each holds at most ``most_tile_elements(inner)``, as long as a tile keeps ``MIN_TILE_MACS`` of
     work and ``MIN_TILE_COLUMNS`` x ``MIN_TILE_ROWS`` elements."""
     row_pieces = column_pieces = 1
+    most = most_tile_elements(inner)
 
     def wanted() -> bool:
         count, pieces = batch * row_pieces * column_pieces, row_pieces * column_pieces
         elements = rows * columns / pieces
-        too_big = elements > TILE_ELEMENTS and elements * inner >= 2 * MIN_TILE_MACS
+        too_big = elements > most and elements * inner >= 2 * MIN_TILE_MACS
         return count < cores or too_big or (count < 4 * cores and count % cores != 0)
 
     while wanted():
