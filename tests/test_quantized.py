@@ -238,6 +238,17 @@ def test_cpu_quantized_conv2d_equals_the_reference(case):
     np.testing.assert_array_equal(ours, expected)
 
 
+@given(st.integers(0, 2**32 - 1), CODES, st.integers(0, 3 * cpu_quantized.CENTRE_CHUNK + 5),
+       st.sampled_from([np.float32, np.float64]))  # fmt: skip
+def test_centring_is_the_exact_difference_of_codes(seed, zero_point, size, dtype):
+    """``_centre``'s parallel chunks (sizes across their boundaries) write every element once:
+    x - Zx, as NumPy computes it in integers, in the GEMM's dtype."""
+    x = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+    out = np.full(size, np.nan, dtype)
+    cpu_quantized._centre(x, np.int32(zero_point), out)
+    np.testing.assert_array_equal(out, (x.astype(np.int64) - zero_point).astype(dtype))
+
+
 @given(st.integers(0, 2**32 - 1), CODES, CODES, st.integers(1, 4), st.integers(1, 40))
 def test_the_accumulator_bound_holds_and_is_reached(seed, x_zero, w_zero, out_channels, taps):
     """``accumulator_bound`` is sound: the inputs that maximise each channel's sum (every code at

@@ -18,7 +18,8 @@ temporary), a third in the float64 convolutions. Here:
   MobileNets: at most half the limit; a 3x3 depthwise conv always, 9 * 255 * 255 < 2^24), else
   in float64 (2^53, any model). Padding is the real 0, ``q = Zx``: a centred 0, as the float
   conv pads. The centred weights are prepared once per layer (``centred_weights``, cached by the
-  model). The accumulators then go through ``_requantize``. Measured (MobileNetV2 224 px batch
+  model), the centred input by one parallel pass per call (``_centre``). The accumulators then
+  go through ``_requantize``. Measured (MobileNetV2 224 px batch
   1, 2-core EPYC): the first version's float64 GEMMs and int64 depthwise loop (one output pixel
   at a time, a bounds test per tap, not vectorised) took 10 and 23 ms of a 42 ms forward.
 * the addition is one fused Numba pass; average pool and softmax (one small tensor each, at the
@@ -30,7 +31,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from scratchnets.reference.conv import ConvGeometry, conv_geometry
 from scratchnets.reference.fixed_point import INT32_MAX, INT32_MIN, quantize_multiplier
@@ -103,6 +104,7 @@ def _uint8(q, name: str) -> np.ndarray:
     return np.ascontiguousarray(uint8_array(q, name))
 
 
+@functools.lru_cache(maxsize=4096)
 def _shifts(real_multiplier: float) -> tuple[int, int, int]:
     m0, shift = quantize_multiplier(real_multiplier)
     return m0, max(shift, 0), max(-shift, 0)
@@ -126,6 +128,24 @@ def centred_weights(w, w_q: QuantParams, x_q: QuantParams) -> np.ndarray:
     w = _uint8(w, "w")
     exact32 = accumulator_bound(w, w_q, x_q) < FLOAT32_EXACT_LIMIT
     return np.subtract(w, w_q.zero_point, dtype=np.float32 if exact32 else np.float64)
+
+
+#: elements per parallel task of ``_centre``
+CENTRE_CHUNK = 1 << 14
+
+
+@njit(parallel=True, cache=True)
+def _centre(x, zero_point, out):
+    """out = x - zero_point for uint8 codes x, in out's float dtype (exact), on every core: one
+    vectorised pass (uint64 indices, no wrap-around test), where NumPy's mixed-type subtract
+    runs on one core (a 96 x 112 x 112 input: 286 -> 72 us)."""
+    flat, centred = x.reshape(-1), out.reshape(-1)
+    size = flat.size
+    for chunk in prange((size + CENTRE_CHUNK - 1) // CENTRE_CHUNK):
+        start = chunk * CENTRE_CHUNK
+        for i in range(min(CENTRE_CHUNK, size - start)):
+            k = uint64(start + i)
+            centred[k] = np.int32(flat[k]) - zero_point
 
 
 def _hashable(argument):
@@ -155,7 +175,8 @@ def quantized_conv2d(
         centred_w = centred_weights(w, w_q, x_q)
     elif centred_w.shape != w.shape:
         raise ValueError(f"quantized_conv2d: centred_w {centred_w.shape} is not w's {w.shape}")
-    centred_x = np.subtract(x, x_q.zero_point, dtype=centred_w.dtype)  # exact: module docstring
+    centred_x = np.empty(x.shape, centred_w.dtype)  # exact: module docstring
+    _centre(x, np.int32(x_q.zero_point), centred_x)
     geometry = _geometry(x.shape, w.shape, _hashable(stride), _hashable(padding), groups)
     acc = conv2d_bias_act_checked(centred_x, centred_w, None, geometry, None)
     n, c, h, width = acc.shape
