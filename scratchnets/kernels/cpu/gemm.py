@@ -147,18 +147,19 @@ def _gemm_tile(gemm, a, transpose_a, b, transpose_b, out, r0, r1, c0, c1, beta):
 
 @njit(parallel=True, cache=True)
 def _tiled_gemm(
-    gemm, a, transpose_a, b, out, tiles,
+    gemm, a, transpose_a, b, transpose_b, out, tiles,
     scale, use_scale, shift, use_shift, activation, zero, three, six,
 ):  # fmt: skip
-    """out[n] = act(op(a) @ b[n] * scale[:, None] + shift[:, None]) for b (N, K, P), out (N, M,
-    P), one tile (n, r0, r1, c0, c1) per step; the multiply only with ``use_scale``, the add
-    only with ``use_shift``, ``activation`` an ``ACTIVATION_CODES`` value (``zero``, ``three``,
-    ``six`` in out's dtype). The multiply and the add round separately, as the ops in sequence."""
+    """out[n] = act(op(a) @ op(b[n]) * scale[:, None] + shift[:, None]) for b (N, K, P) (or
+    (N, P, K) with ``transpose_b``), out (N, M, P), one tile (n, r0, r1, c0, c1) per step; the
+    multiply only with ``use_scale``, the add only with ``use_shift``, ``activation`` an
+    ``ACTIVATION_CODES`` value (``zero``, ``three``, ``six`` in out's dtype). The multiply and
+    the add round separately, as the ops in sequence."""
     one, nothing = out.dtype.type(1), out.dtype.type(0)
     plain = not use_scale and not use_shift and activation == 0
     for t in prange(tiles.shape[0]):
         n, r0, r1, c0, c1 = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3], tiles[t, 4]
-        _gemm_tile(gemm, a, transpose_a, b[n], False, out[n], r0, r1, c0, c1, 0.0)
+        _gemm_tile(gemm, a, transpose_a, b[n], transpose_b, out[n], r0, r1, c0, c1, 0.0)
         if plain:
             continue
         for r in range(r0, r1):
@@ -257,23 +258,26 @@ def _check_float(*arrays) -> np.dtype:
 
 def tiled_matmul(a, b, out, scale=None, shift=None, activation=None) -> np.ndarray:
     """``out[n] = act(a @ b[n] * scale[:, None] + shift[:, None])`` in place, returned: ``a``
-    (M, K) (a transposed view such as ``w.T`` is read as it lies), ``b`` (N, K, P) or (K, P),
+    (M, K), ``b`` (N, K, P) or (K, P) (transposed views such as ``w.T`` are read as they lie),
     ``out`` (N, M, P) or (M, P) with rows of unit stride, one float dtype; ``scale`` /
     ``shift`` (M,) or None, ``activation`` a key of ``ACTIVATION_CODES``."""
     if activation not in ACTIVATION_CODES:
         raise ValueError(f"activation must be one of {list(ACTIVATION_CODES)}, got {activation!r}")
     dtype = _check_float(a, b, out)
-    (a, transpose_a), b = _stored(a), b if _rows_ready(b) else np.ascontiguousarray(b)
+    (a, transpose_a), (b, transpose_b) = _stored(a), _stored(b)
     b3, out3 = (b, out) if out.ndim == 3 else (b[None], out[None])
     rows, inner = (a.shape[1], a.shape[0]) if transpose_a else a.shape
-    if b3.shape[:2] != (out3.shape[0], inner) or out3.shape[1:] != (rows, b3.shape[2]):
+    b_inner, columns = (b3.shape[2], b3.shape[1]) if transpose_b else b3.shape[1:]
+    if (len(b3), b_inner) != (out3.shape[0], inner) or out3.shape[1:] != (rows, columns):
         raise ValueError(f"tiled_matmul: shapes {a.shape}, {b.shape} -> {out.shape} do not fit")
+    if out.size == 0:
+        return out
     if not _rows_ready(out3):
         raise ValueError("tiled_matmul: out's rows must have unit stride and not overlap")
     dummy = _NOTHING[dtype.type]
     tiles = tile_plan(out3.shape[0], rows, out3.shape[2], inner, numba.get_num_threads())
     _tiled_gemm(
-        blas_gemm(dtype), a, transpose_a, b3, out3, tiles,
+        blas_gemm(dtype), a, transpose_a, b3, transpose_b, out3, tiles,
         dummy if scale is None else np.ascontiguousarray(scale, dtype), scale is not None,
         dummy if shift is None else np.ascontiguousarray(shift, dtype), shift is not None,
         ACTIVATION_CODES[activation], *map(dtype.type, (0, 3, 6)),
