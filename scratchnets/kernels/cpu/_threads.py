@@ -56,6 +56,15 @@ def usable_cores() -> int:
 
 
 @cache
+def planned_threads() -> int:
+    """The threads a kernel's work is cut for (GEMM tiles, depthwise spans): numba's pool size
+    capped at the usable cores, read once. ``numba.get_num_threads()`` costs ~1.6 us a call,
+    paid by every GEMM; a user who lowers the count later still gets every thread busy (the
+    work is cut into at least as many pieces as needed)."""
+    return min(numba.config.NUMBA_NUM_THREADS, usable_cores())
+
+
+@cache
 def _blas_controller():
     """threadpoolctl's handle on the BLAS libraries loaded in this process (NumPy's, SciPy's)."""
     from threadpoolctl import ThreadpoolController

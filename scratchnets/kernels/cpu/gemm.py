@@ -29,9 +29,10 @@ from __future__ import annotations
 import ctypes
 import functools
 
-import numba
 import numpy as np
 from numba import njit, prange
+
+from ._threads import _blas_controller, apply_policy, planned_threads
 
 #: the activations an epilogue applies, by code
 ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hard_swish": 3}
@@ -81,8 +82,6 @@ def _fortran_blas(name: str):
 def blas_gemm(dtype):
     """``sgemm`` for float32, ``dgemm`` for float64. Loading SciPy's BLAS library registers it
     with threadpoolctl, so the thread policy (single-threaded BLAS) is applied to it here."""
-    from ._threads import _blas_controller, apply_policy
-
     gemm = _fortran_blas({np.float32: "sgemm", np.float64: "dgemm"}[np.dtype(dtype).type])
     _blas_controller.cache_clear()  # see the newly loaded library
     apply_policy()
@@ -275,7 +274,7 @@ def tiled_matmul(a, b, out, scale=None, shift=None, activation=None) -> np.ndarr
     if not _rows_ready(out3):
         raise ValueError("tiled_matmul: out's rows must have unit stride and not overlap")
     dummy = _NOTHING[dtype.type]
-    tiles = tile_plan(out3.shape[0], rows, out3.shape[2], inner, numba.get_num_threads())
+    tiles = tile_plan(out3.shape[0], rows, out3.shape[2], inner, planned_threads())
     _tiled_gemm(
         blas_gemm(dtype), a, transpose_a, b3, transpose_b, out3, tiles,
         dummy if scale is None else np.ascontiguousarray(scale, dtype), scale is not None,
@@ -305,6 +304,6 @@ def sum_of_matmuls(a, b) -> np.ndarray:
     if a.shape[0] == 0:
         out[...] = 0
         return out
-    tiles = tile_plan(1, rows, columns, inner * len(a), numba.get_num_threads())
+    tiles = tile_plan(1, rows, columns, inner * len(a), planned_threads())
     _tiled_gemm_sum(blas_gemm(dtype), a, b, transpose_b, out, tiles)
     return out

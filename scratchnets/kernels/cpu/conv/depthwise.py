@@ -10,10 +10,10 @@ padding on small planes, ``depthwise_phases.py`` otherwise.
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads
 
 from scratchnets.reference.conv import ConvGeometry
 
+from .._threads import planned_threads
 from .depthwise_flat import (
     _Flat,
     _flat_applies,
@@ -39,7 +39,7 @@ def _depthwise_forward(x, w, b, g: ConvGeometry):
         return y, xs
     phases = _Phases.of(g)
     units = g.in_channels * -(-g.batch // phases.images)
-    blocks = min(units, 4 * get_num_threads())  # a few spans per thread
+    blocks = min(units, 4 * planned_threads())  # a few spans per thread
     _depthwise_forward_kernel(x, w, bias, b is not None, y, *phases.args(), blocks)
     return y, x
 
