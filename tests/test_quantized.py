@@ -249,6 +249,23 @@ def test_centring_is_the_exact_difference_of_codes(seed, zero_point, size, dtype
     np.testing.assert_array_equal(out, (x.astype(np.int64) - zero_point).astype(dtype))
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_pointwise_conv_requantized_in_its_gemm_tiles_equals_the_reference(stride):
+    """A 1x1 conv large enough to be cut into many GEMM tiles, each requantized from its own
+    buffer (``_requantized_gemm``): every byte as the reference's, with ReLU6's clamp."""
+    rng = np.random.default_rng(stride)
+    x = rng.integers(0, 256, (2, 64, 30, 34), dtype=np.uint8)
+    w = rng.integers(0, 256, (96, 64, 1, 1), dtype=np.uint8)
+    bias = rng.integers(-5000, 5000, 96)
+    case = dict(x=x, x_q=QuantParams(0.02, 118), w=w, w_q=QuantParams(0.004, 131), bias=bias,
+                y_q=QuantParams(0.05, 7), stride=stride, activation="RELU6")  # fmt: skip
+    pixels = len(range(0, 30, stride)) * len(range(0, 34, stride))
+    assert len(cpu_quantized.tile_plan(2, 96, pixels, 64, 2)) > 4
+    expected = qops.quantized_conv2d(**case)
+    assert len(np.unique(expected)) > 50  # codes across the range, both clamps reached
+    np.testing.assert_array_equal(cpu_quantized.quantized_conv2d(**case), expected)
+
+
 @given(st.integers(0, 2**32 - 1), CODES, CODES, st.integers(1, 4), st.integers(1, 40))
 def test_the_accumulator_bound_holds_and_is_reached(seed, x_zero, w_zero, out_channels, taps):
     """``accumulator_bound`` is sound: the inputs that maximise each channel's sum (every code at

@@ -127,8 +127,10 @@ def test_linear_errors():
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(
     n=st.one_of(st.integers(1, 5), st.integers(6, 40)),  # up to sizes cut into several GEMM tiles
-    d=st.one_of(st.tuples(st.integers(1, 7), st.integers(1, 6)),
-                st.tuples(st.integers(8, 150), st.integers(7, 300))),  # fmt: skip
+    d=st.one_of(
+        st.tuples(st.integers(1, 7), st.integers(1, 6)),
+        st.tuples(st.integers(8, 150), st.integers(7, 300)),
+    ),  # fmt: skip
     bias=st.booleans(),
     layout=layouts,
     seed=seeds,
