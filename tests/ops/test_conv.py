@@ -441,6 +441,10 @@ PATH_CASES = {
     "depthwise 5x1 (ghost)": ("depthwise", 2, 4, 4, 4, (5, 1), 1, 1, (2, 0), (7, 5)),
     "depthwise x2 multiplier dilated": ("depthwise", 2, 3, 6, 3, (3, 3), 1, 2, 2, (7, 6)),
     "depthwise 3x3 s3 no padding": ("depthwise", 2, 2, 2, 2, (3, 3), 3, 1, 0, (10, 11)),
+    # stride 2 on even widths: the polyphase copy splits float32 rows as uint64 pairs, with the
+    # even columns in either phase (left padding 0 or 1)
+    "depthwise 3x3 s2 even width": ("depthwise", 2, 3, 6, 3, (3, 3), 2, 1, 0, (10, 12)),
+    "depthwise 3x3 s2 even width padded": ("depthwise", 3, 4, 4, 4, (3, 3), 2, 1, 1, (12, 14)),
     # 11 images of 10x10: stacked 6 + 5 per buffer (uneven last run)
     "depthwise batch stacked in runs": ("depthwise", 11, 3, 3, 3, (3, 3), 1, 1, 1, (10, 10)),
     # 1x1 kernel with stride 2 and a single channel: still the depthwise kernel

@@ -3,10 +3,11 @@
 * ``conv2d_bias_act_forward``: inference's conv -> bias -> ReLU / ReLU6 / h-swish (what a
   BN-folded MobileNet is made of). Separately, the bias is one pass over the output (``y += b``)
   and the activation another that also allocates its output and a mask for a backward that never
-  comes. Here the conv writes y, then one in-place Numba pass adds the bias and applies the
-  activation (the depthwise kernel adds the bias itself, so only the activation is left); no
-  cache is kept. Same values as the ops in sequence: the bias add is rounded to y's dtype first,
-  then the activation does the same float operations as its own kernel.
+  comes. Here the pointwise and im2col convs apply bias (or BN scale / shift) and activation to
+  each GEMM tile while it is in cache (``gemm.tiled_matmul``); the depthwise conv writes y (with
+  the bias added in its kernel), then one in-place Numba pass applies the rest; no cache is
+  kept. Same values as the ops in sequence: the bias add is rounded to y's dtype first, then
+  the activation does the same float operations as its own kernel.
 """
 
 from __future__ import annotations
@@ -69,14 +70,13 @@ def conv2d_bias_act_checked(x, w, b, g, activation, scale=None) -> np.ndarray:
         tiled_matmul(w2, _pointwise_input(x, g), y.reshape(g.batch, g.out_channels, -1),
                      scale=scale, shift=b, activation=activation)  # fmt: skip
         return y
-    if kind == "depthwise" and scale is None:
+    if kind == "general":  # the epilogue inside the GEMM too
+        return _general_forward(x, w, g, scale, b, activation)
+    if scale is None:
         y, _ = _depthwise_forward(x, w, b, g)  # bias added in the kernel
         bias_left = None
-    elif kind == "depthwise":
-        y, _ = _depthwise_forward(x, w, None, g)
-        bias_left = b
     else:
-        y = _general_forward(x, w, g)
+        y, _ = _depthwise_forward(x, w, None, g)
         bias_left = b
     if bias_left is None and activation is None and scale is None:
         return y

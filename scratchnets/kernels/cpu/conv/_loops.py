@@ -6,7 +6,12 @@ per-access check stops LLVM from vectorising a loop; an unsigned index cannot be
 
 from __future__ import annotations
 
-from numba import njit, uint64
+import sys
+
+from numba import njit, uint32, uint64
+
+#: float32 pairs read as one uint64 keep the even column in the low half on this machine
+LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @njit(cache=True, inline="always")
@@ -83,3 +88,25 @@ def _valid_range(n_out, offset, stride, size):
     hi = last // stride + 1 if last >= 0 else 0
     hi = min(hi, n_out)
     return min(lo, hi), hi
+
+
+@njit(cache=True, inline="always")
+def _deinterleave_pairs(pairs, p0, dst, d_even, d_odd, n):
+    """dst[d_even + k] = the low 32 bits of ``pairs[p0 + k]``, dst[d_odd + k] = the high ones,
+    for k < n: with ``pairs`` a uint64 view of a float32 row and ``dst`` a uint32 view of a float32
+    buffer (little-endian), the row's even and odd columns. The stride-2 float loop does not
+    vectorise (one element per ~1 ns); shifting and truncating 64-bit lanes does (a 112-column
+    row: 4.6x faster)."""
+    for k in range(n):
+        v = pairs[uint64(p0 + k)]
+        dst[uint64(d_even + k)] = uint32(v & 0xFFFFFFFF)
+        dst[uint64(d_odd + k)] = uint32(v >> 32)
+
+
+@njit(cache=True, inline="always")
+def _pair_halves(pairs, p0, shift, dst, d0, n):
+    """dst[d0 + k] = bits ``shift`` .. ``shift + 31`` of ``pairs[p0 + k]`` for k < n: every other
+    float32 of a row (its even columns with shift 0, odd with 32; views as in
+    ``_deinterleave_pairs``), vectorised where the stride-2 float loop is not."""
+    for k in range(n):
+        dst[uint64(d0 + k)] = uint32(pairs[uint64(p0 + k)] >> shift)

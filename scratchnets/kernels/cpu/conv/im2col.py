@@ -20,8 +20,8 @@ from numba import njit, prange
 
 from scratchnets.reference.conv import ConvGeometry
 
-from ..gemm import matmul, sum_of_matmuls
-from ._loops import _valid_range
+from ..gemm import matmul, sum_of_matmuls, tiled_matmul
+from ._loops import LITTLE_ENDIAN, _pair_halves, _valid_range
 
 #: largest im2col buffer (elements) for one chunk of the batch in the general path; 4M float32
 #: is 16 MiB: big enough that the per-chunk GEMMs stay efficient, small enough for L3-sized
@@ -36,6 +36,11 @@ def _im2col_kernel(x, n0, cols, kh, kw, sh, sw, dh, dw, top, left, OH, OW):
     """
     _, C, H, W = x.shape
     nb = cols.shape[0]
+    xf, colsf = x.reshape(-1), cols.reshape(-1)
+    # stride 2 on float32 rows of even length: every other column read as halves of uint64 pairs
+    pairs_ok = sw == 2 and x.itemsize == 4 and W % 2 == 0 and xf.ctypes.data % 8 == 0
+    pairs = xf.view(np.uint64) if pairs_ok and LITTLE_ENDIAN else xf[:0].view(np.uint64)
+    words = colsf.view(np.uint32) if pairs.size else colsf[:0].view(np.uint32)
     for bc in prange(nb * C):  # one input plane per iteration
         b, c = bc // C, bc % C
         xs = x[n0 + b, c]
@@ -50,10 +55,16 @@ def _im2col_kernel(x, n0, cols, kh, kw, sh, sw, dh, dw, top, left, OH, OW):
                     if r < 0 or r >= H:
                         out[:] = 0.0
                         continue
-                    xrow = xs[r]
                     out[:q_lo] = 0.0
-                    for k in range(q_hi - q_lo):
-                        out[q_lo + k] = xrow[s0 + k * sw]
+                    if pairs.size:
+                        first = (((n0 + b) * C + c) * H + r) * W + s0  # in xf
+                        done = ((b * C * kh + c * kh + i) * kw + j) * OH * OW + p * OW + q_lo
+                        _pair_halves(pairs, first // 2, 32 * (first % 2), words, done,
+                                     q_hi - q_lo)  # fmt: skip
+                    else:
+                        xrow = xs[r]
+                        for k in range(q_hi - q_lo):
+                            out[q_lo + k] = xrow[s0 + k * sw]
                     out[q_hi:] = 0.0
 
 
@@ -102,7 +113,9 @@ def _im2col(x, n0, n1, g: ConvGeometry, out=None) -> np.ndarray:
     return cols
 
 
-def _general_forward(x, w, g: ConvGeometry) -> np.ndarray:
+def _general_forward(x, w, g: ConvGeometry, scale=None, shift=None, activation=None):
+    """y = conv(x, w) (N, C_out, OH, OW); with ``scale`` / ``shift`` (C_out,) / ``activation``
+    the inference epilogue ``act(y * scale + shift)`` on each GEMM tile (``tiled_matmul``)."""
     G, Mg = g.groups, g.out_per_group
     K = g.in_per_group * g.kernel[0] * g.kernel[1]
     y = np.empty((g.batch, g.out_channels, g.out_hw[0] * g.out_hw[1]), dtype=x.dtype)
@@ -112,9 +125,10 @@ def _general_forward(x, w, g: ConvGeometry) -> np.ndarray:
         cols = buffer = _im2col(x, n0, n1, g, buffer)  # (nb, G*K, OH*OW)
         for grp in range(G):
             # (Mg, K) @ (nb, K, OH*OW) -> (nb, Mg, OH*OW), written into y's channels of the group
-            matmul(
-                w3[grp], cols[:, grp * K : (grp + 1) * K], out=y[n0:n1, grp * Mg : (grp + 1) * Mg]
-            )
+            channels = slice(grp * Mg, (grp + 1) * Mg)
+            tiled_matmul(w3[grp], cols[:, grp * K : (grp + 1) * K], y[n0:n1, channels],
+                         None if scale is None else scale[channels],
+                         None if shift is None else shift[channels], activation)  # fmt: skip
     return y.reshape(g.batch, g.out_channels, *g.out_hw)
 
 
