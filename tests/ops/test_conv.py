@@ -349,7 +349,7 @@ def geometry_of(case: ConvCase):
 def depthwise_path(path: str):
     """Force the depthwise kernel: "flat" (where its geometry condition holds) or "polyphase"."""
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("_FLAT_MAX_HW", "_FLAT_COPY_MAX_HW"):
+        for name in ("_FLAT_MAX_HW", "_FLAT_COPY_MAX_HW", "_FLAT_FORWARD_MAX_HW"):
             mp.setattr(depthwise_flat, name, 10**9 if path == "flat" else -1)
         yield
 
@@ -528,6 +528,10 @@ def test_cpu_depthwise_dispatch():
     assert flat((2, 2 * most_copied), stride=2) and not flat((2, 2 * most_copied + 2), stride=2)
     assert not flat((8, 8), padding=0)  # output 6x6 < the 8x8 input
     assert not flat((9, 9), padding=0, stride=2)  # output 4x4, phase planes 5x5
+    forward_most = depthwise_flat._FLAT_FORWARD_MAX_HW  # the forward, on x as it lies
+    for hw, forward_flat in (((1, forward_most), True), ((1, forward_most + 1), False)):
+        case = ConvCase(1, 2, 2, 2, (3, 3), 1, 1, 1, hw, False, "C", 0)
+        assert depthwise_flat._flat_forward_applies(geometry_of(case)) == forward_flat
 
 
 def test_cpu_flat_dw_is_deterministic():

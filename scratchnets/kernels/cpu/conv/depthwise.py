@@ -3,8 +3,9 @@ and dilation): which of its two kernels runs.
 
 Only kh*kw multiply-adds per output, so the cost is loop overhead and memory traffic, and the
 aim is long unit-stride inner loops that LLVM vectorises. Two kernels, chosen here by
-``_flat_applies`` (thresholds measured, bench/NOTES.md): ``depthwise_flat.py`` for "same"-style
-padding on small planes, ``depthwise_phases.py`` otherwise.
+``_flat_applies`` and, for the forward, ``_flat_forward_applies`` (thresholds measured,
+bench/NOTES.md): ``depthwise_flat.py`` for "same"-style padding on small planes,
+``depthwise_phases.py`` otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .depthwise_flat import (
     _Flat,
     _flat_applies,
     _flat_backward_kernel,
+    _flat_forward_applies,
     _flat_forward_kernel,
     _in_hw,
     _merge_phases_kernel,
@@ -30,7 +32,7 @@ def _depthwise_forward(x, w, b, g: ConvGeometry):
     """y and the input as the backward needs it (x, or the phase split of x)."""
     y = np.empty((g.batch, g.out_channels, *g.out_hw), dtype=x.dtype)
     bias = b if b is not None else np.zeros(1, dtype=x.dtype)
-    if _flat_applies(g):
+    if _flat_forward_applies(g):
         flat = _Flat.of(g, x.dtype)
         xs = _split_phases(x, g, flat) if flat.copy else x
         wt = w.reshape(g.out_channels, -1)  # (C*M, taps)

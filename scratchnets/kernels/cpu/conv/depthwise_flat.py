@@ -38,6 +38,13 @@ from ._loops import _mul_add, _mul_add3
 _FLAT_MAX_HW = 4096
 _FLAT_COPY_MAX_HW = 256
 
+#: the forward takes the flat kernel on x as it lies only up to this many output pixels; above,
+#: the polyphase kernel measured faster (forward, same process, fastest of 5: b1 56x56 with 128
+#: channels 269 vs 147 us, 28x28 x 256 147 vs 93; b8 56x56 1144 vs 1025; b32 32x32 2455 vs
+#: 1789; at 14x14 and below, and 16x16 at b32, the flat kernel wins). x is saved as it lies
+#: either way, so the backward keeps its own choice (``_flat_applies``)
+_FLAT_FORWARD_MAX_HW = 400
+
 #: elements (channels x output pixels) per channel block of the flat kernels: long enough for
 #: the vector loops to dominate their set-up, short enough that a block's masked weights and dw
 #: accumulators (taps x block each) stay in L1/L2; measured, bench/NOTES.md
@@ -59,6 +66,14 @@ def _flat_applies(g: ConvGeometry) -> bool:
     (H, W), (OH, OW), (sh, sw) = _in_hw(g), g.out_hw, g.stride
     most = _FLAT_COPY_MAX_HW if _flat_copies(g) else _FLAT_MAX_HW
     return OH * OW <= most and -(-H // sh) <= OH and -(-W // sw) <= OW
+
+
+def _flat_forward_applies(g: ConvGeometry) -> bool:
+    """Whether the forward of ``g`` takes the flat kernel: where it applies, but on x as it lies
+    only up to ``_FLAT_FORWARD_MAX_HW`` output pixels (where it copies, the backward needs the
+    copy, so the forward always makes it)."""
+    small = g.out_hw[0] * g.out_hw[1] <= _FLAT_FORWARD_MAX_HW
+    return _flat_applies(g) and (small or _flat_copies(g))
 
 
 @dataclass(frozen=True)
