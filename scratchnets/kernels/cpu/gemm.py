@@ -200,8 +200,8 @@ def tile_plan(batch: int, rows: int, columns: int, inner: int, cores: int) -> np
     """The tiles (n, r0, r1, c0, c1) of a (batch, rows, columns) output with ``inner`` terms per
     element: every image cut into the same grid, columns first (the weights' packed rows are then
     reused), until there are at least ``cores`` tiles (a multiple of ``cores`` while there are
-    few) and each holds at most ``most_tile_elements(inner)``, as long as a tile keeps ``MIN_TILE_MACS`` of
-    work and ``MIN_TILE_COLUMNS`` x ``MIN_TILE_ROWS`` elements."""
+    few) and each holds at most ``most_tile_elements(inner)``, as long as a tile keeps
+    ``MIN_TILE_MACS`` of work and ``MIN_TILE_COLUMNS`` x ``MIN_TILE_ROWS`` elements."""
     row_pieces = column_pieces = 1
     most = most_tile_elements(inner)
 

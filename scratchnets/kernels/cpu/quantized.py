@@ -20,9 +20,10 @@ temporary), a third in the float64 convolutions. Here:
   conv pads. The centred weights are prepared once per layer (``centred_weights``, cached by the
   model), the centred input by one parallel pass per call (``_centre``). The accumulators then
   go through ``_requantize``; a 1x1 conv requantizes each GEMM tile from a tile-sized buffer
-  while it is in L1 (``_requantized_gemm``), so its float accumulators never reach memory. Measured (MobileNetV2 224 px batch
-  1, 2-core EPYC): the first version's float64 GEMMs and int64 depthwise loop (one output pixel
-  at a time, a bounds test per tap, not vectorised) took 10 and 23 ms of a 42 ms forward.
+  while it is in L1 (``_requantized_gemm``), so its float accumulators never reach memory.
+  Measured (MobileNetV2 224 px batch 1, 2-core EPYC): the first version's float64 GEMMs and
+  int64 depthwise loop (one output pixel at a time, a bounds test per tap, not vectorised) took
+  10 and 23 ms of a 42 ms forward.
 * the addition is one fused Numba pass; average pool and softmax (one small tensor each, at the
   end of the network) are the reference's.
 """

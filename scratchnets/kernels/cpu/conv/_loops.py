@@ -91,6 +91,15 @@ def _valid_range(n_out, offset, stride, size):
 
 
 @njit(cache=True, inline="always")
+def _float32_pairs(flat, width):
+    """Whether the rows (``width`` long, from the start) of the flat array can be read as uint64
+    pairs of float32 columns, even column in the low half: float32, an even width, 8-byte
+    aligned, a little-endian machine."""
+    aligned = flat.ctypes.data % 8 == 0
+    return flat.itemsize == 4 and width % 2 == 0 and aligned and LITTLE_ENDIAN
+
+
+@njit(cache=True, inline="always")
 def _deinterleave_pairs(pairs, p0, dst, d_even, d_odd, n):
     """dst[d_even + k] = the low 32 bits of ``pairs[p0 + k]``, dst[d_odd + k] = the high ones,
     for k < n: with ``pairs`` a uint64 view of a float32 row and ``dst`` a uint32 view of a float32

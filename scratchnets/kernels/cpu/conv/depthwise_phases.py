@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from scratchnets.reference.conv import ConvGeometry
 
-from ._loops import LITTLE_ENDIAN, _axpy, _axpy3, _copy, _deinterleave_pairs, _mul_add
+from ._loops import _axpy, _axpy3, _copy, _deinterleave_pairs, _float32_pairs, _mul_add
 
 #: aim for at least this many elements in one stacked phase plane (see ``_Phases``): enough for
 #: LLVM's vectorised loop (8 lanes x 4 interleaved) to dominate its scalar remainder
@@ -98,8 +98,7 @@ def _to_phases(xf, x0, W, row_dst, col_src, col_count, col_dst, ph, k0):
     vectorised pass over the row's pairs (``_deinterleave_pairs``).
     """
     sw = col_src.size
-    aligned = xf.ctypes.data % 8 == 0 and x0 % 2 == 0  # rows start on a uint64
-    if sw == 2 and xf.itemsize == 4 and W % 2 == 0 and aligned and LITTLE_ENDIAN:
+    if sw == 2 and x0 % 2 == 0 and _float32_pairs(xf, W):
         pairs, dst = xf.view(np.uint64), ph.view(np.uint32)
         even = 0 if col_src[0] == 0 else 1  # the phase of columns 0, 2, 4, ...
         for r in range(row_dst.size):

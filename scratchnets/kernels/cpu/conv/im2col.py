@@ -21,7 +21,7 @@ from numba import njit, prange
 from scratchnets.reference.conv import ConvGeometry
 
 from ..gemm import matmul, sum_of_matmuls, tiled_matmul
-from ._loops import LITTLE_ENDIAN, _pair_halves, _valid_range
+from ._loops import _float32_pairs, _pair_halves, _valid_range
 
 #: largest im2col buffer (elements) for one chunk of the batch in the general path; 4M float32
 #: is 16 MiB: big enough that the per-chunk GEMMs stay efficient, small enough for L3-sized
@@ -38,9 +38,9 @@ def _im2col_kernel(x, n0, cols, kh, kw, sh, sw, dh, dw, top, left, OH, OW):
     nb = cols.shape[0]
     xf, colsf = x.reshape(-1), cols.reshape(-1)
     # stride 2 on float32 rows of even length: every other column read as halves of uint64 pairs
-    pairs_ok = sw == 2 and x.itemsize == 4 and W % 2 == 0 and xf.ctypes.data % 8 == 0
-    pairs = xf.view(np.uint64) if pairs_ok and LITTLE_ENDIAN else xf[:0].view(np.uint64)
-    words = colsf.view(np.uint32) if pairs.size else colsf[:0].view(np.uint32)
+    use_pairs = sw == 2 and _float32_pairs(xf, W)
+    pairs = xf.view(np.uint64) if use_pairs else xf[:0].view(np.uint64)  # (empty: not read)
+    words = colsf.view(np.uint32) if use_pairs else colsf[:0].view(np.uint32)
     for bc in prange(nb * C):  # one input plane per iteration
         b, c = bc // C, bc % C
         xs = x[n0 + b, c]
@@ -56,7 +56,7 @@ def _im2col_kernel(x, n0, cols, kh, kw, sh, sw, dh, dw, top, left, OH, OW):
                         out[:] = 0.0
                         continue
                     out[:q_lo] = 0.0
-                    if pairs.size:
+                    if use_pairs:
                         first = (((n0 + b) * C + c) * H + r) * W + s0  # in xf
                         done = ((b * C * kh + c * kh + i) * kw + j) * OH * OW + p * OW + q_lo
                         _pair_halves(pairs, first // 2, 32 * (first % 2), words, done,
