@@ -97,34 +97,31 @@ def test_saturating_rounding_multiply_by_pot(x, exponent):
     assert int(fp.saturating_rounding_multiply_by_pot(x, exponent)) == expected
 
 
-# The Numba kernels' scalar versions of the helpers carry the same names and give the same
-# integers (they are what the uint8 conv and add kernels run per output element).
+# The Numba kernels fold the fixed-point multiply (rounding high multiply, then rounding right
+# shift) into one product and one shift (``fixed_point_scale``); the integers must be the same.
 
 
-@given(INT32, INT32)
-def test_numba_saturating_rounding_doubling_high_mul_is_the_references(a, b):
-    numba_version = cpu_quantized.saturating_rounding_doubling_high_mul
-    assert numba_version(np.int64(a), np.int64(b)) == int(
-        fp.saturating_rounding_doubling_high_mul(a, b)
-    )
+def _numba_multiply(x, real) -> int:
+    scale = cpu_quantized.fixed_point_scale(real)
+    return int(cpu_quantized.multiply_by_quantized_multiplier(np.int64(x), scale))
 
 
-@given(INT32, st.integers(0, 31))
-def test_numba_rounding_divide_by_pot_is_the_references(x, exponent):
-    numba_version = cpu_quantized.rounding_divide_by_pot
-    assert numba_version(np.int64(x), np.int64(exponent)) == int(
-        fp.rounding_divide_by_pot(x, exponent)
-    )
-
-
-@given(st.integers(-(2**24), 2**24), st.floats(2.0**-20, 15.0, allow_nan=False))
+@given(INT32, st.floats(2.0**-40, 15.0, allow_nan=False))
 def test_numba_multiply_by_quantized_multiplier_is_the_references(x, real):
     m0, shift = fp.quantize_multiplier(real)
-    numba_version = cpu_quantized.multiply_by_quantized_multiplier
-    got = numba_version(
-        np.int64(x), np.int64(m0), np.int64(max(shift, 0)), np.int64(max(-shift, 0))
-    )
-    assert got == int(fp.multiply_by_quantized_multiplier(x, m0, shift))
+    x >>= max(shift, 0)  # x << left shift stays an int32, as TFLite's accumulators do
+    assert _numba_multiply(x, real) == int(fp.multiply_by_quantized_multiplier(x, m0, shift))
+
+
+@pytest.mark.parametrize("real", [2.0**-k for k in range(33)] + [3 * 2.0**-9, 0.75, 2.0, 4.0, 0.0])
+def test_numba_multiply_rounds_every_tie_as_the_reference(real):
+    """Multipliers of few bits put a rounding tie of the high multiply or of the right shift
+    every few integers: every x of a range against the reference."""
+    m0, shift = fp.quantize_multiplier(real)
+    xs = np.arange(-5000, 5000, dtype=np.int64) * (1 + (real < 2.0**-20) * 2**12)
+    expected = fp.multiply_by_quantized_multiplier(xs, m0, shift)
+    got = [_numba_multiply(x, real) for x in xs]
+    np.testing.assert_array_equal(got, expected)
 
 
 @given(st.integers(fp.INT32_MIN, 0))

@@ -7,8 +7,9 @@ division and saturation test, then the rounding shift's mask, threshold and comp
 temporary), a third in the float64 convolutions. Here:
 
 * **requantization fused** into one Numba pass per output (``_requantize``): each int32
-  accumulator goes through bias, ``saturating_rounding_doubling_high_mul``,
-  ``rounding_divide_by_pot``, zero point and clamp in registers and is written once as uint8;
+  accumulator goes through bias, the fixed-point multiply (gemmlowp's rounding high multiply
+  and rounding right shift, folded into one int64 product and one shift: ``fixed_point_scale``),
+  zero point and clamp in registers and is written once as uint8;
 * **every convolution** (pointwise, depthwise, the stem) as the float conv of this backend (tiled
   BLAS GEMMs, the vectorised depthwise kernels) on the centred codes ``x - Zx`` and ``w - Zw``:
   every product and partial sum is an integer, exact in a float type while it stays below the
@@ -36,7 +37,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from scratchnets.reference.conv import ConvGeometry, conv_geometry
-from scratchnets.reference.fixed_point import INT32_MAX, INT32_MIN, quantize_multiplier
+from scratchnets.reference.fixed_point import quantize_multiplier
 from scratchnets.reference.quantized import (
     ADD_LEFT_SHIFT,
     QuantParams,
@@ -65,56 +66,35 @@ __all__ = [
 
 
 @njit(inline="always")
-def saturating_rounding_doubling_high_mul(a, b):
-    """``reference.fixed_point.saturating_rounding_doubling_high_mul`` on int64 scalars holding
-    int32 values."""
-    if a == INT32_MIN and b == INT32_MIN:
-        return INT32_MAX
-    nudged = a * b + ((1 << 30) if a * b >= 0 else 1 - (1 << 30))
-    return nudged >> 31 if nudged >= 0 else -((-nudged) >> 31)
+def multiply_by_quantized_multiplier(total, scale):
+    """``reference.fixed_point.multiply_by_quantized_multiplier`` on an int64 scalar, as one
+    product and one shift: ``scale`` is ``fixed_point_scale(M)`` (see there)."""
+    multiplier, shift, nudge_up, nudge_down = scale
+    product = total * multiplier
+    return (product + (nudge_up if product >= -(1 << 30) else nudge_down)) >> shift
 
 
 @njit(inline="always")
-def rounding_divide_by_pot(x, exponent):
-    """``reference.fixed_point.rounding_divide_by_pot`` on an int64 scalar."""
-    mask = (np.int64(1) << exponent) - 1
-    threshold = (mask >> 1) + (1 if x < 0 else 0)
-    return (x >> exponent) + (1 if (x & mask) > threshold else 0)
-
-
-@njit(inline="always")
-def multiply_by_quantized_multiplier(acc, m0, left_shift, right_shift):
-    """``reference.fixed_point.multiply_by_quantized_multiplier(acc, m0, shift)`` with the shift
-    split once per layer: ``left_shift = max(shift, 0)``, ``right_shift = max(-shift, 0)``."""
-    return rounding_divide_by_pot(
-        saturating_rounding_doubling_high_mul(acc << left_shift, m0), right_shift
-    )
-
-
-@njit(inline="always")
-def _requantize_row(acc, bias, m0, left_shift, right_shift, zero_point, low, high, out):
+def _requantize_row(acc, bias, scale, zero_point, low, high, out):
     """out[i] = clamp(Z + M (acc[i] + bias)) for a row of float accumulators holding integers,
-    into a uint8 row (both 1-D views indexed from 0)."""
+    into a uint8 row (both 1-D views indexed from 0); ``scale``: ``fixed_point_scale(M)``."""
     for i in range(acc.size):
-        total = np.int64(acc[i]) + bias
-        value = multiply_by_quantized_multiplier(total, m0, left_shift, right_shift) + zero_point
-        out[i] = min(max(value, low), high)
+        value = multiply_by_quantized_multiplier(np.int64(acc[i]) + bias, scale)
+        out[i] = min(max(value + zero_point, low), high)
 
 
 @njit(parallel=True, cache=True)
-def _requantize(acc, bias, m0, left_shift, right_shift, zero_point, low, high, out):
+def _requantize(acc, bias, scale, zero_point, low, high, out):
     """out[n, c] = clamp(Z + M (acc[n, c] + bias[c])) for float accumulators holding integers:
     (N, C, P) -> uint8 (N, C, P), one (n, c) plane per iteration."""
     n_batch, channels, _ = acc.shape
     for plane in prange(n_batch * channels):
         n, c = plane // channels, plane % channels
-        _requantize_row(acc[n, c], bias[c], m0, left_shift, right_shift, zero_point, low, high,
-                        out[n, c])  # fmt: skip
+        _requantize_row(acc[n, c], bias[c], scale, zero_point, low, high, out[n, c])
 
 
 @njit(parallel=True, cache=True)
-def _requantized_gemm(gemm, w, x, tiles, bias, m0, left_shift, right_shift, zero_point, low,
-                      high, out):  # fmt: skip
+def _requantized_gemm(gemm, w, x, tiles, bias, scale, zero_point, low, high, out):
     """out[n] = clamp(Z + M (w @ x[n] + bias)) for w (C_out, C_in) and x (N, C_in, P) holding
     centred codes, out uint8 (N, C_out, P): each output tile (n, r0, r1, c0, c1) is one BLAS call
     into a tile-sized float buffer, requantized from there while it is in L1, so the float
@@ -124,8 +104,8 @@ def _requantized_gemm(gemm, w, x, tiles, bias, m0, left_shift, right_shift, zero
         acc = np.empty((r1 - r0, c1 - c0), x.dtype)
         _gemm_tile(gemm, w[r0:r1], False, x[n, :, c0:c1], False, acc, 0, r1 - r0, 0, c1 - c0, 0.0)
         for i in range(r1 - r0):
-            _requantize_row(acc[i], bias[r0 + i], m0, left_shift, right_shift, zero_point, low,
-                            high, out[n, r0 + i, c0:c1])  # fmt: skip
+            _requantize_row(acc[i], bias[r0 + i], scale, zero_point, low, high,
+                            out[n, r0 + i, c0:c1])  # fmt: skip
 
 
 def _uint8(q, name: str) -> np.ndarray:
@@ -133,17 +113,35 @@ def _uint8(q, name: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4096)
-def _shifts(real_multiplier: float) -> tuple[int, int, int]:
-    m0, shift = quantize_multiplier(real_multiplier)
-    return m0, max(shift, 0), max(-shift, 0)
+def fixed_point_scale(real_multiplier: float) -> tuple[int, int, int, int]:
+    """TFLite's ``MultiplyByQuantizedMultiplier(x, M0, shift)`` (``reference.fixed_point``: a left
+    shift by L = max(shift, 0), the rounding high multiply, a rounding right shift by
+    R = max(-shift, 0)) as the constants of one int64 product and one shift,
+    ``(multiplier, shift, nudge_up, nudge_down)``. With q = x 2^L M0:
+
+        high multiply   h = floor((q + 2^30) / 2^31)     (gemmlowp's sign-dependent nudge and
+                                                          truncation towards 0 are this floor)
+        right shift     r = floor((h + c) / 2^R),  c = 2^(R-1) for h >= 0, 2^(R-1) - 1 for h < 0
+                                                          (ties away from 0; c = 0 for R = 0)
+        so              r = (q + 2^30 + c 2^31) >> (31 + R),  h >= 0 exactly when q >= -2^30,
+
+    since floor(floor(a / 2^31) / 2^R) = floor(a / 2^(31 + R)). Both of gemmlowp's steps are
+    ~20 int64 operations per vector of lanes; this is five (the requantize pass measured
+    0.37 -> 0.xx ms on 1.2 M accumulators). The high multiply's one saturating case, M0 = -2^31,
+    cannot occur: ``quantize_multiplier`` gives M0 in [0, 2^31)."""
+    m0, exponent = quantize_multiplier(real_multiplier)
+    left, right = max(exponent, 0), max(-exponent, 0)
+    up = (1 << right) >> 1
+    down = max(up - 1, 0)
+    return m0 << left, 31 + right, (1 << 30) + (up << 31), (1 << 30) + (down << 31)
 
 
 @functools.lru_cache(maxsize=4096)
 def _requantize_arguments(x_q: QuantParams, w_q: QuantParams, y_q: QuantParams, activation):
-    """``_requantize``'s layer constants (M0, left shift, right shift, Zy, low, high), computed
+    """``_requantize``'s layer constants (``fixed_point_scale(M)``, Zy, low, high), computed
     once per layer's parameters: ~10 us of Python a call otherwise."""
-    m0, left_shift, right_shift = _shifts(conv_multiplier(x_q, w_q, y_q))
-    return (m0, left_shift, right_shift, y_q.zero_point, *activation_range(activation, y_q))
+    scale = fixed_point_scale(conv_multiplier(x_q, w_q, y_q))
+    return (scale, y_q.zero_point, *activation_range(activation, y_q))
 
 
 #: float32 holds every integer of magnitude up to 2^24 exactly
@@ -228,18 +226,15 @@ def quantized_conv2d(
 @njit(parallel=True, cache=True)
 def _add_kernel(a, b, a_zero, b_zero, a_scale, b_scale, out_scale, zero_point, low, high, out):
     """The three fixed-point multiplies of ``quantized_add`` per element; ``*_scale`` are
-    (M0, left shift, right shift) triples."""
+    ``fixed_point_scale`` tuples."""
     flat_a, flat_b, flat_out = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
     for i in prange(flat_a.size):
         sum_ = multiply_by_quantized_multiplier(
-            (np.int64(flat_a[i]) - a_zero) << ADD_LEFT_SHIFT, a_scale[0], a_scale[1], a_scale[2]
+            (np.int64(flat_a[i]) - a_zero) << ADD_LEFT_SHIFT, a_scale
         ) + multiply_by_quantized_multiplier(
-            (np.int64(flat_b[i]) - b_zero) << ADD_LEFT_SHIFT, b_scale[0], b_scale[1], b_scale[2]
+            (np.int64(flat_b[i]) - b_zero) << ADD_LEFT_SHIFT, b_scale
         )
-        value = (
-            multiply_by_quantized_multiplier(sum_, out_scale[0], out_scale[1], out_scale[2])
-            + zero_point
-        )
+        value = multiply_by_quantized_multiplier(sum_, out_scale) + zero_point
         flat_out[i] = min(max(value, low), high)
 
 
@@ -250,9 +245,7 @@ def quantized_add(
     a, b = _uint8(a, "a"), _uint8(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"quantized_add: shapes {a.shape} and {b.shape} differ")
-    a_scale, b_scale, out_scale = (
-        np.array(_shifts(real), np.int64) for real in add_multipliers(a_q, b_q, y_q)
-    )
+    a_scale, b_scale, out_scale = map(fixed_point_scale, add_multipliers(a_q, b_q, y_q))
     low, high = activation_range(activation, y_q)
     out = np.empty(a.shape, np.uint8)
     _add_kernel(a, b, a_q.zero_point, b_q.zero_point, a_scale, b_scale, out_scale,
