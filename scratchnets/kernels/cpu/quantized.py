@@ -127,7 +127,7 @@ def fixed_point_scale(real_multiplier: float) -> tuple[int, int, int, int]:
 
     since floor(floor(a / 2^31) / 2^R) = floor(a / 2^(31 + R)). Both of gemmlowp's steps are
     ~20 int64 operations per vector of lanes; this is five (the requantize pass measured
-    0.37 -> 0.xx ms on 1.2 M accumulators). The high multiply's one saturating case, M0 = -2^31,
+    365 -> 171 us on 1.2 M accumulators). The high multiply's one saturating case, M0 = -2^31,
     cannot occur: ``quantize_multiplier`` gives M0 in [0, 2^31)."""
     m0, exponent = quantize_multiplier(real_multiplier)
     left, right = max(exponent, 0), max(-exponent, 0)
