@@ -331,6 +331,41 @@ def test_cpu_quantized_add_equals_the_reference(seed, shape, sa, za, sb, zb, sy,
     np.testing.assert_array_equal(cpu_quantized.quantized_add(*args), qops.quantized_add(*args))
 
 
+@given(
+    st.integers(0, 2**32 - 1),
+    st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9)),
+    st.integers(1, 4), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3),
+    st.integers(0, 2), st.integers(0, 2),
+    st.sampled_from([(0, 255), (3, 200)]),
+)  # fmt: skip
+def test_cpu_quantized_avg_pool_equals_the_reference(seed, shape, kh, kw, sh, sw, ph, pw, clamp):
+    x = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    kh, kw = min(kh, shape[2] + 2 * ph), min(kw, shape[3] + 2 * pw)
+    ph, pw = min(ph, kh - 1), min(pw, kw - 1)  # every window holds a real pixel
+    args = (x, (kh, kw), (sh, sw), (ph, pw), clamp)
+    np.testing.assert_array_equal(
+        cpu_quantized.quantized_avg_pool2d(*args), qops.quantized_avg_pool2d(*args)
+    )
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.tuples(st.integers(1, 3), st.integers(1, 1100)),
+    st.floats(1e-3, 2.0),
+    st.sampled_from([1.0, 0.5, 3.0]),
+)  # fmt: skip
+def test_cpu_quantized_softmax_equals_the_reference(seed, shape, scale, beta):
+    """Scales from 1e-3 (every difference used, exps near 1) to 2 (most differences under
+    diff_min: exactly 0), one to a thousand classes."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, shape, dtype=np.uint8)
+    x[:, : shape[1] // 2] = rng.integers(200, 256, (shape[0], shape[1] // 2))  # close rivals
+    args = (x, QuantParams(scale, 7), beta, QuantParams(1 / 256, 0))
+    np.testing.assert_array_equal(
+        cpu_quantized.quantized_softmax(*args), qops.quantized_softmax(*args)
+    )
+
+
 # --------------------------------------------------------------------------- Google's MobileNets
 
 

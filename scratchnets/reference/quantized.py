@@ -151,6 +151,19 @@ def add_multipliers(a_q: QuantParams, b_q: QuantParams, y_q: QuantParams):
     )
 
 
+def avg_pool_geometry(x_shape, kernel_size, stride, padding) -> tuple:
+    """``(kernel, stride, (top, bottom, left, right), (OH, OW))`` of an average pool over an
+    (N, C, H, W) input, its arguments checked."""
+    kernel, stride = pair(kernel_size, "kernel_size", 1), pair(stride, "stride", 1)
+    pads = normalize_padding(padding)
+    top, bottom, left, right = pads
+    out_hw = (
+        conv_output_size(x_shape[2], kernel[0], stride[0], top, bottom),
+        conv_output_size(x_shape[3], kernel[1], stride[1], left, right),
+    )
+    return kernel, stride, pads, out_hw
+
+
 def quantized_avg_pool2d(
     x, kernel_size, stride, padding=0, clamp: tuple[int, int] = (UINT8_MIN, UINT8_MAX)
 ) -> np.ndarray:
@@ -158,13 +171,7 @@ def quantized_avg_pool2d(
     (``(sum + count / 2) / count`` in integers); input and output share one quantization, so no
     rescaling. Padded pixels do not count. Shapes: (N, C, H, W) -> (N, C, OH, OW) uint8."""
     x = uint8_array(x, "x")
-    kernel, stride = pair(kernel_size, "kernel_size", 1), pair(stride, "stride", 1)
-    pads = normalize_padding(padding)
-    top, bottom, left, right = pads
-    out_hw = (
-        conv_output_size(x.shape[2], kernel[0], stride[0], top, bottom),
-        conv_output_size(x.shape[3], kernel[1], stride[1], left, right),
-    )
+    kernel, stride, pads, out_hw = avg_pool_geometry(x.shape, kernel_size, stride, padding)
     padded = pad_nchw(x.astype(np.int64), pads)  # (N, C, Hp, Wp)
     real = pad_nchw(np.ones((1, 1, *x.shape[2:]), dtype=np.int64), pads)  # 1 on real pixels
     total = sliding_windows(padded, kernel, stride, (1, 1), out_hw).sum(axis=(-2, -1))
@@ -192,6 +199,32 @@ def softmax_input_scaling(beta: float, x_q: QuantParams) -> tuple[int, int, int]
     return m0, left_shift, -radius
 
 
+def check_softmax_output(y_q: QuantParams) -> None:
+    if (float(np.float32(y_q.scale)), y_q.zero_point) != (1 / 256, 0):
+        raise ValueError(f"a uint8 softmax outputs scale 1/256, zero point 0; got {y_q}")
+
+
+def softmax_exps(diff, x_q: QuantParams, beta: float) -> tuple[np.ndarray, ...]:
+    """Steps 1 and 2 of ``quantized_softmax`` for input differences ``diff = q - max(q)`` (int64,
+    <= 0): ``(exps, terms, used)``, the Q0.31 exps, the Q12.19 terms of the sum (0 where not
+    ``used``) and whether the difference reaches ``diff_min``."""
+    m0, left_shift, diff_min = softmax_input_scaling(beta, x_q)
+    used = diff >= diff_min
+    scaled_diff = saturating_rounding_doubling_high_mul(diff << left_shift, m0)  # Q5.26
+    exps = exp_on_negative_values(scaled_diff, SOFTMAX_DIFF_INTEGER_BITS)  # Q0.31
+    terms = np.where(used, rescale(exps, 0, SOFTMAX_SUM_INTEGER_BITS), 0)  # Q12.19
+    return exps, terms, used
+
+
+def softmax_outputs(sum_of_exps, exps, used) -> np.ndarray:
+    """Steps 3 and 4 of ``quantized_softmax``: the uint8 outputs of ``exps`` (Q0.31) over their
+    row's ``sum_of_exps`` (Q12.19, broadcast against them), 0 where not ``used``."""
+    inverse, bits_over_unit = reciprocal(sum_of_exps, SOFTMAX_SUM_INTEGER_BITS)
+    probability = saturating_rounding_doubling_high_mul(inverse, exps)  # Q0.31 of exp / sum
+    y = rounding_divide_by_pot(probability, bits_over_unit + 31 - 8)
+    return np.where(used, np.clip(y, UINT8_MIN, UINT8_MAX), 0).astype(np.uint8)
+
+
 def quantized_softmax(x, x_q: QuantParams, beta: float, y_q: QuantParams) -> np.ndarray:
     """``y = exp(beta r_i) / sum_j exp(beta r_j)`` over the last axis, in integers only, into
     uint8 with scale 1/256 and zero point 0.
@@ -205,16 +238,7 @@ def quantized_softmax(x, x_q: QuantParams, beta: float, y_q: QuantParams) -> np.
     Differences below ``diff_min`` give exactly 0 and are left out of the sum.
     """
     x = uint8_array(x, "x")
-    if (float(np.float32(y_q.scale)), y_q.zero_point) != (1 / 256, 0):
-        raise ValueError(f"a uint8 softmax outputs scale 1/256, zero point 0; got {y_q}")
-    m0, left_shift, diff_min = softmax_input_scaling(beta, x_q)
+    check_softmax_output(y_q)
     diff = x.astype(np.int64) - x.max(axis=-1, keepdims=True)  # (..., K) <= 0
-    used = diff >= diff_min
-    scaled_diff = saturating_rounding_doubling_high_mul(diff << left_shift, m0)  # Q5.26
-    exps = exp_on_negative_values(scaled_diff, SOFTMAX_DIFF_INTEGER_BITS)  # Q0.31
-    exps_q12 = rescale(exps, 0, SOFTMAX_SUM_INTEGER_BITS)  # Q12.19
-    sum_of_exps = np.where(used, exps_q12, 0).sum(axis=-1, keepdims=True)  # Q12.19
-    inverse, bits_over_unit = reciprocal(sum_of_exps, SOFTMAX_SUM_INTEGER_BITS)
-    probability = saturating_rounding_doubling_high_mul(inverse, exps)  # Q0.31 of exp / sum
-    y = rounding_divide_by_pot(probability, bits_over_unit + 31 - 8)
-    return np.where(used, np.clip(y, UINT8_MIN, UINT8_MAX), 0).astype(np.uint8)
+    exps, terms, used = softmax_exps(diff, x_q, beta)
+    return softmax_outputs(terms.sum(axis=-1, keepdims=True), exps, used)
