@@ -59,7 +59,8 @@ def _family(family: str, cost: str, *names: str) -> list[Op]:
 
 
 OP_TABLE: tuple[Op, ...] = (
-    Op("conv2d", "conv", "mult_adds", fused=("conv2d_bias_act_forward", "conv2d_bias_act_checked")),
+    Op("conv2d", "conv", "mult_adds",
+       fused=("conv2d_bias_act_forward", "conv2d_bias_act_checked", "conv2d_bias_act_prepared")),
     Op("pad2d", "pad", "data"),
     Op("batch_norm2d", "batchnorm", "batch_norm", fused=("batch_norm2d_eval_affine",)),
     *_family("activations", "activation",

@@ -12,7 +12,9 @@ import pytest
 import scratchnets as sn
 from scratchnets.kernels.cpu import (
     batch_norm2d_eval_affine,
+    conv2d_bias_act_checked,
     conv2d_bias_act_forward,
+    conv2d_bias_act_prepared,
     conv2d_forward,
     hard_swish_forward,
     relu6_forward,
@@ -22,6 +24,7 @@ from scratchnets.models.blocks import residual_add
 from scratchnets.models.fuse import Snapshot
 from scratchnets.nn import BatchNorm2d, Conv2d
 from scratchnets.reference.batchnorm import eval_scale_shift
+from scratchnets.reference.conv import prepare_conv
 from tests.model_twins import randomize_bn
 
 #: (model, create options, input size): every registered architecture with BatchNorm, small
@@ -163,6 +166,56 @@ def test_conv2d_bias_act_equals_conv_then_activation_bit_for_bit(
     np.testing.assert_array_equal(y, expected)
     with pytest.raises(ValueError, match="activation must be one of"):
         conv2d_bias_act_forward(x, w, b, stride, 0, 1, groups, "tanh")
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "kernel", "stride", "groups"),
+    [(8, 40, 1, 1, 1), (8, 16, 1, 2, 1), (8, 8, 3, 2, 8), (3, 8, 3, 2, 1)],
+    ids=["pointwise", "pointwise-s2", "depthwise-s2", "general"],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_bn", [True, False])
+@pytest.mark.parametrize("activation", [None, "relu6", "hard_swish"])
+def test_a_prepared_conv_call_equals_the_checked_kernel_and_sees_changes(
+    c_in, c_out, kernel, stride, groups, dtype, with_bn, activation
+):
+    """The eval fast path's per-layer plan (``conv2d_bias_act_prepared``): bit for bit the
+    checked kernel's result, with and without an attached BN, and still after the weights, the
+    bias and the BN's statistics change in place (it reads them on every call)."""
+    rng = np.random.default_rng(6)
+    x = (3 * rng.standard_normal((2, c_in, 12, 12))).astype(dtype)
+    w = rng.standard_normal((c_out, c_in // groups, kernel, kernel)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    bn = (
+        rng.standard_normal(c_out).astype(dtype),
+        rng.standard_normal(c_out).astype(dtype),
+        rng.standard_normal(c_out).astype(dtype),
+        rng.uniform(0.5, 2, c_out).astype(dtype),
+        1e-3,
+    )
+    x, w, b, g = prepare_conv(x, w, b, stride, kernel // 2, 1, groups)
+    run = conv2d_bias_act_prepared(w, b, g, activation, bn if with_bn else None)
+
+    def checked():
+        scale, shift = batch_norm2d_eval_affine(*bn, b, dtype) if with_bn else (None, b)
+        return conv2d_bias_act_checked(x, w, shift, g, activation, scale)
+
+    for change in (lambda: None, lambda: w.__setitem__(0, 2 * w[0]),
+                   lambda: b.__setitem__(-1, 5.0), lambda: bn[3].__setitem__(0, 9.0)):  # fmt: skip
+        change()
+        np.testing.assert_array_equal(run(x), checked())
+    with pytest.raises(ValueError, match="activation must be one of"):
+        conv2d_bias_act_prepared(w, b, g, "tanh")
+
+
+def test_the_fast_paths_convs_run_prepared_calls_on_the_cpu_backend_only():
+    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    for backend, prepared in (("cpu", True), ("reference", False)):
+        model = make("mobilenet_v2", dict(width_mult=0.35), np.float32, backend)
+        model(x)
+        convs = [m for m in model._inference_copy().modules() if isinstance(m, Conv2d)]
+        calls = [m.__dict__.get("_fused_geometry", (None,) * 3)[2] for m in convs]
+        assert convs and all((call is not None) == prepared for call in calls)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

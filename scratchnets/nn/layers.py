@@ -225,6 +225,8 @@ class Conv2d(_AcceptsUnbatched, Module):
         if (cached is not None and type(x) is np.ndarray and cached[0] == self._fused_key(x)
                 and (self.forward_only or self._inference_only())):  # fmt: skip
             self.__dict__["_without_batch"] = False  # same shape, dtypes, padding: checked before
+            if cached[2] is not None:
+                return cached[2](x)
             return self._fused_call(x, None if self.bias is None else self.bias.data, cached[1])
         self._check_input(x, ("N", self.in_channels, "H", "W"), match_dtype=True, unbatched=True)
         x = self._add_batch(x, forward=True)
@@ -243,10 +245,12 @@ class Conv2d(_AcceptsUnbatched, Module):
         return self._drop_batch(y)
 
     def _fused_key(self, x) -> tuple:
-        """What an input's checks and conv geometry depend on (the inference path caches them):
-        its shape and dtype, the layer's and weight's dtypes, backend, padding and mode."""
+        """What an input's checks, conv geometry and prepared call depend on (the inference path
+        caches them): its shape and dtype, the layer's and weight's dtypes, backend, padding,
+        mode, fused activation and whether a BN is attached."""
         return (x.shape, x.dtype, self.dtype, self.weight.data.dtype, self.backend,
-                self._op_padding, self.training)  # fmt: skip
+                self._op_padding, self.training, self.fused_activation,
+                "folded_bn" in self._modules)  # fmt: skip
 
     def _fused_call(self, x, b, geometry):
         """act(BN(conv(x) + b)) by the backend's fused kernel, for a checked input ``x`` with its
@@ -273,6 +277,19 @@ class Conv2d(_AcceptsUnbatched, Module):
         scale, shift = bn.eval_scale_shift(b)
         return scale.astype(dtype), np.broadcast_to(shift, scale.shape).astype(dtype)
 
+    def _prepared_call(self, ops, g, b):
+        """The backend's call prepared for this layer and geometry ``g``
+        (``conv2d_bias_act_prepared``: kernel, tile plan and views chosen once), on the eval
+        fast path's copy only: the model rebuilds that copy whenever one of its arrays is
+        replaced, so the arrays the call holds stay this layer's. None elsewhere."""
+        if not (self.forward_only and hasattr(ops, "conv2d_bias_act_prepared")):
+            return None
+        bn = self._modules.get("folded_bn")
+        if bn is not None:
+            weight, bias = (None if p is None else p.data for p in (bn.weight, bn.bias))
+            bn = (weight, bias, bn.running_mean, bn.running_var, bn.eps)
+        return ops.conv2d_bias_act_prepared(self.weight.data, b, g, self.fused_activation, bn)
+
     def _forward_fused(self, x, b, args: dict):
         """act(BN(conv(x) + b)) with the BN and the activation where present: in one kernel where
         the backend has one (cpu), else op by op."""
@@ -289,9 +306,11 @@ class Conv2d(_AcceptsUnbatched, Module):
             cached = self.__dict__.get("_fused_geometry")
             if key is None or cached is None or cached[0] != key:
                 x, _, _, g = prepare_conv(x, self.weight.data, b, **args)
-                cached = (key, g)
+                cached = (key, g, self._prepared_call(ops, g, b))
                 if key is not None and x.ndim == 4:  # forward's shortcut: a batched input
                     self.__dict__["_fused_geometry"] = cached
+            if cached[2] is not None:
+                return cached[2](x)
             return self._fused_call(x, b, cached[1])
         scale, b = self._bn_scale_shift(b, x.dtype)
         y, _ = ops.conv2d_forward(x, self.weight.data, None if scale is not None else b, **args)

@@ -45,6 +45,7 @@ from .fused import (
     batch_norm2d_eval_affine,
     conv2d_bias_act_checked,
     conv2d_bias_act_forward,
+    conv2d_bias_act_prepared,
 )
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
