@@ -21,7 +21,7 @@ from scratchnets.kernels.cpu import (
     relu_forward,
 )
 from scratchnets.models.blocks import residual_add
-from scratchnets.models.fuse import Snapshot
+from scratchnets.models.fuse import PLANS_KEPT, Snapshot
 from scratchnets.nn import BatchNorm2d, Conv2d
 from scratchnets.reference.batchnorm import eval_scale_shift
 from scratchnets.reference.conv import prepare_conv
@@ -79,6 +79,54 @@ def test_fast_path_logits_equal_the_training_graph(name, options, size):
         fast_error,
         graph_error,
     )
+
+
+@pytest.mark.parametrize(("name", "options", "size"), MODELS, ids=[m[0] for m in MODELS])
+def test_the_compiled_plan_repeats_the_first_forward_bit_for_bit(name, options, size):
+    """The first input of a shape runs the copy's forward and builds its plan
+    (``Module.inference_plan``); later inputs of that shape run the plan: the same bytes,
+    another input's shape gets a plan of its own, and a weight changed in place is seen."""
+    model = make(name, options, np.float32)
+    rng = np.random.default_rng(7)
+    x, other = (rng.standard_normal((n, 3, size, size)).astype(np.float32) for n in (2, 1))
+    first, first_other = model(x), model(other)  # forward, plans made
+    plans = model._inference_copy().__dict__["_plans"]
+    assert set(plans) == {(x.shape, x.dtype), (other.shape, other.dtype)}
+    np.testing.assert_array_equal(model(x), first)
+    np.testing.assert_array_equal(model(other), first_other)
+    conv = next(m for m in model.modules() if isinstance(m, Conv2d))
+    conv.weight.data[...] *= 0.5
+    np.testing.assert_allclose(model(x), graph_eval(model, x), rtol=1e-4, atol=1e-4)
+    assert not np.array_equal(model(x), first)
+
+
+def test_a_plan_keeps_a_subclass_that_has_its_own_forward_on_that_forward():
+    """``planned_as``: a Sequential or conv subclass with its own forward is planned as that
+    forward, not as its parent's plan (Conv2dSame pads its own way)."""
+
+    class Doubled(sn.nn.Sequential):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    layer = Doubled(sn.nn.ReLU())
+    x = np.array([[[[-1.0, 3.0]]]], np.float32)
+    run, y = layer.inference_plan(x)
+    np.testing.assert_array_equal(y, [[[[0.0, 6.0]]]])
+    np.testing.assert_array_equal(run(x), y)
+    same = sn.models.blocks.Conv2dSame(2, 2, 3, stride=2, rng=np.random.default_rng(0)).eval()
+    same.fused_activation, same.forward_only = "relu", True
+    z = np.random.default_rng(1).standard_normal((1, 2, 6, 6)).astype(np.float32)
+    run, y = same.inference_plan(z)
+    assert run == same.forward
+    np.testing.assert_array_equal(run(z), y)
+
+
+def test_an_inference_copy_keeps_a_bounded_number_of_plans():
+    model = make("mobilenet_v1", dict(width_mult=0.25), np.float32)
+    for size in range(32, 32 + PLANS_KEPT + 3):
+        model(np.zeros((1, 3, size, size), np.float32))
+    plans = model._inference_copy().__dict__["_plans"]
+    assert len(plans) == PLANS_KEPT and ((1, 3, 32, 32), np.dtype(np.float32)) not in plans
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])

@@ -39,6 +39,7 @@ from ..nn import (
     Sequential,
     init,
 )
+from ..nn.module import chain_plans
 
 #: (conv path, BN path) pairs, relative to the block that declares them
 BnFolds = tuple[tuple[str, str], ...]
@@ -179,6 +180,20 @@ class ResidualBlock(Module):
             y = residual_add(self, y, self._run(self.shortcut, x), x)
         self._save((), y.shape)
         return y
+
+    def inference_plan(self, x):
+        """The branch's and the shortcut's plans, and the residual add."""
+        if not self.planned_as(ResidualBlock):
+            return super().inference_plan(x)
+        branch, y = chain_plans([getattr(self, name) for name in self.branch], x)
+        if not self.use_residual:
+            return branch, y
+        shortcut, s = chain_plans([getattr(self, name) for name in self.shortcut], x)
+
+        def run(x):
+            return residual_add(self, branch(x), shortcut(x), x)
+
+        return run, residual_add(self, y, s, x)
 
     def backward(self, dy):
         self._saved(dy)

@@ -200,6 +200,11 @@ class EvalFastPath:
     ``model.fast_eval = False`` keeps eval mode on the training graph (for gradients in eval
     mode: a backward after a fast-path forward is an error). Host backends only: on "cuda" eval
     runs the training graph.
+
+    The first input of each shape and dtype runs the copy's forward and compiles its plan
+    (``Module.inference_plan``): the layers as one flat loop of calls prepared for that shape
+    (a conv's kernel, tile plan and weight views chosen once: ``conv2d_bias_act_prepared``),
+    without module dispatch or argument checks; later inputs of that shape run the plan.
     """
 
     fast_eval = True
@@ -210,7 +215,10 @@ class EvalFastPath:
     def __call__(self, *args, **kwargs):
         if not self._runs_fast():
             return self.forward(*args, **kwargs)
-        return self._inference_copy().forward(*args, **kwargs)
+        copy_ = self._inference_copy()
+        if kwargs or len(args) != 1 or type(args[0]) is not np.ndarray:
+            return copy_.forward(*args, **kwargs)
+        return _planned_forward(copy_, args[0])
 
     def _tracked_arrays(self) -> list[np.ndarray]:
         """Every parameter's and host buffer's array, read through registry slots cached until
@@ -278,6 +286,27 @@ def inference_copy(model: Module, arrays: list) -> Module:
     for module in copy_.modules():
         module.__dict__["forward_only"] = True
     return copy_.eval()
+
+
+#: input shapes / dtypes whose plans an inference copy keeps (the oldest is dropped)
+PLANS_KEPT = 8
+
+
+def _planned_forward(copy_: Module, x: np.ndarray):
+    """``copy_.forward(x)`` through its compiled plan for x's shape and dtype
+    (``Module.inference_plan``: the copy's layers as a flat loop of prepared calls, checks and
+    dispatch done once), made on the first input of that shape and dtype. Plans live on the
+    copy, so they go whenever the copy is rebuilt."""
+    plans = copy_.__dict__.setdefault("_plans", {})
+    key = (x.shape, x.dtype)
+    run = plans.get(key)
+    if run is not None:
+        return run(x)
+    run, y = copy_.inference_plan(x)
+    if len(plans) >= PLANS_KEPT:
+        del plans[next(iter(plans))]
+    plans[key] = run
+    return y
 
 
 def _arrays_of(model: Module) -> list:

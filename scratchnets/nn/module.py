@@ -18,7 +18,7 @@ numba.cuda device arrays for "cuda" (``Module.to`` moves them).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -407,6 +407,20 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{self._get_name()} does not implement forward()")
 
+    def inference_plan(self, x) -> tuple[Callable, object]:
+        """``(run, y)``: ``y = self.forward(x)``, and ``run``, a function that computes the same
+        forward for any input of ``x``'s shape and dtype, with the work that depends only on
+        those (checks, dispatch, kernel choice) done here once: the eval fast path's compiled
+        plan (``models.fuse.EvalFastPath``). For forward-only modules (no caches). This default
+        is the module's own ``forward``; containers and layers with per-shape work override
+        it, and ``planned_as`` keeps a subclass with its own ``forward`` on this default."""
+        return self.forward, self.forward(x)
+
+    def planned_as(self, cls: type) -> bool:
+        """Whether this module's forward is ``cls``'s, so that ``cls.inference_plan`` describes
+        it (a subclass that overrides ``forward`` falls back to ``Module.inference_plan``)."""
+        return type(self).forward is cls.forward
+
     def backward(self, dy):
         raise NotImplementedError(f"{self._get_name()} does not implement backward()")
 
@@ -551,12 +565,38 @@ class Sequential(Module):
         self._save((), x.shape)
         return x
 
+    def inference_plan(self, x):
+        """The children's plans in order, Identity layers left out (one loop of calls)."""
+        if not self.planned_as(Sequential):
+            return super().inference_plan(x)
+        return chain_plans(self, x)
+
     def backward(self, dy):
         """dx = J_1^T (... J_n^T dy): each child's backward, last child first."""
         self._saved(dy)
         for module in reversed(self._modules.values()):
             dy = module.backward(dy)
         return dy
+
+
+def chain_plans(modules, x) -> tuple[Callable, object]:
+    """``(run, y)`` of ``modules`` applied in order to ``x`` (``Module.inference_plan``): one
+    loop over their plans, Identity layers left out."""
+    steps = []
+    for module in modules:
+        if type(module) is not Identity:
+            step, x = module.inference_plan(x)
+            steps.append(step)
+    if len(steps) == 1:
+        return steps[0], x
+    steps = tuple(steps)
+
+    def run(x):
+        for step in steps:
+            x = step(x)
+        return x
+
+    return run, x
 
 
 class Identity(Module):
