@@ -216,6 +216,29 @@ def test_conv2d_bias_act_equals_conv_then_activation_bit_for_bit(
         conv2d_bias_act_forward(x, w, b, stride, 0, 1, groups, "tanh")
 
 
+@pytest.mark.parametrize(("size", "stride"), [(9, 1), (9, 2), (24, 1), (47, 2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", [None, "relu6", "hard_swish"])
+def test_the_depthwise_kernels_apply_bn_and_activation_as_the_ops_in_sequence(
+    size, stride, dtype, activation
+):
+    """The depthwise kernels apply the inference epilogue to each output plane inside the
+    kernel (the flat kernel up to 400 output pixels, the polyphase one above, multiplier 2):
+    bit for bit the conv, then ``* scale``, then ``+ shift``, then the activation, each rounded
+    as its own op."""
+    rng = np.random.default_rng(9)
+    x = (3 * rng.standard_normal((2, 6, size, size))).astype(dtype)
+    w = rng.standard_normal((12, 1, 3, 3)).astype(dtype)
+    scale, shift = rng.uniform(0.5, 2, 12).astype(dtype), rng.standard_normal(12).astype(dtype)
+    x, w, _, g = prepare_conv(x, w, None, stride, 1, 1, 6)
+    y = conv2d_bias_act_checked(x, w, shift, g, activation, scale)
+    z = conv2d_forward(x, w, None, stride, 1, 1, 6)[0] * scale[:, None, None]
+    z = z + shift[:, None, None]
+    expected = z if activation is None else {"relu6": relu6_forward,
+                                             "hard_swish": hard_swish_forward}[activation](z)[0]  # fmt: skip
+    np.testing.assert_array_equal(y, expected)
+
+
 @pytest.mark.parametrize(
     ("c_in", "c_out", "kernel", "stride", "groups"),
     [(8, 40, 1, 1, 1), (8, 16, 1, 2, 1), (8, 8, 3, 2, 8), (3, 8, 3, 2, 1)],
