@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from .. import functional as F
+from ..backends import get_backend
 from ..nn import (
     AdaptiveAvgPool2d,
     BatchNorm2d,
@@ -242,6 +243,19 @@ class SqueezeExcite(Module):
         y, mul_cache = F.mul_forward(x, g, backend=self.backend)  # (N, C, H, W)
         self._save((pool_cache, mul_cache), y.shape)
         return y
+
+    def inference_plan(self, x):
+        """The pooling, the excitation's plans and the product, as one function."""
+        if not self.planned_as(SqueezeExcite, "_excitation"):
+            return super().inference_plan(x)
+        ops = get_backend(self.backend)
+        pool, multiply = ops.global_avg_pool2d_forward, ops.mul_forward
+        excite, g = chain_plans(self._excitation(), pool(x)[0])
+
+        def run(x):
+            return multiply(x, excite(pool(x)[0]))[0]
+
+        return run, multiply(x, g)[0]
 
     def backward(self, dy):
         pool_cache, mul_cache = self._saved(dy)

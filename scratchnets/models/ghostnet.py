@@ -41,6 +41,7 @@ from ..nn import (
     ReLU,
     Sequential,
 )
+from ..nn.module import chain_plans
 from . import blocks
 from .blocks import BatchNormAct2d, make_divisible, residual_add
 from .fuse import EvalFastPath, fuse, reparameterize_blocks
@@ -228,6 +229,27 @@ class GhostModule(Module):
         self._save(cache, out.shape)
         return out
 
+    def inference_plan(self, x):
+        """The primary and cheap operations' plans, and the two copies into the output."""
+        hooks = ("_ghost_forward", "_primary_forward", "_cheap_forward")
+        if not (self.forward_only and self.planned_as(GhostModule, *hooks)):
+            return super().inference_plan(x)
+        primary, x1 = self.primary_conv.inference_plan(x)  # (N, m, H', W') intrinsic maps
+        cheap, x2 = self.cheap_operation.inference_plan(x1)  # (N, m(s-1), H', W') ghosts
+        n, m = self.out_chs, min(x1.shape[1], self.out_chs)
+
+        def assemble(x1, x2):
+            out = np.empty((x1.shape[0], n, *x1.shape[2:]), x1.dtype)
+            out[:, :m] = x1[:, :m]
+            out[:, m:] = x2[:, : n - m]
+            return out
+
+        def run(x):
+            x1 = primary(x)
+            return assemble(x1, cheap(x1))
+
+        return run, assemble(x1, x2)
+
     def backward(self, dy):
         return self._ghost_backward(dy, self._saved(dy))
 
@@ -308,6 +330,20 @@ class GhostBottleneck(Module):
         y, add_cache = F.add_forward(h, self.shortcut(x), backend=self.backend)
         self._save(add_cache, y.shape)
         return y
+
+    def inference_plan(self, x):
+        """ghost1 -> the strided depthwise conv -> squeeze-excite -> ghost2 as one chain of
+        plans, the shortcut's, and the residual add."""
+        if not (self.forward_only and self.planned_as(GhostBottleneck, "_dw_forward")):
+            return super().inference_plan(x)
+        dw = [self.conv_dw, self.bn_dw] if self.stride != 1 else []
+        main, h = chain_plans([self.ghost1, *dw, self.se, self.ghost2], x)
+        shortcut, s = chain_plans([self.shortcut], x)
+
+        def run(x):
+            return residual_add(self, main(x), shortcut(x), x)
+
+        return run, residual_add(self, h, s, x)
 
     def backward(self, dy):
         dh, dskip = F.add_backward(dy, self._saved(dy), backend=self.backend)  # both get dy

@@ -416,10 +416,12 @@ class Module:
         it, and ``planned_as`` keeps a subclass with its own ``forward`` on this default."""
         return self.forward, self.forward(x)
 
-    def planned_as(self, cls: type) -> bool:
-        """Whether this module's forward is ``cls``'s, so that ``cls.inference_plan`` describes
-        it (a subclass that overrides ``forward`` falls back to ``Module.inference_plan``)."""
-        return type(self).forward is cls.forward
+    def planned_as(self, cls: type, *hooks: str) -> bool:
+        """Whether this module's forward, and the methods ``hooks`` it calls, are ``cls``'s, so
+        that ``cls.inference_plan`` describes it (a subclass that overrides one of them falls
+        back to ``Module.inference_plan``)."""
+        mine = type(self)
+        return all(getattr(mine, name) is getattr(cls, name) for name in ("forward", *hooks))
 
     def backward(self, dy):
         raise NotImplementedError(f"{self._get_name()} does not implement backward()")
