@@ -422,6 +422,28 @@ def test_every_intermediate_tensor_equals_the_tflite_reference_kernels(name, bac
 
 
 @needs_files
+def test_the_uint8_plan_is_made_per_input_shape_and_again_for_a_replaced_weight():
+    """The cpu forward's plan (``quantized_conv2d_prepared`` per conv) is made on the first input
+    of a shape and replayed after: every byte as the reference backend's, for two shapes in
+    turn, and after a conv's weights are replaced by another array."""
+    path = WEIGHTS / "mobilenet_v1_0.25_128_quant.tflite"
+    model, reference = (quantized_model_from_tflite(path).to(b) for b in ("cpu", "reference"))
+    rng = np.random.default_rng(11)
+    images = [rng.integers(0, 256, (n, 3, 128, 128), dtype=np.uint8) for n in (1, 2, 1, 2)]
+    for image in images:
+        np.testing.assert_array_equal(model(image), reference(image))
+    assert len(model.__dict__["_plans"]) == 2
+    before = model(images[0])
+    assert model.layers[0].op == "quantized_conv2d"
+    replaced = 255 - model.layers[0].arguments["w"]
+    for layers in (model.layers, reference.layers):  # the same new array in both models
+        layers[0].arguments["w"] = replaced
+    after = model(images[0])
+    np.testing.assert_array_equal(after, reference(images[0]))
+    assert not np.array_equal(after, before)
+
+
+@needs_files
 def test_unsupported_graphs_are_named():
     path = WEIGHTS / "mobilenet_v1_0.25_128_quant.tflite"
     graph = read_tflite(path)

@@ -19,6 +19,7 @@ dilation) is a ValueError naming it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,7 @@ from ..nn import Conv2d, Module
 from ..reference import quantized as qops
 from ..reference.quantized import QuantParams
 from .blocks import tf_same_padding
+from .fuse import PLANS_KEPT
 from .registry import create, fit_width, model_cfg
 
 #: the registered float model of each TF-slim graph, by the scope its weight names start with
@@ -180,23 +182,66 @@ class QuantizedModel(Module):
                 f"a uint8 TFLite model takes uint8 pixels of shape (N, {expected[3]}, H, W) (its "
                 f"NHWC input {expected} transposed); got {x.dtype} {x.shape}"
             )
-        ops = qops if self.backend == "reference" else _cpu_ops()
+        if self.backend == "reference":
+            tensors = self._run_layers(x)
+        else:
+            tensors = self._run_plan(np.ascontiguousarray(x))
+        return tensors if return_all else tensors[self.output_index]
+
+    def _layer_arguments(self, layer: QuantizedLayer, inputs: list) -> dict:
+        """A layer's keyword arguments for its inputs: TF "SAME" padding made explicit."""
+        if layer.same_padding is None:
+            return layer.arguments
+        (kh, kw), (sh, sw) = layer.same_padding
+        pads = (*tf_same_padding(inputs[0].shape[2], kh, sh),
+                *tf_same_padding(inputs[0].shape[3], kw, sw))  # fmt: skip
+        return layer.arguments | {"padding": pads}
+
+    def _run_layers(self, x) -> dict:
+        """Every tensor of the graph, by the reference ops, layer by layer."""
         tensors = {self.input_index: x}
+        for layer in self.layers:
+            inputs = [tensors[i] for i in layer.inputs]
+            if layer.op == "reshape":
+                tensors[layer.output] = _reshape_nchw(inputs[0], layer.arguments["shape"])
+            else:
+                arguments = self._layer_arguments(layer, inputs)
+                tensors[layer.output] = getattr(qops, layer.op)(*inputs, **arguments)
+        return tensors
+
+    def _run_plan(self, x) -> dict:
+        """Every tensor of the graph, by the cpu kernels through this input shape's plan: each
+        layer a function prepared on the first input of the shape (a conv's geometry, padding,
+        requantize constants, centred weights and tile plan: ``quantized_conv2d_prepared``),
+        made again when a conv's ``w`` is replaced."""
+        weights = [layer.arguments["w"] for layer in self.layers if layer.op == "quantized_conv2d"]
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(x.shape)
+        tensors = {self.input_index: x}
+        if plan is not None and all(a is b for a, b in zip(plan[0], weights, strict=True)):
+            for step, inputs, output in plan[1]:
+                tensors[output] = step(*[tensors[i] for i in inputs])
+            return tensors
+        ops, steps = _cpu_ops(), []
         for position, layer in enumerate(self.layers):
             inputs = [tensors[i] for i in layer.inputs]
-            arguments = layer.arguments
             if layer.op == "reshape":
-                tensors[layer.output] = _reshape_nchw(inputs[0], arguments["shape"])
-                continue
-            if layer.same_padding is not None:
-                (kh, kw), (sh, sw) = layer.same_padding
-                pads = (*tf_same_padding(inputs[0].shape[2], kh, sh),
-                        *tf_same_padding(inputs[0].shape[3], kw, sw))  # fmt: skip
-                arguments = arguments | {"padding": pads}
-            if ops is not qops and layer.op == "quantized_conv2d":
-                arguments = arguments | {"centred_w": self._centred(position, arguments)}
-            tensors[layer.output] = getattr(ops, layer.op)(*inputs, **arguments)
-        return tensors if return_all else tensors[self.output_index]
+                step = functools.partial(_reshape_nchw, shape=layer.arguments["shape"])
+            elif layer.op == "quantized_conv2d":
+                arguments = self._layer_arguments(layer, inputs)
+                step = ops.quantized_conv2d_prepared(
+                    inputs[0].shape, **arguments, centred_w=self._centred(position, arguments)
+                )
+            else:
+                step = functools.partial(
+                    getattr(ops, layer.op), **self._layer_arguments(layer, inputs)
+                )
+            tensors[layer.output] = step(*inputs)
+            steps.append((step, layer.inputs, layer.output))
+        if len(plans) >= PLANS_KEPT:
+            del plans[next(iter(plans))]
+        plans[x.shape] = (weights, steps)
+        return tensors
 
     def _centred(self, position: int, arguments: dict) -> np.ndarray:
         """The CPU kernels' ``centred_weights`` of a conv layer, prepared on its first forward and
