@@ -315,7 +315,7 @@ class Conv2d(_AcceptsUnbatched, Module):
             cached = self.__dict__.get("_fused_geometry")
             if key is None or cached is None or cached[0] != key:
                 x, _, _, g = prepare_conv(x, self.weight.data, b, **args)
-                cached = (key, g, self._prepared_call(ops, g, b))
+                cached = (key, g, None if key is None else self._prepared_call(ops, g, b))
                 if key is not None and x.ndim == 4:  # forward's shortcut: a batched input
                     self.__dict__["_fused_geometry"] = cached
             if cached[2] is not None:
