@@ -23,10 +23,11 @@ from .conv.depthwise import _depthwise_forward
 from .conv.im2col import _general_forward
 from .conv.pointwise import _pointwise_input
 from .gemm import (
-    _NOTHING,
     ACTIVATION_CODES,
+    _contiguous,
     _tiled_gemm,
     blas_gemm,
+    epilogue_arguments,
     epilogue_row,
     tile_plan,
     tiled_matmul,
@@ -89,12 +90,9 @@ def conv2d_bias_act_checked(x, w, b, g, activation, scale=None) -> np.ndarray:
         bias_left = b
     if bias_left is None and activation is None and scale is None:
         return y
-    dummy = np.zeros(1, y.dtype)
     planes = y.reshape(g.batch, g.out_channels, -1)
-    _epilogue_kernel(planes, dummy if scale is None else np.ascontiguousarray(scale, y.dtype),
-                     scale is not None, dummy if bias_left is None else bias_left,
-                     bias_left is not None, ACTIVATION_CODES[activation],
-                     *map(y.dtype.type, (0, 3, 6)))  # fmt: skip
+    epilogue = epilogue_arguments(y.dtype, _contiguous(scale, y.dtype), bias_left, activation)
+    _epilogue_kernel(planes, *epilogue)
     return y
 
 
@@ -129,18 +127,14 @@ def conv2d_bias_act_prepared(w, b, g, activation, bn=None):
     weights = w.reshape(g.out_channels, g.in_channels)  # a view: in-place changes are seen
     pixels = g.out_hw[0] * g.out_hw[1]
     tiles = tile_plan(g.batch, g.out_channels, pixels, g.in_channels, planned_threads())
-    gemm, nothing, code = blas_gemm(dtype), _NOTHING[dtype.type], ACTIVATION_CODES[activation]
-    constants = tuple(map(dtype.type, (0, 3, 6)))
-    out_shape = (g.batch, g.out_channels, *g.out_hw)
+    gemm, out_shape = blas_gemm(dtype), (g.batch, g.out_channels, *g.out_hw)
 
     def run_pointwise(x):
-        scale, shift = affine()
+        epilogue = epilogue_arguments(dtype, *affine(), activation)
         y = np.empty(out_shape, dtype)
         columns = _pointwise_input(np.ascontiguousarray(x), g)  # (N, C_in, OH*OW)
         _tiled_gemm(gemm, weights, False, columns, False, y.reshape(g.batch, g.out_channels, -1),
-                    tiles, nothing if scale is None else scale, scale is not None,
-                    nothing if shift is None else shift, shift is not None, code,
-                    *constants)  # fmt: skip
+                    tiles, *epilogue)  # fmt: skip
         return y
 
     return run_pointwise

@@ -183,6 +183,28 @@ def _tiled_gemm_sum(gemm, a, b, transpose_b, out, tiles):
 _NOTHING = {t: np.zeros(1, t) for t in (np.float32, np.float64)}
 
 
+@functools.cache
+def _epilogue_constants(dtype_type, activation) -> tuple:
+    return (ACTIVATION_CODES[activation], *map(dtype_type, (0, 3, 6)))
+
+
+def epilogue_arguments(dtype, scale, shift, activation) -> tuple:
+    """The epilogue arguments of ``_tiled_gemm`` (and ``fused``'s plane epilogue) for
+    ``act(y * scale + shift)`` per row: ``(scale, use_scale, shift, use_shift, activation code,
+    zero, three, six)``; ``scale`` / ``shift`` contiguous (M,) arrays of ``dtype`` or None,
+    ``activation`` a key of ``ACTIVATION_CODES``."""
+    nothing = _NOTHING[dtype.type]
+    return (
+        nothing if scale is None else scale, scale is not None,
+        nothing if shift is None else shift, shift is not None,
+        *_epilogue_constants(dtype.type, activation),
+    )  # fmt: skip
+
+
+def _contiguous(vector, dtype):
+    return None if vector is None else np.ascontiguousarray(vector, dtype)
+
+
 def _cuts(length: int, pieces: int, align: int) -> list[int]:
     """``pieces`` + 1 boundaries of ``range(length)``, as even as possible on multiples of
     ``align`` (the last is ``length``)."""
@@ -273,14 +295,10 @@ def tiled_matmul(a, b, out, scale=None, shift=None, activation=None) -> np.ndarr
         return out
     if not _rows_ready(out3):
         raise ValueError("tiled_matmul: out's rows must have unit stride and not overlap")
-    dummy = _NOTHING[dtype.type]
     tiles = tile_plan(out3.shape[0], rows, out3.shape[2], inner, planned_threads())
-    _tiled_gemm(
-        blas_gemm(dtype), a, transpose_a, b3, transpose_b, out3, tiles,
-        dummy if scale is None else np.ascontiguousarray(scale, dtype), scale is not None,
-        dummy if shift is None else np.ascontiguousarray(shift, dtype), shift is not None,
-        ACTIVATION_CODES[activation], *map(dtype.type, (0, 3, 6)),
-    )  # fmt: skip
+    _tiled_gemm(blas_gemm(dtype), a, transpose_a, b3, transpose_b, out3, tiles,
+                *epilogue_arguments(dtype, _contiguous(scale, dtype), _contiguous(shift, dtype),
+                                    activation))  # fmt: skip
     return out
 
 
