@@ -16,3 +16,16 @@ def to_numpy(a) -> np.ndarray:
 
 def is_device_array(a) -> bool:
     return hasattr(a, "copy_to_host")
+
+
+def to_channels_last(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> a contiguous (N, H, W, C) copy (the eval plan's channels-last stretch)."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def to_channels_first(x: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> a contiguous (N, C, H, W) array (a reshape when H = W = 1)."""
+    n, h, w, c = x.shape
+    if h * w == 1:
+        return x.reshape(n, c, 1, 1)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

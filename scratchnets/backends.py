@@ -36,7 +36,8 @@ class Op:
 
     ``indices``: the compute backends also export ``<op>_indices(cache)``, torch's flat input
     index of each output (max pooling's ``return_indices``). ``fused``: functions of the cpu
-    backend that run this op fused with what follows it (the eval fast path's epilogues).
+    backend that run this op in the eval fast path's own forms: fused with what follows it (the
+    epilogues) or on channels-last arrays.
     """
 
     name: str
@@ -67,7 +68,7 @@ OP_TABLE: tuple[Op, ...] = (
              "relu", "relu6", "clip", "sigmoid", "hard_sigmoid", "hard_swish", "silu", "softmax"),
     Op("max_pool2d", "pooling", "pooling", indices=True),
     Op("avg_pool2d", "pooling", "pooling"),
-    Op("global_avg_pool2d", "pooling", "pooling"),
+    Op("global_avg_pool2d", "pooling", "pooling", fused=("global_avg_pool2d_channels_last",)),
     Op("adaptive_avg_pool2d", "pooling", "pooling"),
     Op("adaptive_max_pool2d", "pooling", "pooling", indices=True),
     Op("linear", "linear", "mult_adds"),

@@ -6,6 +6,8 @@ training graph, and a backward after a fast forward is a clear error.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -21,11 +23,14 @@ from scratchnets.kernels.cpu import (
     relu_forward,
 )
 from scratchnets.models.blocks import residual_add
-from scratchnets.models.fuse import PLANS_KEPT, Snapshot
+from scratchnets.models.fuse import LAYOUT_TRIALS, PLANS_KEPT, Snapshot
 from scratchnets.nn import BatchNorm2d, Conv2d
 from scratchnets.reference.batchnorm import eval_scale_shift
 from scratchnets.reference.conv import prepare_conv
 from tests.model_twins import randomize_bn
+
+#: the module (``scratchnets.models.fuse`` the name is the function ``fuse``)
+fuse_module = importlib.import_module("scratchnets.models.fuse")
 
 #: (model, create options, input size): every registered architecture with BatchNorm, small
 MODELS = [
@@ -57,13 +62,17 @@ def graph_eval(model, x):
         model.fast_eval = True
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize(("name", "options", "size"), MODELS, ids=[m[0] for m in MODELS])
-def test_fast_path_logits_equal_the_training_graph(name, options, size):
+def test_fast_path_logits_equal_the_training_graph(name, options, size, layout):
     """float64: the same function (1e-10). float32: the fast path's error against the float64
     training graph is at most 4x the float32 training graph's own, or a few float32 ulps of the
-    logits: folding and fusing reorder roundings, they do not add error."""
+    logits: folding and fusing reorder roundings, they do not add error. In either layout of
+    the plan (channels-last: every chain of depthwise / pointwise convs on planes of at most
+    ``CHANNELS_LAST_PIXELS``)."""
     x = np.random.default_rng(2).standard_normal((2, 3, size, size))
     model64 = make(name, options, np.float64)
+    model64.inference_layout = layout
     exact = graph_eval(model64, x)
     fast64 = model64(x)
     assert np.max(np.abs(fast64 - exact)) <= 1e-10 * max(1.0, np.max(np.abs(exact)))
@@ -72,6 +81,7 @@ def test_fast_path_logits_equal_the_training_graph(name, options, size):
     attached = {id(m._modules["folded_bn"]) for m in copy.modules() if "folded_bn" in m._modules}
     assert bns == attached, "a BN runs on its own instead of inside its conv's output pass"
     model32 = make(name, options, np.float32)
+    model32.inference_layout = layout
     x32 = x.astype(np.float32)
     graph_error = np.max(np.abs(graph_eval(model32, x32) - exact))
     fast_error = np.max(np.abs(model32(x32) - exact))
@@ -91,13 +101,52 @@ def test_the_compiled_plan_repeats_the_first_forward_bit_for_bit(name, options, 
     x, other = (rng.standard_normal((n, 3, size, size)).astype(np.float32) for n in (2, 1))
     first, first_other = model(x), model(other)  # forward, plans made
     plans = model._inference_copy().__dict__["_plans"]
-    assert set(plans) == {(x.shape, x.dtype), (other.shape, other.dtype)}
+    assert {key[:2] for key in plans} == {(x.shape, x.dtype), (other.shape, other.dtype)}
     np.testing.assert_array_equal(model(x), first)
     np.testing.assert_array_equal(model(other), first_other)
     conv = next(m for m in model.modules() if isinstance(m, Conv2d))
     conv.weight.data[...] *= 0.5
     np.testing.assert_allclose(model(x), graph_eval(model, x), rtol=1e-4, atol=1e-4)
     assert not np.array_equal(model(x), first)
+
+
+@pytest.mark.parametrize("faster", ["nchw", "channels_last"])
+def test_auto_layout_keeps_the_faster_plan_and_times_an_architecture_once(monkeypatch, faster):
+    """ "auto" builds both plans, times them (here a clock that favours ``faster``) and keeps
+    that one: its outputs are the forced layout's, bit for bit; a copy rebuilt for the same
+    architecture reuses the choice without timing; a model whose chains never turn is built
+    once, NCHW; an unknown layout is a clear error."""
+    monkeypatch.setattr(fuse_module, "_LAYOUTS_TIMED", {})
+    model = make("mobilenet_v2", dict(width_mult=0.35), np.float32)
+    x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    forced = {}
+    for layout in ("nchw", "channels_last"):
+        model.inference_layout = layout
+        forced[layout] = model(x)
+    assert not np.array_equal(forced["nchw"], forced["channels_last"])  # other roundings
+    timed = []
+
+    def clock(run, x):  # which plan ran, told by its output
+        channels_last = np.array_equal(run(x), forced["channels_last"])
+        timed.append(channels_last)
+        return 1.0 if channels_last == (faster == "channels_last") else 2.0
+
+    monkeypatch.setattr(fuse_module, "_seconds", clock)
+    model.inference_layout = "auto"
+    np.testing.assert_array_equal(model(x), forced[faster])
+    assert sorted(timed) == [False] * LAYOUT_TRIALS + [True] * LAYOUT_TRIALS
+    plans = model._inference_copy().__dict__["_plans"]
+    assert plans[(x.shape, x.dtype, "auto")][1] == faster
+    conv = next(m for m in model.modules() if isinstance(m, Conv2d))
+    conv.weight.data = conv.weight.data.copy()  # a new copy of the model, the same function
+    np.testing.assert_array_equal(model(x), forced[faster])
+    assert len(timed) == 2 * LAYOUT_TRIALS
+    plain = make("vgg16_bn", {}, np.float32)  # no depthwise conv: no chain turns
+    assert plain(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 10)
+    assert len(timed) == 2 * LAYOUT_TRIALS
+    plain.inference_layout = "nhwc"
+    with pytest.raises(ValueError, match="inference_layout must be one of"):
+        plain(np.zeros((1, 3, 32, 32), np.float32))
 
 
 def test_a_plan_keeps_a_subclass_that_has_its_own_forward_on_that_forward():
@@ -126,7 +175,8 @@ def test_an_inference_copy_keeps_a_bounded_number_of_plans():
     for size in range(32, 32 + PLANS_KEPT + 3):
         model(np.zeros((1, 3, size, size), np.float32))
     plans = model._inference_copy().__dict__["_plans"]
-    assert len(plans) == PLANS_KEPT and ((1, 3, 32, 32), np.dtype(np.float32)) not in plans
+    shapes = {key[0] for key in plans}
+    assert len(plans) == PLANS_KEPT and (1, 3, 32, 32) not in shapes
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -279,14 +329,24 @@ def test_a_prepared_conv_call_equals_the_checked_kernel_and_sees_changes(
         conv2d_bias_act_prepared(w, b, g, "tanh")
 
 
-def test_the_fast_paths_convs_run_prepared_calls_on_the_cpu_backend_only():
-    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+def test_the_fast_paths_convs_run_prepared_calls_on_the_cpu_backend_only(monkeypatch):
+    """On the cpu backend a planned forward runs no conv's ``_forward_fused`` (every conv is a
+    prepared call, NCHW or channels-last); on the reference backend each conv runs it."""
+    x = np.random.default_rng(2).standard_normal((1, 3, 64, 64)).astype(np.float32)
     for backend, prepared in (("cpu", True), ("reference", False)):
         model = make("mobilenet_v2", dict(width_mult=0.35), np.float32, backend)
-        model(x)
+        model(x)  # the plan made
         convs = [m for m in model._inference_copy().modules() if isinstance(m, Conv2d)]
-        calls = [m.__dict__.get("_fused_geometry", (None,) * 3)[2] for m in convs]
-        assert convs and all((call is not None) == prepared for call in calls)
+        forwards = []
+
+        def counted(self, *args, forwards=forwards, unprepared=Conv2d._forward_fused):
+            forwards.append(self)
+            return unprepared(self, *args)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(Conv2d, "_forward_fused", counted)
+            model(x)
+        assert len(forwards) == (0 if prepared else len(convs)), (backend, len(forwards))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

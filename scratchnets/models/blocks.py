@@ -40,7 +40,7 @@ from ..nn import (
     Sequential,
     init,
 )
-from ..nn.module import chain_plans
+from ..nn.module import chain_plans, channels_last_convs
 
 #: (conv path, BN path) pairs, relative to the block that declares them
 BnFolds = tuple[tuple[str, str], ...]
@@ -182,19 +182,28 @@ class ResidualBlock(Module):
         self._save((), y.shape)
         return y
 
-    def inference_plan(self, x):
+    def inference_plan(self, x, channels_last=False):
         """The branch's and the shortcut's plans, and the residual add."""
         if not self.planned_as(ResidualBlock, "_run"):
-            return super().inference_plan(x)
-        branch, y = chain_plans([getattr(self, name) for name in self.branch], x)
+            return super().inference_plan(x, channels_last)
+        branch, y = chain_plans(self._children(self.branch), x, channels_last)
         if not self.use_residual:
             return branch, y
-        shortcut, s = chain_plans([getattr(self, name) for name in self.shortcut], x)
+        shortcut, s = chain_plans(self._children(self.shortcut), x, channels_last)
 
         def run(x):
             return residual_add(self, branch(x), shortcut(x), x)
 
         return run, residual_add(self, y, s, x)
+
+    def _children(self, names: tuple[str, ...]) -> list[Module]:
+        return [getattr(self, name) for name in names]
+
+    def channels_last_convs(self):
+        if not self.planned_as(ResidualBlock, "_run"):
+            return None
+        paths = self.branch + (self.shortcut if self.use_residual else ())
+        return channels_last_convs(self._children(paths))
 
     def backward(self, dy):
         self._saved(dy)
@@ -244,18 +253,38 @@ class SqueezeExcite(Module):
         self._save((pool_cache, mul_cache), y.shape)
         return y
 
-    def inference_plan(self, x):
-        """The pooling, the excitation's plans and the product, as one function."""
+    def inference_plan(self, x, channels_last=False):
+        """The pooling, the excitation's plans and the product, as one function. Channels-last:
+        the pooled (N, C, 1, 1) is the same array in either layout, so the excitation runs as
+        it is; the gate multiplies along the last axis."""
         if not self.planned_as(SqueezeExcite, "_excitation"):
-            return super().inference_plan(x)
+            return super().inference_plan(x, channels_last)
         ops = get_backend(self.backend)
-        pool, multiply = ops.global_avg_pool2d_forward, ops.mul_forward
-        excite, g = chain_plans(self._excitation(), pool(x)[0])
+        if channels_last:
+            pool = ops.global_avg_pool2d_channels_last
+
+            def multiply(x, g):  # x (N, H, W, C), g (N, C, 1, 1)
+                return np.multiply(x, g.reshape(len(g), 1, 1, -1))
+        else:
+
+            def pool(x):
+                return ops.global_avg_pool2d_forward(x)[0]
+
+            def multiply(x, g):
+                return ops.mul_forward(x, g)[0]
+
+        excite, g = chain_plans(self._excitation(), pool(x))
 
         def run(x):
-            return multiply(x, excite(pool(x)[0]))[0]
+            return multiply(x, excite(pool(x)))
 
-        return run, multiply(x, g)[0]
+        return run, multiply(x, g)
+
+    def channels_last_convs(self):
+        """0 where the cpu backend has the channels-last pool (the excitation's convs run on
+        (N, C, 1, 1), a layout of its own)."""
+        ready = self.planned_as(SqueezeExcite, "_excitation") and self.backend == "cpu"
+        return 0 if ready else None
 
     def backward(self, dy):
         pool_cache, mul_cache = self._saved(dy)

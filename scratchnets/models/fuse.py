@@ -21,6 +21,7 @@ up to rounding, and that has no BatchNorm left in the declared places.
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 from numba import njit, prange
@@ -28,6 +29,7 @@ from numba.typed import List as TypedList
 
 from ..arrays import is_device_array, to_numpy
 from ..nn import BatchNorm2d, Conv2d, Hardswish, Identity, Module, ReLU, ReLU6, Sequential
+from ..nn.module import planned_layout
 from .blocks import BatchNormAct2d, Conv2dSame
 
 
@@ -208,6 +210,10 @@ class EvalFastPath:
     """
 
     fast_eval = True
+    #: how the plans lay out activations: "auto" (the default) builds an NCHW plan and one that
+    #: turns channels-last where a chain of depthwise / pointwise convs allows it, times both on
+    #: the first input of a shape and keeps the faster; "nchw" or "channels_last" choose
+    inference_layout = "auto"
 
     def _runs_fast(self) -> bool:
         return not self.training and self.fast_eval and self.backend in ("cpu", "reference")
@@ -218,7 +224,7 @@ class EvalFastPath:
         copy_ = self._inference_copy()
         if kwargs or len(args) != 1 or type(args[0]) is not np.ndarray:
             return copy_.forward(*args, **kwargs)
-        return _planned_forward(copy_, args[0])
+        return _planned_forward(copy_, args[0], self.inference_layout)
 
     def _tracked_arrays(self) -> list[np.ndarray]:
         """Every parameter's and host buffer's array, read through registry slots cached until
@@ -292,21 +298,72 @@ def inference_copy(model: Module, arrays: list) -> Module:
 PLANS_KEPT = 8
 
 
-def _planned_forward(copy_: Module, x: np.ndarray):
+#: what ``EvalFastPath.inference_layout`` may be
+INFERENCE_LAYOUTS = ("auto", "nchw", "channels_last")
+#: "auto" times each layout's plan this many times (alternated), fastest of each counts ...
+LAYOUT_TRIALS = 3
+#: ... and keeps channels-last only when it takes at most this fraction of the NCHW plan's time
+#: (two plans within timing noise of each other keep NCHW, the layout every kernel has)
+CHANNELS_LAST_MARGIN = 0.97
+
+
+def _planned_forward(copy_: Module, x: np.ndarray, layout: str):
     """``copy_.forward(x)`` through its compiled plan for x's shape and dtype
     (``Module.inference_plan``: the copy's layers as a flat loop of prepared calls, checks and
-    dispatch done once), made on the first input of that shape and dtype. Plans live on the
-    copy, so they go whenever the copy is rebuilt."""
+    dispatch done once), made on the first input of that shape and dtype in ``layout``
+    (``_layout_plan``). Plans live on the copy, so they go whenever the copy is rebuilt."""
     plans = copy_.__dict__.setdefault("_plans", {})
-    key = (x.shape, x.dtype)
-    run = plans.get(key)
-    if run is not None:
-        return run(x)
-    run, y = copy_.inference_plan(x)
+    key = (x.shape, x.dtype, layout)
+    plan = plans.get(key)
+    if plan is not None:
+        return plan[0](x)
+    run, y, chosen = _layout_plan(copy_, x, layout)
     if len(plans) >= PLANS_KEPT:
         del plans[next(iter(plans))]
-    plans[key] = run
+    plans[key] = (run, chosen)
     return y
+
+
+def _layout_plan(copy_: Module, x: np.ndarray, layout: str) -> tuple:
+    """``(run, y, chosen layout)``: the plan in ``layout``; for "auto" both plans, each run
+    ``LAYOUT_TRIALS`` times in turn, and the faster kept (``CHANNELS_LAST_MARGIN``), once per
+    architecture and input (``_LAYOUTS_TIMED``). Which one wins depends on the machine's BLAS:
+    channels-last pointwise GEMMs read the weights transposed, which OpenBLAS's small-matrix
+    kernels for AVX-512 run at half the speed of the NCHW orientation, and its AVX2 kernels at
+    the same (bench/NOTES.md). A model with no chain that turns channels-last is built once."""
+    if layout not in INFERENCE_LAYOUTS:
+        raise ValueError(f"inference_layout must be one of {INFERENCE_LAYOUTS}, got {layout!r}")
+    architecture = (type(copy_), x.shape, x.dtype, tuple(p.shape for p in copy_.parameters()))
+    if layout == "auto":
+        layout = _LAYOUTS_TIMED.get(architecture, layout)
+    if layout != "auto":
+        with planned_layout(layout == "channels_last"):
+            return (*copy_.inference_plan(x), layout)
+    with planned_layout(True) as tried:
+        channels_last, y_last = copy_.inference_plan(x)
+    if tried.turns == 0:
+        _LAYOUTS_TIMED[architecture] = "nchw"
+        return channels_last, y_last, "nchw"
+    with planned_layout(False):
+        nchw, y = copy_.inference_plan(x)
+    best = {"nchw": np.inf, "channels_last": np.inf}
+    for _ in range(LAYOUT_TRIALS):
+        for name, run in (("nchw", nchw), ("channels_last", channels_last)):
+            best[name] = min(best[name], _seconds(run, x))
+    clearly_faster = best["channels_last"] <= CHANNELS_LAST_MARGIN * best["nchw"]
+    chosen = _LAYOUTS_TIMED[architecture] = "channels_last" if clearly_faster else "nchw"
+    return (channels_last, y_last, chosen) if chosen == "channels_last" else (nchw, y, chosen)
+
+
+#: the layout "auto" chose, per (model class, input shape, dtype, parameter shapes): a copy
+#: rebuilt after a weight was replaced (each epoch of training, say) is not timed again
+_LAYOUTS_TIMED: dict[tuple, str] = {}
+
+
+def _seconds(run, x) -> float:
+    start = time.perf_counter()
+    run(x)
+    return time.perf_counter() - start
 
 
 def _arrays_of(model: Module) -> list:

@@ -41,7 +41,7 @@ from ..nn import (
     ReLU,
     Sequential,
 )
-from ..nn.module import chain_plans
+from ..nn.module import chain_plans, channels_last_convs
 from . import blocks
 from .blocks import BatchNormAct2d, make_divisible, residual_add
 from .fuse import EvalFastPath, fuse, reparameterize_blocks
@@ -122,6 +122,15 @@ class ConvBnAct(Module):
         y = self.bn1(self.conv(x))
         self._save((), y.shape)
         return y
+
+    def inference_plan(self, x, channels_last=False):
+        """The conv's and the BN's (or what the fast path left of it) plans in a chain."""
+        if not self.planned_as(ConvBnAct):
+            return super().inference_plan(x, channels_last)
+        return chain_plans([self.conv, self.bn1], x, channels_last)
+
+    def channels_last_convs(self):
+        return channels_last_convs([self.conv, self.bn1]) if self.planned_as(ConvBnAct) else None
 
     def backward(self, dy):
         self._saved(dy)
@@ -229,19 +238,28 @@ class GhostModule(Module):
         self._save(cache, out.shape)
         return out
 
-    def inference_plan(self, x):
-        """The primary and cheap operations' plans, and the two copies into the output."""
+    def _planned(self) -> bool:
         hooks = ("_ghost_forward", "_primary_forward", "_cheap_forward")
-        if not (self.forward_only and self.planned_as(GhostModule, *hooks)):
-            return super().inference_plan(x)
-        primary, x1 = self.primary_conv.inference_plan(x)  # (N, m, H', W') intrinsic maps
-        cheap, x2 = self.cheap_operation.inference_plan(x1)  # (N, m(s-1), H', W') ghosts
-        n, m = self.out_chs, min(x1.shape[1], self.out_chs)
+        return self.forward_only and self.planned_as(GhostModule, *hooks)
+
+    def inference_plan(self, x, channels_last=False):
+        """The primary and cheap operations' plans, and the two copies into the output (along
+        the last axis for channels-last arrays)."""
+        if not self._planned():
+            return super().inference_plan(x, channels_last)
+        primary, x1 = self.primary_conv.inference_plan(x, channels_last)  # m intrinsic maps
+        cheap, x2 = self.cheap_operation.inference_plan(x1, channels_last)  # m(s-1) ghosts
+        axis = 3 if channels_last else 1
+        n, m = self.out_chs, min(x1.shape[axis], self.out_chs)
+        first, rest = ([slice(None)] * axis + [part] for part in (slice(0, m), slice(m, None)))
+        ghosts = [slice(None)] * axis + [slice(0, n - m)]
 
         def assemble(x1, x2):
-            out = np.empty((x1.shape[0], n, *x1.shape[2:]), x1.dtype)
-            out[:, :m] = x1[:, :m]
-            out[:, m:] = x2[:, : n - m]
+            shape = list(x1.shape)
+            shape[axis] = n
+            out = np.empty(shape, x1.dtype)
+            out[tuple(first)] = x1[tuple(first)]
+            out[tuple(rest)] = x2[tuple(ghosts)]
             return out
 
         def run(x):
@@ -249,6 +267,11 @@ class GhostModule(Module):
             return assemble(x1, cheap(x1))
 
         return run, assemble(x1, x2)
+
+    def channels_last_convs(self):
+        if not self._planned():
+            return None
+        return channels_last_convs([self.primary_conv, self.cheap_operation])
 
     def backward(self, dy):
         return self._ghost_backward(dy, self._saved(dy))
@@ -331,19 +354,30 @@ class GhostBottleneck(Module):
         self._save(add_cache, y.shape)
         return y
 
-    def inference_plan(self, x):
-        """ghost1 -> the strided depthwise conv -> squeeze-excite -> ghost2 as one chain of
-        plans, the shortcut's, and the residual add."""
+    def _main_path(self) -> list[Module] | None:
+        """ghost1 -> the strided depthwise conv -> squeeze-excite -> ghost2, where the plan can
+        run them as such; else None."""
         if not (self.forward_only and self.planned_as(GhostBottleneck, "_dw_forward")):
-            return super().inference_plan(x)
+            return None
         dw = [self.conv_dw, self.bn_dw] if self.stride != 1 else []
-        main, h = chain_plans([self.ghost1, *dw, self.se, self.ghost2], x)
-        shortcut, s = chain_plans([self.shortcut], x)
+        return [self.ghost1, *dw, self.se, self.ghost2]
+
+    def inference_plan(self, x, channels_last=False):
+        """The main path as one chain of plans, the shortcut's, and the residual add."""
+        path = self._main_path()
+        if path is None:
+            return super().inference_plan(x, channels_last)
+        main, h = chain_plans(path, x, channels_last)
+        shortcut, s = chain_plans([self.shortcut], x, channels_last)
 
         def run(x):
             return residual_add(self, main(x), shortcut(x), x)
 
         return run, residual_add(self, h, s, x)
+
+    def channels_last_convs(self):
+        path = self._main_path()
+        return None if path is None else channels_last_convs([*path, self.shortcut])
 
     def backward(self, dy):
         dh, dskip = F.add_backward(dy, self._saved(dy), backend=self.backend)  # both get dy

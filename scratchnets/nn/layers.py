@@ -244,14 +244,41 @@ class Conv2d(_AcceptsUnbatched, Module):
         self._save((cache, pad_cache), y.shape)
         return self._drop_batch(y)
 
-    def inference_plan(self, x):
-        """The prepared call (``_prepared_call``) where this layer made one for ``x``."""
+    def inference_plan(self, x, channels_last=False):
+        """The prepared call (``_prepared_call``) where this layer made one for ``x``; for a
+        channels-last ``x`` (N, H, W, C) the backend's channels-last call."""
+        if channels_last:
+            return self._channels_last_plan(x)
         y = self.forward(x)
         cached = self.__dict__.get("_fused_geometry")
         if (self.planned_as(Conv2d) and cached is not None and cached[2] is not None
                 and type(x) is np.ndarray and cached[0] == self._fused_key(x)):  # fmt: skip
             return cached[2], y
         return self.forward, y
+
+    def channels_last_convs(self):
+        """1 on the eval fast path's copy (cpu backend) for a depthwise conv or a stride-1
+        pointwise one with zero padding (``kernels.cpu.channels_last``); otherwise None."""
+        if not (self.forward_only and self.planned_as(Conv2d) and not self.training
+                and self.padding_mode == "zeros" and self.backend == "cpu"):  # fmt: skip
+            return None
+        from ..kernels.cpu.channels_last import channels_last_conv_kind
+
+        kind = channels_last_conv_kind(self.in_channels, self.out_channels, self.groups,
+                                       self.kernel_size, self.stride, self._op_padding)  # fmt: skip
+        return None if kind is None else 1
+
+    def _channels_last_plan(self, x):
+        """``(run, y)`` for a channels-last input (N, H, W, C): the checks of ``forward`` on its
+        NCHW view, then the backend's channels-last prepared call."""
+        nchw = x.transpose(0, 3, 1, 2)
+        self._check_input(nchw, ("N", self.in_channels, "H", "W"), match_dtype=True)
+        b = None if self.bias is None else self.bias.data
+        _, _, _, g = prepare_conv(nchw, self.weight.data, b, stride=self.stride,
+                                  padding=self._op_padding, dilation=self.dilation,
+                                  groups=self.groups)  # fmt: skip
+        run = self._prepared_call(get_backend(self.backend), g, b, channels_last=True)
+        return run, run(x)
 
     def _fused_key(self, x) -> tuple:
         """What an input's checks, conv geometry and prepared call depend on (the inference path
@@ -286,7 +313,7 @@ class Conv2d(_AcceptsUnbatched, Module):
         scale, shift = bn.eval_scale_shift(b)
         return scale.astype(dtype), np.broadcast_to(shift, scale.shape).astype(dtype)
 
-    def _prepared_call(self, ops, g, b):
+    def _prepared_call(self, ops, g, b, channels_last=False):
         """The backend's call prepared for this layer and geometry ``g``
         (``conv2d_bias_act_prepared``: kernel, tile plan and views chosen once), on the eval
         fast path's copy only: the model rebuilds that copy whenever one of its arrays is
@@ -297,7 +324,8 @@ class Conv2d(_AcceptsUnbatched, Module):
         if bn is not None:
             weight, bias = (None if p is None else p.data for p in (bn.weight, bn.bias))
             bn = (weight, bias, bn.running_mean, bn.running_var, bn.eps)
-        return ops.conv2d_bias_act_prepared(self.weight.data, b, g, self.fused_activation, bn)
+        return ops.conv2d_bias_act_prepared(self.weight.data, b, g, self.fused_activation, bn,
+                                            channels_last)  # fmt: skip
 
     def _forward_fused(self, x, b, args: dict):
         """act(BN(conv(x) + b)) with the BN and the activation where present: in one kernel where
@@ -453,6 +481,10 @@ class _UnaryOp(Module):
         y, cache = getattr(F, f"{self._op}_forward")(x, backend=self.backend)
         self._save(cache, y.shape)
         return y
+
+    def channels_last_convs(self):
+        """0 for an op of any layout (elementwise: channels-last arrays run as they are)."""
+        return 0 if self._layout is None and self.planned_as(_UnaryOp) else None
 
     def backward(self, dy):
         return getattr(F, f"{self._op}_backward")(dy, self._saved(dy), backend=self.backend)

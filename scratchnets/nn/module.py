@@ -19,12 +19,14 @@ numba.cuda device arrays for "cuda" (``Module.to`` moves them).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import NamedTuple
 
 import numpy as np
 
 from .. import backends, functional
-from ..arrays import FLOAT_DTYPES, is_device_array, to_numpy
+from ..arrays import FLOAT_DTYPES, is_device_array, to_channels_first, to_channels_last, to_numpy
 
 #: backends whose ops take and return numba.cuda device arrays instead of NumPy arrays
 DEVICE_BACKENDS = frozenset({"cuda"})
@@ -407,14 +409,23 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{self._get_name()} does not implement forward()")
 
-    def inference_plan(self, x) -> tuple[Callable, object]:
+    def inference_plan(self, x, channels_last: bool = False) -> tuple[Callable, object]:
         """``(run, y)``: ``y = self.forward(x)``, and ``run``, a function that computes the same
         forward for any input of ``x``'s shape and dtype, with the work that depends only on
         those (checks, dispatch, kernel choice) done here once: the eval fast path's compiled
         plan (``models.fuse.EvalFastPath``). For forward-only modules (no caches). This default
         is the module's own ``forward``; containers and layers with per-shape work override
-        it, and ``planned_as`` keeps a subclass with its own ``forward`` on this default."""
+        it, and ``planned_as`` keeps a subclass with its own ``forward`` on this default.
+
+        ``channels_last``: ``x`` and ``y`` are (N, H, W, C) instead (asked only of a module
+        whose ``channels_last_convs()`` is not None; ``chain_plans`` chooses where)."""
         return self.forward, self.forward(x)
+
+    def channels_last_convs(self) -> int | None:
+        """How many convs this module's channels-last plan runs (``inference_plan(x,
+        channels_last=True)``), or None where it has none: the default. Layers that do not
+        care about the layout (elementwise activations) say 0."""
+        return None
 
     def planned_as(self, cls: type, *hooks: str) -> bool:
         """Whether this module's forward, and the methods ``hooks`` it calls, are ``cls``'s, so
@@ -567,11 +578,14 @@ class Sequential(Module):
         self._save((), x.shape)
         return x
 
-    def inference_plan(self, x):
+    def inference_plan(self, x, channels_last=False):
         """The children's plans in order, Identity layers left out (one loop of calls)."""
         if not self.planned_as(Sequential):
-            return super().inference_plan(x)
-        return chain_plans(self, x)
+            return super().inference_plan(x, channels_last)
+        return chain_plans(self, x, channels_last)
+
+    def channels_last_convs(self):
+        return channels_last_convs(self) if self.planned_as(Sequential) else None
 
     def backward(self, dy):
         """dx = J_1^T (... J_n^T dy): each child's backward, last child first."""
@@ -581,14 +595,77 @@ class Sequential(Module):
         return dy
 
 
-def chain_plans(modules, x) -> tuple[Callable, object]:
+#: a chain of plans turns channels-last where its input plane has at most this many pixels and
+#: every module left can follow, with at least two convs among them (``chain_plans``)
+CHANNELS_LAST_PIXELS = 28 * 28
+
+
+class PlanLayout:
+    """How the plans being built lay out activations: ``channels_last`` says whether chains
+    may turn channels-last, ``turns`` counts the chains that did (``planned_layout``)."""
+
+    def __init__(self, channels_last: bool):
+        self.channels_last, self.turns = channels_last, 0
+
+
+#: the ``PlanLayout`` of the plans being built; None outside ``planned_layout``: NCHW plans
+_PLAN_LAYOUT: ContextVar[PlanLayout | None] = ContextVar("plan_layout", default=None)
+
+
+@contextmanager
+def planned_layout(channels_last: bool) -> Iterator[PlanLayout]:
+    """Within this block, ``Module.inference_plan`` builds plans whose chains turn channels-last
+    where it pays (``channels_last``) or that stay NCHW throughout (the default). Yields the
+    ``PlanLayout``, which counts the chains that turned."""
+    layout = PlanLayout(channels_last)
+    token = _PLAN_LAYOUT.set(layout)
+    try:
+        yield layout
+    finally:
+        _PLAN_LAYOUT.reset(token)
+
+
+def channels_last_convs(modules) -> int | None:
+    """How many convs ``modules`` run in a channels-last plan, None if one of them cannot."""
+    counts = [0 if type(m) is Identity else m.channels_last_convs() for m in modules]
+    return None if None in counts else sum(counts)
+
+
+def _turns_channels_last(x, rest: list) -> bool:
+    """Whether a chain turns channels-last before ``rest``, its modules left, given their input
+    ``x``: the depthwise convs of small planes run several times faster channels-last
+    (``kernels.cpu.channels_last``), and the plan pays one transpose in and one out."""
+    layout = _PLAN_LAYOUT.get()
+    if not (
+        layout is not None and layout.channels_last and type(x) is np.ndarray and x.ndim == 4
+        and x.shape[2] * x.shape[3] <= CHANNELS_LAST_PIXELS
+    ):  # fmt: skip
+        return False
+    convs = channels_last_convs(rest)
+    return convs is not None and convs >= 2
+
+
+def chain_plans(modules, x, channels_last: bool = False) -> tuple[Callable, object]:
     """``(run, y)`` of ``modules`` applied in order to ``x`` (``Module.inference_plan``): one
-    loop over their plans, Identity layers left out."""
-    steps = []
-    for module in modules:
-        if type(module) is not Identity:
-            step, x = module.inference_plan(x)
-            steps.append(step)
+    loop over their plans, Identity layers left out. An NCHW chain turns channels-last
+    (``to_channels_last``) before the first module from which on it pays
+    (``_turns_channels_last``) and back at its end, so it takes and returns NCHW arrays;
+    ``channels_last``: ``x`` is (N, H, W, C) already, and so is the result."""
+    modules = [m for m in modules if type(m) is not Identity]
+    steps, turned = [], False
+    for index, module in enumerate(modules):
+        if not channels_last and _turns_channels_last(x, modules[index:]):
+            channels_last = turned = True
+            _PLAN_LAYOUT.get().turns += 1
+            x = to_channels_last(x)
+            steps.append(to_channels_last)
+        step, x = module.inference_plan(x, channels_last)
+        steps.append(step)
+    if turned:
+        x = to_channels_first(x)
+        steps.append(to_channels_first)
+    if not steps:
+        return _unchanged, x
     if len(steps) == 1:
         return steps[0], x
     steps = tuple(steps)
@@ -599,6 +676,10 @@ def chain_plans(modules, x) -> tuple[Callable, object]:
         return x
 
     return run, x
+
+
+def _unchanged(x):
+    return x
 
 
 class Identity(Module):

@@ -29,6 +29,7 @@ from .activations import (
     softmax_forward,
 )
 from .batchnorm import batch_norm2d_backward, batch_norm2d_forward
+from .channels_last import global_avg_pool2d_channels_last
 from .conv import conv2d_backward, conv2d_forward
 from .dropout import dropout_backward, dropout_forward
 from .elementwise import (

@@ -18,6 +18,7 @@ from numba import njit, prange
 from scratchnets.reference.conv import prepare_conv
 
 from ._threads import planned_threads
+from .channels_last import conv2d_bias_act_channels_last_prepared
 from .conv import conv_kind
 from .conv.depthwise import _depthwise_forward
 from .conv.im2col import _general_forward
@@ -96,7 +97,7 @@ def conv2d_bias_act_checked(x, w, b, g, activation, scale=None) -> np.ndarray:
     return y
 
 
-def conv2d_bias_act_prepared(w, b, g, activation, bn=None):
+def conv2d_bias_act_prepared(w, b, g, activation, bn=None, channels_last=False):
     """``conv2d_bias_act_checked`` prepared once for one layer and one input geometry ``g``: a
     function ``run(x) -> y`` for checked inputs of that geometry, the eval fast path's per-layer
     plan. Chosen here once instead of on every call: the kernel, and for a pointwise conv the
@@ -106,7 +107,10 @@ def conv2d_bias_act_prepared(w, b, g, activation, bn=None):
 
     ``bn``: an eval-mode BatchNorm after the conv as ``(weight, bias, running_mean, running_var,
     eps)`` (weight / bias may be None), or None. Every array (``w``, ``b`` and these) is read on
-    every call, so a change in place is seen; a caller that replaces one prepares again."""
+    every call, so a change in place is seen; a caller that replaces one prepares again.
+    ``channels_last``: ``run`` takes and returns (N, H, W, C) arrays
+    (``channels_last.conv2d_bias_act_channels_last_prepared``; depthwise and stride-1 pointwise
+    convs only)."""
     if activation not in ACTIVATION_CODES:
         raise ValueError(f"activation must be one of {list(ACTIVATION_CODES)}, got {activation!r}")
     dtype = np.dtype(w.dtype)
@@ -116,6 +120,8 @@ def conv2d_bias_act_prepared(w, b, g, activation, bn=None):
             return None, b
         return batch_norm2d_eval_affine(*bn, b, dtype)
 
+    if channels_last:
+        return conv2d_bias_act_channels_last_prepared(w, g, affine, activation)
     if conv_kind(g) != "pointwise":
 
         def run(x):
@@ -134,7 +140,7 @@ def conv2d_bias_act_prepared(w, b, g, activation, bn=None):
         y = np.empty(out_shape, dtype)
         columns = _pointwise_input(np.ascontiguousarray(x), g)  # (N, C_in, OH*OW)
         _tiled_gemm(gemm, weights, False, columns, False, y.reshape(g.batch, g.out_channels, -1),
-                    tiles, *epilogue)  # fmt: skip
+                    tiles, False, *epilogue)  # fmt: skip
         return y
 
     return run_pointwise

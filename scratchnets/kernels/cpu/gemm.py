@@ -118,6 +118,25 @@ def epilogue_row(row, s, use_scale, h, activation, zero, three, six):
 
 
 @njit(cache=True, inline="always")
+def epilogue_channels(pixel, scale, use_scale, shift, use_shift, activation, zero, three, six):
+    """pixel[c] = act(pixel[c] * scale[c] + shift[c]) in place: ``epilogue_row`` for a
+    channels-last output, where a row holds one pixel's channels (the multiply only with
+    ``use_scale``, the add only with ``use_shift``; 1-D views indexed from 0)."""
+    if use_scale and use_shift:
+        for c in range(pixel.size):
+            pixel[c] = activate(pixel[c] * scale[c] + shift[c], activation, zero, three, six)
+    elif use_scale:
+        for c in range(pixel.size):
+            pixel[c] = activate(pixel[c] * scale[c], activation, zero, three, six)
+    elif use_shift:
+        for c in range(pixel.size):
+            pixel[c] = activate(pixel[c] + shift[c], activation, zero, three, six)
+    else:
+        for c in range(pixel.size):
+            pixel[c] = activate(pixel[c], activation, zero, three, six)
+
+
+@njit(cache=True, inline="always")
 def _gemm_tile(gemm, a, transpose_a, b, transpose_b, out, r0, r1, c0, c1, beta):
     """out[r0:r1, c0:c1] = op(a)[r0:r1] @ op(b)[:, c0:c1] + beta * out[r0:r1, c0:c1] for 2-D
     row-major operands with unit column stride; op(a) = a.T (a stored (K, M)) with
@@ -146,20 +165,29 @@ def _gemm_tile(gemm, a, transpose_a, b, transpose_b, out, r0, r1, c0, c1, beta):
 
 @njit(parallel=True, cache=True)
 def _tiled_gemm(
-    gemm, a, transpose_a, b, transpose_b, out, tiles,
+    gemm, a, transpose_a, b, transpose_b, out, tiles, per_column,
     scale, use_scale, shift, use_shift, activation, zero, three, six,
 ):  # fmt: skip
     """out[n] = act(op(a) @ op(b[n]) * scale[:, None] + shift[:, None]) for b (N, K, P) (or
     (N, P, K) with ``transpose_b``), out (N, M, P), one tile (n, r0, r1, c0, c1) per step; the
     multiply only with ``use_scale``, the add only with ``use_shift``, ``activation`` an
-    ``ACTIVATION_CODES`` value (``zero``, ``three``, ``six`` in out's dtype). The multiply and
-    the add round separately, as the ops in sequence."""
+    ``ACTIVATION_CODES`` value (``zero``, ``three``, ``six`` in out's dtype). With
+    ``per_column`` the scale and shift are per column instead (``scale[None, :]``: a
+    channels-last output, pixels in rows). The multiply and the add round separately, as the
+    ops in sequence."""
     one, nothing = out.dtype.type(1), out.dtype.type(0)
     plain = not use_scale and not use_shift and activation == 0
     for t in prange(tiles.shape[0]):
         n, r0, r1, c0, c1 = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3], tiles[t, 4]
         _gemm_tile(gemm, a, transpose_a, b[n], transpose_b, out[n], r0, r1, c0, c1, 0.0)
         if plain:
+            continue
+        if per_column:
+            column_scale = scale[c0:c1] if use_scale else scale
+            column_shift = shift[c0:c1] if use_shift else shift
+            for r in range(r0, r1):
+                epilogue_channels(out[n, r, c0:c1], column_scale, use_scale, column_shift,
+                                  use_shift, activation, zero, three, six)  # fmt: skip
             continue
         for r in range(r0, r1):
             s = scale[r] if use_scale else one
@@ -296,7 +324,7 @@ def tiled_matmul(a, b, out, scale=None, shift=None, activation=None) -> np.ndarr
     if not _rows_ready(out3):
         raise ValueError("tiled_matmul: out's rows must have unit stride and not overlap")
     tiles = tile_plan(out3.shape[0], rows, out3.shape[2], inner, planned_threads())
-    _tiled_gemm(blas_gemm(dtype), a, transpose_a, b3, transpose_b, out3, tiles,
+    _tiled_gemm(blas_gemm(dtype), a, transpose_a, b3, transpose_b, out3, tiles, False,
                 *epilogue_arguments(dtype, _contiguous(scale, dtype), _contiguous(shift, dtype),
                                     activation))  # fmt: skip
     return out
