@@ -168,3 +168,68 @@ def test_finetune_options_without_init_are_refused():
         config.recipe("default", freeze_backbone=True)
     with pytest.raises(ValueError, match="give --init FILE"):
         config.recipe("finetune")
+
+
+def test_head_only_epochs_train_the_head_on_cached_backbone_features(dataset, tmp_path):  # noqa: F811
+    """A head-only epoch runs the frozen backbone once per image, before training: each cached
+    view is the backbone's output for the evaluation crop (and its mirror image), the epoch's
+    validation equals the whole model's on the images, and a later full epoch runs the images
+    again. ``cache_features=False`` trains the head through the backbone instead."""
+    path, _, _ = weight_file(tmp_path, "pth")
+    cfg = config.recipe("finetune", init=str(path), model="mobilenet_v2", width_mult=0.35,
+                        head_only_epochs=1, **TINY | {"epochs": 2})  # fmt: skip
+    cached, seen = [], {}
+
+    def record(trainer):
+        cached.append(trainer.cached_epoch)
+        seen["trainer"] = trainer
+
+    result = loop.fit(cfg, str(dataset), tmp_path / "run", progress=False, log=lambda m: None,
+                      on_step=record)  # fmt: skip
+    assert cached == [True] * 4 + [False] * 4
+    trainer = seen["trainer"]
+    cache = trainer.features
+    views = cache.train_views
+    assert np.abs(views[:, 0] - views[:, 1]).max() > 0.01 * np.abs(views).max()  # not symmetric
+    start = finetune.start_from(path, "mobilenet_v2", 0.35, 2, rng=cfg.seed)[0].eval()
+    start.fast_eval = False  # the training graph in eval mode: the function the cache holds
+    backbone = list(start.children())[: trainer.head_start]
+    for index in (0, 5):
+        image, _ = trainer.train_set[index]
+        x = trainer.eval_transforms(image, np.random.default_rng(0))[None]
+        for view, pixels in enumerate((x, np.ascontiguousarray(x[..., ::-1]))):
+            for module in backbone:
+                pixels = module(pixels)
+            scale = np.abs(pixels).max()  # a random backbone's outputs are tiny: relative
+            np.testing.assert_allclose(views[index, view], pixels[0], rtol=1e-4, atol=1e-5 * scale)
+    assert result.history[1]["val_loss"] != result.history[0]["val_loss"]
+    # a cached epoch's validation: its checkpoint's model evaluated through every layer
+    frozen = cfg.replace(head_only_epochs=0, freeze_backbone=True, epochs=1)
+    run = loop.fit(frozen, str(dataset), tmp_path / "frozen", progress=False, log=lambda m: None)
+    full = evaluate_checkpoint(tmp_path / "frozen" / "last.npz", dataset / "val")
+    assert full["loss"] == pytest.approx(run.history[0]["val_loss"], rel=1e-4)
+    assert full["accuracy"] == run.history[0]["val_accuracy"]
+    cfg_slow = cfg.replace(cache_features=False)
+    cached.clear()
+    loop.fit(cfg_slow, str(dataset), tmp_path / "slow", progress=False, log=lambda m: None,
+             on_step=record)  # fmt: skip
+    assert cached == [False] * 8
+
+
+def test_a_cached_head_only_epoch_resumes_bit_for_bit(dataset, tmp_path):  # noqa: F811
+    """Stopped after 2 of a cached epoch's 4 steps and resumed (the cache rebuilt), the run
+    ends with the weights of a run that never stopped."""
+    path, _, _ = weight_file(tmp_path, "pth")
+    cfg = config.recipe("finetune", init=str(path), model="mobilenet_v2", width_mult=0.35,
+                        freeze_backbone=True, **TINY | {"epochs": 2})  # fmt: skip
+    quiet = dict(progress=False, log=lambda m: None)
+    loop.fit(cfg, str(dataset), tmp_path / "straight", **quiet)
+    loop.fit(cfg, str(dataset), tmp_path / "stopped", max_steps=2, **quiet)
+    loop.fit(None, None, tmp_path / "stopped", resume=True, **quiet)
+    straight = load_checkpoint(tmp_path / "straight" / "last.npz")
+    resumed = load_checkpoint(tmp_path / "stopped" / "last.npz")
+    assert [r["val_loss"] for r in straight["history"]] == [
+        r["val_loss"] for r in resumed["history"]
+    ]
+    for name, value in straight["weights"].items():
+        np.testing.assert_array_equal(resumed["weights"][name], value, err_msg=name)

@@ -98,6 +98,7 @@ class TrainConfig:
     freeze_backbone: bool = False  # train the head only, the whole run
     head_only_epochs: int = 0  # train the head only for the first epochs, then everything
     backbone_lr_scale: float = 1.0  # the backbone's lr is lr * backbone_lr_scale
+    cache_features: bool = True  # head-only epochs on the frozen backbone's cached outputs
     input_mean: tuple[float, ...] | None = None  # Normalize's mean / std; None: ImageNet's
     input_std: tuple[float, ...] | None = None
     # distillation

@@ -47,8 +47,8 @@ import numpy as np
 
 from .. import data, optim
 from ..arrays import to_numpy
-from ..nn import CrossEntropyLoss
-from . import finetune
+from ..nn import CrossEntropyLoss, Module
+from . import features, finetune
 from .checkpointing import load_checkpoint, load_weights_into, save_checkpoint
 from .config import MONITORS, TrainConfig
 from .evaluate import as_input, evaluate_model, model_from_meta
@@ -284,6 +284,12 @@ class Trainer:
         self.history: list[dict] = []
         self.elapsed_s = 0.0  # training wall clock over all invocations
         self.finished, self.stop_reason = False, None
+        # head-only epochs on cached features (train/features.py): built at the first one
+        self.eval_transforms = data.eval_transforms(c.image_size, mean, std)
+        self.features: features.FrozenFeatures | None = None
+        self.cached_epoch = False  # whether the current epoch trains on them
+        self.head_start = 0  # ... through the model's children from this one (the head) on
+        self.head: Module | None = None
 
     def _load_teacher(self, path: str):
         ckpt = load_checkpoint(path)
@@ -363,8 +369,9 @@ class Trainer:
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One optimizer step on a batch; returns (loss, number correct)."""
-        x_in = as_input(x, self.model)  # (N, 3, S, S), on the GPU for "cuda"
-        logits = self.model(x_in)  # (N, K)
+        net = self.head if self.cached_epoch else self.model  # x: cached features, or images
+        x_in = as_input(x, net)  # (N, 3, S, S), on the GPU for "cuda"
+        logits = net(x_in)  # (N, K)
         if self.teacher is not None:
             loss = self.criterion(logits, self.teacher(x_in), y)
         else:
@@ -374,7 +381,9 @@ class Trainer:
                 f"the training loss became {loss} at step {self.global_step + 1} (epoch "
                 f"{self.epoch + 1}); lower --lr, or set clip_grad_norm"
             )
-        if self.backbone_frozen():
+        if self.cached_epoch:
+            self.head.backward(self.criterion.backward())
+        elif self.backbone_frozen():
             finetune.backward_to_trainable(self.model, self.criterion.backward())
         else:
             self.model.backward(self.criterion.backward())
@@ -390,15 +399,45 @@ class Trainer:
         correct = int((to_numpy(logits).argmax(axis=1) == y).sum())
         return loss, correct
 
-    def begin_epoch(self) -> None:
+    def begin_epoch(self, progress: bool = True) -> None:
         """Freeze or unfreeze the backbone for this epoch (``backbone_frozen``) and set the
-        training modes: everything in train mode, a frozen backbone's BN layers in eval mode."""
+        training modes: everything in train mode, a frozen backbone's BN layers in eval mode.
+        A head-only epoch trains on cached features where it can (``cache_features``, no
+        teacher, a Sequential model): computed here at the first such epoch."""
         self.model.train()
-        if self.config.init:
-            frozen = self.backbone_frozen()
-            finetune.freeze_backbone(self.model, frozen)
-            if frozen:
-                finetune.set_frozen_modes(self.model)
+        self.cached_epoch = False
+        if not self.config.init:
+            return
+        frozen = self.backbone_frozen()
+        finetune.freeze_backbone(self.model, frozen)
+        if not frozen:
+            return
+        finetune.set_frozen_modes(self.model)
+        first = features.frozen_split(self.model)
+        if not self.config.cache_features or self.teacher is not None or first is None:
+            return
+        if self.features is None:
+            start = time.monotonic()
+            self.features = features.FrozenFeatures(
+                self.model, first, self.train_set, self.val_set, self.eval_transforms,
+                self.config.batch_size, progress,
+            )  # fmt: skip
+            self.log(f"cached the frozen backbone's outputs for {len(self.train_set)} training "
+                     f"images (and their mirror images) and {len(self.val_set)} validation "
+                     f"images in {time.monotonic() - start:.0f} s: head-only epochs train on "
+                     "them")  # fmt: skip
+        self.head_start, self.head = first, features.head_of(self.model, first)
+        self.cached_epoch = True
+
+    def epoch_batches(self):
+        """This epoch's training batches from the current step: the loader's images, or in a
+        cached epoch the same images' cached features."""
+        if not self.cached_epoch:
+            return iter(self.loader)
+        return self.features.train_batches(
+            self.loader.order(self.epoch), self.config.batch_size, self.step_in_epoch,
+            self.config.seed, self.epoch, self.loader,
+        )  # fmt: skip
 
     def backbone_frozen(self) -> bool:
         """Whether this step trains the head only (``freeze_backbone``, or within the first
@@ -409,6 +448,10 @@ class Trainer:
     def validate(self) -> dict:
         if self.ema is not None:
             self.ema.copy_to(self.eval_model)
+        if self.cached_epoch:  # the head on the cached features: the same function
+            head = features.head_of(self.eval_model, self.head_start)
+            batches = self.features.val_batches(self.config.batch_size)
+            return evaluate_model(head, batches, self.classes)
         return evaluate_model(self.eval_model, self.val_loader, self.classes)
 
     def end_epoch(self, epoch_time: float, images: int) -> bool:
@@ -561,7 +604,9 @@ def _run(trainer: Trainer, stops: _StopRequests, max_steps, progress, on_step) -
             stops.reason = "time_limit"  # the next epoch would not finish in time
             break
         trainer.loader.set_epoch(trainer.epoch, trainer.step_in_epoch)
-        trainer.begin_epoch()  # after the last epoch's validation (evaluate_model's train())
+        trainer.begin_epoch(
+            progress
+        )  # after the last epoch's validation (evaluate_model's train())
         epoch_start, images, stopped_early = time.monotonic(), 0, False
         bar = tqdm(
             total=trainer.steps_per_epoch * c.batch_size,
@@ -572,7 +617,7 @@ def _run(trainer: Trainer, stops: _StopRequests, max_steps, progress, on_step) -
             leave=False,
             dynamic_ncols=True,
         )
-        batches = iter(trainer.loader)
+        batches = trainer.epoch_batches()
         try:
             for x, y in batches:
                 loss, correct = trainer.train_step(x, y)
