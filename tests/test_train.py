@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -432,3 +433,22 @@ def test_generator_state_round_trips(tmp_path):
     restored = np.random.default_rng()
     restored.bit_generator.state = load_checkpoint(tmp_path / "g.npz")["rng"]
     assert np.array_equal(restored.standard_normal(4), rng.standard_normal(4))
+
+
+def test_the_forecast_says_at_the_start_whether_the_run_fits_its_time_budget(dataset, tmp_path):
+    """From a full step's seconds: the epoch time (validation counted at ``VALIDATION_SHARE`` of
+    a step per image), all epochs within the budget, or the epoch where it ends; and a real run
+    says it after its first steps."""
+    settings = tiny_config(epochs=10)
+    trainer = SimpleNamespace(config=settings, val_set=[0] * 16, steps_per_epoch=4, epoch=0,
+                              step_in_epoch=2, head_only=lambda epoch: False)  # fmt: skip
+    val_s = loop.VALIDATION_SHARE * 1.0 / settings.batch_size * 16
+    epoch_s = 4 + val_s
+    fits = loop.forecast(trainer, 1.0, 3600.0, 0.0)
+    assert f"~{epoch_s:.0f} s per epoch" in fits and "expect all 10 epochs" in fits
+    assert f"in ~{(2 + val_s + 9 * epoch_s) / 60:.1f} min" in fits
+    short = loop.forecast(trainer, 1.0, 2 + val_s + 3.5 * epoch_s, 0.0)
+    assert "the budget ends around epoch 4 of 10" in short and "lower --epochs" in short
+    said = []
+    loop.fit(settings.replace(epochs=3), str(dataset), tmp_path, progress=False, log=said.append)
+    assert sum("expect all 3 epochs" in line for line in said) == 1, said

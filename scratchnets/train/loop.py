@@ -442,8 +442,12 @@ class Trainer:
     def backbone_frozen(self) -> bool:
         """Whether this step trains the head only (``freeze_backbone``, or within the first
         ``head_only_epochs``)."""
+        return self.head_only(self.epoch)
+
+    def head_only(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) trains the head only."""
         c = self.config
-        return c.freeze_backbone or self.epoch < c.head_only_epochs
+        return bool(c.init) and (c.freeze_backbone or epoch < c.head_only_epochs)
 
     def validate(self) -> dict:
         if self.ema is not None:
@@ -585,6 +589,37 @@ def fit(
         return _run(trainer, stops, max_steps, progress, on_step)
 
 
+#: the forecast of a run's length is made after this many timed steps of a full epoch
+FORECAST_STEPS = 4
+#: a validation image is counted as this fraction of a training image's step time (a forward
+#: pass in eval mode, without backward or optimizer: measured 0.2-0.3 on MobileNets)
+VALIDATION_SHARE = 0.3
+
+
+def forecast(trainer: Trainer, step_s: float, limit_s: float, elapsed_s: float) -> str:
+    """The time budget and the epoch the run expects to reach, from the seconds of a full
+    training step ``step_s`` (head-only epochs on cached features counted as free), ``elapsed_s``
+    into this invocation: said at the start of a run, so one that will not fit says so then
+    rather than at the time limit."""
+    c = trainer.config
+    val_s = VALIDATION_SHARE * step_s / c.batch_size * len(trainer.val_set)
+    epoch_s = trainer.steps_per_epoch * step_s + val_s
+    left = trainer.steps_per_epoch - trainer.step_in_epoch
+    cached = [c.cache_features and trainer.head_only(e) for e in range(trainer.epoch + 1, c.epochs)]
+    full = cached.count(False)
+    needed = left * step_s + val_s + full * epoch_s
+    text = f"~{epoch_s:.0f} s per epoch ({step_s:.2f} s a step, validation included)"
+    if not math.isfinite(limit_s):
+        return f"{text}: expect all {c.epochs} epochs in ~{needed / 60:.1f} min (no time limit)"
+    budget = f"time budget {limit_s / 60:g} min ({elapsed_s / 60:.1f} spent)"
+    if elapsed_s + needed <= limit_s:
+        return f"{budget}; {text}: expect all {c.epochs} epochs in ~{needed / 60:.1f} min"
+    reach = trainer.epoch + int((limit_s - elapsed_s - left * step_s - val_s) // epoch_s) + 1
+    return (f"{budget}; {text}: the budget ends around epoch {max(reach, trainer.epoch)} of "
+            f"{c.epochs}; the run will stop at the time limit with its schedule unfinished "
+            "(lower --epochs to fit, or raise --time-limit)")  # fmt: skip
+
+
 def _run(trainer: Trainer, stops: _StopRequests, max_steps, progress, on_step) -> FitResult:
     from tqdm.auto import tqdm
 
@@ -592,6 +627,7 @@ def _run(trainer: Trainer, stops: _StopRequests, max_steps, progress, on_step) -
     start, elapsed_before = time.monotonic(), trainer.elapsed_s
     limit_s = c.time_limit_min * 60.0 if c.time_limit_min else math.inf
     steps_here, last_epoch_s = 0, 0.0
+    forecast_from = None  # (time, step count) where the forecast's timing starts
 
     def tick() -> float:
         """Seconds since this invocation started (and the run's total in trainer.elapsed_s)."""
@@ -635,6 +671,12 @@ def _run(trainer: Trainer, stops: _StopRequests, max_steps, progress, on_step) -
                     lr=f"{trainer.optimizer.param_groups[0]['lr']:.2e}",
                     refresh=False,
                 )
+                if forecast_from is None and not trainer.cached_epoch and steps_here >= 2:
+                    forecast_from = (time.monotonic(), steps_here)  # after the warm-up steps
+                elif forecast_from and steps_here - forecast_from[1] == FORECAST_STEPS:
+                    step_s = (time.monotonic() - forecast_from[0]) / FORECAST_STEPS
+                    trainer.log(forecast(trainer, step_s, limit_s, tick()))
+                    forecast_from = ()  # said once per invocation
                 if on_step is not None:
                     on_step(trainer)
                 if max_steps is not None and steps_here >= max_steps:
