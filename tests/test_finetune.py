@@ -184,9 +184,12 @@ def test_head_only_epochs_train_the_head_on_cached_backbone_features(dataset, tm
         cached.append(trainer.cached_epoch)
         seen["trainer"] = trainer
 
-    result = loop.fit(cfg, str(dataset), tmp_path / "run", progress=False, log=lambda m: None,
+    said = []
+    result = loop.fit(cfg, str(dataset), tmp_path / "run", progress=False, log=said.append,
                       on_step=record)  # fmt: skip
     assert cached == [True] * 4 + [False] * 4
+    epochs = [line for line in said if line.startswith("epoch ")]
+    assert "ETA after the first full epoch" in epochs[0] and "ETA 0.0 min" in epochs[1], epochs
     trainer = seen["trainer"]
     cache = trainer.features
     views = cache.train_views

@@ -290,6 +290,7 @@ class Trainer:
         self.cached_epoch = False  # whether the current epoch trains on them
         self.head_start = 0  # ... through the model's children from this one (the head) on
         self.head: Module | None = None
+        self.epoch_seconds: dict[bool, float] = {}  # the last epoch's duration, by cached_epoch
 
     def _load_teacher(self, path: str):
         ckpt = load_checkpoint(path)
@@ -493,15 +494,26 @@ class Trainer:
             self.save("best")
         self.save("last")
         write_history(self.out_dir, self.history, title=f"{self.config.model} {self.config.recipe}")
-        left = 0 if self.finished else (self.config.epochs - self.epoch) * epoch_time
+        self.epoch_seconds[self.cached_epoch] = epoch_time
         self.log(
             f"epoch {self.epoch}/{self.config.epochs}: train loss {row['train_loss']:.4f} "
             f"acc {row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} "
             f"acc {row['val_accuracy']:.4f} | lr {row['lr']:.3g} | {epoch_time:.0f} s, "
-            f"{row['images_per_s'] or 0:.1f} img/s | ETA {left / 60:.1f} min"
+            f"{row['images_per_s'] or 0:.1f} img/s | {self._eta()}"
             + (" | best" if improved else "")
         )
         return stop
+
+    def _eta(self) -> str:
+        """The time the epochs left take, each at the last duration of its kind (on cached
+        features or not); until an epoch of each kind needed has run, says which is missing."""
+        c = self.config
+        if self.finished:
+            return "ETA 0.0 min"
+        kinds = [c.cache_features and self.head_only(e) for e in range(self.epoch, c.epochs)]
+        if not all(kind in self.epoch_seconds for kind in kinds):
+            return "ETA after the first full epoch"
+        return f"ETA {sum(self.epoch_seconds[kind] for kind in kinds) / 60:.1f} min"
 
 
 def resolve_data(source) -> tuple[dict, str]:
