@@ -236,3 +236,30 @@ def test_a_cached_head_only_epoch_resumes_bit_for_bit(dataset, tmp_path):  # noq
     ]
     for name, value in straight["weights"].items():
         np.testing.assert_array_equal(resumed["weights"][name], value, err_msg=name)
+
+
+def test_the_finetune_recipe_fits_its_full_epochs_to_the_time_budget(dataset, tmp_path):  # noqa: F811
+    """``fit_epochs``: after the feature cache, as many full epochs as the budget leaves room
+    for at the measured speed (a training image ``TRAIN_IMAGE_FORWARDS`` cached forwards, a
+    validation image one), the schedule rebuilt for that length; ``--epochs`` turns it off, and
+    a frozen backbone or no time limit leaves the epochs as they are."""
+    path, _, _ = weight_file(tmp_path, "pth")
+    tiny = {k: v for k, v in TINY.items() if k != "epochs"} | {"time_limit_min": 2.0}
+    cfg = config.recipe("finetune", init=str(path), model="mobilenet_v2", width_mult=0.35, **tiny)
+    assert cfg.fit_epochs and not config.recipe("finetune", init="f", epochs=9).fit_epochs
+    said, seen = [], {}
+    loop.fit(cfg, str(dataset), tmp_path / "run", max_steps=1, progress=False, log=said.append,
+             on_step=lambda trainer: seen.setdefault("trainer", trainer))  # fmt: skip
+    assert any("fitting the run to its 2-min budget" in line for line in said), said
+    trainer = seen["trainer"]
+    assert trainer.config.epochs > cfg.head_only_epochs
+    trainer._fit_epochs(forward_s=0.01, spent_s=6.0)  # 32 training and 12 validation images
+    epoch_s = (loop.TRAIN_IMAGE_FORWARDS * 32 + 12) * 0.01
+    full = int((loop.FIT_SHARE * 120 - 6.0) // epoch_s)
+    assert trainer.config.epochs == cfg.head_only_epochs + full
+    phases = [steps for steps, _ in trainer.scheduler.phases]  # head-only steps, then full
+    assert phases == [cfg.head_only_epochs * 4, full * 4]  # 4 steps an epoch
+    for fixed in (dict(freeze_backbone=True), dict(time_limit_min=0)):
+        trainer.config = cfg.replace(**fixed)
+        trainer._fit_epochs(forward_s=0.01, spent_s=6.0)
+        assert trainer.config.epochs == cfg.epochs

@@ -382,6 +382,26 @@ def test_warmup_cosine_stays_at_eta_min_after_total_and_resumes():
     assert sched2.get_last_lr() == [lrs[4]]
 
 
+def test_phased_cosine_restarts_a_warmup_cosine_per_phase():
+    """Each phase is a ``WarmupCosineLR`` of its own length and warmup; after the last the lr
+    stays at eta_min; a phase needs 0 <= warmup < steps."""
+
+    def lrs(make, steps):
+        sched = make(optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0))
+        out = [sched.get_last_lr()[0]]
+        for _ in range(steps - 1):
+            sched.step()
+            out.append(sched.get_last_lr()[0])
+        return out
+
+    phased = lrs(lambda o: optim.PhasedCosineLR(o, [(10, 2), (6, 1)], warmup_start_factor=0.1), 20)
+    first = lrs(lambda o: optim.WarmupCosineLR(o, 10, 2, warmup_start_factor=0.1), 10)
+    second = lrs(lambda o: optim.WarmupCosineLR(o, 6, 1, warmup_start_factor=0.1), 6)
+    assert phased == first + second + [0.0] * 4
+    with pytest.raises(ValueError, match="0 <= warmup < steps"):
+        optim.PhasedCosineLR(optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0), [(4, 4)])
+
+
 # ----------------------------------------------------------------------------- clipping
 
 

@@ -13,7 +13,7 @@ from .clip import clip_grad_norm_
 from .distill import DistillationLoss
 from .ema import ModelEMA
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
-from .schedules import ExponentialLR, LRScheduler, StepLR, WarmupCosineLR
+from .schedules import ExponentialLR, LRScheduler, PhasedCosineLR, StepLR, WarmupCosineLR
 
 __all__ = [
     "Optimizer",
@@ -24,6 +24,7 @@ __all__ = [
     "LRScheduler",
     "StepLR",
     "ExponentialLR",
+    "PhasedCosineLR",
     "WarmupCosineLR",
     "clip_grad_norm_",
     "ModelEMA",

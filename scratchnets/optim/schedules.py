@@ -128,10 +128,39 @@ class WarmupCosineLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, step: int, base_lr: float) -> float:
-        w, total, s = self.warmup_steps, self.total_steps, self.warmup_start_factor
-        if step < w:
-            return base_lr * (s + (1 - s) * step / w)
-        if step >= total:
-            return self.eta_min
-        phase = math.pi * (step - w) / (total - w)
-        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(phase)) / 2
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, base_lr,
+                             self.warmup_start_factor, self.eta_min)  # fmt: skip
+
+
+def warmup_cosine(step: int, total: int, warmup: int, base_lr: float, start_factor: float,
+                  eta_min: float) -> float:  # fmt: skip
+    """``WarmupCosineLR``'s lr at ``step`` (its docstring's formula)."""
+    if step < warmup:
+        return base_lr * (start_factor + (1 - start_factor) * step / warmup)
+    if step >= total:
+        return eta_min
+    phase = math.pi * (step - warmup) / (total - warmup)
+    return eta_min + (base_lr - eta_min) * (1 + math.cos(phase)) / 2
+
+
+class PhasedCosineLR(LRScheduler):
+    """``WarmupCosineLR`` run once per phase, each with its own length and warmup: a warm
+    restart at each phase's first step (fine-tuning's head-only steps, then the whole network's,
+    which gets a full cosine of its own instead of the tail of the head's). ``phases``: ``(steps,
+    warmup_steps)`` pairs; after the last phase the lr stays at ``eta_min``."""
+
+    def __init__(self, optimizer, phases, warmup_start_factor: float = 0.01,
+                 eta_min: float = 0.0, last_epoch: int = -1):  # fmt: skip
+        self.phases = [(int(n), int(w)) for n, w in phases]
+        if not self.phases or any(not 0 <= w < n for n, w in self.phases):
+            raise ValueError(f"PhasedCosineLR needs phases of 0 <= warmup < steps, got {phases}")
+        self.warmup_start_factor, self.eta_min = warmup_start_factor, eta_min
+        super().__init__(optimizer, last_epoch)
+
+    def lr_at(self, step: int, base_lr: float) -> float:
+        for steps, warmup in self.phases:
+            if step < steps:
+                return warmup_cosine(step, steps, warmup, base_lr, self.warmup_start_factor,
+                                     self.eta_min)  # fmt: skip
+            step -= steps
+        return self.eta_min
