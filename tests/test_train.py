@@ -441,14 +441,14 @@ def test_the_forecast_says_at_the_start_whether_the_run_fits_its_time_budget(dat
     says it after its first steps."""
     settings = tiny_config(epochs=10)
     trainer = SimpleNamespace(config=settings, val_set=[0] * 16, steps_per_epoch=4, epoch=0,
-                              step_in_epoch=2, head_only=lambda epoch: False)  # fmt: skip
+                              step_in_epoch=2, on_cached_features=lambda epoch: False)  # fmt: skip
     val_s = loop.VALIDATION_SHARE * 1.0 / settings.batch_size * 16
     epoch_s = 4 + val_s
     fits = loop.forecast(trainer, 1.0, 3600.0, 0.0)
-    assert f"~{epoch_s:.0f} s per epoch" in fits and "expect all 10 epochs" in fits
-    assert f"in ~{(2 + val_s + 9 * epoch_s) / 60:.1f} min" in fits
+    assert f"~{epoch_s:.0f} s per epoch" in fits and "all 10 epochs fit" in fits
+    assert f"~{(2 + val_s + 9 * epoch_s) / 60:.1f} min to go" in fits
     short = loop.forecast(trainer, 1.0, 2 + val_s + 3.5 * epoch_s, 0.0)
     assert "the budget ends around epoch 4 of 10" in short and "lower --epochs" in short
     said = []
     loop.fit(settings.replace(epochs=3), str(dataset), tmp_path, progress=False, log=said.append)
-    assert sum("expect all 3 epochs" in line for line in said) == 1, said
+    assert sum("all 3 epochs, ~" in line for line in said) == 1, said

@@ -166,6 +166,11 @@ class TrainConfig:
                     raise ValueError(f"{name} needs 3 values (R, G, B), got {value}")
                 setattr(self, name, tuple(float(v) for v in value))
 
+    def fits_epochs(self) -> bool:
+        """Whether the full epochs are fitted to the time limit (``fit_epochs``, a limit, and
+        full epochs to fit: not a frozen backbone)."""
+        return self.fit_epochs and bool(self.time_limit_min) and not self.freeze_backbone
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -436,7 +436,7 @@ class Trainer:
             self.log(f"cached the frozen backbone's outputs for {len(self.train_set)} training "
                      f"images (and their mirror images) and {len(self.val_set)} validation "
                      f"images in {cache_s:.0f} s: head-only epochs train on them")  # fmt: skip
-            if self.config.fit_epochs and self.global_step == 0:
+            if self.config.fits_epochs() and self.global_step == 0:
                 views = 2 * len(self.train_set) + len(self.val_set)
                 self._fit_epochs(cache_s / views, self.elapsed_s + cache_s)
         self.head_start, self.head = first, features.head_of(self.model, first)
@@ -448,7 +448,7 @@ class Trainer:
         cache (a training image costs ``TRAIN_IMAGE_FORWARDS`` of them, a validation image one);
         the schedule is rebuilt for the new length (no step has run yet)."""
         c = self.config
-        if not c.time_limit_min or c.freeze_backbone:
+        if not c.fits_epochs():
             return
         epoch_s = (TRAIN_IMAGE_FORWARDS * len(self.train_set) + len(self.val_set)) * forward_s
         left_s = FIT_SHARE * c.time_limit_min * 60.0 - spent_s
@@ -479,6 +479,11 @@ class Trainer:
         """Whether epoch ``epoch`` (0-based) trains the head only."""
         c = self.config
         return bool(c.init) and (c.freeze_backbone or epoch < c.head_only_epochs)
+
+    def on_cached_features(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` is expected to train on cached features (``begin_epoch``
+        decides: also no teacher and a model it can split)."""
+        return self.config.cache_features and self.head_only(epoch)
 
     def validate(self) -> dict:
         if self.ema is not None:
@@ -540,7 +545,7 @@ class Trainer:
         c = self.config
         if self.finished:
             return "ETA 0.0 min"
-        kinds = [c.cache_features and self.head_only(e) for e in range(self.epoch, c.epochs)]
+        kinds = [self.on_cached_features(e) for e in range(self.epoch, c.epochs)]
         if not all(kind in self.epoch_seconds for kind in kinds):
             return "ETA after the first full epoch"
         return f"ETA {sum(self.epoch_seconds[kind] for kind in kinds) / 60:.1f} min"
@@ -654,15 +659,15 @@ def forecast(trainer: Trainer, step_s: float, limit_s: float, elapsed_s: float) 
     val_s = VALIDATION_SHARE * step_s / c.batch_size * len(trainer.val_set)
     epoch_s = trainer.steps_per_epoch * step_s + val_s
     left = trainer.steps_per_epoch - trainer.step_in_epoch
-    cached = [c.cache_features and trainer.head_only(e) for e in range(trainer.epoch + 1, c.epochs)]
-    full = cached.count(False)
+    later = range(trainer.epoch + 1, c.epochs)
+    full = sum(not trainer.on_cached_features(e) for e in later)
     needed = left * step_s + val_s + full * epoch_s
     text = f"~{epoch_s:.0f} s per epoch ({step_s:.2f} s a step, validation included)"
     if not math.isfinite(limit_s):
-        return f"{text}: expect all {c.epochs} epochs in ~{needed / 60:.1f} min (no time limit)"
+        return f"{text}: all {c.epochs} epochs, ~{needed / 60:.1f} min to go (no time limit)"
     budget = f"time budget {limit_s / 60:g} min ({elapsed_s / 60:.1f} spent)"
     if elapsed_s + needed <= limit_s:
-        return f"{budget}; {text}: expect all {c.epochs} epochs in ~{needed / 60:.1f} min"
+        return f"{budget}; {text}: all {c.epochs} epochs fit, ~{needed / 60:.1f} min to go"
     reach = trainer.epoch + int((limit_s - elapsed_s - left * step_s - val_s) // epoch_s) + 1
     return (f"{budget}; {text}: the budget ends around epoch {max(reach, trainer.epoch)} of "
             f"{c.epochs}; the run will stop at the time limit with its schedule unfinished "
@@ -670,7 +675,7 @@ def forecast(trainer: Trainer, step_s: float, limit_s: float, elapsed_s: float) 
 
 
 def _epochs_planned(config: TrainConfig, steps: int) -> str:
-    if not (config.fit_epochs and config.time_limit_min and not config.freeze_backbone):
+    if not config.fits_epochs():
         return f"{config.epochs} epochs of {steps} steps"
     return (f"epochs of {steps} steps, {config.head_only_epochs} head-only, then full ones "
             f"fitted to the {config.time_limit_min:g}-min budget")  # fmt: skip
