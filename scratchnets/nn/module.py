@@ -627,14 +627,15 @@ def planned_layout(channels_last: bool) -> Iterator[PlanLayout]:
 
 def channels_last_convs(modules) -> int | None:
     """How many convs ``modules`` run in a channels-last plan, None if one of them cannot."""
-    counts = [0 if type(m) is Identity else m.channels_last_convs() for m in modules]
+    counts = [m.channels_last_convs() for m in modules]
     return None if None in counts else sum(counts)
 
 
 def _turns_channels_last(x, rest: list) -> bool:
     """Whether a chain turns channels-last before ``rest``, its modules left, given their input
-    ``x``: the depthwise convs of small planes run several times faster channels-last
-    (``kernels.cpu.channels_last``), and the plan pays one transpose in and one out."""
+    ``x``: the depthwise convs of small planes run faster channels-last
+    (``kernels.cpu.channels_last``), and the plan pays one transpose in and one out. Only while
+    ``planned_layout(True)`` builds (whether it pays overall is timed: ``models.fuse``)."""
     layout = _PLAN_LAYOUT.get()
     if not (
         layout is not None and layout.channels_last and type(x) is np.ndarray and x.ndim == 4
@@ -691,6 +692,9 @@ class Identity(Module):
     def forward(self, x):
         self._save((), x.shape)
         return x
+
+    def channels_last_convs(self):
+        return 0  # any layout
 
     def backward(self, dy):
         self._saved(dy)

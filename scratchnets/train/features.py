@@ -30,19 +30,6 @@ from ..models.fuse import EvalFastPath
 from ..nn import Module, Sequential
 
 
-def frozen_split(model: Module) -> int | None:
-    """The index of the first child of a ``Sequential`` model holding a trainable parameter
-    (the head starts there; every child before it is frozen), or None when the model is no
-    ``Sequential`` or has no frozen child in front."""
-    if not isinstance(model, Sequential):
-        return None
-    children = list(model.children())
-    trainable = [any(p.requires_grad for p in c.parameters()) for c in children]
-    if not any(trainable) or trainable.index(True) == 0:
-        return None
-    return trainable.index(True)
-
-
 def head_of(model: Module, first: int) -> Sequential:
     """The children of ``model`` from ``first`` on, as one Sequential sharing them."""
     return Sequential(*list(model.children())[first:])

@@ -198,14 +198,26 @@ def set_frozen_modes(model: Module) -> None:
                 module.eval()
 
 
-def backward_to_trainable(model: Module, dy) -> None:
-    """``model.backward(dy)`` for a ``Sequential`` model, stopping once no earlier child holds a
-    trainable parameter (the input gradient is not computed). Other models: a full backward."""
+def frozen_split(model: Module) -> int | None:
+    """The index of the first child of a ``Sequential`` model holding a trainable parameter
+    (the head starts there; every child before it is frozen), or None when the model is no
+    ``Sequential`` or has no frozen child in front."""
+    if not isinstance(model, Sequential):
+        return None
     children = list(model.children())
     trainable = [any(p.requires_grad for p in c.parameters()) for c in children]
-    if not isinstance(model, Sequential) or not any(trainable):
+    if not any(trainable) or trainable.index(True) == 0:
+        return None
+    return trainable.index(True)
+
+
+def backward_to_trainable(model: Module, dy) -> None:
+    """``model.backward(dy)`` for a ``Sequential`` model, stopping once no earlier child holds a
+    trainable parameter (the input gradient is not computed, ``frozen_split``). Other models,
+    and one with nothing frozen in front: a full backward."""
+    first = frozen_split(model)
+    if first is None:
         model.backward(dy)
         return
-    first = trainable.index(True)
-    for child in reversed(children[first:]):
+    for child in reversed(list(model.children())[first:]):
         dy = child.backward(dy)

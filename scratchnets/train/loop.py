@@ -423,7 +423,7 @@ class Trainer:
         if not frozen:
             return
         finetune.set_frozen_modes(self.model)
-        first = features.frozen_split(self.model)
+        first = finetune.frozen_split(self.model)
         if not self.config.cache_features or self.teacher is not None or first is None:
             return
         if self.features is None:
