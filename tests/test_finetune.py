@@ -259,6 +259,12 @@ def test_the_finetune_recipe_fits_its_full_epochs_to_the_time_budget(dataset, tm
     assert trainer.config.epochs == cfg.head_only_epochs + full
     phases = [steps for steps, _ in trainer.scheduler.phases]  # head-only steps, then full
     assert phases == [cfg.head_only_epochs * 4, full * 4]  # 4 steps an epoch
+    # training crops of half the evaluation size cost a quarter
+    trainer.config = cfg.replace(train_scales=(0.5,))
+    trainer._fit_epochs(forward_s=0.01, spent_s=6.0)
+    epoch_s = (loop.TRAIN_IMAGE_FORWARDS * 32 / 4 + 12) * 0.01
+    full = int((loop.FIT_SHARE * 120 - 6.0) // epoch_s)
+    assert trainer.config.epochs == cfg.head_only_epochs + full
     for fixed in (dict(freeze_backbone=True), dict(time_limit_min=0)):
         trainer.config = cfg.replace(**fixed)
         trainer._fit_epochs(forward_s=0.01, spent_s=6.0)

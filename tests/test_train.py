@@ -275,6 +275,35 @@ def test_evaluate_json_matches_an_independent_count(trained, dataset, capsys):
     assert main([*argv[:-1], "--backend", BACKEND]) == 0
     report = capsys.readouterr().out
     assert f"accuracy {result['accuracy']:.4f}" in report and "confusion matrix" in report
+    assert result["tta"] is None and "flip" not in report
+
+
+def test_evaluate_with_flip_tta_averages_each_image_with_its_mirror(trained, dataset, capsys):
+    import torch
+
+    paths = sorted((dataset / "val").glob("*/*.png"))
+    labels = torch.tensor([0 if p.parent.name == "cat" else 1 for p in paths])
+    mirrored = [Image.open(p).transpose(Image.Transpose.FLIP_LEFT_RIGHT) for p in paths]
+    for image, path in zip(mirrored, paths, strict=True):  # the crop of a mirror is the mirror
+        image.save(path.parent / f"mirror.{path.name}")  # of the crop (centred, even margins)
+    logits = _logits_of(trained / "best.npz", paths)
+    flipped = _logits_of(trained / "best.npz", [p.parent / f"mirror.{p.name}" for p in paths])
+    for path in paths:
+        (path.parent / f"mirror.{path.name}").unlink()
+    probs = (
+        torch.softmax(torch.from_numpy(logits), 1) + torch.softmax(torch.from_numpy(flipped), 1)
+    ) / 2
+    argv = ["evaluate", str(trained / "best.npz"), "--data", str(dataset / "val"), "--tta", "flip"]
+    assert main([*argv, "--json", "--backend", BACKEND]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tta"] == "flip" and result["n"] == len(paths)
+    assert result["accuracy"] == pytest.approx(
+        float((probs.argmax(1) == labels).double().mean()), abs=0
+    )
+    loss = torch.nn.functional.nll_loss(torch.log(probs), labels)
+    assert result["loss"] == pytest.approx(float(loss), rel=1e-6)
+    assert main([*argv, "--backend", BACKEND]) == 0
+    assert "flip TTA" in capsys.readouterr().out
 
 
 def test_predict_prints_class_and_probability(trained, dataset, capsys):
@@ -435,11 +464,50 @@ def test_generator_state_round_trips(tmp_path):
     assert np.array_equal(restored.standard_normal(4), rng.standard_normal(4))
 
 
+def test_progressive_resizing_trains_each_stage_at_its_size_and_resumes(
+    dataset, tmp_path, monkeypatch
+):
+    """``train_scales``: equal stages of the epochs, each epoch's batches cropped to its stage's
+    fraction of ``image_size`` (also after a resume mid-stage), validation and the checkpoint at
+    ``image_size``; the seed and finetune recipes and runs saved before it do not resize."""
+    stages = config.recipe("default", epochs=10)  # 0.75, 0.875, 1 of 128 px
+    assert [stages.train_size(e) for e in range(10)] == [96] * 4 + [112] * 3 + [128] * 3
+    assert stages.resizes() and config.recipe("default", image_size=160).train_sizes() == (
+        120, 140, 160,
+    )  # fmt: skip
+    for fixed in (config.recipe("seed"), config.recipe("finetune", init="f")):
+        assert not fixed.resizes() and fixed.train_size(0) == fixed.image_size
+    old = {k: v for k, v in stages.to_dict().items() if k != "train_scales"}
+    assert config.TrainConfig.from_dict(old).train_sizes() == (128,)
+    with pytest.raises(ValueError, match="train_scales must be one or more positive"):
+        config.recipe("default", train_scales=(0.5, 0))
+
+    seen = []
+    train_step = loop.Trainer.train_step
+    monkeypatch.setattr(loop.Trainer, "train_step",
+                        lambda self, x, y: seen.append(x.shape[-1]) or train_step(self, x, y))  # fmt: skip
+    cfg = tiny_config(epochs=3, train_scales=(0.5, 0.75, 0.5), augment="standard")  # 16 px
+    straight = loop.fit(cfg, str(dataset), tmp_path / "a", progress=False, log=lambda m: None)
+    assert seen == [8] * 4 + [12] * 4 + [8] * 4
+    seen.clear()
+    out = tmp_path / "b"
+    loop.fit(cfg, str(dataset), out, max_steps=6, progress=False, log=lambda m: None)
+    loop.fit(None, None, out, resume=True, progress=False, log=lambda m: None)
+    assert seen == [8] * 4 + [12] * 4 + [8] * 4
+    a, b = load_checkpoint(straight.paths["last"]), load_checkpoint(out / "last.npz")
+    _assert_trees_equal(a["weights"], b["weights"], "weights")
+    assert b["model"]["image_size"] == 16
+    assert [row["train_size"] for row in b["history"]] == [8, 12, 8]
+    assert (out / "history.csv").read_text().splitlines()[0].split(",")[6] == "train_size"
+    model, meta = load_for_inference(out / "best.npz", BACKEND)
+    assert meta["image_size"] == 16
+
+
 def test_the_forecast_says_at_the_start_whether_the_run_fits_its_time_budget(dataset, tmp_path):
     """From a full step's seconds: the epoch time (validation counted at ``VALIDATION_SHARE`` of
     a step per image), all epochs within the budget, or the epoch where it ends; and a real run
     says it after its first steps."""
-    settings = tiny_config(epochs=10)
+    settings = tiny_config(epochs=10, train_scales=(1.0,))
     trainer = SimpleNamespace(config=settings, val_set=[0] * 16, steps_per_epoch=4, epoch=0,
                               step_in_epoch=2, on_cached_features=lambda epoch: False)  # fmt: skip
     val_s = loop.VALIDATION_SHARE * 1.0 / settings.batch_size * 16
@@ -449,6 +517,33 @@ def test_the_forecast_says_at_the_start_whether_the_run_fits_its_time_budget(dat
     assert f"~{(2 + val_s + 9 * epoch_s) / 60:.1f} min to go" in fits
     short = loop.forecast(trainer, 1.0, 2 + val_s + 3.5 * epoch_s, 0.0)
     assert "the budget ends around epoch 4 of 10" in short and "lower --epochs" in short
+    # progressive resizing: steps at twice the size cost four times as much (so does validation
+    # at image_size 16, from a step timed at 8 px)
+    trainer.config = settings.replace(train_scales=(0.5, 1))  # epochs 0-4 at 8 px, 5-9 at 16
+    val_s = loop.VALIDATION_SHARE * 4.0 / settings.batch_size * 16
+    small_s, large_s = 4 + val_s, 16 + val_s
+    grows = loop.forecast(trainer, 1.0, 3600.0, 0.0)
+    assert f"~{(2 + val_s + 4 * small_s + 5 * large_s) / 60:.1f} min to go" in grows
+    short = loop.forecast(trainer, 1.0, 2 + val_s + 4 * small_s + 2.5 * large_s, 0.0)
+    assert "the budget ends around epoch 7 of 10" in short
     said = []
     loop.fit(settings.replace(epochs=3), str(dataset), tmp_path, progress=False, log=said.append)
     assert sum("all 3 epochs, ~" in line for line in said) == 1, said
+
+
+def test_the_history_plot_marks_where_the_training_size_changes():
+    """A dotted line before each epoch at a new training size and each stage's size on top;
+    nothing for a run at one size or rows saved before the column existed."""
+    from matplotlib.figure import Figure
+
+    from scratchnets.train import history
+
+    rows = [{"epoch": e + 1, "train_size": s} for e, s in enumerate([96, 96, 112, 128])]
+    ax = Figure().add_subplot()
+    history._mark_size_changes(ax, rows)
+    assert [line.get_xdata()[0] for line in ax.lines] == [2.5, 3.5]
+    assert [text.get_text().strip() for text in ax.texts] == ["96 px", "112 px", "128 px"]
+    for plain in ([dict(row, train_size=128) for row in rows], [{"epoch": 1}, {"epoch": 2}]):
+        ax = Figure().add_subplot()
+        history._mark_size_changes(ax, plain)
+        assert not ax.lines and not ax.texts

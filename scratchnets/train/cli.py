@@ -1,10 +1,10 @@
 """``scratchnets train``, ``scratchnets evaluate`` and ``scratchnets predict``.
 
     scratchnets train [--data DIR] [--recipe default|seed] [--model mobilenet_v2] [--width-mult A]
-                      [--image-size S] [--epochs E] [--batch-size B] [--optimizer NAME] [--lr LR]
+                      [--image-size S] [--train-scales F...] [--epochs E] [--batch-size B] [--optimizer NAME] [--lr LR]
                       [--schedule NAME] [--patience N] [--ema] [--teacher CKPT] [--seed N]
                       [--backend cpu|cuda|reference] [--time-limit MIN] [--out DIR] [--resume]
-    scratchnets evaluate CHECKPOINT --data DIR [--json]
+    scratchnets evaluate CHECKPOINT --data DIR [--tta flip] [--json]
     scratchnets predict CHECKPOINT IMAGE... [--top K] [--json]
     scratchnets predict --weights FILE IMAGE... [--top K] [--labels FILE] [--json]
 
@@ -29,6 +29,7 @@ _CONFIG_FLAGS = {
     "model": "model",
     "width_mult": "width_mult",
     "image_size": "image_size",
+    "train_scales": "train_scales",
     "epochs": "epochs",
     "batch_size": "batch_size",
     "optimizer": "optimizer",
@@ -68,14 +69,23 @@ def _register_train(subparsers) -> None:
         help="train a model on a folder of class images (default: Cats vs Dogs)",
         description="Train from scratch with per-epoch validation, early stopping, best/last "
         "checkpoints (written atomically), history CSV/JSON/PNG, and bit-for-bit --resume. "
-        "Flags override the recipe (default: mobilenet_v2 x0.5 at 128 px, AdamW + cosine, 60 epochs, "
+        "Flags override the recipe (default: mobilenet_v2 x0.5 at 128 px, crops growing from 96 px, "
+        "AdamW + cosine, 120 epochs, "
         "30-minute limit; `--recipe seed`: MobileNetV2, RMSprop, early stopping patience 3).",
     )
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the downloaded one)")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="starting settings (default: default)")
     p.add_argument("--model", help="architecture (scratchnets.models.list_models())")
     p.add_argument("--width-mult", type=float, metavar="A", help="channel width multiplier")
-    p.add_argument("--image-size", type=int, metavar="S", help="training crop size in pixels")
+    p.add_argument(
+        "--image-size", type=int, metavar="S",
+        help="crop size in pixels for evaluation, the checkpoint and the last training stage",
+    )  # fmt: skip
+    p.add_argument(
+        "--train-scales", type=float, nargs="+", metavar="F",
+        help="progressive resizing: training crops of these fractions of --image-size, one per "
+        "equal stage of the epochs (default recipe: 0.75 0.875 1; 1: no resizing)",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, metavar="E")
     p.add_argument("--batch-size", type=int, metavar="B")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="rmsprop_tf = Keras' RMSprop")
@@ -155,6 +165,11 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--batch-size", type=int, default=64, metavar="B")
     p.add_argument("--backend", choices=_BACKENDS)
+    p.add_argument(
+        "--tta", choices=("flip",),
+        help="test-time augmentation: flip averages each image's softmax with its mirror "
+        "image's (reported as such; the default is one crop)",
+    )  # fmt: skip
     p.set_defaults(func=run_evaluate)
 
 
@@ -279,8 +294,9 @@ def run_evaluate(args) -> int:
 
     try:
         result = evaluate_checkpoint(
-            args.checkpoint, args.data, batch_size=args.batch_size, backend=args.backend
-        )
+            args.checkpoint, args.data, batch_size=args.batch_size, backend=args.backend,
+            flip=args.tta == "flip",
+        )  # fmt: skip
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return _error(exc)
     print(json.dumps(result) if args.json else format_report(result))

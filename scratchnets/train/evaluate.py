@@ -10,6 +10,11 @@ Metrics over ``n`` images with true labels ``y_i`` and logits ``z_i`` (K classes
 (``torch.nn.functional.cross_entropy`` with ``reduction="mean"``; the log-sum-exp is taken in
 float64 with the row maximum subtracted.) Images go through the checkpoint's evaluation
 pipeline: shorter side to ``round(S / 0.875)``, centre crop ``S``, normalisation, as in training.
+
+Flip test-time augmentation (``flip=True``, ``evaluate --tta flip``) classifies each crop and its
+mirror image and averages the two softmax outputs ``p_i``; the metrics above then read
+``log p_i`` for ``z_i`` (already normalised, so the loss is ``-log p_i[y_i]``). It is an option
+reported as such: the default numbers are one crop per image.
 """
 
 from __future__ import annotations
@@ -83,17 +88,30 @@ class MetricAccumulator:
         }
 
 
-def evaluate_model(model, batches: Iterable, classes: Sequence[str]) -> dict:
-    """Metrics of ``model`` (put in eval mode, then restored) over ``(x, y)`` batches."""
+def evaluate_model(model, batches: Iterable, classes: Sequence[str], flip: bool = False) -> dict:
+    """Metrics of ``model`` (put in eval mode, then restored) over ``(x, y)`` batches; with
+    ``flip``, of the mean softmax of each image and its mirror image (module docstring)."""
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(len(classes))
+
+    def logits(x: np.ndarray) -> np.ndarray:  # (N, 3, S, S) -> (N, K)
+        return to_numpy(model(as_input(np.ascontiguousarray(x), model)))
+
     try:
         for x, y in batches:
-            acc.add(to_numpy(model(as_input(x, model))), y)
+            if flip:  # log of the mean of the two softmax outputs
+                both = np.exp(log_softmax64(logits(x))) + np.exp(
+                    log_softmax64(logits(x[..., ::-1]))
+                )
+                acc.add(np.log(both / 2), y)
+            else:
+                acc.add(logits(x), y)
     finally:
         model.train(was_training)
-    return acc.result(classes)
+    result = acc.result(classes)
+    result["tta"] = "flip" if flip else None
+    return result
 
 
 def model_from_meta(meta: dict, backend: str):
@@ -136,8 +154,10 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     backend: str | None = None,
     workers: int = 1,
+    flip: bool = False,
 ) -> dict:
-    """Metrics of the checkpoint at ``path`` on ``data_dir`` (one sub-folder per class).
+    """Metrics of the checkpoint at ``path`` on ``data_dir`` (one sub-folder per class); with
+    ``flip``, flip test-time augmentation (module docstring).
 
     The folder's classes must be among the checkpoint's; label ``i`` is the checkpoint's class
     ``i`` whatever folders are present. Unreadable images are skipped with a warning.
@@ -148,7 +168,7 @@ def evaluate_checkpoint(
     loader = data.DataLoader(
         dataset, batch_size, shuffle=False, transforms=_eval_pipeline(meta), workers=workers
     )
-    result = evaluate_model(model, loader, meta["classes"])
+    result = evaluate_model(model, loader, meta["classes"], flip)
     result["checkpoint"] = str(path)
     result["data"] = str(data_dir)
     result["skipped"] = len(dataset.skipped)
@@ -161,7 +181,12 @@ def format_report(result: dict) -> str:
     width = max(8, *(len(c) for c in classes)) + 1
     lines = [
         f"{result['checkpoint']} on {result['data']}: {result['n']} images",
-        f"accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}",
+        f"accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}"
+        + (
+            "   (flip TTA: the mean of each image and its mirror image)"
+            if result.get("tta")
+            else ""
+        ),
         "per-class accuracy:",
     ]
     for name in classes:
