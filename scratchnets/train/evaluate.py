@@ -94,19 +94,13 @@ def evaluate_model(model, batches: Iterable, classes: Sequence[str], flip: bool 
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(len(classes))
-
-    def logits(x: np.ndarray) -> np.ndarray:  # (N, 3, S, S) -> (N, K)
-        return to_numpy(model(as_input(np.ascontiguousarray(x), model)))
-
     try:
         for x, y in batches:
-            if flip:  # log of the mean of the two softmax outputs
-                both = np.exp(log_softmax64(logits(x))) + np.exp(
-                    log_softmax64(logits(x[..., ::-1]))
-                )
-                acc.add(np.log(both / 2), y)
+            if flip:  # the log of the mean of the two softmax outputs
+                mean = (_probabilities(model, x) + _probabilities(model, x[..., ::-1])) / 2
+                acc.add(np.log(mean), y)
             else:
-                acc.add(logits(x), y)
+                acc.add(to_numpy(model(as_input(x, model))), y)
     finally:
         model.train(was_training)
     result = acc.result(classes)
