@@ -462,15 +462,15 @@ class Trainer:
     def _fit_epochs(self, forward_s: float, spent_s: float) -> None:
         """``fit_epochs``: as many full epochs after the head-only ones as the time limit leaves
         room for, judged from ``forward_s``, the backbone's seconds per image in the feature
-        cache (a training image costs ``TRAIN_IMAGE_FORWARDS`` of them at ``image_size``, scaled
-        by the training crops' pixels, a validation image one);
+        cache (a training image costs ``TRAIN_IMAGE_FORWARDS`` of them at ``image_size``, times
+        the stages' mean ``step_cost``, a validation image one);
         the schedule is rebuilt for the new length (no step has run yet)."""
         c = self.config
         if not c.fits_epochs():
             return
-        sizes = c.train_sizes()  # a step costs in proportion to its pixels
-        pixels = sum(size**2 for size in sizes) / len(sizes) / c.image_size**2
-        train_s = TRAIN_IMAGE_FORWARDS * pixels * len(self.train_set)
+        sizes = c.train_sizes()
+        cost = sum(c.step_cost(size) for size in sizes) / len(sizes)  # over the stages
+        train_s = TRAIN_IMAGE_FORWARDS * cost * len(self.train_set)
         epoch_s = (train_s + len(self.val_set)) * forward_s
         left_s = FIT_SHARE * c.time_limit_min * 60.0 - spent_s
         full = max(1, int(left_s // epoch_s))
@@ -564,7 +564,7 @@ class Trainer:
 
     def _eta(self) -> str:
         """The time the epochs left take, each at the last duration of its kind (on cached
-        features or not), scaled by its training size's pixels; until an epoch of each kind
+        features or not), scaled by its training size's ``step_cost``; until an epoch of each kind
         needed has run, says which is missing."""
         c = self.config
         if self.finished:
@@ -575,8 +575,9 @@ class Trainer:
             if kind not in self.epoch_seconds:
                 return "ETA after the first full epoch"
             seconds, size = self.epoch_seconds[kind]
-            pixels = 1.0 if kind else (c.train_size(e) / size) ** 2  # cached: no images to crop
-            left_s += seconds * pixels
+            if not kind:  # cached epochs crop no images
+                seconds *= c.step_cost(c.train_size(e)) / c.step_cost(size)
+            left_s += seconds
         return f"ETA {left_s / 60:.1f} min"
 
 
@@ -687,15 +688,15 @@ VALIDATION_SHARE = 0.3
 
 def forecast(trainer: Trainer, step_s: float, limit_s: float, elapsed_s: float) -> str:
     """The time budget and the epoch the run expects to reach, from the seconds of a full
-    training step ``step_s`` at this epoch's training size (a step at another size costs in
-    proportion to its pixels; head-only epochs on cached features counted as free),
+    training step ``step_s`` at this epoch's training size (a step at another size scaled by
+    ``TrainConfig.step_cost``; head-only epochs on cached features counted as free),
     ``elapsed_s`` into this invocation: said at the start of a run, so one that will not fit says
     so then rather than at the time limit."""
     c = trainer.config
     size = c.train_size(trainer.epoch)
 
-    def step_at(pixels: int) -> float:
-        return step_s * (pixels / size) ** 2
+    def step_at(other: int) -> float:  # seconds of a step on crops of ``other`` pixels
+        return step_s * c.step_cost(other) / c.step_cost(size)
 
     val_s = VALIDATION_SHARE * step_at(c.image_size) / c.batch_size * len(trainer.val_set)
     left = trainer.steps_per_epoch - trainer.step_in_epoch
