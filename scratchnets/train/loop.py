@@ -250,11 +250,12 @@ class Trainer:
             transforms=self.train_transforms[c.train_size(0)],
             workers=c.workers,
         )
+        self.eval_transforms = data.eval_transforms(c.image_size, mean, std)  # val and the cache
         self.val_loader = data.DataLoader(
             self.val_set,
             c.batch_size,
             shuffle=False,
-            transforms=data.eval_transforms(c.image_size, mean, std),
+            transforms=self.eval_transforms,
             workers=c.workers,
         )
         self.steps_per_epoch = len(self.loader)
@@ -299,7 +300,6 @@ class Trainer:
         self.elapsed_s = 0.0  # training wall clock over all invocations
         self.finished, self.stop_reason = False, None
         # head-only epochs on cached features (train/features.py): built at the first one
-        self.eval_transforms = data.eval_transforms(c.image_size, mean, std)
         self.features: features.FrozenFeatures | None = None
         self.cached_epoch = False  # whether the current epoch trains on them
         self.head_start = 0  # ... through the model's children from this one (the head) on
