@@ -36,8 +36,8 @@ class Op:
 
     ``indices``: the compute backends also export ``<op>_indices(cache)``, torch's flat input
     index of each output (max pooling's ``return_indices``). ``fused``: functions of the cpu
-    backend that run this op in the eval fast path's own forms: fused with what follows it (the
-    epilogues) or on channels-last arrays.
+    backend that run this op fused with what follows it (the eval fast path's epilogues,
+    training's BN -> activation) or on channels-last arrays.
     """
 
     name: str
@@ -63,7 +63,8 @@ OP_TABLE: tuple[Op, ...] = (
     Op("conv2d", "conv", "mult_adds",
        fused=("conv2d_bias_act_forward", "conv2d_bias_act_checked", "conv2d_bias_act_prepared")),
     Op("pad2d", "pad", "data"),
-    Op("batch_norm2d", "batchnorm", "batch_norm", fused=("batch_norm2d_eval_affine",)),
+    Op("batch_norm2d", "batchnorm", "batch_norm",
+       fused=("batch_norm2d_eval_affine", "batch_norm2d_act_forward")),
     *_family("activations", "activation",
              "relu", "relu6", "clip", "sigmoid", "hard_sigmoid", "hard_swish", "silu", "softmax"),
     Op("max_pool2d", "pooling", "pooling", indices=True),

@@ -341,6 +341,57 @@ def test_sequential_matches_torch_end_to_end():
     assert_matches(ours.eval()(x), theirs.eval()(t(x)).detach().numpy(), "Sequential eval y")
 
 
+def bn_activation_net(rng):
+    """Conv -> BN -> ReLU6 -> conv -> BN -> Hardswish -> BN -> ReLU, float32: three BN -> act
+    pairs a Sequential runs in BN's passes on the cpu backend."""
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, stride=2, padding=1, bias=False, rng=rng), nn.BatchNorm2d(6),
+        nn.ReLU6(), nn.Conv2d(6, 5, 1, rng=rng), nn.BatchNorm2d(5), nn.Hardswish(),
+        nn.BatchNorm2d(5), nn.ReLU(),
+    )  # fmt: skip
+
+
+def test_sequential_bn_activation_pairs_equal_the_layers_in_turn(monkeypatch):
+    """On the cpu backend a Sequential runs each BN -> ReLU / ReLU6 / Hardswish pair as one op
+    (``BatchNorm2d.absorbs``): the same output and running statistics bit for bit, the same
+    gradients to float32 rounding, as the layers one after another (absorbing switched off);
+    the absorbed activation keeps no cache of its own."""
+    rng = np.random.default_rng(5)
+    fused = bn_activation_net(rng)
+    apart = copy.deepcopy(fused)
+    x = (3 * rng.standard_normal((4, 3, 10, 9))).astype(np.float32)
+    dy = rng.standard_normal((4, 5, 5, 5)).astype(np.float32)
+    y, dx = fused(x), fused.backward(dy)
+    with pytest.raises(RuntimeError, match=r"ReLU6: backward\(\) called before forward"):
+        fused[2].backward(np.zeros((4, 6, 5, 5), np.float32))
+    monkeypatch.setattr(nn.BatchNorm2d, "absorbs", lambda self, following: False)
+    y_apart, dx_apart = apart(x), apart.backward(dy)
+    np.testing.assert_array_equal(y, y_apart)
+    np.testing.assert_allclose(dx, dx_apart, rtol=1e-5, atol=1e-5 * np.abs(dx_apart).max())
+    for (name, p), (_, q) in zip(fused.named_parameters(), apart.named_parameters(), strict=True):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-5, atol=1e-5 * np.abs(q.grad).max(),
+                                   err_msg=name)  # fmt: skip
+    for (name, a), (_, b) in zip(fused.named_buffers(), apart.named_buffers(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_sequential_leaves_replaced_activations_apart():
+    """An activation whose forward is replaced on the instance (a profiler's wrapper) or that
+    runs on another backend is called as itself, not absorbed into the BN before it."""
+    rng = np.random.default_rng(6)
+    net = bn_activation_net(rng)
+    calls = []
+    relu6 = net[2]
+    relu6.forward = lambda x: calls.append(x.shape) or type(relu6).forward(relu6, x)
+    net[5].to("reference")
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y = net(x)
+    assert calls == [(2, 6, 4, 4)]
+    dy = np.ones_like(y)
+    net.backward(dy)  # each activation's own backward ran: their caches are there
+    assert net[2]._out_shape == (2, 6, 4, 4) and net[5]._out_shape == (2, 5, 4, 4)
+
+
 # ------------------------------------------------------------------------------ gradients
 
 

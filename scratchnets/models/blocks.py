@@ -123,7 +123,8 @@ class ConvBNAct(Sequential):
 class BatchNormAct2d(BatchNorm2d):
     """y = act(BN(x)) in one module (timm's ``BatchNormAct2d``): the state dict keys are the BN's
     own (``weight``, ``bias``, ``running_mean``, ``running_var``, ``num_batches_tracked``), the
-    activation is the child ``act`` (``Identity`` for ``act=None``). Backward:
+    activation is the child ``act`` (``Identity`` for ``act=None``), run in BN's own passes
+    where the backend can (``BatchNorm2d.absorbable_activation``). Backward:
     dx = BN^T (act^T dy)."""
 
     def __init__(
@@ -134,10 +135,13 @@ class BatchNormAct2d(BatchNorm2d):
         self.act = Identity() if activation is None else activation
 
     def forward(self, x):
-        return self.act(super().forward(x))
+        absorbed = self.absorbable_activation(self.act) is not None
+        self.__dict__["_act_absorbed"] = absorbed
+        return self.forward_absorbing(x, self.act) if absorbed else self.act(super().forward(x))
 
     def backward(self, dy):
-        return super().backward(self.act.backward(dy))
+        absorbed = self.__dict__.get("_act_absorbed", False)
+        return super().backward(dy if absorbed else self.act.backward(dy))
 
 
 def residual_add(block: Module, y, shortcut, x):

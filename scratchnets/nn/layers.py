@@ -442,23 +442,58 @@ class BatchNorm2d(Module):
         )
 
     def forward(self, x):
+        return self._normalize(x, None)
+
+    def absorbs(self, following: Module) -> bool:
+        """Whether this BN runs ``following`` in its own passes (``forward_absorbing``): a plain
+        ReLU / ReLU6 / Hardswish (``absorbable_activation``) after a plain BatchNorm2d."""
+        return (
+            self.planned_as(BatchNorm2d, "backward")
+            and "forward" not in self.__dict__
+            and self.absorbable_activation(following) is not None
+        )
+
+    def absorbable_activation(self, activation: Module) -> str | None:
+        """The op name of ``activation`` where this BN's backend can run it inside BN's passes
+        (``batch_norm2d_act_forward``, the cpu backend's), else None: for a ReLU, ReLU6 or
+        Hardswish on the same backend whose forward and backward are the class's own."""
+        if (type(activation) in _BN_ACTIVATIONS and activation.backend == self.backend
+                and activation.planned_as(_UnaryOp, "backward")
+                and "forward" not in activation.__dict__
+                and hasattr(get_backend(self.backend), "batch_norm2d_act_forward")):  # fmt: skip
+            return activation._op
+        return None
+
+    def forward_absorbing(self, x, following: Module):
+        """``following(self(x))`` in BN's passes; ``backward`` then takes the gradient of the
+        activation's output and goes through both (``following`` keeps no cache)."""
+        following.__dict__.update(_cache=None, _out_shape=None)  # its backward is BN's now
+        return self._normalize(x, self.absorbable_activation(following))
+
+    def _normalize(self, x, activation: str | None):
+        """act(BN(x)): ``batch_norm2d_forward``, or the backend's ``batch_norm2d_act_forward``
+        with an ``activation``."""
         self._check_input(x, ("N", self.num_features, "H", "W"), match_dtype=True)
         factor = 0.0 if self.momentum is None else self.momentum  # eval mode does not read it
         if self.training and self.track_running_stats:
             self.num_batches_tracked += 1  # in place on the 0-d int64 buffer
             if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked)
-        y, cache = F.batch_norm2d_forward(
+        arguments = (
             x,
             None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data,
             self.running_mean,
             self.running_var,
-            training=self.training or not self.track_running_stats,  # no buffers: batch stats
-            momentum=factor,
-            eps=self.eps,
-            backend=self.backend,
+            self.training or not self.track_running_stats,  # no buffers: batch statistics
+            factor,
+            self.eps,
         )
+        if activation is None:
+            y, cache = F.batch_norm2d_forward(*arguments, backend=self.backend)
+        else:
+            kernels = get_backend(self.backend)
+            y, cache = kernels.batch_norm2d_act_forward(*arguments, activation=activation)
         self._save(cache, y.shape)
         return y
 
@@ -579,6 +614,10 @@ class Hardswish(_InplaceFlag):
     (``torch.nn.Hardswish``, MobileNetV3's h-swish)."""
 
     _op = "hard_swish"
+
+
+#: the activations ``BatchNorm2d.absorbs``: their ops are ``batch_norm2d_act_forward``'s
+_BN_ACTIVATIONS = (ReLU, ReLU6, Hardswish)
 
 
 class SiLU(_InplaceFlag):

@@ -437,6 +437,16 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError(f"{self._get_name()} does not implement backward()")
 
+    def absorbs(self, following: Module) -> bool:
+        """Whether this module can run the module after it in a ``Sequential`` inside its own
+        forward (``forward_absorbing``), its ``backward`` then covering both: no, by default;
+        ``BatchNorm2d`` absorbs the activation after it."""
+        return False
+
+    def forward_absorbing(self, x, following: Module):
+        """``following(self(x))`` where ``absorbs(following)``."""
+        raise NotImplementedError(f"{self._get_name()} absorbs no following module")
+
     def _save(self, cache, out_shape) -> None:
         """Keep what backward needs and the shape dy must have (plain attributes, written to
         ``__dict__`` directly: ``__setattr__``'s registry checks cost ~1 us, paid twice per layer
@@ -572,10 +582,22 @@ class Sequential(Module):
         return self
 
     def forward(self, x):
-        """y = f_n(... f_2(f_1(x)))."""
-        for module in self:
-            x = module(x)
-        self._save((), x.shape)
+        """y = f_n(... f_2(f_1(x))); a child that ``absorbs`` the next runs both (a BN and its
+        activation in BN's passes)."""
+        modules = tuple(self._modules.values())
+        absorbed = []  # positions of the children run inside the child before them
+        position = 0
+        while position < len(modules):
+            module = modules[position]
+            following = modules[position + 1] if position + 1 < len(modules) else None
+            if following is not None and module.absorbs(following):
+                x = module.forward_absorbing(x, following)
+                absorbed.append(position + 1)
+                position += 2
+            else:
+                x = module(x)
+                position += 1
+        self._save(tuple(absorbed), x.shape)
         return x
 
     def inference_plan(self, x, channels_last=False):
@@ -588,10 +610,12 @@ class Sequential(Module):
         return channels_last_convs(self) if self.planned_as(Sequential) else None
 
     def backward(self, dy):
-        """dx = J_1^T (... J_n^T dy): each child's backward, last child first."""
-        self._saved(dy)
-        for module in reversed(self._modules.values()):
-            dy = module.backward(dy)
+        """dx = J_1^T (... J_n^T dy): each child's backward, last child first (an absorbed
+        child's is the backward of the child that ran it)."""
+        absorbed = self._saved(dy)
+        for position, module in reversed(list(enumerate(self._modules.values()))):
+            if position not in absorbed:
+                dy = module.backward(dy)
         return dy
 
 

@@ -365,6 +365,90 @@ def test_cpu_batch_norm(dtype, case):
             check_cpu("batch_norm2d", what, got, got_ref, want)
 
 
+#: the activations ``cpu.batch_norm2d_act_forward`` runs in BN's passes, with their torch ops
+BN_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6, "hard_swish": F.hardswish}
+
+
+@pytest.mark.parametrize("activation", BN_ACTIVATIONS)
+@given(case=cpu_bn_cases())
+def test_cpu_batch_norm_act_float64_matches_torch(activation, case):
+    """act(BN(x)) in BN's passes against torch's batch_norm then the activation (float64, random
+    dy): y, the three gradients and the running statistics."""
+    training = case[4]
+    x, weight, bias, running_mean, running_var, dy = bn_inputs(case, np.float64)
+    stats_torch = copies(running_mean, running_var)
+    y, cache = cpu.batch_norm2d_act_forward(x, weight, bias, running_mean, running_var, training,
+                                            MOMENTUM, EPS, activation=activation)  # fmt: skip
+    grads = cpu.batch_norm2d_backward(dy, cache)
+    y_t, grads_t, stats_t = torch_batch_norm(x, weight, bias, *stats_torch, training, dy,
+                                             then=BN_ACTIVATIONS[activation])  # fmt: skip
+    check_cpu("batch_norm2d_act", "y", y, None, y_t)
+    for got, want, what in zip(grads, grads_t, ("dx", "dweight", "dbias"), strict=True):
+        if weight is None and what != "dx":
+            assert got is None
+        else:
+            check_cpu("batch_norm2d_act", what, got, None, want)
+    for got, want, what in zip((running_mean, running_var), stats_t, ("mean", "var"), strict=True):
+        if want is not None:
+            check_cpu("batch_norm2d_act", f"running_{what}", got, None, want)
+
+
+@pytest.mark.parametrize("activation", [*BN_ACTIVATIONS, None])
+@given(case=cpu_bn_cases())
+def test_cpu_batch_norm_act_float32_is_the_two_ops_in_turn(activation, case):
+    """In float32 (where an input within rounding of a kink makes the gradient of the float64
+    oracle another function) the fused op is compared with the cpu BN, then the cpu activation,
+    each tested against torch above and in test_activations.py: y bit for bit, the gradients to
+    float32 rounding (the sums may group differently)."""
+    training = case[4]
+    x, weight, bias, running_mean, running_var, dy = bn_inputs(case, np.float32)
+    stats = copies(running_mean, running_var)
+    y, cache = cpu.batch_norm2d_act_forward(x, weight, bias, running_mean, running_var, training,
+                                            MOMENTUM, EPS, activation=activation)  # fmt: skip
+    grads = cpu.batch_norm2d_backward(dy, cache)
+    y_turn, cache_bn = cpu.batch_norm2d_forward(x, weight, bias, *stats, training, MOMENTUM, EPS)
+    dy_bn = dy
+    if activation is not None:
+        y_turn, cache_act = getattr(cpu, f"{activation}_forward")(y_turn)
+        dy_bn = getattr(cpu, f"{activation}_backward")(dy, cache_act)
+    grads_turn = cpu.batch_norm2d_backward(dy_bn, cache_bn)
+    np.testing.assert_array_equal(y, y_turn)
+    for got, want in zip((running_mean, running_var), stats, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want, what in zip(grads, grads_turn, ("dx", "dweight", "dbias"), strict=True):
+        if want is None:
+            assert got is None
+        else:
+            assert got.dtype == np.float32
+            scale = max(amax(want), amax(dy)) * (1 + amax(x - x.mean()))
+            np.testing.assert_allclose(got, want, rtol=0, atol=4e-7 * scale, err_msg=what)
+
+
+@pytest.mark.parametrize("activation", BN_ACTIVATIONS)
+@pytest.mark.parametrize("kink", [0.0, 6.0, -3.0, 3.0])
+def test_cpu_batch_norm_act_at_the_kinks(activation, kink):
+    """weight 0 puts every BN output exactly on ``kink``: the slope there is the activation's
+    own (0 at ReLU's 0, ReLU6's 0 and 6, h-swish's -3; h-swish's 1 at 3), as torch's."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    weight, bias = np.zeros(3, np.float32), np.full(3, kink, np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y, cache = cpu.batch_norm2d_act_forward(x, weight, bias, None, None, activation=activation)
+    _, dweight, dbias = cpu.batch_norm2d_backward(dy, cache)
+    xt, wt, bt = t(x), t(weight, True), t(bias, True)
+    yt = BN_ACTIVATIONS[activation](F.batch_norm(xt, None, None, wt, bt, training=True, eps=EPS))
+    expected = torch_grads(yt, [wt, bt], dy)
+    np.testing.assert_array_equal(y, yt.detach().numpy().astype(np.float32))
+    np.testing.assert_allclose(dbias, expected[1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dweight, expected[0], rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_batch_norm_act_errors():
+    x = np.ones((2, 3, 2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"activation must be one of .*got 'gelu'"):
+        cpu.batch_norm2d_act_forward(x, None, None, None, None, activation="gelu")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "c_in, c_out, kernel, stride, padding, groups, conv_bias",

@@ -4,7 +4,7 @@ Every ``<op>_forward`` / ``<op>_backward`` pair of ``scratchnets.backends.OP_NAM
 here, with the same arguments and PyTorch semantics as ``scratchnets.reference``; caches are
 private to each backend. Each file's header says what it optimises over the reference and
 why. ``fused`` holds the eval fast path's conv -> bias -> activation (the op table's ``fused``
-names of conv2d).
+names of conv2d); ``batchnorm`` also runs BN -> activation in BN's passes for training.
 
 Kernels are compiled on first use for C-contiguous float32 / float64 arrays (the wrappers
 normalise their inputs) and cached on disk (``cache=True``).
@@ -28,7 +28,7 @@ from .activations import (
     softmax_backward,
     softmax_forward,
 )
-from .batchnorm import batch_norm2d_backward, batch_norm2d_forward
+from .batchnorm import batch_norm2d_act_forward, batch_norm2d_backward, batch_norm2d_forward
 from .channels_last import global_avg_pool2d_channels_last
 from .conv import conv2d_backward, conv2d_forward
 from .dropout import dropout_backward, dropout_forward
