@@ -254,7 +254,8 @@ def test_the_finetune_recipe_fits_its_full_epochs_to_the_time_budget(dataset, tm
     trainer = seen["trainer"]
     assert trainer.config.epochs > cfg.head_only_epochs
     trainer._fit_epochs(forward_s=0.01, spent_s=6.0)  # 32 training and 12 validation images
-    epoch_s = (loop.TRAIN_IMAGE_FORWARDS * 32 + 12) * 0.01
+    assert cfg.train_sizes() == (round(6 / 7 * cfg.image_size),)  # FixRes: smaller crops
+    epoch_s = (loop.TRAIN_IMAGE_FORWARDS * 32 * cfg.step_cost(cfg.train_sizes()[0]) + 12) * 0.01
     full = int((loop.FIT_SHARE * 120 - 6.0) // epoch_s)
     assert trainer.config.epochs == cfg.head_only_epochs + full
     phases = [steps for steps, _ in trainer.scheduler.phases]  # head-only steps, then full
@@ -269,3 +270,39 @@ def test_the_finetune_recipe_fits_its_full_epochs_to_the_time_budget(dataset, tm
         trainer.config = cfg.replace(**fixed)
         trainer._fit_epochs(forward_s=0.01, spent_s=6.0)
         assert trainer.config.epochs == cfg.epochs
+
+
+def test_the_fitted_epochs_are_counted_again_from_the_first_full_steps(dataset, tmp_path):  # noqa: F811
+    """``refit_epochs``: once the first full steps are timed, the full epochs are counted again
+    from their measured time (the rest of this epoch, then whole ones, each with validation at
+    the cache's forward speed); the schedule keeps its position and its lr, now that of the new
+    length; once only, and only during the first full epoch."""
+    path, _, _ = weight_file(tmp_path, "pth")
+    tiny = {k: v for k, v in TINY.items() if k != "epochs"} | {"time_limit_min": 2.0}
+    cfg = config.recipe("finetune", init=str(path), model="mobilenet_v2", width_mult=0.35, **tiny)
+    seen = {}
+    loop.fit(cfg, str(dataset), tmp_path / "run", max_steps=1, progress=False,
+             log=lambda line: None, on_step=lambda trainer: seen.setdefault("trainer", trainer))  # fmt: skip
+    trainer, head = seen["trainer"], cfg.head_only_epochs
+    trainer._fit_epochs(forward_s=0.01, spent_s=6.0)
+    planned = trainer.config.epochs
+    trainer.refit_epochs(step_s=0.5, spent_s=30.0)  # not yet in the first full epoch
+    assert trainer.config.epochs == planned
+    trainer.epoch, trainer.step_in_epoch = head, 2
+    trainer.scheduler.load_state_dict(
+        {**trainer.scheduler.state_dict(), "last_epoch": head * 4 + 2}
+    )
+    said = []
+    trainer.log = said.append
+    trainer.refit_epochs(step_s=0.5, spent_s=30.0)  # 4 steps an epoch, 12 validation images
+    epoch_s, this_epoch_s = 4 * 0.5 + 12 * 0.01, 2 * 0.5 + 12 * 0.01
+    full = 1 + int((loop.FIT_SHARE * 120 - 30.0 - this_epoch_s) // epoch_s)
+    assert trainer.config.epochs == head + full != planned
+    assert said == [f"the first full steps took 0.50 s each, so a full epoch ~2 s: {full} full "
+                    f"epochs instead of {planned - head}"]  # fmt: skip
+    assert [steps for steps, _ in trainer.scheduler.phases] == [head * 4, full * 4]
+    assert trainer.scheduler.last_epoch == head * 4 + 2
+    for group, base in zip(trainer.optimizer.param_groups, trainer.scheduler.base_lrs, strict=True):
+        assert group["lr"] == trainer.scheduler.lr_at(head * 4 + 2, base)
+    trainer.refit_epochs(step_s=5.0, spent_s=30.0)  # once only
+    assert trainer.config.epochs == head + full

@@ -469,14 +469,16 @@ def test_progressive_resizing_trains_each_stage_at_its_size_and_resumes(
 ):
     """``train_scales``: equal stages of the epochs, each epoch's batches cropped to its stage's
     fraction of ``image_size`` (also after a resume mid-stage), validation and the checkpoint at
-    ``image_size``; the seed and finetune recipes and runs saved before it do not resize."""
+    ``image_size``; the seed and finetune recipes and runs saved before it do not resize (the
+    finetune recipe trains at one smaller size, FixRes)."""
     stages = config.recipe("default", epochs=10)  # 0.75, 0.875, 1 of 128 px
     assert [stages.train_size(e) for e in range(10)] == [96] * 4 + [112] * 3 + [128] * 3
     assert stages.resizes() and config.recipe("default", image_size=160).train_sizes() == (
         120, 140, 160,
     )  # fmt: skip
-    for fixed in (config.recipe("seed"), config.recipe("finetune", init="f")):
-        assert not fixed.resizes() and fixed.train_size(0) == fixed.image_size
+    seed, finetune = config.recipe("seed"), config.recipe("finetune", init="f")
+    assert not seed.resizes() and seed.train_size(0) == seed.image_size
+    assert not finetune.resizes() and finetune.train_sizes() == (110,)  # 6/7 of 128 px
     old = {k: v for k, v in stages.to_dict().items() if k != "train_scales"}
     assert config.TrainConfig.from_dict(old).train_sizes() == (128,)
     with pytest.raises(ValueError, match="train_scales must be one or more positive"):

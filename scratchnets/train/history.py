@@ -86,8 +86,10 @@ def _mark_size_changes(ax, history: Sequence[dict]) -> None:
         x = history[i]["epoch"] - 0.5
         if i:
             ax.axvline(x, color="0.5", linestyle=":", linewidth=1)
-        ax.text(x, 1.0, f" {sizes[i]} px", transform=ax.get_xaxis_transform(), fontsize=8,
-                color="0.35", va="top")  # fmt: skip
+        # the first stage starts left of the x range: its label at the panel's left edge
+        at, transform = (x, ax.get_xaxis_transform()) if i else (0.0, ax.transAxes)
+        ax.text(at, 1.0, f" {sizes[i]} px", transform=transform, fontsize=8, color="0.35",
+                va="top")  # fmt: skip
 
 
 def write_history(out_dir: str | Path, history: Sequence[dict], title: str = "") -> dict[str, Path]:

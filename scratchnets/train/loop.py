@@ -306,6 +306,9 @@ class Trainer:
         self.head: Module | None = None
         # the last epoch's (duration, training size), by cached_epoch
         self.epoch_seconds: dict[bool, tuple[float, int]] = {}
+        # the cache's forward seconds per image where _fit_epochs used them and refit_epochs
+        # has not yet
+        self.fitted_forward_s: float | None = None
 
     def decode_images(self, progress: bool) -> None:
         """Decode every image into the datasets' memory caches on all cores, before the first
@@ -464,7 +467,8 @@ class Trainer:
         room for, judged from ``forward_s``, the backbone's seconds per image in the feature
         cache (a training image costs ``TRAIN_IMAGE_FORWARDS`` of them at ``image_size``, times
         the stages' mean ``step_cost``, a validation image one);
-        the schedule is rebuilt for the new length (no step has run yet)."""
+        the schedule is rebuilt for the new length (no step has run yet). ``refit_epochs``
+        corrects the count once the first full steps are timed."""
         c = self.config
         if not c.fits_epochs():
             return
@@ -476,10 +480,37 @@ class Trainer:
         full = max(1, int(left_s // epoch_s))
         self.config = c.replace(epochs=c.head_only_epochs + full)
         self.scheduler = build_scheduler(self.config, self.optimizer, self.steps_per_epoch)
+        self.fitted_forward_s = forward_s
         self.log(f"fitting the run to its {c.time_limit_min:g}-min budget: the backbone took "
                  f"{forward_s * 1e3:.1f} ms an image, so a full epoch ~{epoch_s:.0f} s; "
                  f"{c.head_only_epochs} head-only epochs, then {full} full: "
                  f"{self.config.epochs} epochs")  # fmt: skip
+
+    def refit_epochs(self, step_s: float, spent_s: float) -> None:
+        """The full epochs fitted again, once, from ``step_s``, the measured seconds of a step of
+        the first full epoch (``spent_s`` into the run): the cache's forward speed predicts a
+        training step only roughly (a small network's step costs more than its forwards:
+        MobileNetV1 0.25's full epochs were planned at 11 s and took 16), so the count is
+        corrected while the full epochs' schedule has barely started; that schedule keeps its
+        position and stretches or shrinks to the new length. Only in the invocation that
+        fitted the epochs (``_fit_epochs``), and only while the first full epoch runs."""
+        c, forward_s = self.config, self.fitted_forward_s
+        if forward_s is None or self.epoch != c.head_only_epochs:
+            return
+        self.fitted_forward_s = None
+        val_s = len(self.val_set) * forward_s  # the cache timed the evaluation forward itself
+        epoch_s = self.steps_per_epoch * step_s + val_s
+        this_epoch_s = (self.steps_per_epoch - self.step_in_epoch) * step_s + val_s
+        left_s = FIT_SHARE * c.time_limit_min * 60.0 - spent_s - this_epoch_s
+        full = 1 + max(0, int(left_s // epoch_s))
+        if c.head_only_epochs + full == c.epochs:
+            return
+        self.log(f"the first full steps took {step_s:.2f} s each, so a full epoch ~{epoch_s:.0f}"
+                 f" s: {full} full epochs instead of {c.epochs - c.head_only_epochs}")  # fmt: skip
+        position = self.scheduler.state_dict()
+        self.config = c.replace(epochs=c.head_only_epochs + full)
+        self.scheduler = build_scheduler(self.config, self.optimizer, self.steps_per_epoch)
+        self.scheduler.load_state_dict(position)
 
     def epoch_batches(self):
         """This epoch's training batches from the current step: the loader's images, or in a
@@ -787,6 +818,7 @@ def _run(trainer: Trainer, stops: _StopRequests, max_steps, progress, on_step) -
                     forecast_from = (time.monotonic(), steps_here, max(timed, 1))  # warmed up
                 elif forecast_from and steps_here - forecast_from[1] == forecast_from[2]:
                     step_s = (time.monotonic() - forecast_from[0]) / forecast_from[2]
+                    trainer.refit_epochs(step_s, tick())
                     trainer.log(forecast(trainer, step_s, limit_s, tick()))
                     forecast_from = ()  # said once per invocation
                 if on_step is not None:

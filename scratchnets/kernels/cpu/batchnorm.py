@@ -36,7 +36,9 @@ as two ops that saves, forward, the pre-activation array (written, then read bac
 activation's mask; backward, the activation's whole pass (dy and the mask read, dx written).
 The values are the ops' in sequence: the BN output is rounded to x's dtype before the
 activation (``activate``, the activation kernels' own float operations), and the slope is
-applied in that dtype, as the activation's backward does.
+applied in that dtype, as the activation's backward does. Measured (2-core EPYC, float32 batch
+32, forward + backward of the pair): 0.67-0.83 of the time of BN, ReLU6 and their backwards as
+four calls, from (32, 96, 64, 64) (22 vs 33 ms) to (32, 576, 8, 8) (1.04 vs 1.25 ms).
 """
 
 from __future__ import annotations
