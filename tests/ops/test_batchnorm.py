@@ -369,18 +369,25 @@ def test_cpu_batch_norm(dtype, case):
 BN_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6, "hard_swish": F.hardswish}
 
 
+def run_bn_act(case, dtype, activation):
+    """``cpu.batch_norm2d_act_forward`` and its backward on the case's inputs: ``(inputs,
+    running statistics as they were, y, (dx, dweight, dbias))``; the inputs' running statistics
+    are updated in place."""
+    x, weight, bias, running_mean, running_var, dy = inputs = bn_inputs(case, dtype)
+    before = copies(running_mean, running_var)
+    y, cache = cpu.batch_norm2d_act_forward(x, weight, bias, running_mean, running_var, case[4],
+                                            MOMENTUM, EPS, activation=activation)  # fmt: skip
+    return inputs, before, y, cpu.batch_norm2d_backward(dy, cache)
+
+
 @pytest.mark.parametrize("activation", BN_ACTIVATIONS)
 @given(case=cpu_bn_cases())
 def test_cpu_batch_norm_act_float64_matches_torch(activation, case):
     """act(BN(x)) in BN's passes against torch's batch_norm then the activation (float64, random
     dy): y, the three gradients and the running statistics."""
-    training = case[4]
-    x, weight, bias, running_mean, running_var, dy = bn_inputs(case, np.float64)
-    stats_torch = copies(running_mean, running_var)
-    y, cache = cpu.batch_norm2d_act_forward(x, weight, bias, running_mean, running_var, training,
-                                            MOMENTUM, EPS, activation=activation)  # fmt: skip
-    grads = cpu.batch_norm2d_backward(dy, cache)
-    y_t, grads_t, stats_t = torch_batch_norm(x, weight, bias, *stats_torch, training, dy,
+    inputs, stats_before, y, grads = run_bn_act(case, np.float64, activation)
+    x, weight, bias, running_mean, running_var, dy = inputs
+    y_t, grads_t, stats_t = torch_batch_norm(x, weight, bias, *stats_before, case[4], dy,
                                              then=BN_ACTIVATIONS[activation])  # fmt: skip
     check_cpu("batch_norm2d_act", "y", y, None, y_t)
     for got, want, what in zip(grads, grads_t, ("dx", "dweight", "dbias"), strict=True):
@@ -400,13 +407,9 @@ def test_cpu_batch_norm_act_float32_is_the_two_ops_in_turn(activation, case):
     oracle another function) the fused op is compared with the cpu BN, then the cpu activation,
     each tested against torch above and in test_activations.py: y bit for bit, the gradients to
     float32 rounding (the sums may group differently)."""
-    training = case[4]
-    x, weight, bias, running_mean, running_var, dy = bn_inputs(case, np.float32)
-    stats = copies(running_mean, running_var)
-    y, cache = cpu.batch_norm2d_act_forward(x, weight, bias, running_mean, running_var, training,
-                                            MOMENTUM, EPS, activation=activation)  # fmt: skip
-    grads = cpu.batch_norm2d_backward(dy, cache)
-    y_turn, cache_bn = cpu.batch_norm2d_forward(x, weight, bias, *stats, training, MOMENTUM, EPS)
+    inputs, stats, y, grads = run_bn_act(case, np.float32, activation)
+    x, weight, bias, running_mean, running_var, dy = inputs
+    y_turn, cache_bn = cpu.batch_norm2d_forward(x, weight, bias, *stats, case[4], MOMENTUM, EPS)
     dy_bn = dy
     if activation is not None:
         y_turn, cache_act = getattr(cpu, f"{activation}_forward")(y_turn)

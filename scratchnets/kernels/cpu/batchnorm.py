@@ -84,7 +84,7 @@ def _moments_kernel(x, mean, var):
 
 
 @njit(cache=True, inline="always")
-def _activation_slope(v, activation, zero, one, three, six):
+def _activation_slope(v, activation, zero, one, half, three, six):
     """d act / d v at the BN output v, in v's dtype: 1 or 0 where the activation kernels' masks
     say (0 at the kinks, as torch), h-swish's v / 3 + 1/2 between -3 and 3."""
     if activation == 1:
@@ -94,7 +94,7 @@ def _activation_slope(v, activation, zero, one, three, six):
     if activation == 3:
         if v <= -three:
             return zero
-        return v / three + one / (one + one) if v < three else one
+        return v / three + half if v < three else one
     return one
 
 
@@ -111,11 +111,12 @@ def _normalize_row(x, y, mu, a, b, activation):
 def _grad_sums_row(dy, x, mu, r, a, b, activation):
     """(sum(g), sum(g * xhat)) over a row, g = dy * act'((x - mu) * a + b), xhat = (x - mu) * r."""
     kind = dy.dtype.type
-    zero, one, three, six = kind(0), kind(1), kind(3), kind(6)
+    zero, one, half, three, six = kind(0), kind(1), kind(0.5), kind(3), kind(6)
     sg = 0.0
     sgx = 0.0
     for j in range(dy.size):
-        g = dy[j] * _activation_slope(kind((x[j] - mu) * a + b), activation, zero, one, three, six)
+        v = kind((x[j] - mu) * a + b)  # the forward's BN output, as it rounded it
+        g = dy[j] * _activation_slope(v, activation, zero, one, half, three, six)
         sg += g
         sgx += g * ((x[j] - mu) * r)
     return sg, sgx
@@ -125,9 +126,10 @@ def _grad_sums_row(dy, x, mu, r, a, b, activation):
 def _grad_input_row(dy, x, dx, mu, r, a, b, g_mean, gx_mean, activation):
     """dx[j] = a * (g - g_mean - xhat * gx_mean), g and xhat as in ``_grad_sums_row``."""
     kind = dy.dtype.type
-    zero, one, three, six = kind(0), kind(1), kind(3), kind(6)
+    zero, one, half, three, six = kind(0), kind(1), kind(0.5), kind(3), kind(6)
     for j in range(dy.size):
-        g = dy[j] * _activation_slope(kind((x[j] - mu) * a + b), activation, zero, one, three, six)
+        v = kind((x[j] - mu) * a + b)  # the forward's BN output, as it rounded it
+        g = dy[j] * _activation_slope(v, activation, zero, one, half, three, six)
         dx[j] = a * (g - g_mean - ((x[j] - mu) * r) * gx_mean)
 
 
