@@ -465,10 +465,11 @@ class BatchNorm2d(Module):
         return None
 
     def forward_absorbing(self, x, following: Module):
-        """``following(self(x))`` in BN's passes; ``backward`` then takes the gradient of the
-        activation's output and goes through both (``following`` keeps no cache)."""
+        """``following(self(x))`` in BN's passes, for an activation ``absorbable_activation``
+        accepts; ``backward`` then takes the gradient of the activation's output and goes
+        through both (``following`` keeps no cache)."""
         following.__dict__.update(_cache=None, _out_shape=None)  # its backward is BN's now
-        return self._normalize(x, self.absorbable_activation(following))
+        return self._normalize(x, following._op)
 
     def _normalize(self, x, activation: str | None):
         """act(BN(x)): ``batch_norm2d_forward``, or the backend's ``batch_norm2d_act_forward``

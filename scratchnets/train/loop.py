@@ -478,8 +478,7 @@ class Trainer:
         epoch_s = (train_s + len(self.val_set)) * forward_s
         left_s = FIT_SHARE * c.time_limit_min * 60.0 - spent_s
         full = max(1, int(left_s // epoch_s))
-        self.config = c.replace(epochs=c.head_only_epochs + full)
-        self.scheduler = build_scheduler(self.config, self.optimizer, self.steps_per_epoch)
+        self._set_full_epochs(full)
         self.fitted_forward_s = forward_s
         self.log(f"fitting the run to its {c.time_limit_min:g}-min budget: the backbone took "
                  f"{forward_s * 1e3:.1f} ms an image, so a full epoch ~{epoch_s:.0f} s; "
@@ -507,8 +506,13 @@ class Trainer:
             return
         self.log(f"the first full steps took {step_s:.2f} s each, so a full epoch ~{epoch_s:.0f}"
                  f" s: {full} full epochs instead of {c.epochs - c.head_only_epochs}")  # fmt: skip
+        self._set_full_epochs(full)
+
+    def _set_full_epochs(self, full: int) -> None:
+        """The run's length: the head-only epochs, then ``full`` ones; the schedule rebuilt for it,
+        at the step it had reached."""
         position = self.scheduler.state_dict()
-        self.config = c.replace(epochs=c.head_only_epochs + full)
+        self.config = self.config.replace(epochs=self.config.head_only_epochs + full)
         self.scheduler = build_scheduler(self.config, self.optimizer, self.steps_per_epoch)
         self.scheduler.load_state_dict(position)
 
